@@ -1,0 +1,50 @@
+"""The `reverie` command: a small dispatcher that imports a sub-command's package only when it runs."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module with main(argv) -> int, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "play": ("play.cli", "play inside a world model in a pygame window (default: the shipped model)"),
+    "record": ("train.record", "record episodes of play from a game into episode files"),
+    "data": ("train.data_cli", "inspect and verify episode files (info, check)"),
+    "train": ("train.cli", "train the autoencoder (ae), world model (wm) or inverse-dynamics model (idm)"),
+    "eval": ("train.evaluate", "score a checkpoint on held-out episodes (PSNR, SSIM, action following)"),
+    "bench": ("engine.bench", "measure frames/s and frame times of the real-time session"),
+    "export": ("export.cli", "export the runtime graphs to ONNX and build TensorRT engines"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: reverie <command> [options]", "", "commands:"]
+    lines += [f"  {name:<8} {helptext}" for name, (_, helptext) in COMMANDS.items()]
+    lines += ["", "Run 'reverie <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from importlib.metadata import version
+
+        print(f"reverie {version('reverie')}")
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        print(f"reverie: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.main(argv[1:]) or 0)
+    except KeyboardInterrupt:
+        print("reverie: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
