@@ -1,0 +1,156 @@
+"""`reverie record` and `reverie data info|check`: files, exit codes, and clear errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import reverie_cli
+from train.episodes import Episode
+
+ENV = "builtin:gems"
+
+
+def run(*argv: str) -> int:
+    return reverie_cli.main(list(argv))
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("rec") / "d"
+    assert run("record", "--env", ENV, "--agent", "scripted", "--episodes", "2", "--steps", "40", "--size", "64",
+               "--out", str(out), "--seed", "5", "--no-progress") == 0
+    return out
+
+
+def test_record_writes_named_seeded_episodes(recorded):
+    files = sorted(p.name for p in recorded.iterdir())
+    assert files == ["builtin-gems_s5_e0000.episode", "builtin-gems_s5_e0001.episode"]
+    for e, name in enumerate(files):
+        with Episode(recorded / name) as ep:
+            ep.verify()
+            assert ep.header["seed"] == 5 + e and ep.env_id == ENV and ep.header["agent"] == "scripted"
+            assert ep.frame_shape == (64, 64, 3) and 2 <= len(ep) <= 41 and ep.num_actions == len(ep) - 1
+
+
+def test_record_is_reproducible_and_workers_agree(recorded, tmp_path):
+    out = tmp_path / "again"
+    assert run("record", "--env", ENV, "--agent", "scripted", "--episodes", "2", "--steps", "40", "--out", str(out),
+               "--seed", "5", "--workers", "2", "--no-progress") == 0
+    for name in ("builtin-gems_s5_e0000.episode", "builtin-gems_s5_e0001.episode"):
+        with Episode(recorded / name) as a, Episode(out / name) as b:
+            assert np.array_equal(a.frames(), b.frames()) and np.array_equal(a.actions(), b.actions())
+
+
+def test_record_summary_and_refusing_to_overwrite(recorded, capsys):
+    capsys.readouterr()
+    argv = ["record", "--env", ENV, "--episodes", "2", "--steps", "40", "--out", str(recorded), "--seed", "5",
+            "--no-progress"]
+    assert run(*argv) == 2
+    assert "already exist" in capsys.readouterr().err
+    assert run(*argv, "--overwrite") == 0
+    assert "recorded 2 episodes" in capsys.readouterr().out
+
+
+def test_help_lists_the_games(capsys):
+    with pytest.raises(SystemExit) as e:
+        run("record", "--help")
+    assert e.value.code == 0
+    assert "builtin:gems" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--env", "nosuch:game"], "unknown game"),
+    (["--env", ENV, "--agent", "robot"], "unknown agent 'robot'"),
+    (["--env", ENV, "--size", "2"], "--size must be between"),
+    (["--env", ENV, "--episodes", "0"], "--episodes must be at least 1"),
+    (["--env", ENV, "--steps", "-1"], "--steps must be at least 1"),
+])
+def test_record_errors_are_clear(tmp_path, capsys, args, message):
+    assert run("record", *args, "--out", str(tmp_path / "o"), "--no-progress") == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_unwritable_out_dir(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert run("record", "--env", ENV, "--out", str(blocker / "sub"), "--no-progress") == 2
+    err = capsys.readouterr().err
+    assert "cannot write to output directory" in err and "Traceback" not in err
+
+
+def test_command_line_error_has_no_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "reverie_cli", "record", "--env", "nosuch:game", "--out",
+                        str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "unknown game" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_data_info(recorded, capsys):
+    capsys.readouterr()
+    assert run("data", "info", str(recorded), "--json") == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["episodes"] == 2 and info["frames"] == info["actions"] + 2
+    assert info["frame_shapes"] == {"64x64x3": 2} and info["action_specs"][0]["game"] == ENV
+    assert run("data", "info", str(recorded)) == 0
+    assert "2 episodes" in capsys.readouterr().out
+
+
+def test_data_check_reports_every_bad_file(recorded, tmp_path, capsys):
+    assert run("data", "check", str(recorded)) == 0
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for p in recorded.iterdir():
+        data = bytearray(p.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (bad / p.name).write_bytes(bytes(data))
+    (bad / "builtin-gems_s5_e0009.episode.tmp").write_bytes(b"RVEP")
+    capsys.readouterr()
+    assert run("data", "check", str(bad)) == 1
+    out = capsys.readouterr().out
+    for p in recorded.iterdir():
+        assert f"BAD         {p.name}" in out
+    assert "INCOMPLETE  builtin-gems_s5_e0009.episode.tmp" in out and "Traceback" not in out
+    assert run("data", "check", str(tmp_path / "missing")) == 2
+
+
+def test_killed_recorder_leaves_no_whole_looking_file(tmp_path, capsys):
+    script = textwrap.dedent(f"""
+        import sys, time
+        import numpy as np
+        from engine.actions import ActionSpec
+        from train.episodes import EpisodeWriter
+        spec = ActionSpec(game="test:fake", buttons=("fire",))
+        w = EpisodeWriter({str(tmp_path / "k.episode")!r}, env_id="test:fake", action_spec=spec,
+                          frame_shape=(8, 8, 3), chunk_frames=4)
+        w.append(np.zeros((8, 8, 3), np.uint8))
+        for t in range(10**6):
+            w.append(np.full((8, 8, 3), t % 256, np.uint8), spec.null())
+            if t == 50:
+                w._file.flush()
+                print("writing", flush=True)
+            time.sleep(0.001 if t > 50 else 0)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.episode.tmp"]
+    capsys.readouterr()
+    assert run("data", "check", str(tmp_path)) == 1
+    out = capsys.readouterr().out
+    assert "INCOMPLETE  k.episode.tmp" in out

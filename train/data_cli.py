@@ -1,0 +1,127 @@
+"""`reverie data`: inspect (info) and verify (check) a directory of episode files (train/episodes.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from train.episodes import SUFFIX, TMP_SUFFIX, Episode, EpisodeError
+
+
+def _files(target: Path) -> tuple[list[Path], list[Path]]:
+    """Episode files and leftover temporary files of a directory (or one file)."""
+    if target.is_dir():
+        return sorted(target.glob("*" + SUFFIX)), sorted(target.glob("*" + SUFFIX + TMP_SUFFIX))
+    return [target], []
+
+
+def _summary(values: list[int]) -> dict:
+    if not values:
+        return {}
+    v = sorted(values)
+    return {"min": v[0], "median": v[len(v) // 2], "mean": round(sum(v) / len(v), 1), "max": v[-1]}
+
+
+def info(target: Path, as_json: bool) -> int:
+    """Print counts, env ids, shapes, action specs, bytes and lengths of the episodes under target."""
+    files, tmps = _files(target)
+    lengths, envs, shapes, specs, bad = [], Counter(), Counter(), {}, []
+    total_bytes = 0
+    compressions = Counter()
+    for path in files:
+        try:
+            with Episode(path) as ep:
+                lengths.append(len(ep))
+                envs[f"{ep.env_id} (version {ep.header.get('env_version') or '?'})"] += 1
+                shapes["x".join(map(str, ep.frame_shape))] += 1
+                specs[json.dumps(ep.spec.to_dict(), sort_keys=True)] = ep.spec.to_dict()
+                compressions[ep.compression] += 1
+                total_bytes += ep.file_size
+        except (EpisodeError, OSError) as e:
+            bad.append({"file": path.name, "error": str(e)})
+    report = {"path": str(target), "episodes": len(lengths), "frames": sum(lengths),
+              "actions": sum(lengths) - len(lengths), "env_ids": dict(envs), "frame_shapes": dict(shapes),
+              "action_specs": list(specs.values()), "compression": dict(compressions), "bytes": total_bytes,
+              "episode_frames": _summary(lengths), "bad_files": bad, "incomplete_files": [p.name for p in tmps]}
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{target}: {report['episodes']} episodes, {report['frames']} frames, {report['actions']} actions, "
+              f"{total_bytes / 1e6:.1f} MB on disk")
+        print(f"  env ids:      {', '.join(f'{k} x{v}' for k, v in envs.items()) or '-'}")
+        print(f"  frame shape:  {', '.join(f'{k} x{v}' for k, v in shapes.items()) or '-'}")
+        for spec in specs.values():
+            axes = f", axes {spec['axes']}" if spec["axes"] else ""
+            print(f"  action spec:  {spec['game']} v{spec['version']}: buttons {spec['buttons']}{axes}")
+        print(f"  compression:  {', '.join(f'{k} x{v}' for k, v in compressions.items()) or '-'}")
+        s = report["episode_frames"]
+        if s:
+            print(f"  frames/episode: min {s['min']}, median {s['median']}, mean {s['mean']}, max {s['max']}")
+        if len(shapes) > 1 or len(specs) > 1:
+            print("  note: mixed frame shapes or action specs; one training dataset needs one of each")
+        for b in bad:
+            print(f"  BAD {b['file']}: {b['error']}")
+        for p in tmps:
+            print(f"  INCOMPLETE {p.name}: left by a recorder that did not finish")
+    return 1 if bad or not files else 0
+
+
+def check(target: Path, quiet: bool) -> int:
+    """Verify every checksum of every episode file; report every bad and every incomplete file."""
+    files, tmps = _files(target)
+    n_bad = 0
+    frames = 0
+    for path in files:
+        try:
+            with Episode(path) as ep:
+                ep.verify()
+                frames += len(ep)
+            if not quiet:
+                print(f"ok          {path.name} ({len(ep)} frames)")
+        except EpisodeError as e:
+            n_bad += 1
+            print(f"BAD         {path.name}: {e}")
+        except Exception as e:  # a checker reports every file, whatever went wrong with one of them
+            n_bad += 1
+            print(f"BAD         {path.name}: {path}: {type(e).__name__}: {e}")
+    for path in tmps:
+        n_bad += 1
+        print(f"INCOMPLETE  {path.name}: an unfinished episode (the recorder was killed or failed); delete it "
+              "or re-record")
+    if not files and not tmps:
+        print(f"reverie data check: no *{SUFFIX} files in {target}", file=sys.stderr)
+        return 1
+    status = "all ok" if not n_bad else f"{n_bad} bad"
+    print(f"{target}: {len(files)} episode files, {frames} frames checked, {status}")
+    return 1 if n_bad else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reverie data", description="Inspect and verify episode files.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{info,check}")
+    i = sub.add_parser("info", help="counts, env ids, frame shape, action spec, bytes, episode lengths")
+    i.add_argument("path", type=Path, help=f"directory of *{SUFFIX} files, or one file")
+    i.add_argument("--json", action="store_true", help="print the report as JSON")
+    c = sub.add_parser("check", help="verify every checksum; non-zero exit if any file is bad or incomplete")
+    c.add_argument("path", type=Path, help=f"directory of *{SUFFIX} files, or one file")
+    c.add_argument("-q", "--quiet", action="store_true", help="print only bad files and the summary")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    if not a.path.exists():
+        print(f"reverie data {a.command}: error: {a.path}: no such file or directory", file=sys.stderr)
+        return 2
+    try:
+        return info(a.path, a.json) if a.command == "info" else check(a.path, a.quiet)
+    except OSError as e:
+        print(f"reverie data {a.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
