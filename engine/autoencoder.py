@@ -1,0 +1,113 @@
+"""Convolutional autoencoder: frame (B, 3, H, W) in [0, 1] <-> latent grid (B, C, H/f, W/f) in [-1, 1].
+
+The decoder runs for every displayed frame, so it is small and norm-free (TAESD-style, Bohan 2023) and is trained
+with noise on its input latent so that it tolerates the world model's imperfect latents. The loss is L1 plus an
+L1 on FFT magnitudes, which keeps edges sharp without any downloaded perceptual network.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.config import AutoencoderConfig
+
+
+class ResBlock(nn.Module):
+    """conv3x3 -> SiLU -> conv3x3, plus the input."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(ch, ch, 3, padding=1)
+        self.conv2 = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.silu(self.conv1(F.silu(x))))
+
+
+class Encoder(nn.Module):
+    """Frame -> latent: a stem, then per stage a residual block and a strided patchify conv; tanh bounds it."""
+
+    def __init__(self, cfg: AutoencoderConfig):
+        super().__init__()
+        ch = cfg.encoder_channels
+        self.stem = nn.Conv2d(3, ch[0], 3, padding=1)
+        stages = []
+        for i, s in enumerate(cfg.strides):
+            out = ch[min(i + 1, len(ch) - 1)]
+            stages += [ResBlock(ch[i]), nn.Conv2d(ch[i], out, kernel_size=s, stride=s)]
+        self.stages = nn.Sequential(*stages)
+        self.out = nn.Sequential(ResBlock(ch[-1]), nn.SiLU(), nn.Conv2d(ch[-1], cfg.latent_channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.stem(x * 2.0 - 1.0))  # (B, C_enc, h, w)
+        return torch.tanh(self.out(x))             # (B, C, h, w)
+
+
+class Decoder(nn.Module):
+    """Latent -> frame: per stage residual blocks then nearest upsampling and a conv; the last stage upsamples by
+    sub-pixel convolution (pixel shuffle, Shi et al. 2016) so no conv runs at full resolution. No norms."""
+
+    def __init__(self, cfg: AutoencoderConfig):
+        super().__init__()
+        ch, strides = cfg.decoder_channels, cfg.strides[::-1]
+        self.conv_in = nn.Conv2d(cfg.latent_channels, ch[0], 3, padding=1)
+        layers: list[nn.Module] = []
+        for i, s in enumerate(strides):
+            layers += [ResBlock(ch[i]) for _ in range(cfg.decoder_blocks)]
+            if i < len(strides) - 1:
+                layers += [nn.Upsample(scale_factor=s, mode="nearest"), nn.Conv2d(ch[i], ch[i + 1], 3, padding=1),
+                           nn.SiLU()]
+            else:
+                layers += [nn.SiLU(), nn.Conv2d(ch[i], 3 * s * s, 3, padding=1), nn.PixelShuffle(s)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.conv_in(z))  # (B, 3, H, W), about [0, 1]
+
+
+class Autoencoder(nn.Module):
+    """Encoder + decoder with the training loss."""
+
+    def __init__(self, cfg: AutoencoderConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) float in [0, 1] -> (B, C, h, w)."""
+        return self.encoder(frames)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, 3, H, W) float, not clamped."""
+        return self.decoder(z)
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.loss(frames)
+
+    def loss(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """L1 + FFT-magnitude L1 of the reconstruction from a latent with random-level noise added."""
+        z = self.encode(frames)
+        sigma = torch.rand(z.shape[0], 1, 1, 1, device=z.device) * self.cfg.decoder_noise
+        recon = self.decode(z + sigma * torch.randn_like(z))
+        l1 = (recon - frames).abs().mean()
+        freq = (torch.fft.rfft2(recon.float()).abs() - torch.fft.rfft2(frames.float()).abs()).abs().mean()
+        freq = freq / (frames.shape[-1] * frames.shape[-2]) ** 0.5
+        total = l1 + self.cfg.freq_loss_weight * freq
+        with torch.no_grad():
+            mse = F.mse_loss(recon.clamp(0, 1), frames)
+            psnr = -10.0 * torch.log10(mse.clamp_min(1e-10))
+        return total, {"l1": l1.item(), "freq": freq.item(), "psnr": psnr.item()}
+
+
+def frames_to_tensor(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [0, 1]."""
+    return frames.movedim(-1, -3).float().div_(255.0)
+
+
+def tensor_to_frames(x: torch.Tensor) -> torch.Tensor:
+    """float (..., 3, H, W) -> uint8 (..., H, W, 3), rounded and clamped."""
+    return x.clamp(0, 1).mul(255.0).add_(0.5).to(torch.uint8).movedim(-3, -1)

@@ -1,0 +1,390 @@
+"""engine.Session: the real-time world, one interface for play, serve, eval, bench and the Gymnasium wrapper.
+
+    s = Session("model.safetensors", device="cpu", steps=2)
+    s.reset(frames, actions)        # prime the context from real frames (T, H, W, 3) uint8
+    frame = s.step(action)          # (H, W, 3) uint8; batch > 1 gives (B, H, W, 3)
+    save = s.state(); ...; s.load_state(save)   # a save-game: KV cache, noise counters, step count
+    other = s.fork()                # an independent branch of the same world
+
+Per frame: S head steps (1..4, changeable between frames) with classifier-free guidance as one batch of 2 (scale
+1.0 skips the second half), one decode, then one backbone pass that appends the new frame to a ring-buffer KV
+cache of W frames. Every buffer is preallocated and every shape static, so memory does not grow with play time and
+on CUDA each part runs as a captured CUDA graph with no host sync inside. Noise is counter-based
+(engine.noise): each world has its own seed and counter, so a batch of B equals B single runs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.actions import ActionSpec, ActionSpecError
+from engine.autoencoder import Autoencoder, frames_to_tensor, tensor_to_frames
+from engine.checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_into
+from engine.config import ModelConfig
+from engine.noise import counter_normal
+from engine.world_model import WorldModel, step_schedule
+
+DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default.safetensors"
+STATE_FORMAT = 1
+
+
+class SessionError(ValueError):
+    """A bad input to the session: wrong shapes, unknown buttons, another game's state."""
+
+
+@dataclass
+class StepTimes:
+    """Milliseconds of the parts of the last step (filled when the session was made with profile=True)."""
+
+    head_ms: float = 0.0
+    decode_ms: float = 0.0
+    backbone_ms: float = 0.0
+
+
+class Session:
+    """B worlds imagined by one model; see the module docstring."""
+
+    def __init__(self, checkpoint: str | os.PathLike | Checkpoint | None = None, backend: str = "torch",
+                 device: str | torch.device = "cpu", batch: int = 1, steps: int = 2, guidance: float = 1.0,
+                 context_noise: float | None = None, seed: int = 0, dtype: str = "auto", cuda_graph: bool = True,
+                 threads: int | None = None, profile: bool = False, game: str | None = None,
+                 models: tuple[Autoencoder, WorldModel, ActionSpec] | None = None):
+        if backend != "torch":
+            raise SessionError(f"backend {backend!r}: this Session runs the 'torch' backend; onnxruntime and "
+                               "tensorrt sessions come from 'reverie export'")
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise SessionError("device 'cuda' asked for, but torch sees no CUDA device")
+        if models is None:
+            ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint or DEFAULT_MODEL)
+            if not ckpt.has("wm"):
+                raise CheckpointError(f"{ckpt.path}: a {ckpt.kind!r} checkpoint without world-model weights; "
+                                      "pass the model.safetensors written by 'reverie train wm'")
+            ae = load_into(Autoencoder(ckpt.config.autoencoder), ckpt, "ae")
+            wm = load_into(WorldModel(ckpt.config.world_model), ckpt, "wm")
+            spec, self.checkpoint = ckpt.action_spec, ckpt
+        else:
+            ae, wm, spec = models
+            self.checkpoint = None
+        if game is not None and game != spec.game:
+            raise SessionError(f"the model was trained on {spec.game!r}, not {game!r}")
+        if batch < 1:
+            raise SessionError(f"batch must be >= 1, got {batch}")
+        self.spec: ActionSpec = spec
+        self.cfg = wm.cfg
+        self.batch = batch
+        if dtype == "auto":
+            dtype = "bf16" if self.device.type == "cuda" else "fp32"
+        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+        dec_dtype = self.dtype if self.device.type == "cuda" else torch.float32  # CPU convs are slow in bf16
+        self.ae = ae.to(self.device).eval()
+        self.ae.decoder.to(dec_dtype)
+        self.wm = wm.to(self.device, self.dtype).eval()
+        for p in list(self.ae.parameters()) + list(self.wm.parameters()):
+            p.requires_grad_(False)
+        self.frame_shape = (ae.cfg.height, ae.cfg.width, 3)
+        self.context_noise = float(self.cfg.context_noise if context_noise is None else context_noise)
+        self._steps = self._check_steps(steps)
+        self.guidance = guidance
+        self.profile = profile
+        self.times = StepTimes()
+        self.use_graphs = cuda_graph and self.device.type == "cuda"
+        self._graphs: dict[Any, Any] = {}
+        self._alloc(seed)
+
+    # ---- buffers ---------------------------------------------------------------------------------------------
+    def _alloc(self, seed: int) -> None:
+        c, B, dev = self.cfg, self.batch, self.device
+        N, W = c.tokens_per_frame, c.context_frames
+        shape = (c.backbone_layers, B, c.heads, W * N, c.head_dim)
+        self.k_cache = torch.zeros(shape, device=dev, dtype=self.dtype)   # (L, B, H, W*N, hd)
+        self.v_cache = torch.zeros(shape, device=dev, dtype=self.dtype)
+        self.valid = torch.zeros(B, W, dtype=torch.bool, device=dev)      # which ring slots hold a frame
+        self.frame_count = torch.zeros((), dtype=torch.long, device=dev)  # frames appended since reset
+        self.seed = torch.arange(B, dtype=torch.long, device=dev) + seed * 1_000_003
+        self.counter = torch.zeros(B, dtype=torch.long, device=dev)
+        self.h_last = torch.zeros(B, N, c.d_model, device=dev, dtype=self.dtype)
+        self.action_buf = torch.zeros(B, c.action_dim, device=dev, dtype=self.dtype)
+        self.guidance_buf = torch.ones((), device=dev, dtype=self.dtype)
+        self.z_buf = torch.zeros(B, c.latent_channels, c.latent_height, c.latent_width, device=dev, dtype=self.dtype)
+        self.frame_buf = torch.zeros(B, *self.frame_shape, dtype=torch.uint8, device=dev)
+        self._token_offsets = torch.arange(N, device=dev)
+        self.primed = False
+
+    @property
+    def steps(self) -> int:
+        return self._steps
+
+    @steps.setter
+    def steps(self, value: int) -> None:
+        self._steps = self._check_steps(value)
+
+    def _check_steps(self, steps: int) -> int:
+        try:
+            step_schedule(int(steps), self.cfg.shortcut_levels)
+        except ValueError as e:
+            raise SessionError(str(e)) from None
+        return int(steps)
+
+    # ---- inputs ----------------------------------------------------------------------------------------------
+    def _actions(self, action: Any, where: str = "action") -> torch.Tensor:
+        """Action vector(s) -> (B, A); accepts a vector, a (B, A) array, or button names per world."""
+        if isinstance(action, (list, tuple)) and action and all(isinstance(a, str) for a in action):
+            action = self.spec.encode(action)
+        elif isinstance(action, (list, tuple)) and action and all(isinstance(a, (list, tuple, set)) for a in action) \
+                and all(isinstance(x, str) for a in action for x in a):
+            action = np.stack([self.spec.encode(a) for a in action])
+        try:
+            arr = self.spec.check(action, where)
+        except ActionSpecError as e:
+            raise SessionError(str(e)) from None
+        if arr.ndim == 1:
+            arr = np.broadcast_to(arr, (self.batch, arr.shape[0]))
+        if arr.shape[0] != self.batch:
+            raise SessionError(f"{where}: got actions for {arr.shape[0]} worlds, the session has batch={self.batch}")
+        return torch.from_numpy(np.ascontiguousarray(arr))
+
+    def _frames(self, frames: Any) -> torch.Tensor:
+        """(T, H, W, 3) or (B, T, H, W, 3) uint8 -> (B, T, H, W, 3) uint8 tensor on the device."""
+        arr = torch.as_tensor(np.asarray(frames))
+        if arr.dtype != torch.uint8:
+            raise SessionError(f"frames must be uint8 RGB, got {arr.dtype}")
+        if arr.ndim == 4:
+            arr = arr[None].expand(self.batch, *arr.shape)
+        if arr.ndim != 5 or tuple(arr.shape[2:]) != self.frame_shape or arr.shape[0] != self.batch:
+            raise SessionError(f"frames must be (T, {', '.join(map(str, self.frame_shape))}) or "
+                               f"({self.batch}, T, ...) uint8 for this model, got {tuple(arr.shape)}")
+        if arr.shape[1] < 1:
+            raise SessionError("reset needs at least one frame")
+        return arr.to(self.device)
+
+    # ---- the three parts of a step ---------------------------------------------------------------------------
+    def _mask(self) -> torch.Tensor:
+        """Additive attention mask (B, 1, 1, W*N) from the valid ring slots."""
+        N = self.cfg.tokens_per_frame
+        m = self.valid.repeat_interleave(N, dim=1)  # (B, W*N)
+        return torch.zeros(m.shape, device=self.device, dtype=self.dtype).masked_fill(~m, float("-inf"))[:, None, None]
+
+    def _advance(self, z: torch.Tensor, actions: torch.Tensor) -> None:
+        """Backbone pass over a new frame's latent z (B, C, h, w): append it to the ring cache, update h_last."""
+        c, wm = self.cfg, self.wm
+        slot = self.frame_count.remainder(c.context_frames)
+        write_index = slot * c.tokens_per_frame + self._token_offsets  # (N,)
+        self.valid.index_fill_(1, slot.reshape(1), True)
+        noise = counter_normal(self.seed, self.counter, tuple(z.shape[1:]), stream=1).to(self.dtype)
+        level = torch.full((self.batch,), self.context_noise, device=self.device, dtype=self.dtype)
+        z_ctx = wm.corrupt(wm.normalize(z.to(self.dtype)), level, noise)
+        cos, sin = wm.rope.frames(self.frame_count.reshape(1))
+        h = wm.backbone.step(wm.patchify(z_ctx), actions.to(self.dtype), level, cos[0], sin[0],
+                             self.k_cache, self.v_cache, write_index, self._mask())
+        self.h_last.copy_(h)
+        self.frame_count.add_(1)
+        self.counter.add_(1)
+
+    def _predict(self, actions: torch.Tensor, steps: int, cfg_on: bool) -> None:
+        """Head: sample the next latent into z_buf (S Euler steps, CFG as one batch of 2 when on)."""
+        wm = self.wm
+        noise = counter_normal(self.seed, self.counter, (self.cfg.tokens_per_frame, self.cfg.token_dim), stream=0)
+        g = self.guidance_buf if cfg_on else 1.0
+        tokens = wm.sample(self.h_last, actions.to(self.dtype), noise.to(self.dtype), steps, g)
+        self.z_buf.copy_(wm.denormalize(wm.unpatchify(tokens)))
+
+    def _decode(self) -> None:
+        dec = self.ae.decoder
+        x = dec(self.z_buf.to(next(dec.parameters()).dtype))
+        self.frame_buf.copy_(tensor_to_frames(x.float()))
+
+    # ---- public API -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def reset(self, frames: Any, actions: Any = None, seed: int | None = None) -> np.ndarray:
+        """Prime every world from real frames (T, H, W, 3) or (B, T, H, W, 3); actions[t] led to frames[t]."""
+        fr = self._frames(frames)
+        B, T = fr.shape[:2]
+        if actions is None:
+            acts = torch.zeros(B, T, self.spec.size)
+        else:
+            try:
+                arr = self.spec.check(actions, "reset actions")
+            except ActionSpecError as e:
+                raise SessionError(str(e)) from None
+            if arr.ndim == 2:
+                arr = np.broadcast_to(arr, (B, *arr.shape))
+            if arr.shape[:2] != (B, T):
+                raise SessionError(f"reset actions: need one per frame, shape ({T}, {self.spec.size}) or "
+                                   f"({B}, {T}, {self.spec.size}); got {arr.shape}")
+            acts = torch.from_numpy(np.ascontiguousarray(arr))
+        if seed is not None:
+            self.seed.copy_(torch.arange(B, device=self.device) + seed * 1_000_003)
+        self.k_cache.zero_()
+        self.v_cache.zero_()
+        self.valid.zero_()
+        self.frame_count.zero_()
+        self.counter.zero_()
+        enc_dtype = next(self.ae.encoder.parameters()).dtype
+        z = self.ae.encode(frames_to_tensor(fr.reshape(B * T, *self.frame_shape)).to(enc_dtype))
+        z = z.reshape(B, T, *z.shape[1:])
+        acts = acts.to(self.device)
+        for t in range(T):
+            self._advance(z[:, t], acts[:, t])
+        self.primed = True
+        self.frame_buf.copy_(fr[:, -1])
+        return self._out()
+
+    @torch.no_grad()
+    def step(self, action: Any) -> np.ndarray:
+        """Advance every world by one frame under `action`; returns (H, W, 3) uint8, or (B, H, W, 3)."""
+        if not self.primed:
+            raise SessionError("call reset(frames) before step()")
+        self.action_buf.copy_(self._actions(action).to(self.device))
+        cfg_on = float(self.guidance) != 1.0
+        if cfg_on:
+            self.guidance_buf.fill_(float(self.guidance))
+        if self.use_graphs:
+            self._run_graphs(self._steps, cfg_on)
+        elif self.profile:
+            t0 = time.perf_counter()
+            self._predict(self.action_buf, self._steps, cfg_on)
+            t1 = time.perf_counter()
+            self._decode()
+            t2 = time.perf_counter()
+            self._advance(self.z_buf, self.action_buf)
+            t3 = time.perf_counter()
+            self.times = StepTimes((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+        else:
+            self._predict(self.action_buf, self._steps, cfg_on)
+            self._decode()
+            self._advance(self.z_buf, self.action_buf)
+        return self._out()
+
+    def _out(self) -> np.ndarray:
+        frames = self.frame_buf.cpu().numpy()
+        return frames[0] if self.batch == 1 else frames
+
+    @property
+    def latent(self) -> torch.Tensor:
+        """The latest generated latent (B, C, h, w) (tests compare rollouts on it)."""
+        return self.z_buf
+
+    # ---- CUDA graphs --------------------------------------------------------------------------------------------
+    def _run_graphs(self, steps: int, cfg_on: bool) -> None:
+        key = (steps, cfg_on)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(steps, cfg_on)
+        graphs = self._graphs[key]
+        if self.profile:
+            ev = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+            ev[0].record()
+            for g, e in zip(graphs, ev[1:]):
+                g.replay()
+                e.record()
+            ev[3].synchronize()
+            self.times = StepTimes(ev[0].elapsed_time(ev[1]), ev[1].elapsed_time(ev[2]), ev[2].elapsed_time(ev[3]))
+        else:
+            for g in graphs:
+                g.replay()
+
+    def _capture(self, steps: int, cfg_on: bool) -> list[torch.cuda.CUDAGraph]:
+        """Capture head, decode and backbone as three graphs over the session's static buffers."""
+        saved = self.state()
+        parts = [lambda: self._predict(self.action_buf, steps, cfg_on), self._decode,
+                 lambda: self._advance(self.z_buf, self.action_buf)]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm up kernels and allocator outside the capture
+                for f in parts:
+                    f()
+        torch.cuda.current_stream().wait_stream(stream)
+        graphs = []
+        for f in parts:
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                f()
+            graphs.append(g)
+        self.load_state(saved)  # warm-up and capture advanced the world: undo it
+        return graphs
+
+    # ---- save-games and branches ------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """The whole world as CPU tensors plus metadata: KV cache, ring validity, step count, noise counters."""
+        return {"format": STATE_FORMAT, "game": self.spec.game, "config": self.wm.cfg.__dict__.copy(),
+                "batch": self.batch, "primed": self.primed,
+                "tensors": {k: getattr(self, k).detach().cpu().clone() for k in self._STATE}}
+
+    _STATE = ("k_cache", "v_cache", "valid", "frame_count", "seed", "counter", "h_last", "frame_buf", "z_buf")
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore a state() of a session of the same model and batch."""
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise SessionError("not a Reverie session state (format mismatch)")
+        if state.get("game") != self.spec.game:
+            raise SessionError(f"this save is from a {state.get('game')!r} world; the model plays {self.spec.game!r}")
+        if state.get("config") != self.wm.cfg.__dict__ or state.get("batch") != self.batch:
+            raise SessionError("this save is from a different model or batch size; load it with the model and "
+                               "--batch it was saved with")
+        for k in self._STATE:
+            t = state["tensors"][k]
+            getattr(self, k).copy_(t.to(self.device))
+        self.primed = bool(state["primed"])
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write state() to a .safetensors save-game (atomically)."""
+        import json
+
+        from safetensors.torch import save_file
+
+        from engine.checkpoint import atomic_target
+
+        st = self.state()
+        meta = {"format": str(st["format"]), "game": st["game"], "config": json.dumps(st["config"]),
+                "batch": str(st["batch"]), "primed": str(int(st["primed"]))}
+        tensors = {k: (v.float() if v.dtype == torch.bfloat16 else v).contiguous() for k, v in st["tensors"].items()}
+        path = Path(path)
+        with atomic_target(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+        return path
+
+    def load(self, path: str | os.PathLike) -> None:
+        import json
+
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            st = {"format": int(meta["format"]), "game": meta["game"], "config": json.loads(meta["config"]),
+                  "batch": int(meta["batch"]), "primed": meta["primed"] == "1", "tensors": tensors}
+        except (OSError, SafetensorError, KeyError, ValueError) as e:
+            raise SessionError(f"{path}: not a readable Reverie save-game ({e})") from None
+        st["config"] = {k: tuple(v) if isinstance(v, list) else v for k, v in st["config"].items()}
+        self.load_state(st)
+
+    def fork(self, seed: int | None = None) -> Session:
+        """An independent copy of this world (sharing weights) whose noise continues from `seed`."""
+        other = Session.__new__(Session)
+        other.__dict__.update(self.__dict__)
+        other._graphs = {}
+        other._alloc(0)
+        other.load_state(self.state())
+        if seed is not None:
+            other.seed.copy_(torch.arange(self.batch, device=self.device) + seed * 1_000_003)
+        return other
+
+    def close(self) -> None:
+        self._graphs.clear()
+        self.k_cache = self.v_cache = None  # type: ignore[assignment]
+
+
+def load_models(checkpoint: str | os.PathLike | None = None) -> tuple[Checkpoint, ModelConfig]:
+    ckpt = load_checkpoint(checkpoint or DEFAULT_MODEL)
+    return ckpt, ckpt.config

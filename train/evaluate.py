@@ -1,0 +1,201 @@
+"""`reverie eval`: score a world model on held-out episodes by replaying their actions.
+
+Metrics (all on frames, against the real game's):
+  psnr, ssim    per horizon step 1..H, mean over rollouts (SSIM: Wang et al. 2004, 11x11 Gaussian window)
+  ae_psnr       autoencoder reconstruction PSNR of the real frames (the ceiling of the above)
+  action_following  exact-match accuracy of an inverse-dynamics model reading the actions back from generated
+                    frame pairs vs from real pairs, and their ratio
+A PNG plot of PSNR against horizon is written beside the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.autoencoder import frames_to_tensor, tensor_to_frames
+from engine.checkpoint import CheckpointError, atomic_write_text, load_checkpoint
+from engine.session import DEFAULT_MODEL, Session, SessionError
+from train.data import EpisodeSource
+from train.rollout import psnr, rollout
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """SSIM over the last three axes of uint8 images (..., H, W, 3), averaged over channels."""
+    x = torch.from_numpy(a.reshape(-1, *a.shape[-3:])).permute(0, 3, 1, 2).double() / 255.0
+    y = torch.from_numpy(b.reshape(-1, *b.shape[-3:])).permute(0, 3, 1, 2).double() / 255.0
+    size, sigma, C = 11, 1.5, x.shape[1]
+    g = torch.exp(-((torch.arange(size, dtype=torch.float64) - size // 2) ** 2) / (2 * sigma**2))
+    g = g / g.sum()
+    win = (g[:, None] * g[None, :]).expand(C, 1, size, size).contiguous()
+
+    def blur(t):
+        return F.conv2d(t, win, groups=C)
+
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+    return s.mean(dim=(1, 2, 3)).numpy().reshape(a.shape[:-3])
+
+
+def windows(src: EpisodeSource, need: int, per_episode: int, max_episodes: int) -> list[tuple[int, int]]:
+    """(episode, start) of evenly spaced, non-overlapping windows of `need` frames."""
+    out = []
+    for e, n in enumerate(src.lengths[:max_episodes] if max_episodes else src.lengths):
+        k = min(per_episode, n // need)
+        if k == 0:
+            continue
+        stride = (n - need) // max(1, k - 1) if k > 1 else 0
+        out += [(e, i * stride) for i in range(k)]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="reverie eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="world-model checkpoint (default: the shipped model)")
+    p.add_argument("--data", required=True, help="folder of held-out episodes (not used in training)")
+    p.add_argument("--horizon", type=int, default=16, help="frames generated per rollout (default 16)")
+    p.add_argument("--context", type=int, default=0, help="real frames that prime each rollout (default W/2)")
+    p.add_argument("--json", required=True, help="where to write the metrics")
+    p.add_argument("--plot", default=None, help="PNG of PSNR vs horizon (default: beside --json)")
+    p.add_argument("--steps", type=int, default=2, help="sampling steps (default 2)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1.0)")
+    p.add_argument("--context-noise", type=float, default=None, help="run-time context noise (default: model's)")
+    p.add_argument("--idm", default=None, help="inverse-dynamics checkpoint (default: the model's own 'idm' part)")
+    p.add_argument("--idm-steps", type=int, default=300,
+                   help="if no IDM is given or bundled, train one on --data for this many steps")
+    p.add_argument("--rollouts-per-episode", type=int, default=4)
+    p.add_argument("--episodes", type=int, default=0, help="use at most this many episodes (0: all)")
+    p.add_argument("--batch", type=int, default=16, help="rollouts run together")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    try:
+        return evaluate(args)
+    except (CheckpointError, SessionError, FileNotFoundError, ValueError) as e:
+        print(f"reverie eval: error: {e}", file=sys.stderr)
+        return 1
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from train.idm import action_accuracy, load_idm, predict
+
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    ckpt = load_checkpoint(args.model or DEFAULT_MODEL)
+    src = EpisodeSource(args.data)
+    if not ckpt.action_spec.compatible(src.spec):
+        raise CheckpointError(f"{ckpt.path}: a model of {ckpt.action_spec.game!r}, but {args.data} holds "
+                              f"{src.spec.game!r} episodes")
+    if args.horizon < 1:
+        raise ValueError("--horizon must be >= 1")
+    context = args.context or max(1, ckpt.config.world_model.context_frames // 2)
+    need = context + args.horizon
+    wins = windows(src, need, args.rollouts_per_episode, args.episodes)
+    if not wins:
+        raise ValueError(f"{args.data}: no episode has {need} frames (context {context} + horizon {args.horizon})")
+    device = torch.device(args.device)
+    gen_all, real_all, acts_all, ctx_last = [], [], [], []
+    sess = None
+    for i in range(0, len(wins), args.batch):
+        chunk = wins[i:i + args.batch]
+        if sess is None or sess.batch != len(chunk):
+            sess = Session(ckpt, device=device, batch=len(chunk), steps=args.steps, guidance=args.guidance,
+                           context_noise=args.context_noise, seed=args.seed)
+        fr = np.stack([src.episode_frames(e)[s:s + need] for e, s in chunk])
+        ac = np.stack([src.actions[e][s:s + need] for e, s in chunk])
+        gen, real = rollout(sess, fr, ac, context, args.horizon)
+        gen_all.append(gen)
+        real_all.append(real)
+        acts_all.append(ac[:, context:])
+        ctx_last.append(fr[:, context - 1])
+    gen, real = np.concatenate(gen_all), np.concatenate(real_all)      # (R, H, h, w, 3)
+    acts, last_ctx = np.concatenate(acts_all), np.concatenate(ctx_last)  # (R, H, A), (R, h, w, 3)
+    p, s = psnr(gen, real), ssim(gen, real)                           # (R, H)
+
+    # autoencoder ceiling: reconstruct the real frames of the rollouts
+    ae = sess.ae
+    with torch.no_grad():
+        flat = torch.from_numpy(real.reshape(-1, *real.shape[2:]))
+        recon = []
+        for j in range(0, len(flat), 256):
+            x = frames_to_tensor(flat[j:j + 256].to(device))
+            recon.append(tensor_to_frames(ae.decode(ae.encode(x)).float()).cpu())
+        ae_psnr = float(psnr(torch.cat(recon).numpy(), flat.numpy()).mean())
+
+    # action following through an inverse-dynamics model
+    idm_note = "bundled"
+    if args.idm:
+        idm = load_idm(load_checkpoint(args.idm))
+        idm_note = str(args.idm)
+    elif ckpt.has("idm"):
+        idm = load_idm(ckpt)
+    else:
+        idm = _quick_idm(args, src)
+        idm_note = f"trained on --data for {args.idm_steps} steps (no IDM was given or bundled)"
+    nb = len(ckpt.action_spec.buttons)
+    before_gen = np.concatenate([last_ctx[:, None], gen[:, :-1]], axis=1)
+    before_real = np.concatenate([last_ctx[:, None], real[:, :-1]], axis=1)
+    target = torch.from_numpy(acts.reshape(-1, acts.shape[-1]))
+
+    def score(before, after):
+        pred = predict(idm, torch.from_numpy(before.reshape(-1, *before.shape[2:])),
+                       torch.from_numpy(after.reshape(-1, *after.shape[2:])), nb)
+        return action_accuracy(pred, target, nb)
+
+    acc_gen, acc_real = score(before_gen, gen), score(before_real, real)
+    result = {
+        "psnr": [float(v) for v in p.mean(axis=0)], "ssim": [float(v) for v in s.mean(axis=0)],
+        "psnr_step1": float(p[:, 0].mean()), "psnr_mean": float(p.mean()), "ssim_mean": float(s.mean()),
+        "ae_psnr": ae_psnr,
+        "action_following": {"generated": acc_gen, "real": acc_real,
+                             "ratio": acc_gen / acc_real if acc_real > 0 else 0.0, "idm": idm_note},
+        "steps": args.steps, "guidance": args.guidance, "context": context, "horizon": args.horizon,
+        "context_noise": sess.context_noise, "episodes": len({e for e, _ in wins}), "rollouts": len(wins),
+        "frames": int(gen.shape[0] * gen.shape[1]), "model": str(ckpt.path), "data": str(args.data),
+        "device": str(device), "seconds": time.perf_counter() - t_start,
+    }
+    out = Path(args.json)
+    atomic_write_text(out, json.dumps(result, indent=2))
+    plot = Path(args.plot) if args.plot else out.with_suffix(".png")
+    try:
+        from train.visual import line_plot
+
+        line_plot(plot, {"PSNR (dB)": result["psnr"]}, title=f"{ckpt.path.name}: PSNR vs horizon",
+                  xlabel="horizon step", hlines={"AE ceiling": ae_psnr})
+    except ImportError:
+        plot = None
+    print(f"psnr step 1 {result['psnr_step1']:.2f} dB, mean over {args.horizon} {result['psnr_mean']:.2f} dB, "
+          f"ssim {result['ssim_mean']:.3f}, ae {ae_psnr:.2f} dB, action following {acc_gen:.3f} vs real "
+          f"{acc_real:.3f} (ratio {result['action_following']['ratio']:.2f}) -> {out}" + (f", {plot}" if plot else ""))
+    return 0
+
+
+def _quick_idm(args: argparse.Namespace, src: EpisodeSource):
+    """Train a small IDM on the evaluation data in-process (only when none is available)."""
+    from train.idm import InverseDynamics, idm_loss
+    from train.loop import step_generator
+
+    print(f"reverie eval: no inverse-dynamics model given; training one on {args.data} for {args.idm_steps} "
+          "steps (pass --idm or bundle one with 'reverie train wm --idm' for a fixed instrument)", file=sys.stderr)
+    torch.manual_seed(args.seed)
+    idm = InverseDynamics(src.spec.size)
+    opt = torch.optim.AdamW(idm.parameters(), lr=1e-3)
+    nb = len(src.spec.buttons)
+    for step in range(args.idm_steps):
+        win = src.sample(step_generator(args.seed + 7, step), 32, 2)
+        fr = frames_to_tensor(win.frames)
+        loss = idm_loss(idm(fr[:, 0], fr[:, 1]), win.actions[:, 1], nb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return idm.eval()

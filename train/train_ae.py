@@ -1,0 +1,58 @@
+"""`reverie train ae`: train the autoencoder on recorded frames; writes RUN/ae.safetensors."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from engine.autoencoder import Autoencoder, frames_to_tensor
+from engine.checkpoint import save_checkpoint
+from engine.config import ModelConfig
+from train.cli import train_config
+from train.data import EpisodeSource
+from train.loop import Dist, fit, start_run, step_generator
+from train.visual import save_grid
+
+
+def run(args: argparse.Namespace) -> int:
+    tcfg = train_config(args)
+    src = EpisodeSource(args.data, skip_bad=args.skip_bad)
+    cfg = ModelConfig.from_name(args.preset, action_dim=src.spec.size)
+    H, W = cfg.autoencoder.height, cfg.autoencoder.width
+    if tuple(src.frame_shape) != (H, W, 3):
+        raise ValueError(f"{args.data}: frames are {src.frame_shape}, preset {args.preset!r} expects ({H}, {W}, 3); "
+                         f"record with --size {H} or pick another preset")
+    started = start_run(args.out, tcfg, {"stage": "ae", "model": cfg.to_dict(), "data": src.summary()},
+                        args.dry_run, args.no_resume)
+    if started is None:
+        return 0
+    run_dir, device, dist_info = started
+    model = Autoencoder(cfg.autoencoder).to(device)
+
+    def batch_fn(step: int, d: Dist) -> torch.Tensor:
+        win = src.sample(step_generator(tcfg.seed, step), tcfg.batch, 1)
+        per = tcfg.batch // d.world
+        frames = win.frames[d.rank * per:(d.rank + 1) * per, 0]  # (b, H, W, 3)
+        return frames_to_tensor(frames.to(device, non_blocking=True))
+
+    def loss_fn(m, frames):
+        return m(frames)  # Autoencoder.forward is its loss; called through DDP's wrapper when there is one
+
+    def sample_fn(step: int):
+        frames = frames_to_tensor(src.sample(step_generator(tcfg.seed + 1, 0), 8, 1).frames[:, 0].to(device))
+        with torch.no_grad():
+            recon = model.decode(model.encode(frames)).clamp(0, 1)
+        save_grid(run_dir.root / "samples" / f"ae_step{step:07d}.png", [frames, recon])
+        return None
+
+    last = fit(run=run_dir, model=model, tcfg=tcfg, device=device, dist_info=dist_info, batch_fn=batch_fn,
+               loss_fn=loss_fn, sample_fn=sample_fn,
+               describe=lambda v: f"loss {v['loss']:.4f} psnr {v.get('psnr', 0):.1f}dB", resume=not args.no_resume)
+    if dist_info.main:
+        sample_fn(tcfg.steps)
+        path = save_checkpoint(run_dir.root / "ae.safetensors", kind="autoencoder", config=cfg,
+                               action_spec=src.spec, parts={"ae": model.state_dict()}, data=src.summary(),
+                               metrics={k: float(v) for k, v in last.items()})
+        print(f"wrote {path} (train psnr {last.get('psnr', float('nan')):.2f} dB)")
+    return 0

@@ -1,0 +1,110 @@
+"""Pictures a person would rather look at than read: image grids (PNG) and animations (GIF)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.checkpoint import atomic_target
+
+
+def _to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(B, 3, H, W) float in [0, 1] or (B, H, W, 3) uint8 -> (B, H, W, 3) uint8."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        if x.dtype != torch.uint8:
+            x = (x.float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).movedim(-3, -1)
+        x = x.numpy()
+    return np.asarray(x, np.uint8)
+
+
+def grid(rows: Sequence[torch.Tensor | np.ndarray], pad: int = 2) -> np.ndarray:
+    """Rows of equally sized images -> one (H', W', 3) uint8 picture with a dark gutter."""
+    rows_u8 = [_to_uint8(r) for r in rows]
+    n = max(r.shape[0] for r in rows_u8)
+    h, w = rows_u8[0].shape[1:3]
+    out = np.full((len(rows_u8) * (h + pad) + pad, n * (w + pad) + pad, 3), 40, np.uint8)
+    for i, r in enumerate(rows_u8):
+        for j, img in enumerate(r):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            out[y:y + h, x:x + w] = img
+    return out
+
+
+def save_png(path: str | os.PathLike, image: np.ndarray, scale: int = 1) -> Path:
+    from PIL import Image
+
+    if scale > 1:
+        image = image.repeat(scale, 0).repeat(scale, 1)
+    path = Path(path)
+    with atomic_target(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+    return path
+
+
+def save_grid(path: str | os.PathLike, rows: Sequence[torch.Tensor | np.ndarray], scale: int = 2) -> Path:
+    return save_png(path, grid(rows), scale)
+
+
+def save_gif(path: str | os.PathLike, frames: Sequence[np.ndarray], fps: float = 15.0, scale: int = 2) -> Path:
+    """(H, W, 3) uint8 frames -> looping GIF."""
+    from PIL import Image
+
+    imgs = [Image.fromarray(f.repeat(scale, 0).repeat(scale, 1) if scale > 1 else f) for f in frames]
+    path = Path(path)
+    with atomic_target(path) as tmp:
+        imgs[0].save(tmp, format="GIF", save_all=True, append_images=imgs[1:], duration=int(1000 / fps), loop=0)
+    return path
+
+
+def line_plot(path: str | os.PathLike, series: dict[str, Sequence[float]], title: str = "", xlabel: str = "",
+              hlines: dict[str, float] | None = None, size: tuple[int, int] = (640, 400)) -> Path:
+    """A small line plot (x = 1..n) drawn with Pillow, so no plotting library is needed."""
+    from PIL import Image, ImageDraw
+
+    colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
+    W, H = size
+    left, right, top, bottom = 60, 20, 30, 45
+    img = Image.new("RGB", size, (255, 255, 255))
+    d = ImageDraw.Draw(img)
+    values = [v for s in series.values() for v in s] + list((hlines or {}).values())
+    lo, hi = min(values), max(values)
+    lo, hi = (lo - 1, hi + 1) if hi - lo < 1e-6 else (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+    n = max(len(s) for s in series.values())
+
+    def xy(i: float, v: float) -> tuple[float, float]:
+        x = left + (W - left - right) * ((i - 1) / max(1, n - 1))
+        return x, top + (H - top - bottom) * (1 - (v - lo) / (hi - lo))
+
+    d.rectangle([left, top, W - right, H - bottom], outline=(0, 0, 0))
+    for k in range(5):
+        v = lo + (hi - lo) * k / 4
+        _, y = xy(1, v)
+        d.line([left - 4, y, left, y], fill=(0, 0, 0))
+        d.text((4, y - 6), f"{v:.2f}" if hi - lo < 4 else f"{v:.1f}", fill=(0, 0, 0))
+    for i in range(1, n + 1, max(1, n // 8)):
+        x, _ = xy(i, lo)
+        d.line([x, H - bottom, x, H - bottom + 4], fill=(0, 0, 0))
+        d.text((x - 4, H - bottom + 6), str(i), fill=(0, 0, 0))
+    for name, v in (hlines or {}).items():
+        _, y = xy(1, v)
+        d.line([left, y, W - right, y], fill=(150, 150, 150), width=1)
+        d.text((W - right - 120, y - 14), f"{name} {v:.1f}", fill=(110, 110, 110))
+    for j, (name, ys) in enumerate(series.items()):
+        c = colors[j % len(colors)]
+        pts = [xy(i + 1, v) for i, v in enumerate(ys)]
+        if len(pts) > 1:
+            d.line(pts, fill=c, width=2)
+        for x, y in pts:
+            d.ellipse([x - 2, y - 2, x + 2, y + 2], fill=c)
+        d.text((left + 8, top + 6 + 14 * j), name, fill=c)
+    d.text((left, 8), title, fill=(0, 0, 0))
+    d.text(((W - len(xlabel) * 6) // 2, H - 16), xlabel, fill=(0, 0, 0))
+    path = Path(path)
+    with atomic_target(path) as tmp:
+        img.save(tmp, format="PNG")
+    return path
