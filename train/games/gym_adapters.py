@@ -1,0 +1,374 @@
+"""Adapters that put Atari (ale-py), Doom (vizdoom) and any image-based Gymnasium env behind the Game protocol.
+
+Each adapter builds an ActionSpec from the env's controls, turns a Reverie action vector (multi-hot buttons, then
+axes) into the env's action, and returns frames resized to (size, size, 3) uint8 with an area filter in numpy.
+
+- `ale:<Game>` -> Gymnasium "ALE/<Game>-v5" with sticky actions off and a fixed frameskip, so an episode is
+  a function of its seed and actions. Buttons are the minimal action set's meanings, lower-cased ("fire",
+  "right", "left", ...); nothing pressed is action 0, NOOP, which therefore has no button.
+- `vizdoom:<scenario>` -> a vizdoom DoomGame on `<scenario>.cfg` from vizdoom's own scenario folder, window
+  hidden, sound off. Binary buttons are named after vizdoom's buttons ("move_left", "attack"); delta buttons
+  (e.g. TURN_LEFT_RIGHT_DELTA) become axes in [-1, 1].
+- `gym:<EnvId>` -> any registered Gymnasium env whose observation is an image or that renders "rgb_array",
+  with a Discrete, MultiDiscrete, MultiBinary or bounded 1-D Box action space.
+
+gymnasium, ale_py and vizdoom are imported only when an adapter is built (the `data` extra).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.actions import ActionSpec, ActionSpecError
+
+INSTALL_HINT = "install the data extra: pip install 'reverie[data]'"
+ALE_FRAMESKIP = 4           # the ALE v5 default; 60 Hz Atari -> 15 frames/s
+VIZDOOM_FRAME_SKIP = 2      # 35 Hz Doom -> 17.5 frames/s
+VIZDOOM_DELTA_SCALE = 10.0  # an axis value of 1 is this many units of a vizdoom delta button per tic
+ATARI_HZ = 60.0
+_ALE_TOKENS = re.compile(r"UP|DOWN|LEFT|RIGHT|FIRE")
+
+
+def require(module: str) -> Any:
+    """Import an optional dependency or raise an ImportError that says how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"{module!r} is needed for this game but is not installed ({e}); {INSTALL_HINT}") from e
+
+
+# ---- frames ------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=32)
+def _area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) matrix averaging the input pixels each output pixel covers (box filter, exact overlap)."""
+    scale = n_in / n_out
+    lo = np.arange(n_out)[:, None] * scale                    # (n_out, 1)
+    j = np.arange(n_in)[None, :]                              # (1, n_in)
+    w = np.clip(np.minimum(lo + scale, j + 1) - np.maximum(lo, j), 0.0, None)  # (n_out, n_in)
+    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def to_rgb(frame: np.ndarray) -> np.ndarray:
+    """An (H, W, 3) uint8 view of a grey (H, W) / (H, W, 1) or RGB(A) (H, W, 3|4) image."""
+    frame = np.asarray(frame)
+    if frame.ndim == 2:
+        frame = frame[:, :, None]
+    if frame.ndim != 3 or frame.shape[2] not in (1, 3, 4):
+        raise ValueError(f"expected an image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {frame.shape}")
+    if frame.shape[2] == 1:
+        frame = np.repeat(frame, 3, axis=2)
+    if frame.dtype != np.uint8:
+        frame = np.clip(frame, 0, 255).astype(np.uint8)
+    return frame[:, :, :3]
+
+
+def resize_area(frame: np.ndarray, size: int) -> np.ndarray:
+    """Resize an image to (size, size, 3) uint8 with an area (box) filter; the aspect ratio is not kept."""
+    frame = to_rgb(frame)
+    h, w, _ = frame.shape
+    if (h, w) == (size, size):
+        return frame.copy()
+    wy, wx = _area_weights(h, size), _area_weights(w, size)
+    tmp = wy @ frame.reshape(h, w * 3).astype(np.float32)                 # (size, w * 3)
+    out = wx @ tmp.reshape(size, w, 3).transpose(1, 0, 2).reshape(w, size * 3)  # (size_x, size_y * 3)
+    out = out.reshape(size, size, 3).transpose(1, 0, 2)                   # (size_y, size_x, 3)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+# ---- actions -----------------------------------------------------------------------------------------------
+def control_name(raw: str, fallback: str) -> str:
+    """A valid ActionSpec control name from an env's label ('UP-RIGHT' -> 'up_right'), or the fallback."""
+    name = re.sub(r"[^a-z0-9_]+", "_", str(raw).strip().lower()).strip("_")[:32]
+    return name if re.match(r"^[a-z]", name) else fallback
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Make names unique by suffixing the position of repeats."""
+    seen: set[str] = set()
+    out = []
+    for i, n in enumerate(names):
+        if n in seen:
+            n = f"{n[:24]}_{i}"
+        seen.add(n)
+        out.append(n)
+    return out
+
+
+class DiscreteActions:
+    """A Discrete(n) action as one-hot buttons for actions 1..n-1; nothing pressed is action 0.
+
+    Several pressed buttons pick the action whose meaning combines theirs (Atari: 'up' + 'fire' -> 'upfire')
+    when the env has one; otherwise the first pressed button in spec order wins.
+    """
+
+    exclusive = True
+
+    def __init__(self, n: int, start: int = 0, meanings: Sequence[str] | None = None):
+        self.n, self.start = n, start
+        raw = list(meanings) if meanings is not None and len(meanings) == n else [f"action_{i}" for i in range(n)]
+        self.null_meaning = raw[0]
+        self.buttons = tuple(_unique([control_name(m, f"action_{i}") for i, m in enumerate(raw)][1:]))
+        self.axes: tuple[str, ...] = ()
+        tokens = [frozenset(_ALE_TOKENS.findall(m)) if _ALE_TOKENS.sub("", m) == "" else frozenset([m])
+                  for m in map(str, raw)]
+        self._tokens = tokens
+        self._by_tokens = {t: i for i, t in enumerate(tokens)}
+
+    def to_env(self, action: np.ndarray) -> int:
+        pressed = np.flatnonzero(action[: len(self.buttons)]) + 1   # env action indices
+        if len(pressed) == 0:
+            return self.start
+        if len(pressed) > 1:
+            union = frozenset().union(*(self._tokens[i] for i in pressed))
+            return self.start + self._by_tokens.get(union, int(pressed[0]))
+        return self.start + int(pressed[0])
+
+
+class MultiDiscreteActions:
+    """MultiDiscrete(nvec): per dimension, one button per value above the first (a two-valued dimension is one
+    button `b<i>`, a larger one buttons `d<i>_<v>`); nothing pressed is each dimension's first value."""
+
+    exclusive = False
+
+    def __init__(self, nvec: Sequence[int], start: Sequence[int] | None = None):
+        self.nvec = [int(n) for n in nvec]
+        self.start = np.zeros(len(self.nvec), np.int64) if start is None else np.asarray(start, np.int64)
+        names, self._slots = [], []   # slot k -> (dimension, value)
+        for d, n in enumerate(self.nvec):
+            for v in range(1, n):
+                names.append(f"b{d}" if n == 2 else f"d{d}_{v}")
+                self._slots.append((d, v))
+        self.buttons, self.axes = tuple(names), ()
+
+    def to_env(self, action: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(self.nvec), np.int64)
+        chosen = np.zeros(len(self.nvec), bool)
+        for k in np.flatnonzero(action[: len(self.buttons)]):
+            d, v = self._slots[k]
+            if not chosen[d]:   # the first pressed value of a dimension wins
+                out[d], chosen[d] = v, True
+        return out + self.start
+
+
+class MultiBinaryActions:
+    """MultiBinary(n): button `b<i>` is bit i."""
+
+    exclusive = False
+
+    def __init__(self, n: int):
+        self.buttons, self.axes = tuple(f"b{i}" for i in range(n)), ()
+
+    def to_env(self, action: np.ndarray) -> np.ndarray:
+        return action[: len(self.buttons)].astype(np.int8)
+
+
+class BoxActions:
+    """A bounded 1-D Box: axis `axis_<i>` in [-1, 1] maps linearly onto [low_i, high_i]."""
+
+    exclusive = False
+
+    def __init__(self, low: np.ndarray, high: np.ndarray, dtype: Any):
+        self.low, self.high, self.dtype = low.astype(np.float64), high.astype(np.float64), dtype
+        self.buttons, self.axes = (), tuple(f"axis_{i}" for i in range(len(low)))
+
+    def to_env(self, action: np.ndarray) -> np.ndarray:
+        return (self.low + (action.astype(np.float64) + 1.0) / 2.0 * (self.high - self.low)).astype(self.dtype)
+
+
+def actions_for_space(space: Any, meanings: Sequence[str] | None, where: str) -> Any:
+    """The action mapping for a Gymnasium action space, or a ValueError naming what is supported."""
+    spaces = require("gymnasium.spaces")
+    if isinstance(space, spaces.Discrete):
+        return DiscreteActions(int(space.n), int(space.start), meanings)
+    if isinstance(space, spaces.MultiDiscrete) and space.nvec.ndim == 1:
+        return MultiDiscreteActions(space.nvec, space.start)
+    if isinstance(space, spaces.MultiBinary) and np.ndim(space.n) == 0:
+        return MultiBinaryActions(int(space.n))
+    if isinstance(space, spaces.Box) and len(space.shape) == 1 and space.is_bounded("both"):
+        return BoxActions(space.low, space.high, space.dtype)
+    raise ValueError(f"{where}: action space {space} is not supported; use an env with a Discrete, MultiDiscrete, "
+                     "MultiBinary or bounded 1-D Box action space")
+
+
+def checked(spec: ActionSpec, action: np.ndarray) -> np.ndarray:
+    """One action vector validated against the spec (a batch is an error here)."""
+    a = spec.check(action)
+    if a.ndim != 1:
+        raise ActionSpecError(f"action: expected one action of shape ({spec.size},) for {spec.game!r}, "
+                              f"got shape {tuple(a.shape)}")
+    return a
+
+
+# ---- games -------------------------------------------------------------------------------------------------
+class GymGame:
+    """A Gymnasium env behind the Game protocol; frames come from image observations or from render()."""
+
+    def __init__(self, env: Any, env_id: str, env_version: str, size: int = 64, seed: int | None = None,
+                 fps: float | None = None):
+        self.env, self.env_id, self.env_version, self.size = env, env_id, env_version, size
+        meanings = None
+        get_meanings = getattr(env.unwrapped, "get_action_meanings", None)
+        if callable(get_meanings):
+            meanings = list(get_meanings())
+        self.actions = actions_for_space(env.action_space, meanings, env_id)
+        self.exclusive_buttons = self.actions.exclusive
+        self.action_spec = ActionSpec(game=env_id, buttons=self.actions.buttons, axes=self.actions.axes)
+        self.fps = float(fps or env.metadata.get("render_fps") or 30.0)
+        obs_space = env.observation_space
+        self._image_obs = (getattr(obs_space, "dtype", None) == np.uint8 and len(obs_space.shape) in (2, 3)
+                           and (len(obs_space.shape) == 2 or obs_space.shape[2] in (1, 3, 4)))
+        if not self._image_obs and env.render_mode != "rgb_array":
+            raise ValueError(f"{env_id}: observations are not images and the env does not render 'rgb_array'; "
+                             "only image-based envs can be recorded")
+        self._episode_seeds = np.random.default_rng(seed)
+        self._last: np.ndarray | None = None
+        self.done = False
+
+    def _frame(self, obs: Any) -> np.ndarray:
+        image = obs if self._image_obs else self.env.render()
+        if image is None:
+            raise RuntimeError(f"{self.env_id}: render() returned nothing; the env needs render_mode='rgb_array'")
+        self._last = resize_area(image, self.size)
+        return self._last.copy()
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        if seed is None:
+            seed = int(self._episode_seeds.integers(2**31))
+        obs, _ = self.env.reset(seed=int(seed))
+        self.done = False
+        return self._frame(obs)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, bool]:
+        a = checked(self.action_spec, action)
+        if self.done:
+            raise RuntimeError(f"{self.env_id}: step() after the episode ended; call reset() first")
+        obs, _, terminated, truncated, _ = self.env.step(self.actions.to_env(a))
+        self.done = bool(terminated or truncated)
+        return self._frame(obs), self.done
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _known_gym_ids(gym: Any, prefix: str = "", suffix: str = "") -> list[str]:
+    return sorted(k for k in gym.registry if k.startswith(prefix) and k.endswith(suffix))
+
+
+def make_ale(game: str, size: int = 64, seed: int | None = None, frameskip: int = ALE_FRAMESKIP,
+             full_action_space: bool = False, **kw: Any) -> GymGame:
+    """`ale:<Game>`: Atari through Gymnasium's ALE/<Game>-v5, sticky actions off, fixed frameskip."""
+    gym, ale_py = require("gymnasium"), require("ale_py")
+    gym.register_envs(ale_py)
+    gym_id = f"ALE/{game}-v5"
+    if gym_id not in gym.registry:
+        names = [k[4:-3] for k in _known_gym_ids(gym, "ALE/", "-v5")]
+        raise ValueError(f"unknown Atari game {game!r} (ale:{game}); ale-py {ale_py.__version__} has: "
+                         f"{', '.join(names)}")
+    env = gym.make(gym_id, frameskip=frameskip, repeat_action_probability=0.0, full_action_space=full_action_space,
+                   obs_type="rgb", **kw)
+    version = (f"ale_py={ale_py.__version__};{gym_id};frameskip={frameskip};repeat_action_probability=0;"
+               f"full_action_space={full_action_space}")
+    return GymGame(env, f"ale:{game}", version, size, seed, fps=ATARI_HZ / frameskip)
+
+
+def make_gym(env_id: str, size: int = 64, seed: int | None = None, **kw: Any) -> GymGame:
+    """`gym:<EnvId>`: any registered Gymnasium env with image observations or an rgb_array renderer."""
+    gym = require("gymnasium")
+    if env_id.startswith("ALE/"):
+        gym.register_envs(require("ale_py"))
+    elif env_id.startswith("Vizdoom"):
+        require("vizdoom.gymnasium_wrapper")
+    if env_id not in gym.registry:
+        raise ValueError(f"unknown Gymnasium env {env_id!r} (gym:{env_id}); registered ids include: "
+                         f"{', '.join(_known_gym_ids(gym)[:40])}, ...")
+    kw.setdefault("render_mode", "rgb_array")
+    env = gym.make(env_id, **kw)
+    options = ";".join(f"{k}={v}" for k, v in sorted(kw.items()) if k != "render_mode")
+    return GymGame(env, f"gym:{env_id}", f"gymnasium={gym.__version__};{env_id};{options}", size, seed)
+
+
+class VizdoomGame:
+    """`vizdoom:<scenario>`: a hidden-window vizdoom DoomGame on one of vizdoom's bundled scenario configs."""
+
+    def __init__(self, scenario: str, size: int = 64, seed: int | None = None, frame_skip: int = VIZDOOM_FRAME_SKIP,
+                 resolution: str = "RES_160X120", delta_scale: float = VIZDOOM_DELTA_SCALE):
+        vzd = require("vizdoom")
+        configs = {p.stem: p for p in Path(vzd.scenarios_path).glob("*.cfg")}
+        if scenario not in configs:
+            raise ValueError(f"unknown vizdoom scenario {scenario!r} (vizdoom:{scenario}); vizdoom {vzd.__version__} "
+                             f"ships: {', '.join(sorted(configs))}")
+        if not hasattr(vzd.ScreenResolution, resolution):
+            raise ValueError(f"vizdoom:{scenario}: unknown resolution {resolution!r}, e.g. RES_160X120, RES_320X240")
+        if frame_skip < 1:
+            raise ValueError(f"vizdoom:{scenario}: frame_skip must be >= 1, got {frame_skip}")
+        game = vzd.DoomGame()
+        game.load_config(str(configs[scenario]))
+        game.set_window_visible(False)
+        game.set_sound_enabled(False)
+        game.set_screen_format(vzd.ScreenFormat.RGB24)
+        game.set_screen_resolution(getattr(vzd.ScreenResolution, resolution))
+        game.set_mode(vzd.Mode.PLAYER)
+        game.init()
+        self.game, self.size, self.frame_skip, self.delta_scale = game, size, frame_skip, delta_scale
+        self.env_id = f"vizdoom:{scenario}"
+        self.env_version = f"vizdoom={vzd.__version__};{scenario}.cfg;frame_skip={frame_skip};{resolution}"
+        self.fps = float(game.get_ticrate()) / frame_skip
+        available = list(game.get_available_buttons())
+        self._is_delta = [bool(vzd.is_delta_button(b)) for b in available]
+        names = [control_name(b.name, f"button_{i}") for i, b in enumerate(available)]
+        buttons = [n for n, d in zip(names, self._is_delta) if not d]
+        axes = [n for n, d in zip(names, self._is_delta) if d]
+        self.action_spec = ActionSpec(game=self.env_id, buttons=tuple(buttons), axes=tuple(axes))
+        order = {n: i for i, n in enumerate(self.action_spec.names)}
+        self._slot = [order[n] for n in names]   # vizdoom button i <- action vector entry
+        self.exclusive_buttons = False
+        self._episode_seeds = np.random.default_rng(seed)
+        self._last = np.zeros((size, size, 3), np.uint8)
+        self.done = False
+
+    def _frame(self) -> np.ndarray:
+        state = self.game.get_state()
+        if state is not None and state.screen_buffer is not None:   # None once the episode has finished
+            self._last = resize_area(state.screen_buffer, self.size)
+        return self._last.copy()
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        if seed is None:
+            seed = int(self._episode_seeds.integers(2**31))
+        self.game.set_seed(int(seed) % 2**32)
+        self.game.new_episode()
+        self.done = False
+        return self._frame()
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, bool]:
+        a = checked(self.action_spec, action)
+        if self.done:
+            raise RuntimeError(f"{self.env_id}: step() after the episode ended; call reset() first")
+        env_action = [float(a[s]) * (self.delta_scale if d else 1.0) for s, d in zip(self._slot, self._is_delta)]
+        self.game.make_action(env_action, self.frame_skip)
+        self.done = bool(self.game.is_episode_finished())
+        return self._frame(), self.done
+
+    def close(self) -> None:
+        self.game.close()
+
+
+def make_vizdoom(scenario: str, size: int = 64, seed: int | None = None, **kw: Any) -> VizdoomGame:
+    """`vizdoom:<scenario>`, e.g. vizdoom:basic."""
+    return VizdoomGame(scenario, size, seed, **kw)
+
+
+def vizdoom_scenarios() -> list[str]:
+    """Names of the scenario configs vizdoom ships, or [] when vizdoom is not installed."""
+    try:
+        vzd = importlib.import_module("vizdoom")
+    except ImportError:
+        return []
+    return sorted(p.stem for p in Path(vzd.scenarios_path).glob("*.cfg"))
