@@ -26,7 +26,7 @@ from engine.config import ConfigError, ModelConfig
 
 FORMAT = "reverie-checkpoint"
 FORMAT_VERSION = 1
-PARTS = ("ae", "wm", "idm")
+PARTS = ("ae", "wm", "idm", "start")  # start: a built-in start state (frames, actions) for Session.reset()
 
 
 class CheckpointError(ValueError):
@@ -71,17 +71,31 @@ class Checkpoint:
     def has(self, part: str) -> bool:
         return part in self.tensors
 
+    def start_state(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The built-in start state: frames (T, H, W, 3) uint8 and the actions that led to them (T, A)."""
+        st = self.tensors.get("start")
+        if st is None or "frames" not in st or "actions" not in st:
+            return None
+        return st["frames"], st["actions"]
+
 
 def save_checkpoint(path: str | os.PathLike, *, kind: str, config: ModelConfig, action_spec: ActionSpec,
                     parts: dict[str, dict[str, torch.Tensor]], data: dict[str, Any] | None = None,
-                    metrics: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """Write weights of the given parts ({"ae": state_dict, ...}) and metadata atomically."""
+                    metrics: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+                    half: bool = False) -> Path:
+    """Write weights of the given parts ({"ae": state_dict, ...}) and metadata atomically.
+
+    half=True stores float weights as float16 (half the size; loading casts them back to float32).
+    """
     flat: dict[str, torch.Tensor] = {}
     for part, sd in parts.items():
         if part not in PARTS:
             raise ValueError(f"unknown checkpoint part {part!r}; parts are {PARTS}")
         for k, v in sd.items():
-            flat[f"{part}.{k}"] = v.detach().to("cpu").contiguous()
+            v = v.detach().to("cpu")
+            if half and v.is_floating_point():
+                v = v.half()
+            flat[f"{part}.{k}"] = v.contiguous()
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "kind": kind, "config": config.to_json(),
             "action_spec": json.dumps(action_spec.to_dict()), "data": json.dumps(data or {}),
             "metrics": json.dumps(metrics or {}), "extra": json.dumps(extra or {})}
@@ -127,8 +141,11 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         part, _, key = name.partition(".")
         if part not in PARTS or not key:
             raise CheckpointError(f"{path}: unexpected tensor {name!r}")
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise CheckpointError(f"{path}: tensor {name!r} holds NaN or Inf values; the run that wrote it diverged")
+        if t.is_floating_point():
+            if not torch.isfinite(t).all():
+                raise CheckpointError(f"{path}: tensor {name!r} holds NaN or Inf values; the run that wrote it "
+                                      "diverged")
+            t = t.float()
         tensors.setdefault(part, {})[key] = t
     return Checkpoint(path, meta.get("kind", "?"), config, spec, tensors, data, metrics, extra)
 

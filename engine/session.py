@@ -151,7 +151,7 @@ class Session:
             arr = np.broadcast_to(arr, (self.batch, arr.shape[0]))
         if arr.shape[0] != self.batch:
             raise SessionError(f"{where}: got actions for {arr.shape[0]} worlds, the session has batch={self.batch}")
-        return torch.from_numpy(np.ascontiguousarray(arr))
+        return torch.from_numpy(np.array(arr, dtype=np.float32))
 
     def _frames(self, frames: Any) -> torch.Tensor:
         """(T, H, W, 3) or (B, T, H, W, 3) uint8 -> (B, T, H, W, 3) uint8 tensor on the device."""
@@ -205,8 +205,16 @@ class Session:
 
     # ---- public API -----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def reset(self, frames: Any, actions: Any = None, seed: int | None = None) -> np.ndarray:
-        """Prime every world from real frames (T, H, W, 3) or (B, T, H, W, 3); actions[t] led to frames[t]."""
+    def reset(self, frames: Any = None, actions: Any = None, seed: int | None = None) -> np.ndarray:
+        """Prime every world from real frames (T, H, W, 3) or (B, T, H, W, 3); actions[t] led to frames[t].
+
+        With no frames, the checkpoint's built-in start state is used.
+        """
+        if frames is None:
+            start = self.checkpoint.start_state() if self.checkpoint is not None else None
+            if start is None:
+                raise SessionError("this checkpoint has no built-in start state; pass reset(frames) with real frames")
+            frames, actions = start[0].numpy(), start[1].numpy()
         fr = self._frames(frames)
         B, T = fr.shape[:2]
         if actions is None:
@@ -221,7 +229,7 @@ class Session:
             if arr.shape[:2] != (B, T):
                 raise SessionError(f"reset actions: need one per frame, shape ({T}, {self.spec.size}) or "
                                    f"({B}, {T}, {self.spec.size}); got {arr.shape}")
-            acts = torch.from_numpy(np.ascontiguousarray(arr))
+            acts = torch.from_numpy(np.array(arr, dtype=np.float32))
         if seed is not None:
             self.seed.copy_(torch.arange(B, device=self.device) + seed * 1_000_003)
         self.k_cache.zero_()

@@ -1,0 +1,1 @@
+"""Fused Triton kernels beside their PyTorch references (planned)."""

@@ -39,6 +39,8 @@ def add_train_flags(p: argparse.ArgumentParser, stage: str) -> None:
     p.add_argument("--log-every", type=int, default=d["log_every"])
     p.add_argument("--sample-every", type=int, default=0, help="write sample images every N steps (0: at the end)")
     p.add_argument("--max-bad-steps", type=int, default=d["max_bad_steps"])
+    p.add_argument("--time-limit", type=float, default=0.0,
+                   help="stop after this many seconds (the LR schedule then follows time; not bit-reproducible)")
     p.add_argument("--skip-bad", action="store_true", help="skip damaged episode files with a warning")
     p.add_argument("--no-resume", action="store_true", help="ignore saved states in --out and start over")
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
@@ -49,7 +51,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
                        weight_decay=args.weight_decay, grad_clip=args.grad_clip, seed=args.seed,
                        precision=args.precision, device=args.device, threads=args.threads,
                        save_every=args.save_every, log_every=args.log_every, sample_every=args.sample_every,
-                       max_bad_steps=args.max_bad_steps)
+                       max_bad_steps=args.max_bad_steps, time_limit=args.time_limit)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     pw.add_argument("--ae", required=True, help="autoencoder checkpoint (.safetensors from 'reverie train ae')")
     pw.add_argument("--idm", help="inverse-dynamics checkpoint to bundle into the model file, for eval")
     pw.add_argument("--window", type=int, default=0, help="frames per training window (default: the preset's)")
+    pw.add_argument("--half", action="store_true", help="store the final model's weights as float16 (half size)")
     pi = sub.add_parser("idm", help="the inverse-dynamics model (action from two frames) used by eval")
     add_train_flags(pi, "idm")
     args = p.parse_args(argv)

@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--write-model", default=None,
+                   help="also write the evaluated checkpoint here with these metrics in its metadata")
+    p.add_argument("--half", action="store_true", help="with --write-model: store float16 weights")
     args = p.parse_args(argv)
     try:
         return evaluate(args)
@@ -110,7 +113,7 @@ def evaluate(args: argparse.Namespace) -> int:
         chunk = wins[i:i + args.batch]
         if sess is None or sess.batch != len(chunk):
             sess = Session(ckpt, device=device, batch=len(chunk), steps=args.steps, guidance=args.guidance,
-                           context_noise=args.context_noise, seed=args.seed)
+                           context_noise=args.context_noise, seed=args.seed, cuda_graph=False)
         fr = np.stack([src.episode_frames(e)[s:s + need] for e, s in chunk])
         ac = np.stack([src.actions[e][s:s + need] for e, s in chunk])
         gen, real = rollout(sess, fr, ac, context, args.horizon)
@@ -174,6 +177,14 @@ def evaluate(args: argparse.Namespace) -> int:
                   xlabel="horizon step", hlines={"AE ceiling": ae_psnr})
     except ImportError:
         plot = None
+    if args.write_model:
+        from engine.checkpoint import save_checkpoint
+
+        keep = ("psnr_step1", "psnr_mean", "ssim_mean", "ae_psnr", "action_following", "steps", "guidance",
+                "context", "horizon", "context_noise", "episodes", "rollouts", "data")
+        metrics = {**ckpt.metrics, "eval": {k: result[k] for k in keep}}
+        save_checkpoint(args.write_model, kind=ckpt.kind, config=ckpt.config, action_spec=ckpt.action_spec,
+                        parts=ckpt.tensors, data=ckpt.data, metrics=metrics, extra=ckpt.extra, half=args.half)
     print(f"psnr step 1 {result['psnr_step1']:.2f} dB, mean over {args.horizon} {result['psnr_mean']:.2f} dB, "
           f"ssim {result['ssim_mean']:.3f}, ae {ae_psnr:.2f} dB, action following {acc_gen:.3f} vs real "
           f"{acc_real:.3f} (ratio {result['action_following']['ratio']:.2f}) -> {out}" + (f", {plot}" if plot else ""))

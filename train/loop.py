@@ -54,12 +54,14 @@ class TrainConfig:
     sample_every: int = 0            # 0 = only at the end
     keep_states: int = 2
     max_bad_steps: int = 5           # stop after this many non-finite steps in a row
+    time_limit: float = 0.0          # seconds; > 0 ends the run when either steps or time run out, and the
+                                     # schedule follows whichever is further along (not bit-reproducible)
 
-    def lr_at(self, step: int) -> float:
-        """Linear warm-up then cosine decay (a pure function of the step: nothing to save)."""
+    def lr_at(self, step: int, time_fraction: float = 0.0) -> float:
+        """Linear warm-up then cosine decay over max(step progress, time progress)."""
         if step < self.warmup:
             return self.lr * (step + 1) / self.warmup
-        p = min(1.0, (step - self.warmup) / max(1, self.steps - self.warmup))
+        p = min(1.0, max((step - self.warmup) / max(1, self.steps - self.warmup), time_fraction))
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
@@ -257,14 +259,26 @@ def fit(*, run: RunDir, model: torch.nn.Module, tcfg: TrainConfig, device: torch
     bad, last = 0, {}
     acc: dict[str, list[float]] = {}
     t0, seen = time.perf_counter(), 0
+    clock0 = time.perf_counter() - (float(meta.get("elapsed", 0.0)) if latest is not None else 0.0)
+    done = start
     bar = tqdm(range(start, tcfg.steps), initial=start, total=tcfg.steps, disable=not dist_info.main,
                dynamic_ncols=True, desc=run.root.name)
     for step in bar:
         # reseed per step so that the noise of step s does not depend on where the run was resumed
         torch.manual_seed((tcfg.seed + 1) * 1_000_003 + step * 97 + dist_info.rank)
+        elapsed = time.perf_counter() - clock0
+        time_fraction = elapsed / tcfg.time_limit if tcfg.time_limit > 0 else 0.0
+        if dist_info.world > 1 and tcfg.time_limit > 0:  # ranks must agree on when to stop
+            tf = torch.tensor([time_fraction], device=device)
+            dist.all_reduce(tf, op=dist.ReduceOp.MAX)
+            time_fraction = float(tf)
+        if time_fraction >= 1.0:
+            if dist_info.main:
+                tqdm.write(f"time limit of {tcfg.time_limit:.0f} s reached after {step} steps")
+            break
         batch = batch_fn(step, dist_info)
         for g in opt.param_groups:
-            g["lr"] = tcfg.lr_at(step)
+            g["lr"] = tcfg.lr_at(step, time_fraction)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             loss, stats = loss_fn(ddp, batch)
         opt.zero_grad(set_to_none=True)
@@ -301,7 +315,7 @@ def fit(*, run: RunDir, model: torch.nn.Module, tcfg: TrainConfig, device: torch
         if dist_info.main and (done % tcfg.log_every == 0 or done == tcfg.steps):
             dt = time.perf_counter() - t0
             last = {k: sum(v) / len(v) for k, v in acc.items()}
-            last["lr"] = tcfg.lr_at(step)
+            last["lr"] = opt.param_groups[0]["lr"]
             last["steps_per_s"] = seen / max(dt, 1e-9)
             logger.log(done, last)
             bar.set_postfix_str(describe(last) if describe else f"loss {last['loss']:.4f}")
@@ -311,13 +325,24 @@ def fit(*, run: RunDir, model: torch.nn.Module, tcfg: TrainConfig, device: torch
             if vals:
                 logger.log(done, vals)
         if done % tcfg.save_every == 0 or done == tcfg.steps:
-            if dist_info.main:
-                run.save_state(done, model, opt, tcfg.keep_states, {"train": asdict(tcfg)})
-            if dist_info.world > 1:
-                dist.barrier()
+            _save(run, done, model, opt, tcfg, dist_info, time.perf_counter() - clock0)
+    if acc and dist_info.main:  # steps since the last log line (a time limit can end a run between logs)
+        last = {k: sum(v) / len(v) for k, v in acc.items()}
+        last["lr"] = opt.param_groups[0]["lr"]
+        logger.log(done, last)
+    if done != tcfg.steps and done > start:  # stopped by the time limit: keep what was learned
+        _save(run, done, model, opt, tcfg, dist_info, time.perf_counter() - clock0)
     if logger:
         logger.close()
+    last["steps_done"] = float(done)
     return last
+
+
+def _save(run: RunDir, done: int, model, opt, tcfg: TrainConfig, dist_info: Dist, elapsed: float) -> None:
+    if dist_info.main:
+        run.save_state(done, model, opt, tcfg.keep_states, {"train": asdict(tcfg), "elapsed": elapsed})
+    if dist_info.world > 1:
+        dist.barrier()
 
 
 def start_run(out: str, tcfg: TrainConfig, resolved: dict[str, Any], dry_run: bool = False,

@@ -142,12 +142,15 @@ def run(args: argparse.Namespace) -> int:
     if dist_info.main:
         metrics = {k: float(v) for k, v in last.items()}
         metrics.update(sample_fn(tcfg.steps) or {})
-        parts = {"ae": ae.state_dict(), "wm": model.state_dict()}
+        n0 = min(window // 2, src.lengths[0])
+        parts = {"ae": ae.state_dict(), "wm": model.state_dict(),
+                 "start": {"frames": torch.from_numpy(src.episode_frames(0)[:n0].copy()),
+                           "actions": torch.from_numpy(src.actions[0][:n0].copy())}}
         if args.idm:
             parts["idm"] = load_checkpoint(resolve_checkpoint(args.idm, "idm.safetensors")).tensors["idm"]
         path = save_checkpoint(run_dir.root / "model.safetensors", kind="world_model", config=cfg,
                                action_spec=src.spec, parts=parts, data=src.summary(), metrics=metrics,
-                               extra={"ae_metrics": ae_ckpt.metrics})
+                               extra={"ae_metrics": ae_ckpt.metrics}, half=args.half)
         print(f"wrote {path}")
         print(json.dumps({k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}))
     return 0

@@ -1,0 +1,156 @@
+"""`reverie bench`: frames/s and frame times of the real-time session, with the machine it ran on.
+
+Cold start (checkpoint load + reset + first frame) is reported apart; warm-up frames are excluded; each timed
+frame is one `Session.step` including the copy of the frame to host memory. A separate profiled pass splits the
+frame into head, decode and backbone time (CUDA events on GPU, so the split costs no host syncs in the timed
+pass). `--preset NAME` benchmarks random weights of a preset (e.g. oasis) with no checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.checkpoint import CheckpointError, atomic_write_text
+from engine.session import DEFAULT_MODEL, Session, SessionError
+
+
+def machine(device: torch.device, threads: int) -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "threads": threads,
+            "platform": platform.platform()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        info["cpu"] = names[0] if names else platform.processor()
+        info["cpu_count"] = os.cpu_count()
+    except OSError:
+        info["cpu"] = platform.processor()
+    return info
+
+
+def random_session(preset: str, device: str, batch: int, steps: int, guidance: float, dtype: str,
+                   cuda_graph: bool) -> Session:
+    """A session over random weights of a preset (speed work; the frames are noise)."""
+    from engine.actions import ActionSpec
+    from engine.autoencoder import Autoencoder
+    from engine.config import ModelConfig
+    from engine.world_model import WorldModel
+
+    cfg = ModelConfig.from_name(preset, action_dim=8)
+    spec = ActionSpec(game="bench:random", buttons=tuple(f"b{i}" for i in range(8)))
+    torch.manual_seed(0)
+    return Session(models=(Autoencoder(cfg.autoencoder), WorldModel(cfg.world_model), spec), device=device,
+                   batch=batch, steps=steps, guidance=guidance, dtype=dtype, cuda_graph=cuda_graph)
+
+
+def held_actions(spec, frames: int, seed: int = 0) -> np.ndarray:
+    """Player-like actions: a random button set held for 2-12 frames at a time."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((frames, spec.size), np.float32)
+    t = 0
+    while t < frames:
+        n = int(rng.integers(2, 13))
+        a = spec.null()
+        if len(spec.buttons):
+            a[int(rng.integers(0, len(spec.buttons)))] = 1.0
+        out[t:t + n] = a
+        t += n
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="reverie bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
+    p.add_argument("--preset", default=None, help="benchmark random weights of this preset instead of a model")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--frames", type=int, default=300, help="timed frames (default 300)")
+    p.add_argument("--warmup", type=int, default=30, help="untimed frames first (default 30)")
+    p.add_argument("--batch", type=int, default=1, help="worlds stepped together")
+    p.add_argument("--steps", type=int, default=2, help="sampling steps per frame (1..4)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance (1.0: off)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="transformer precision (auto: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--no-cuda-graph", action="store_true", help="run eagerly on CUDA")
+    p.add_argument("--json", default=None, help="write the results here")
+    args = p.parse_args(argv)
+    try:
+        result = bench(args)
+    except (CheckpointError, SessionError, ValueError) as e:
+        print(f"reverie bench: error: {e}", file=sys.stderr)
+        return 1
+    line = (f"{result['fps']:.1f} frames/s  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  "
+            f"cold start {result['cold_start_s']:.2f} s  split: backbone {result['backbone_ms']:.2f} / head "
+            f"{result['head_ms']:.2f} / decode {result['decode_ms']:.2f} ms  ({result['device']}, batch "
+            f"{result['batch']}, {result['steps']} steps)")
+    print(line)
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(result, indent=2))
+    return 0
+
+
+def bench(args: argparse.Namespace) -> dict:
+    if args.backend != "torch":
+        raise SessionError(f"backend {args.backend!r} is not built yet: 'reverie export' (ONNX Runtime, TensorRT) "
+                           "is planned; use --backend torch")
+    if args.frames < 1:
+        raise ValueError("--frames must be >= 1")
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SessionError("--device cuda asked for, but torch sees no CUDA device")
+    t0 = time.perf_counter()
+    if args.preset:
+        sess = random_session(args.preset, args.device, args.batch, args.steps, args.guidance, args.dtype,
+                              not args.no_cuda_graph)
+        rng = np.random.default_rng(0)
+        T = max(1, sess.cfg.context_frames // 2)
+        sess.reset(rng.integers(0, 256, (T, *sess.frame_shape), dtype=np.uint8))
+        model_name = f"random {args.preset}"
+    else:
+        sess = Session(args.model or DEFAULT_MODEL, device=args.device, batch=args.batch, steps=args.steps,
+                       guidance=args.guidance, dtype=args.dtype, cuda_graph=not args.no_cuda_graph)
+        sess.reset()
+        model_name = str(sess.checkpoint.path)
+    actions = held_actions(sess.spec, args.warmup + args.frames + 50)
+    sess.step(actions[0])
+    cold = time.perf_counter() - t0
+    for t in range(args.warmup):
+        sess.step(actions[1 + t])
+    times = np.empty(args.frames)
+    base = 1 + args.warmup
+    t_all = time.perf_counter()
+    for t in range(args.frames):
+        ts = time.perf_counter()
+        sess.step(actions[base + t])
+        times[t] = time.perf_counter() - ts
+    total = time.perf_counter() - t_all
+    # profiled pass for the split (separate so that its syncs do not touch the timed frames)
+    sess.profile = True
+    split = []
+    for t in range(min(50, args.frames)):
+        sess.step(actions[t])
+        split.append((sess.times.backbone_ms, sess.times.head_ms, sess.times.decode_ms))
+    bb, hd, dc = np.median(np.array(split), axis=0)
+    ms = times * 1e3
+    return {
+        "fps": args.frames * args.batch / total, "frames_per_s_per_world": args.frames / total,
+        "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()), "max_ms": float(ms.max()), "cold_start_s": cold,
+        "backbone_ms": float(bb), "head_ms": float(hd), "decode_ms": float(dc),
+        "device": str(device), "backend": args.backend, "batch": args.batch, "steps": args.steps,
+        "guidance": args.guidance, "dtype": str(sess.dtype).replace("torch.", ""),
+        "cuda_graph": sess.use_graphs, "frames": args.frames, "warmup": args.warmup, "model": model_name,
+        "machine": machine(device, args.threads),
+    }
