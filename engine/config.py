@@ -1,7 +1,8 @@
 """Model configurations: one dataclass per component, named presets, and (de)serialisation to JSON.
 
 Presets (`ModelConfig.from_name`):
-  tiny   64x64 frames, 8x8x16 latents, d=192, 6 backbone + 3 head layers: the CPU-playable default model.
+  tiny   64x64 frames, 8x8x16 latents (patch 2: 16 tokens a frame), d=192, 6 backbone + 3 head layers: the
+         default model, trainable and playable on a 2-core CPU.
   small  128x128 frames, 16x16x16 latents (patch 2: 64 tokens), d=384, 8 + 3 layers.
   oasis  360x640 frames, 18x32x16 latents (patch 2: 144 tokens), d=1024, 16 backbone layers: GPU speed work.
 """
@@ -26,7 +27,7 @@ class AutoencoderConfig:
     width: int = 64
     latent_channels: int = 16
     strides: tuple[int, ...] = (2, 2, 2)        # f = 8
-    encoder_channels: tuple[int, ...] = (32, 64, 128)
+    encoder_channels: tuple[int, ...] = (16, 32, 64)
     decoder_channels: tuple[int, ...] = (128, 64, 32)  # one per stride, from the latent up to the frame
     decoder_blocks: int = 1                     # residual blocks per decoder stage
     decoder_noise: float = 0.2                  # max std of noise on the latent while training the decoder
@@ -63,7 +64,7 @@ class WorldModelConfig:
     latent_channels: int = 16
     latent_height: int = 8
     latent_width: int = 8
-    patch: int = 1                      # tokens are patch x patch cells of the latent grid
+    patch: int = 2                      # tokens are patch x patch cells of the latent grid
     action_dim: int = 4
     d_model: int = 192
     heads: int = 3

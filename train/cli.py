@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="stage", required=True)
     pa = sub.add_parser("ae", help="the autoencoder (frame <-> latent grid)")
     add_train_flags(pa, "ae")
+    pa.add_argument("--crop", type=int, default=0,
+                    help="train on random crops of this size (a multiple of the latent factor; 0: whole frames)")
     pw = sub.add_parser("wm", help="the world model (causal backbone + diffusion head) on cached latents")
     add_train_flags(pw, "wm")
     pw.add_argument("--ae", required=True, help="autoencoder checkpoint (.safetensors from 'reverie train ae')")

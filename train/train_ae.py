@@ -23,7 +23,10 @@ def run(args: argparse.Namespace) -> int:
     if tuple(src.frame_shape) != (H, W, 3):
         raise ValueError(f"{args.data}: frames are {src.frame_shape}, preset {args.preset!r} expects ({H}, {W}, 3); "
                          f"record with --size {H} or pick another preset")
-    started = start_run(args.out, tcfg, {"stage": "ae", "model": cfg.to_dict(), "data": src.summary()},
+    if args.crop and (args.crop % cfg.autoencoder.factor or not 0 < args.crop <= min(H, W)):
+        raise ValueError(f"--crop {args.crop} must be a multiple of {cfg.autoencoder.factor} no larger than the frame")
+    started = start_run(args.out, tcfg, {"stage": "ae", "model": cfg.to_dict(), "data": src.summary(),
+                                         "crop": args.crop},
                         args.dry_run, args.no_resume)
     if started is None:
         return 0
@@ -34,6 +37,12 @@ def run(args: argparse.Namespace) -> int:
         win = src.sample(step_generator(tcfg.seed, step), tcfg.batch, 1)
         per = tcfg.batch // d.world
         frames = win.frames[d.rank * per:(d.rank + 1) * per, 0]  # (b, H, W, 3)
+        if args.crop:  # a random crop on the latent grid: convolutions see the same local patterns, 4x cheaper
+            f = cfg.autoencoder.factor
+            gen = step_generator(tcfg.seed, step, rank=1)
+            y = int(torch.randint(0, (H - args.crop) // f + 1, (1,), generator=gen)) * f
+            x = int(torch.randint(0, (W - args.crop) // f + 1, (1,), generator=gen)) * f
+            frames = frames[:, y:y + args.crop, x:x + args.crop]
         return frames_to_tensor(frames.to(device, non_blocking=True))
 
     def loss_fn(m, frames):

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Reproduce Reverie's default model on a 2-core CPU (how the shipped engine/assets/default.safetensors was made).
+#
+#   bash runs/default_model_cpu.sh [WORKDIR]
+#
+# Stages: record (train: seeds 0..39, held out: seeds from 1000000), autoencoder and inverse-dynamics model side by
+# side on one core each, world model (time-limited), eval on the held-out episodes, which also writes the shipped
+# file WORKDIR/default.safetensors (float16 weights, eval metrics in its metadata).
+set -euo pipefail
+W=${1:-runs/default_cpu}
+WM_MINUTES=${WM_MINUTES:-60}
+mkdir -p "$W"
+t0=$(date +%s)
+log() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
+
+log "record"
+reverie record --env builtin:gems --agent scripted --episodes 40 --steps 1000 --size 64 --out "$W/data/train" \
+  --seed 0 --workers 2 --no-progress --overwrite
+reverie record --env builtin:gems --agent scripted --episodes 8 --steps 1000 --size 64 --out "$W/data/heldout" \
+  --seed 1000000 --workers 2 --no-progress --overwrite
+
+log "train ae (32x32 crops) and idm, one thread each"
+reverie train idm --data "$W/data/train" --out "$W/idm" --steps 400 --batch 64 --lr 1e-3 --threads 1 \
+  --log-every 50 --save-every 200 > "$W/idm.log" 2>&1 &
+idm_pid=$!
+reverie train ae --data "$W/data/train" --out "$W/ae" --preset tiny --crop 32 --steps 1500 --batch 32 --lr 1e-3 \
+  --threads 1 --log-every 50 --save-every 500
+wait $idm_pid
+tail -n 1 "$W/idm.log"
+
+log "train wm"
+reverie train wm --data "$W/data/train" --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" --out "$W/wm" \
+  --preset tiny --steps 6000 --batch 8 --lr 5e-4 --time-limit $((WM_MINUTES * 60)) --threads 1 --log-every 50 \
+  --save-every 250 --sample-every 1000 --half
+
+log "eval"
+reverie eval --model "$W/wm/model.safetensors" --data "$W/data/heldout" --horizon 16 --steps 2 --threads 2 \
+  --json "$W/eval.json" --write-model "$W/default.safetensors" --half
+log "done"
