@@ -1,0 +1,5 @@
+"""Play inside a world model: the pygame window, key maps, HUD, recording (`reverie play`)."""
+
+import os
+
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # pygame's import banner would clutter every command

@@ -1,0 +1,209 @@
+"""`reverie play`: play inside a world model (default: the shipped model), the real game, or record your own play.
+
+    reverie play                                   the default model in a window
+    reverie play --model run/model.safetensors     another checkpoint
+    reverie play --real                            the real game the model was trained on, no model
+    reverie play --human --env builtin:gems --out data/me     record your own episodes for training
+    reverie play --headless --frames 300 --json play.json     the play benchmark (no window)
+
+Errors (a missing or wrong model, no display) are one clear line and exit code 1; a quit (Esc, closing the
+window) exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_ENV = "builtin:gems"
+HEADLESS_FRAMES = 300       # --headless without --frames
+MAX_STEPS = 4
+
+
+def default_threads() -> int:
+    """Torch threads for the model on CPU: all cores but one (the window's), at most 4."""
+    return max(1, min(4, (os.cpu_count() or 1) - 1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="reverie play", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Play inside a world model in a pygame window: your keys go to the model, the model imagines "
+                    "the next frame. With no arguments it plays the shipped default model.",
+        epilog="controls: Esc quit | Enter reset | P pause | . one step while paused | 1-4 sampling steps | "
+               "[ ] guidance | F5/F9 save/load the world | R record | Tab side by side with the real game | H HUD | "
+               "F1 help\ngame keys: arrows/WASD move, Space fire/jump, Ctrl attack, E use, Shift run; other buttons "
+               "get letter keys (listed at start)")
+    m = p.add_argument_group("model")
+    m.add_argument("--model", type=Path, default=None, metavar="CKPT",
+                   help="world-model checkpoint (.safetensors from 'reverie train wm'; default: the shipped model)")
+    m.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt"),
+                   help="runtime backend (default torch)")
+    m.add_argument("--device", default="auto", help="cpu | cuda | auto (default: cuda where available)")
+    m.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="model precision (default auto: fp32 on CPU, bf16 on CUDA)")
+    m.add_argument("--steps", type=int, default=2, help=f"sampling steps per frame, 1..{MAX_STEPS} (default 2)")
+    m.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1.0: off; default)")
+    m.add_argument("--threads", type=int, default=None,
+                   help=f"torch threads on CPU (default: cores - 1, at most 4; here {default_threads()})")
+    m.add_argument("--seed", type=int, default=0, help="seed of the real game's start and the autopilot")
+    w = p.add_argument_group("window")
+    w.add_argument("--scale", type=int, default=0, help="window pixels per frame pixel (default: fit 512 pixels)")
+    w.add_argument("--fps", type=float, default=None,
+                   help="frames per second to play at, 0 for as fast as the model goes (default: the game's own "
+                        "speed; headless: 0)")
+    w.add_argument("--side-by-side", action="store_true", help="start with the real game beside the model (Tab)")
+    w.add_argument("--no-hud", action="store_true", help="start with the HUD hidden (H)")
+    w.add_argument("--save", type=Path, default=Path("reverie-world.safetensors"), metavar="FILE",
+                   help="save-game file for F5 / F9 (default reverie-world.safetensors)")
+    w.add_argument("--record-dir", type=Path, default=Path("recordings"), metavar="DIR",
+                   help="where R writes episodes and GIFs (default recordings/)")
+    g = p.add_argument_group("real game and recording your own play")
+    g.add_argument("--real", action="store_true", help="play the real game instead of the model (no model needed)")
+    g.add_argument("--human", action="store_true", help="play the real game and record every episode to --out")
+    g.add_argument("--env", default=None, help=f"game id for --real / --human (default: the model's game, or "
+                                               f"{DEFAULT_ENV})")
+    g.add_argument("--out", type=Path, default=None, metavar="DIR", help="episode folder for --human")
+    b = p.add_argument_group("benchmark")
+    b.add_argument("--headless", action="store_true",
+                   help="no window (SDL dummy driver): the whole loop driven by a scripted held-key pattern")
+    b.add_argument("--frames", type=int, default=0,
+                   help=f"stop after this many frames (headless default {HEADLESS_FRAMES})")
+    b.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the run's numbers as JSON")
+    b.add_argument("--lockstep", action="store_true",
+                   help="one model step per shown frame, after that frame's input (deterministic replays)")
+    return p
+
+
+def check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Reject bad flag values with argparse's usage error (exit code 2)."""
+    if not 1 <= a.steps <= MAX_STEPS:
+        p.error(f"--steps must be 1..{MAX_STEPS}, got {a.steps}")
+    if a.scale < 0:
+        p.error(f"--scale must be a positive integer, got {a.scale}")
+    if a.fps is not None and a.fps < 0:
+        p.error(f"--fps must be >= 0, got {a.fps}")
+    if a.frames < 0:
+        p.error(f"--frames must be >= 0, got {a.frames}")
+    if a.threads is not None and a.threads < 1:
+        p.error(f"--threads must be >= 1, got {a.threads}")
+    if a.human and a.out is None:
+        p.error("--human records episodes: pass --out DIR")
+    if a.device not in ("auto", "cpu", "cuda") and not a.device.startswith("cuda:"):
+        p.error(f"--device must be cpu, cuda or auto, got {a.device!r}")
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def checkpoint_env_id(ckpt: Any) -> str:
+    """The game a checkpoint was trained on: its data's first env id, else its action spec's game."""
+    env_ids = (ckpt.data or {}).get("env_ids") if isinstance(ckpt.data, dict) else None
+    if isinstance(env_ids, (list, tuple)) and env_ids and isinstance(env_ids[0], str):
+        return env_ids[0]
+    return ckpt.action_spec.game
+
+
+def make_world(a: argparse.Namespace, say) -> tuple[Any, dict[str, Any]]:
+    """The world the flags ask for, and facts about it for the benchmark JSON."""
+    from engine.checkpoint import load_checkpoint
+    from engine.session import DEFAULT_MODEL
+    from play.world import ModelWorld, PlayError, RealWorld, make_real_game
+
+    model_path = a.model or DEFAULT_MODEL
+    if a.real or a.human:
+        env = a.env
+        size = 64
+        if env is None and (a.model is not None or Path(DEFAULT_MODEL).exists()):
+            ckpt = load_checkpoint(model_path)
+            env, size = checkpoint_env_id(ckpt), ckpt.config.autoencoder.height
+        world = RealWorld(make_real_game(env or DEFAULT_ENV, size, a.seed), seed=a.seed)
+        return world, {"env": world.env_id, "device": "cpu", "model": None}
+    if a.model is None and not Path(DEFAULT_MODEL).exists():
+        raise PlayError(f"the default model is not installed ({DEFAULT_MODEL} is missing): pass --model CKPT with a "
+                        "checkpoint from 'reverie train wm', or play the real game with --real")
+    from engine.session import Session
+
+    device = resolve_device(a.device)
+    threads = a.threads or (default_threads() if device == "cpu" else None)
+    ckpt = load_checkpoint(model_path)
+    session = Session(ckpt, backend=a.backend, device=device, steps=a.steps, guidance=a.guidance, dtype=a.dtype,
+                      threads=threads, profile=a.headless or a.json is not None)
+    world = ModelWorld(session, env_id=checkpoint_env_id(ckpt), seed=a.seed, backend=a.backend)
+    if world.warning:
+        say(f"warning: no real game to start from ({world.warning}); starting from a mid-grey frame, and Tab has no "
+            "real game to show")
+    info = {"device": device, "model": str(model_path), "env": world.env_id, "dtype": a.dtype, "threads": threads,
+            "batch": 1}
+    return world, info
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    from engine.checkpoint import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    t_start = time.perf_counter()
+    p = build_parser()
+    a = p.parse_args(argv)
+    check_args(p, a)
+
+    def say(message: str) -> None:
+        print(message, flush=True)
+
+    try:
+        import pygame
+
+        from engine.actions import ActionSpecError
+        from engine.checkpoint import CheckpointError
+        from engine.config import ConfigError
+        from engine.session import SessionError
+        from play.window import Window, WindowConfig
+        from play.world import PlayError
+    except ImportError as e:
+        print(f"reverie play: {e}; install the play extra: pip install 'reverie[play]'", file=sys.stderr)
+        return 1
+    errors = (PlayError, CheckpointError, SessionError, ActionSpecError, ConfigError, OSError, pygame.error)
+    window = None
+    try:
+        world, info = make_world(a, say)
+        frames = a.frames or (HEADLESS_FRAMES if a.headless else 0)
+        fps = a.fps if a.fps is not None else (0.0 if a.headless else world.fps)
+        threads = info.get("threads")
+        cfg = WindowConfig(scale=a.scale, fps=fps, headless=a.headless, frames=frames, autopilot=a.headless,
+                           seed=a.seed, lockstep=a.lockstep, hud=not a.no_hud, side_by_side=a.side_by_side,
+                           threads=threads, save_path=a.save, record_dir=a.record_dir,
+                           human_dir=a.out if a.human else None, caption=f"Reverie: {world.kind} {world.env_id}",
+                           info=info)
+        window = Window(world, cfg, print_fn=say)
+        what = "the real game" if world.kind == "real" else f"the model {info['model']}"
+        say(f"reverie play: {what} ({world.env_id}), {world.backend}, "
+            f"{'as fast as it goes' if not fps else f'{fps:g} frames/s'}" + (", headless" if a.headless else ""))
+        code = window.run()
+    except errors as e:
+        print(f"reverie play: {e}", file=sys.stderr)
+        return 1
+    report = window.report()
+    report["cold_start_s"] = window.started_at - t_start + window.first_frame_s
+    say(f"{window.exit_reason or 'quit'}: {report['frames']} frames, {report['fps']:.1f} frames/s, "
+        f"p50 {report['p50_ms']:.1f} ms, p99 {report['p99_ms']:.1f} ms, model step {report['step_ms_p50']:.1f} ms")
+    if a.json is not None:
+        try:
+            write_json(a.json, report)
+        except OSError as e:
+            print(f"reverie play: cannot write {a.json}: {e}", file=sys.stderr)
+            return 1
+        say(f"wrote {a.json}")
+    return code
