@@ -1,8 +1,8 @@
 """Convolutional autoencoder: frame (B, 3, H, W) in [0, 1] <-> latent grid (B, C, H/f, W/f) in [-1, 1].
 
 The decoder runs for every displayed frame, so it is small and norm-free (TAESD-style, Bohan 2023) and is trained
-with noise on its input latent so that it tolerates the world model's imperfect latents. The loss is L1 plus an
-L1 on FFT magnitudes, which keeps edges sharp without any downloaded perceptual network.
+with noise on its input latent so that it tolerates the world model's imperfect latents. The loss is MSE + L1 plus
+an L1 on FFT magnitudes, which keeps edges sharp without any downloaded perceptual network.
 """
 
 from __future__ import annotations
@@ -89,18 +89,24 @@ class Autoencoder(nn.Module):
         return self.loss(frames)
 
     def loss(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """L1 + FFT-magnitude L1 of the reconstruction from a latent with random-level noise added."""
+        """MSE + L1 + FFT-magnitude L1 of the reconstruction from a latent with random-level noise added.
+
+        The noise std is drawn in [0, decoder_noise] relative to the batch's latent std. The squared term
+        carries the weight: game frames are small sprites on flat backgrounds, and with L1 dominant the
+        reconstruction settles on the background (L1's optimum is the median) and never learns the sprites.
+        """
         z = self.encode(frames)
-        sigma = torch.rand(z.shape[0], 1, 1, 1, device=z.device) * self.cfg.decoder_noise
-        recon = self.decode(z + sigma * torch.randn_like(z))
+        sigma = torch.rand(z.shape[0], 1, 1, 1, device=z.device) * self.cfg.decoder_noise * z.detach().std()
+        recon = self.decode(z + sigma * torch.randn(z.shape, device=z.device, dtype=z.dtype))
+        mse = F.mse_loss(recon, frames)
         l1 = (recon - frames).abs().mean()
         freq = (torch.fft.rfft2(recon.float()).abs() - torch.fft.rfft2(frames.float()).abs()).abs().mean()
         freq = freq / (frames.shape[-1] * frames.shape[-2]) ** 0.5
-        total = l1 + self.cfg.freq_loss_weight * freq
+        c = self.cfg
+        total = c.mse_loss_weight * mse + c.l1_loss_weight * l1 + c.freq_loss_weight * freq
         with torch.no_grad():
-            mse = F.mse_loss(recon.clamp(0, 1), frames)
-            psnr = -10.0 * torch.log10(mse.clamp_min(1e-10))
-        return total, {"l1": l1.item(), "freq": freq.item(), "psnr": psnr.item()}
+            psnr = -10.0 * torch.log10(F.mse_loss(recon.clamp(0, 1), frames).clamp_min(1e-10))
+        return total, {"mse": mse.item(), "l1": l1.item(), "freq": freq.item(), "psnr": psnr.item()}
 
 
 def frames_to_tensor(frames: torch.Tensor) -> torch.Tensor:

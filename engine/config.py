@@ -30,8 +30,10 @@ class AutoencoderConfig:
     encoder_channels: tuple[int, ...] = (16, 32, 64)
     decoder_channels: tuple[int, ...] = (128, 64, 32)  # one per stride, from the latent up to the frame
     decoder_blocks: int = 1                     # residual blocks per decoder stage
-    decoder_noise: float = 0.2                  # max std of noise on the latent while training the decoder
-    freq_loss_weight: float = 0.1               # weight of the FFT-magnitude term beside L1
+    decoder_noise: float = 0.25                 # max std of latent noise while training, relative to the latent std
+    mse_loss_weight: float = 1.0
+    l1_loss_weight: float = 0.05
+    freq_loss_weight: float = 0.05              # weight of the FFT-magnitude term
 
     @property
     def factor(self) -> int:
@@ -144,18 +146,34 @@ class ModelConfig:
             ae = _build(AutoencoderConfig, d["autoencoder"])
             wm = _build(WorldModelConfig, d["world_model"])
             cfg = cls(name=str(d.get("name", "custom")), autoencoder=ae, world_model=wm)
-        except (KeyError, TypeError) as e:
+            cfg.validate()
+        except (KeyError, TypeError, AttributeError) as e:
             raise ConfigError(f"model config: {e}") from None
-        cfg.validate()
         return cfg
 
 
-def _build(kind: type, d: dict[str, Any]) -> Any:
-    names = {f.name for f in dataclasses.fields(kind)}
-    unknown = sorted(set(d) - names)
+def _build(kind: type, d: Any) -> Any:
+    """A config dataclass from a dict, checking names and the type of every field against its default."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{kind.__name__}: expected a mapping, got {type(d).__name__}")
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(kind)}
+    unknown = sorted(set(d) - set(defaults))
     if unknown:
         raise ConfigError(f"{kind.__name__}: unknown fields {unknown}")
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    kw = {}
+    for k, v in d.items():
+        want = defaults[k]
+        if isinstance(want, tuple):
+            ok = isinstance(v, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+            v = tuple(v) if ok else v
+        elif isinstance(want, float):
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        else:
+            ok = isinstance(v, type(want)) and not (isinstance(v, bool) and not isinstance(want, bool))
+        if not ok:
+            raise ConfigError(f"{kind.__name__}.{k}: expected {type(want).__name__}, got {v!r}")
+        kw[k] = v
     return kind(**kw)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from engine.world_model import WorldModel, step_schedule
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default.safetensors"
 STATE_FORMAT = 1
+MAX_SAMPLING_STEPS = 4
 
 
 class SessionError(ValueError):
@@ -110,7 +112,7 @@ class Session:
         self.v_cache = torch.zeros(shape, device=dev, dtype=self.dtype)
         self.valid = torch.zeros(B, W, dtype=torch.bool, device=dev)      # which ring slots hold a frame
         self.frame_count = torch.zeros((), dtype=torch.long, device=dev)  # frames appended since reset
-        self.seed = torch.arange(B, dtype=torch.long, device=dev) + seed * 1_000_003
+        self.seed = torch.arange(B, dtype=torch.long, device=dev) + seed * 1_000_003  # see _seeds
         self.counter = torch.zeros(B, dtype=torch.long, device=dev)
         self.h_last = torch.zeros(B, N, c.d_model, device=dev, dtype=self.dtype)
         self.action_buf = torch.zeros(B, c.action_dim, device=dev, dtype=self.dtype)
@@ -119,6 +121,14 @@ class Session:
         self.frame_buf = torch.zeros(B, *self.frame_shape, dtype=torch.uint8, device=dev)
         self._token_offsets = torch.arange(N, device=dev)
         self.primed = False
+
+    def _seeds(self, seed: int | Sequence[int]) -> torch.Tensor:
+        if isinstance(seed, (int, np.integer)):
+            return torch.arange(self.batch, device=self.device) + int(seed) * 1_000_003
+        seeds = torch.as_tensor(list(seed), dtype=torch.long, device=self.device)
+        if seeds.shape != (self.batch,):
+            raise SessionError(f"seed: need one seed per world ({self.batch}), got {len(seeds)}")
+        return seeds
 
     @property
     def steps(self) -> int:
@@ -129,6 +139,8 @@ class Session:
         self._steps = self._check_steps(value)
 
     def _check_steps(self, steps: int) -> int:
+        if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= MAX_SAMPLING_STEPS:
+            raise SessionError(f"steps must be in 1..{MAX_SAMPLING_STEPS} head steps per frame, got {steps!r}")
         try:
             step_schedule(int(steps), self.cfg.shortcut_levels)
         except ValueError as e:
@@ -138,12 +150,13 @@ class Session:
     # ---- inputs ----------------------------------------------------------------------------------------------
     def _actions(self, action: Any, where: str = "action") -> torch.Tensor:
         """Action vector(s) -> (B, A); accepts a vector, a (B, A) array, or button names per world."""
-        if isinstance(action, (list, tuple)) and action and all(isinstance(a, str) for a in action):
-            action = self.spec.encode(action)
-        elif isinstance(action, (list, tuple)) and action and all(isinstance(a, (list, tuple, set)) for a in action) \
-                and all(isinstance(x, str) for a in action for x in a):
-            action = np.stack([self.spec.encode(a) for a in action])
         try:
+            if isinstance(action, (list, tuple)) and action and all(isinstance(a, str) for a in action):
+                action = self.spec.encode(action)
+            elif isinstance(action, (list, tuple)) and action and \
+                    all(isinstance(a, (list, tuple, set)) for a in action) and \
+                    all(isinstance(x, str) for a in action for x in a):
+                action = np.stack([self.spec.encode(a) for a in action])
             arr = self.spec.check(action, where)
         except ActionSpecError as e:
             raise SessionError(str(e)) from None
@@ -205,10 +218,11 @@ class Session:
 
     # ---- public API -----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def reset(self, frames: Any = None, actions: Any = None, seed: int | None = None) -> np.ndarray:
+    def reset(self, frames: Any = None, actions: Any = None, seed: int | Sequence[int] | None = None) -> np.ndarray:
         """Prime every world from real frames (T, H, W, 3) or (B, T, H, W, 3); actions[t] led to frames[t].
 
-        With no frames, the checkpoint's built-in start state is used.
+        With no frames, the checkpoint's built-in start state is used. `seed`: an int seeds world b with
+        b + seed * 1_000_003; a sequence gives each world its own noise seed (None keeps the current seeds).
         """
         if frames is None:
             start = self.checkpoint.start_state() if self.checkpoint is not None else None
@@ -231,7 +245,7 @@ class Session:
                                    f"({B}, {T}, {self.spec.size}); got {arr.shape}")
             acts = torch.from_numpy(np.array(arr, dtype=np.float32))
         if seed is not None:
-            self.seed.copy_(torch.arange(B, device=self.device) + seed * 1_000_003)
+            self.seed.copy_(self._seeds(seed))
         self.k_cache.zero_()
         self.v_cache.zero_()
         self.valid.zero_()
@@ -274,7 +288,7 @@ class Session:
         return self._out()
 
     def _out(self) -> np.ndarray:
-        frames = self.frame_buf.cpu().numpy()
+        frames = self.frame_buf.to("cpu", copy=True).numpy()  # the buffer is rewritten by the next step
         return frames[0] if self.batch == 1 else frames
 
     @property
@@ -385,7 +399,7 @@ class Session:
         other._alloc(0)
         other.load_state(self.state())
         if seed is not None:
-            other.seed.copy_(torch.arange(self.batch, device=self.device) + seed * 1_000_003)
+            other.seed.copy_(other._seeds(seed))
         return other
 
     def close(self) -> None:

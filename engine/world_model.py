@@ -125,7 +125,7 @@ class WorldModel(nn.Module):
         B, T = z.shape[:2]
         dev = z.device
         levels = cfg.context_noise_max * torch.rand(B, T, device=dev) ** 2  # (B, T), skewed to small
-        z_ctx = self.corrupt(z, levels, torch.randn_like(z))
+        z_ctx = self.corrupt(z, levels, torch.randn(z.shape, device=dev, dtype=z.dtype))  # layout-independent
         h = self.backbone(self.patchify(z_ctx), actions, levels, self.rope)  # (B, T, N, D)
 
         M = B * (T - 1)

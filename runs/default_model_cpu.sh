@@ -8,7 +8,7 @@
 # file WORKDIR/default.safetensors (float16 weights, eval metrics in its metadata).
 set -euo pipefail
 W=${1:-runs/default_cpu}
-WM_MINUTES=${WM_MINUTES:-60}
+WM_MINUTES=${WM_MINUTES:-50}
 mkdir -p "$W"
 t0=$(date +%s)
 log() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
@@ -23,7 +23,7 @@ log "train ae (32x32 crops) and idm, one thread each"
 reverie train idm --data "$W/data/train" --out "$W/idm" --steps 400 --batch 64 --lr 1e-3 --threads 1 \
   --log-every 50 --save-every 200 > "$W/idm.log" 2>&1 &
 idm_pid=$!
-reverie train ae --data "$W/data/train" --out "$W/ae" --preset tiny --crop 32 --steps 1500 --batch 32 --lr 1e-3 \
+reverie train ae --data "$W/data/train" --out "$W/ae" --preset tiny --crop 32 --steps 3000 --batch 32 --lr 1e-3 \
   --threads 1 --log-every 50 --save-every 500
 wait $idm_pid
 tail -n 1 "$W/idm.log"

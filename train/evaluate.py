@@ -116,7 +116,8 @@ def evaluate(args: argparse.Namespace) -> int:
                            context_noise=args.context_noise, seed=args.seed, cuda_graph=False)
         fr = np.stack([src.episode_frames(e)[s:s + need] for e, s in chunk])
         ac = np.stack([src.actions[e][s:s + need] for e, s in chunk])
-        gen, real = rollout(sess, fr, ac, context, args.horizon)
+        seeds = [args.seed * 1_000_003 + i + j for j in range(len(chunk))]  # a rollout's noise: its index
+        gen, real = rollout(sess, fr, ac, context, args.horizon, seeds)
         gen_all.append(gen)
         real_all.append(real)
         acts_all.append(ac[:, context:])

@@ -103,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
     last = fit(run=run_dir, model=model, tcfg=tcfg, device=device, dist_info=dist_info, batch_fn=batch_fn,
                loss_fn=loss_fn, describe=lambda v: f"loss {v['loss']:.4f} acc {v.get('accuracy', 0):.3f}",
                resume=not args.no_resume)
+    if "loss" not in last and (run_dir.root / "idm.safetensors").exists():  # resumed a finished run: nothing new
+        print(f"{run_dir.root / 'idm.safetensors'} is already trained to step {tcfg.steps}; nothing to do")
+        return 0
     if dist_info.main:
         cfg = ModelConfig.from_name("tiny", action_dim=spec.size)
         path = save_checkpoint(run_dir.root / "idm.safetensors", kind="idm", config=cfg, action_spec=spec,

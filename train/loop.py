@@ -355,6 +355,7 @@ def start_run(out: str, tcfg: TrainConfig, resolved: dict[str, Any], dry_run: bo
         torch.set_num_threads(tcfg.threads)
     device = resolve_device(tcfg.device)
     dist_info = init_distributed(device)
+    torch.manual_seed(tcfg.seed)  # initial weights are a function of --seed (the same on every rank)
     if device.type == "cuda" and dist_info.world > 1:
         device = torch.device("cuda", dist_info.local_rank)
         torch.cuda.set_device(device)

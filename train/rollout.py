@@ -26,12 +26,12 @@ def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def rollout(session: Session, frames: np.ndarray, actions: np.ndarray, context: int,
-            horizon: int) -> tuple[np.ndarray, np.ndarray]:
+            horizon: int, seeds: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Batched rollout: frames (B, T, H, W, 3), actions (B, T, A) (led-to convention), T >= context + horizon.
 
     Returns generated and real frames, each (B, horizon, H, W, 3).
     """
-    session.reset(frames[:, :context], actions[:, :context])
+    session.reset(frames[:, :context], actions[:, :context], seed=seeds)
     gen = []
     for t in range(context, context + horizon):
         out = session.step(actions[:, t])

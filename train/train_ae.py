@@ -58,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
     last = fit(run=run_dir, model=model, tcfg=tcfg, device=device, dist_info=dist_info, batch_fn=batch_fn,
                loss_fn=loss_fn, sample_fn=sample_fn,
                describe=lambda v: f"loss {v['loss']:.4f} psnr {v.get('psnr', 0):.1f}dB", resume=not args.no_resume)
+    if "loss" not in last and (run_dir.root / "ae.safetensors").exists():  # resumed a finished run: nothing new
+        print(f"{run_dir.root / 'ae.safetensors'} is already trained to step {tcfg.steps}; nothing to do")
+        return 0
     if dist_info.main:
         sample_fn(tcfg.steps)
         path = save_checkpoint(run_dir.root / "ae.safetensors", kind="autoencoder", config=cfg,

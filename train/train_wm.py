@@ -52,7 +52,7 @@ def encode_dataset(src: EpisodeSource, ae: Autoencoder, device: torch.device, ca
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     zs.append(ae.encode(x).float().cpu())
                 bar.update(len(x))
-            out.append(torch.cat(zs).half())
+            out.append(torch.cat(zs).half().contiguous())
     with atomic_target(cache) as tmp:
         save_file({f"ep{i:06d}": z.contiguous() for i, z in enumerate(out)}, str(tmp),
                   metadata={"fingerprint": fingerprint})
@@ -139,6 +139,9 @@ def run(args: argparse.Namespace) -> int:
     last = fit(run=run_dir, model=model, tcfg=tcfg, device=device, dist_info=dist_info, batch_fn=batch_fn,
                loss_fn=loss_fn, sample_fn=sample_fn, describe=lambda v: f"loss {v['loss']:.4f}",
                resume=not args.no_resume)
+    if "loss" not in last and (run_dir.root / "model.safetensors").exists():  # resumed a finished run: nothing new
+        print(f"{run_dir.root / 'model.safetensors'} is already trained to step {tcfg.steps}; nothing to do")
+        return 0
     if dist_info.main:
         metrics = {k: float(v) for k, v in last.items()}
         metrics.update(sample_fn(tcfg.steps) or {})

@@ -1,0 +1,112 @@
+"""`reverie bench`: the JSON it writes, and clear errors (no traceback) for what it cannot run.
+
+Timings are not asserted (benchmarks print and save numbers; tests check that they are there and sane).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import reverie_cli
+from engine.actions import ActionSpec
+from engine.autoencoder import Autoencoder
+from engine.checkpoint import save_checkpoint
+from engine.config import AutoencoderConfig, ModelConfig
+from engine.world_model import WorldModel
+
+SPEC = ActionSpec(game="builtin:gems", buttons=("up", "down", "left", "right"))
+REQUIRED = ("fps", "p50_ms", "p99_ms", "cold_start_s", "backbone_ms", "head_ms", "decode_ms", "device", "backend",
+            "batch", "steps")
+POSITIVE = ("fps", "p50_ms", "p99_ms", "cold_start_s", "backbone_ms", "head_ms", "decode_ms")
+QUICK = ["--frames", "5", "--warmup", "1", "--threads", "1"]
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """bench sets torch's thread count; give the rest of the suite its one thread back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_checkpoint(path, with_wm: bool = True):
+    """A 32x32 random model with a built-in start state, small enough to load and step in milliseconds."""
+    cfg = ModelConfig.from_name("tiny", action_dim=SPEC.size)
+    cfg.autoencoder = AutoencoderConfig(height=32, width=32, latent_channels=16, encoder_channels=(8, 8, 8),
+                                        decoder_channels=(8, 8, 8))
+    wm = cfg.world_model
+    wm.latent_height = wm.latent_width = 4
+    wm.d_model, wm.heads, wm.backbone_layers, wm.head_layers, wm.context_frames = 32, 2, 2, 1, 4
+    cfg.validate()
+    torch.manual_seed(0)
+    parts = {"ae": Autoencoder(cfg.autoencoder).state_dict(),
+             "start": {"frames": torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3),
+                                                                                    dtype=np.uint8)),
+                       "actions": torch.zeros(2, SPEC.size)}}
+    if with_wm:
+        parts["wm"] = WorldModel(cfg.world_model).state_dict()
+    return save_checkpoint(path, kind="world_model" if with_wm else "autoencoder", config=cfg, action_spec=SPEC,
+                           parts=parts)
+
+
+def run_bench(args: list[str]) -> int:
+    return reverie_cli.main(["bench", *args])
+
+
+def check_result(result: dict, batch: int, steps: int) -> None:
+    missing = [k for k in REQUIRED if k not in result]
+    assert not missing, f"bench JSON lacks {missing}"
+    for k in POSITIVE:
+        assert isinstance(result[k], (int, float)) and math.isfinite(result[k]) and result[k] > 0, (k, result[k])
+    assert result["p99_ms"] >= result["p50_ms"]
+    assert (result["device"], result["backend"], result["batch"], result["steps"]) == ("cpu", "torch", batch, steps)
+    machine = result["machine"]
+    assert machine["threads"] == 1 and machine["cpu"] and machine["torch"] == torch.__version__
+
+
+def test_bench_preset_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert run_bench(["--preset", "tiny", *QUICK, "--json", str(out)]) == 0
+    assert "frames/s" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    check_result(result, batch=1, steps=2)
+    assert result["model"] == "random tiny"
+
+
+def test_bench_checkpoint_batch_and_steps(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "model.safetensors")
+    out = tmp_path / "bench.json"
+    assert run_bench(["--model", str(ckpt), "--batch", "2", "--steps", "1", "--guidance", "1.5", *QUICK,
+                      "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    check_result(result, batch=2, steps=1)
+    assert result["model"] == str(ckpt)
+    assert result["guidance"] == 1.5
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--preset", "tiny", "--backend", "tensorrt"], "tensorrt"),
+    (["--model", "missing.safetensors"], "missing.safetensors"),
+    (["--preset", "tiny", "--frames", "0"], "--frames"),
+    (["--preset", "tiny", "--steps", "0"], "steps"),
+])
+def test_bench_errors_are_clear(tmp_path, capsys, args, message):
+    out = tmp_path / "bench.json"
+    code = run_bench([*QUICK, *args, "--json", str(out)])  # later flags win: --frames 0 overrides QUICK's
+    err = capsys.readouterr().err
+    assert code != 0
+    assert message in err and "error" in err
+    assert "Traceback" not in err
+    assert not out.exists()  # nothing half-written
+
+
+def test_bench_error_on_a_checkpoint_without_world_model(tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "ae.safetensors", with_wm=False)
+    assert run_bench(["--model", str(ckpt), *QUICK]) != 0
+    err = capsys.readouterr().err
+    assert "world-model" in err and "Traceback" not in err

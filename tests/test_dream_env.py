@@ -1,0 +1,141 @@
+"""train.dream_env.DreamEnv: the Gymnasium API over an imagined world (env checker, rollouts, seeding, spaces)."""
+
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from gymnasium.envs.registration import EnvSpec
+from gymnasium.utils.env_checker import check_env
+from torch import nn
+
+from engine.actions import ActionSpec
+from engine.autoencoder import Autoencoder
+from engine.checkpoint import save_checkpoint
+from engine.config import AutoencoderConfig, ModelConfig
+from engine.world_model import WorldModel
+from train.dream_env import DreamEnv
+
+SPEC = ActionSpec(game="builtin:gems", buttons=("up", "down", "left", "right"))
+FRAME = (32, 32, 3)
+
+
+def tiny_models(spec: ActionSpec = SPEC, seed: int = 0) -> tuple[Autoencoder, WorldModel]:
+    """A 32x32 random model whose head output layers are randomised, so frames depend on noise and actions."""
+    cfg = ModelConfig.from_name("tiny", action_dim=spec.size)
+    cfg.autoencoder = AutoencoderConfig(height=32, width=32, latent_channels=16, encoder_channels=(8, 8, 8),
+                                        decoder_channels=(8, 8, 8))
+    wm = cfg.world_model
+    wm.latent_height = wm.latent_width = 4
+    wm.d_model, wm.heads, wm.backbone_layers, wm.head_layers, wm.context_frames = 32, 2, 2, 1, 4
+    cfg.validate()
+    torch.manual_seed(seed)
+    ae, wm = Autoencoder(cfg.autoencoder), WorldModel(cfg.world_model)
+    with torch.no_grad():
+        for m in [blk.ada for blk in wm.head.blocks] + [wm.head.ada_out, wm.head.out]:
+            nn.init.normal_(m.weight, std=0.1)
+            nn.init.normal_(m.bias, std=0.1)
+    return ae, wm
+
+
+def start_frames(T: int = 2) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (T, *FRAME), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    ae, wm = tiny_models()
+    cfg = ModelConfig(name="test", autoencoder=ae.cfg, world_model=wm.cfg)
+    start = {"frames": torch.from_numpy(start_frames(3)), "actions": torch.zeros(3, SPEC.size)}
+    return save_checkpoint(tmp_path_factory.mktemp("dream") / "model.safetensors", kind="world_model", config=cfg,
+                           action_spec=SPEC, parts={"ae": ae.state_dict(), "wm": wm.state_dict(), "start": start})
+
+
+def play(env: DreamEnv, seed: int, actions) -> np.ndarray:
+    obs, _ = env.reset(seed=seed)
+    frames = [obs]
+    for a in actions:
+        frames.append(env.step(a)[0])
+    return np.stack(frames)
+
+
+def test_env_checker_passes(checkpoint):
+    # An EnvSpec (not registered anywhere) lets the checker assert seeded determinism and re-make the env for its
+    # render-mode and double-close checks.
+    kwargs = {"checkpoint": str(checkpoint), "max_episode_steps": 50, "steps": 1}
+    env = DreamEnv(render_mode="rgb_array", **kwargs)
+    env.spec = EnvSpec("ReverieDream-v0", entry_point=DreamEnv, kwargs=kwargs, nondeterministic=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any checker warning fails the test
+        check_env(env)
+    env.close()
+    env.close()  # closing twice is allowed
+    assert "ReverieDream-v0" not in gym.registry  # nothing registered globally
+
+
+def test_rollout_frames_and_episode_bookkeeping(checkpoint):
+    env = DreamEnv(checkpoint, max_episode_steps=20, render_mode="rgb_array", steps=1)
+    assert env.observation_space == spaces.Box(0, 255, FRAME, np.uint8)
+    assert env.action_space == spaces.MultiBinary(SPEC.size)
+    obs, info = env.reset(seed=0)
+    assert obs.shape == FRAME and obs.dtype == np.uint8 and info == {"frame": 0}
+    env.action_space.seed(0)
+    frames = []
+    for t in range(1, 21):
+        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        assert obs in env.observation_space
+        assert (reward, terminated, truncated, info) == (0.0, False, t == 20, {"frame": t})
+        assert np.array_equal(env.render(), obs)
+        frames.append(obs)
+    assert len({f.tobytes() for f in frames}) > 1  # the dream moves
+    env.close()
+
+
+def test_same_seed_same_observations(checkpoint):
+    env = DreamEnv(checkpoint, max_episode_steps=100, steps=1)
+    actions = np.random.default_rng(1).integers(0, 2, (12, SPEC.size), dtype=np.int8)
+    first = play(env, 5, actions)
+    assert np.array_equal(play(env, 5, actions), first)
+    assert not np.array_equal(play(env, 6, actions), first)
+    env.close()
+
+
+def test_start_frames_and_options(checkpoint):
+    ae, wm = tiny_models()
+    env = DreamEnv(models=(ae, wm, SPEC), start_frames=start_frames(2), steps=1)  # no checkpoint at all
+    obs, _ = env.reset(seed=0)
+    assert np.array_equal(obs, start_frames(2)[-1])
+    other = np.full((2, *FRAME), 77, np.uint8)
+    obs, _ = env.reset(seed=0, options={"frames": other, "actions": np.zeros((2, SPEC.size), np.float32)})
+    assert np.array_equal(obs, other[-1])
+    with pytest.raises(ValueError, match="start frames"):
+        DreamEnv(models=(ae, wm, SPEC))
+
+
+def test_axes_give_a_dict_action_space():
+    spec = ActionSpec(game="test:mouse", buttons=("fire",), axes=("dx", "dy"))
+    env = DreamEnv(models=(*tiny_models(spec), spec), start_frames=start_frames(2), steps=1)
+    assert env.action_space == spaces.Dict({"buttons": spaces.MultiBinary(1),
+                                            "axes": spaces.Box(-1.0, 1.0, (2,), np.float32)})
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    assert env.step(env.action_space.sample())[0].shape == FRAME
+    with pytest.raises(ValueError, match="dict"):
+        env.step(np.zeros(3, np.float32))
+
+
+def test_bad_use_is_refused(checkpoint):
+    env = DreamEnv(checkpoint, steps=1)
+    with pytest.raises(gym.error.ResetNeeded):
+        env.step(np.zeros(SPEC.size, np.int8))
+    assert env.render() is None  # render_mode None
+    with pytest.raises(ValueError, match="render_mode"):
+        DreamEnv(checkpoint, render_mode="human")
+    with pytest.raises(ValueError, match="batch"):
+        DreamEnv(checkpoint, batch=2)
+    with pytest.raises(ValueError, match="max_episode_steps"):
+        DreamEnv(checkpoint, max_episode_steps=0)

@@ -1,0 +1,322 @@
+"""The model on CPU: shapes, block causality, cached steps vs the full pass, RoPE time shifts, and tiny overfits.
+
+Tiny configurations only (d=32, 4x4x4 latents, 4-frame windows): every test runs in well under a few seconds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.actions import ActionSpec
+from engine.autoencoder import Autoencoder, frames_to_tensor, tensor_to_frames
+from engine.config import AutoencoderConfig, WorldModelConfig
+from engine.session import Session
+from engine.world_model import WorldModel, step_schedule
+
+FP32_TOL = {"rtol": 1e-5, "atol": 1e-5}  # same math, different summation order (cached vs full attention)
+
+
+def tiny_wm_cfg(**kw) -> WorldModelConfig:
+    base = dict(d_model=32, heads=2, backbone_layers=2, head_layers=1, context_frames=4, latent_height=4,
+                latent_width=4, latent_channels=4)
+    return WorldModelConfig(**{**base, **kw})
+
+
+def tiny_ae_cfg(**kw) -> AutoencoderConfig:
+    base = dict(height=32, width=32, latent_channels=4, encoder_channels=(8, 8, 8), decoder_channels=(8, 8, 8))
+    return AutoencoderConfig(**{**base, **kw})
+
+
+def make_wm(seed: int = 0, **kw) -> WorldModel:
+    torch.manual_seed(seed)
+    return WorldModel(tiny_wm_cfg(**kw)).eval()
+
+
+def window_inputs(wm: WorldModel, B: int = 2, T: int = 4, seed: int = 1):
+    """Random normalised latents (B, T, C, h, w), multi-hot actions (B, T, A) and context levels (B, T)."""
+    g = torch.Generator().manual_seed(seed)
+    c = wm.cfg
+    z = torch.randn(B, T, c.latent_channels, c.latent_height, c.latent_width, generator=g)
+    actions = (torch.rand(B, T, c.action_dim, generator=g) > 0.5).float()
+    levels = 0.3 * torch.rand(B, T, generator=g)
+    return z, actions, levels
+
+
+def full_pass(wm: WorldModel, z, actions, levels, start: int = 0) -> torch.Tensor:
+    with torch.no_grad():
+        return wm.backbone(wm.patchify(z), actions, levels, wm.rope, start=start)  # (B, T, N, D)
+
+
+def cached_pass(wm: WorldModel, z, actions, levels) -> torch.Tensor:
+    """Backbone.step frame by frame over a ring KV cache of W frames, with Session's bookkeeping."""
+    c = wm.cfg
+    tokens = wm.patchify(z)
+    B, T, N, _ = tokens.shape
+    W = c.context_frames
+    k_cache = torch.zeros(c.backbone_layers, B, c.heads, W * N, c.head_dim)
+    v_cache = torch.zeros_like(k_cache)
+    valid = torch.zeros(B, W, dtype=torch.bool)
+    outs = []
+    with torch.no_grad():
+        for t in range(T):
+            slot = t % W
+            valid[:, slot] = True
+            write_index = slot * N + torch.arange(N)
+            mask = torch.zeros(B, W * N).masked_fill(~valid.repeat_interleave(N, dim=1), float("-inf"))
+            cos, sin = wm.rope.frames(torch.tensor([t]))
+            outs.append(wm.backbone.step(tokens[:, t], actions[:, t], levels[:, t], cos[0], sin[0], k_cache, v_cache,
+                                         write_index, mask[:, None, None]))
+    return torch.stack(outs, dim=1)  # (B, T, N, D)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shapes
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("height,width", [(32, 32), (32, 64)])
+def test_autoencoder_shapes(height, width):
+    ae = Autoencoder(tiny_ae_cfg(height=height, width=width)).eval()
+    frames = torch.rand(2, 3, height, width)
+    with torch.no_grad():
+        z = ae.encode(frames)
+        recon = ae.decode(z)
+    assert z.shape == (2, 4, height // 8, width // 8)
+    assert z.abs().max() <= 1.0  # tanh-bounded latent
+    assert recon.shape == frames.shape
+    loss, stats = ae.loss(frames)
+    assert loss.ndim == 0 and math.isfinite(loss.item())
+    assert set(stats) >= {"l1", "freq", "psnr"} and all(math.isfinite(v) for v in stats.values())
+
+
+def test_frames_tensor_round_trip_is_exact():
+    frames = torch.randint(0, 256, (2, 5, 8, 12, 3), dtype=torch.uint8)
+    x = frames_to_tensor(frames)
+    assert x.shape == (2, 5, 3, 8, 12) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert torch.equal(tensor_to_frames(x), frames)
+
+
+@pytest.mark.parametrize("patch", [1, 2])
+def test_patchify_round_trip_and_patch_contents(patch):
+    wm = make_wm(latent_height=4, latent_width=8, patch=patch)
+    C, h, w = 4, 4, 8
+    z = torch.arange(2 * 3 * C * h * w, dtype=torch.float32).reshape(2, 3, C, h, w)
+    tokens = wm.patchify(z)
+    N = (h // patch) * (w // patch)
+    assert tokens.shape == (2, 3, N, C * patch * patch) and N == wm.cfg.tokens_per_frame
+    assert torch.equal(wm.unpatchify(tokens), z)
+    # token n holds exactly the latent cells of patch (n // (w/p), n % (w/p)), all channels
+    for n in (0, 1, N - 1):
+        i, j = divmod(n, w // patch)
+        cell = z[1, 2, :, i * patch:(i + 1) * patch, j * patch:(j + 1) * patch].flatten()
+        assert sorted(tokens[1, 2, n].tolist()) == sorted(cell.tolist())
+
+
+def test_backbone_output_shape():
+    wm = make_wm()
+    z, actions, levels = window_inputs(wm, B=3, T=4)
+    out = full_pass(wm, z, actions, levels)
+    assert out.shape == (3, 4, wm.cfg.tokens_per_frame, wm.cfg.d_model)
+    assert torch.isfinite(out).all()
+
+
+def test_world_model_loss_is_finite_scalar_with_per_sample_stats():
+    wm = make_wm().train()
+    z, actions, _ = window_inputs(wm, B=3, T=4)
+    loss, stats = wm.loss(z, actions)
+    M = 3 * (4 - 1)  # one prediction per (window, next frame)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert stats["tau"].shape == (M,) and stats["loss"].shape == (M,) and stats["shortcut"].shape == (M,)
+    assert stats["shortcut"].dtype == torch.bool
+    assert int(stats["shortcut"].sum()) == round(M * wm.cfg.shortcut_fraction)
+    assert ((stats["tau"] >= 0) & (stats["tau"] <= 1)).all()
+    assert torch.allclose(stats["loss"].mean(), loss.detach())
+    loss.backward()
+    grads = [p.grad for p in wm.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 8])
+def test_step_schedule_sums_to_one(steps):
+    sched = step_schedule(steps, levels=6)
+    assert len(sched) == steps
+    assert sum(2.0 ** -j for j in sched) == 1.0
+    assert all(0 <= j < 6 for j in sched)
+
+
+def test_step_schedule_examples_and_limits():
+    assert step_schedule(1, 6) == [0]
+    assert step_schedule(2, 6) == [1, 1]
+    assert step_schedule(3, 6) == [1, 2, 2]
+    assert step_schedule(4, 6) == [2, 2, 2, 2]
+    for bad in (0, 33):
+        with pytest.raises(ValueError, match="sampling steps"):
+            step_schedule(bad, 6)
+
+
+def test_sample_shape_and_guidance_one_equals_unguided():
+    wm = make_wm()
+    N, Dt = wm.cfg.tokens_per_frame, wm.cfg.token_dim
+    # give the zero-initialised head outputs something to do
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in wm.head.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    h = torch.randn(2, N, wm.cfg.d_model)
+    actions = torch.eye(4)[:2]
+    noise = torch.randn(2, N, Dt)
+    with torch.no_grad():
+        plain = wm.sample(h, actions, noise, steps=2)
+        as_tensor = wm.sample(h, actions, noise, steps=2, guidance=torch.tensor(1.0))  # runs the batch-of-2 path
+        guided = wm.sample(h, actions, noise, steps=2, guidance=3.0)
+    assert plain.shape == (2, N, Dt)
+    torch.testing.assert_close(as_tensor, plain, **FP32_TOL)
+    assert not torch.allclose(guided, plain, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Block causality
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("t", [0, 1, 2])
+def test_backbone_is_causal_over_frames(t):
+    """Changing frame t+1 (latent, action, context level) leaves frames <= t exactly as they were."""
+    wm = make_wm()
+    z, actions, levels = window_inputs(wm, T=4)
+    base = full_pass(wm, z, actions, levels)
+    z2, a2, l2 = z.clone(), actions.clone(), levels.clone()
+    z2[:, t + 1] += torch.randn_like(z2[:, t + 1])
+    a2[:, t + 1] = 1 - a2[:, t + 1]
+    l2[:, t + 1] += 0.2
+    out = full_pass(wm, z2, a2, l2)
+    torch.testing.assert_close(out[:, :t + 1], base[:, :t + 1], rtol=0, atol=1e-6)
+    for s in range(t + 1, 4):  # the changed frame and every later one see the change
+        assert (out[:, s] - base[:, s]).abs().amax(dim=-1).min() > 1e-4, f"frame {s} did not change"
+
+
+def test_tokens_of_one_frame_see_each_other():
+    """Changing only the last token of frame 1 changes every token of frame 1 (not token-causal), none of frame 0."""
+    wm = make_wm()
+    z, actions, levels = window_inputs(wm, T=3)
+    base = full_pass(wm, z, actions, levels)
+    z2 = z.clone()
+    z2[:, 1, :, -1, -1] += 2.0  # the last cell of frame 1 = its last token (patch 1)
+    out = full_pass(wm, z2, actions, levels)
+    torch.testing.assert_close(out[:, 0], base[:, 0], rtol=0, atol=1e-6)
+    per_token = (out[:, 1] - base[:, 1]).abs().amax(dim=-1)  # (B, N)
+    assert per_token.min() > 1e-5, "some token of frame 1 does not attend to the changed token"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Time: RoPE is relative and periodic; cached stepping equals the full pass
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("start", [7, 4096 - 2])  # 4094: the window straddles the temporal period's wrap
+def test_backbone_depends_only_on_relative_time(start):
+    wm = make_wm()
+    assert wm.cfg.time_period == 4096
+    z, actions, levels = window_inputs(wm, T=4)
+    torch.testing.assert_close(full_pass(wm, z, actions, levels, start=start), full_pass(wm, z, actions, levels),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_cached_steps_equal_full_forward():
+    wm = make_wm()
+    z, actions, levels = window_inputs(wm, T=4)  # T == W: the ring fills exactly
+    torch.testing.assert_close(cached_pass(wm, z, actions, levels), full_pass(wm, z, actions, levels), **FP32_TOL)
+
+
+def test_ring_wrap_equals_forward_over_last_window_one_layer():
+    """Past W frames the ring overwrites the oldest slot. With one layer a cached key depends on its own frame
+    only, so frame t must equal the last frame of a full pass over frames t-W+1..t at their absolute positions.
+    (With more layers, older keys carry context from before the window: a sliding cache, not a recompute.)"""
+    wm = make_wm(backbone_layers=1)
+    W, T = wm.cfg.context_frames, 9
+    z, actions, levels = window_inputs(wm, T=T)
+    cached = cached_pass(wm, z, actions, levels)
+    for t in range(W, T):
+        s = t - W + 1
+        ref = full_pass(wm, z[:, s:t + 1], actions[:, s:t + 1], levels[:, s:t + 1], start=s)[:, -1]
+        torch.testing.assert_close(cached[:, t], ref, **FP32_TOL)
+
+
+@pytest.mark.parametrize("layers,T", [(2, 3), (2, 4), (1, 7)])
+def test_session_context_equals_full_forward(layers, T):
+    """Session.reset's per-frame backbone passes over its ring cache give the full pass's last output (no noise)."""
+    torch.manual_seed(0)
+    ae = Autoencoder(tiny_ae_cfg())
+    wm = make_wm(backbone_layers=layers)
+    spec = ActionSpec(game="test", buttons=("a", "b", "c", "d"))
+    sess = Session(models=(ae, wm, spec), batch=2, context_noise=0.0, dtype="fp32", seed=0)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (2, T, 32, 32, 3), dtype=np.uint8)
+    actions = (rng.random((2, T, 4)) > 0.5).astype(np.float32)
+    sess.reset(frames, actions)
+    W = wm.cfg.context_frames
+    s = max(0, T - W)
+    with torch.no_grad():
+        z = ae.encode(frames_to_tensor(torch.from_numpy(frames[:, s:]).reshape(-1, 32, 32, 3)))
+        z = z.reshape(2, T - s, 4, 4, 4)  # (B, T', C, h, w)
+        ref = full_pass(wm, wm.normalize(z), torch.from_numpy(actions[:, s:]), torch.zeros(2, T - s), start=s)
+    torch.testing.assert_close(sess.h_last, ref[:, -1], **FP32_TOL)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tiny models can overfit a few examples
+# ---------------------------------------------------------------------------------------------------------------
+def test_world_model_overfits_two_windows():
+    # No context corruption and no action dropout: with nothing random left in the conditioning, the flow target
+    # is a function of (x_tau, tau, the memorised window), so the loss can fall far below its start (~1.3).
+    torch.manual_seed(0)
+    wm = WorldModel(tiny_wm_cfg(context_noise_max=0.0, action_dropout=0.0)).train()
+    z = torch.randn(2, 4, 4, 4, 4)
+    actions = torch.zeros(2, 4, 4)
+    actions[:, 1:, 0] = 1
+    opt = torch.optim.Adam(wm.parameters(), lr=5e-3)
+    losses = []
+    for _ in range(200):
+        loss, _ = wm.loss(z, actions)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    first, last = np.mean(losses[:10]), np.mean(losses[-30:])
+    assert last < 0.3 * first, f"loss {first:.3f} -> {last:.3f}"
+
+
+def test_autoencoder_overfits_four_frames():
+    torch.manual_seed(0)
+    ae = Autoencoder(tiny_ae_cfg())
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 32), torch.linspace(0, 1, 32), indexing="ij")
+    one = torch.ones_like(xx)
+    frames = torch.stack([torch.stack([xx, yy, 0.5 * one]), torch.stack([yy, 1 - xx, xx * yy]),
+                          torch.stack([(xx > 0.5).float(), (yy > 0.5).float(), 0.2 * one]),
+                          torch.stack([1 - yy, xx, 1 - xx])])  # (4, 3, 32, 32): smooth and blocky images
+
+    def psnr() -> float:
+        with torch.no_grad():
+            recon = ae.decode(ae.encode(frames)).clamp(0, 1)
+        return -10 * math.log10(F.mse_loss(recon, frames).item())
+
+    start = psnr()
+    opt = torch.optim.Adam(ae.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss, _ = ae.loss(frames)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    end = psnr()
+    assert end > start + 8 and end > 17, f"psnr {start:.1f} -> {end:.1f} dB"
+
+
+def test_world_model_loss_ignores_memory_layout():
+    wm = make_wm().train()
+    z, actions, _ = window_inputs(wm)
+    z_channels_last = z.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)  # same values, other strides
+    assert torch.equal(z, z_channels_last) and z.stride() != z_channels_last.stride()
+    torch.manual_seed(5)
+    a, _ = wm.loss(z, actions)
+    torch.manual_seed(5)
+    b, _ = wm.loss(z_channels_last, actions)
+    assert torch.equal(a, b)

@@ -1,0 +1,397 @@
+"""Behaviour of engine.Session: ring KV-cache bookkeeping, cached == recomputed rollout, save-games, forks,
+batches, bad inputs and constant memory over long play.
+
+Every test runs a tiny random model (32x32 frames, 4x4x16 latents, d=32, 2 + 1 layers, W=4 context frames) whose
+zero-initialised head output layers are randomised, so that generated latents depend on the context, the actions
+and the noise, and a wrong cache, seed or slot changes them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from engine.actions import ActionSpec
+from engine.autoencoder import Autoencoder, frames_to_tensor
+from engine.checkpoint import CheckpointError, save_checkpoint
+from engine.config import AutoencoderConfig, ModelConfig
+from engine.noise import counter_normal
+from engine.session import Session, SessionError
+from engine.world_model import WorldModel
+
+SPEC = ActionSpec(game="builtin:gems", buttons=("up", "down", "left", "right"))
+W = 4                    # context frames (ring capacity) of the test model
+FRAME = (32, 32, 3)
+LATENT_ATOL = 1e-4       # fp32: ring-cache attention vs full block-causal attention sum in different orders
+BATCH_ATOL = 1e-5        # fp32: a batch of B vs B single runs (same kernels, different batch size)
+
+
+# ---- a tiny random model --------------------------------------------------------------------------------------
+def tiny_config(context_frames: int = W, time_period: int = 4096) -> ModelConfig:
+    cfg = ModelConfig.from_name("tiny", action_dim=SPEC.size)
+    cfg.autoencoder = AutoencoderConfig(height=FRAME[0], width=FRAME[1], latent_channels=16,
+                                        encoder_channels=(8, 8, 8), decoder_channels=(8, 8, 8))
+    wm = cfg.world_model
+    wm.latent_height = wm.latent_width = FRAME[0] // 8
+    wm.d_model, wm.heads, wm.backbone_layers, wm.head_layers = 32, 2, 2, 1
+    wm.context_frames, wm.time_period = context_frames, time_period
+    cfg.validate()
+    return cfg
+
+
+def tiny_models(seed: int = 0, **cfg_kwargs) -> tuple[Autoencoder, WorldModel]:
+    """Random autoencoder + world model; the adaLN-zero and output layers get random weights too."""
+    cfg = tiny_config(**cfg_kwargs)
+    torch.manual_seed(seed)
+    ae, wm = Autoencoder(cfg.autoencoder), WorldModel(cfg.world_model)
+    with torch.no_grad():
+        for m in [blk.ada for blk in wm.head.blocks] + [wm.head.ada_out, wm.head.out]:
+            nn.init.normal_(m.weight, std=0.1)
+            nn.init.normal_(m.bias, std=0.1)
+        nn.init.normal_(wm.head.null_action, std=0.5)
+        wm.latent_mean.normal_(std=0.1)
+        wm.latent_std.uniform_(0.5, 1.5)
+    return ae, wm
+
+
+def make_session(models: tuple[Autoencoder, WorldModel], spec: ActionSpec = SPEC, **kw) -> Session:
+    return Session(models=(*models, spec), dtype="fp32", **kw)
+
+
+def real_frames(T: int, seed: int = 0, batch: int | None = None) -> np.ndarray:
+    shape = (T, *FRAME) if batch is None else (batch, T, *FRAME)
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def random_actions(n: int, seed: int = 1, batch: int | None = None) -> np.ndarray:
+    shape = (n, SPEC.size) if batch is None else (n, batch, SPEC.size)
+    return np.random.default_rng(seed).integers(0, 2, shape).astype(np.float32)
+
+
+def rollout(session: Session, actions) -> tuple[np.ndarray, torch.Tensor]:
+    """Frames (n, ...) and latents (n, B, C, h, w) of stepping through `actions`; copies, not views."""
+    frames, latents = [], []
+    for a in actions:
+        frames.append(np.array(session.step(a), copy=True))
+        latents.append(session.latent.detach().clone())
+    return np.stack(frames), torch.stack(latents)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return tiny_models()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, models):
+    """A world-model checkpoint with a built-in start state, and an autoencoder-only one."""
+    root = tmp_path_factory.mktemp("ckpt")
+    ae, wm = models
+    cfg = tiny_config()
+    start = {"frames": torch.from_numpy(real_frames(3, seed=7)), "actions": torch.from_numpy(random_actions(3))}
+    full = save_checkpoint(root / "model.safetensors", kind="world_model", config=cfg, action_spec=SPEC,
+                           parts={"ae": ae.state_dict(), "wm": wm.state_dict(), "start": start})
+    ae_only = save_checkpoint(root / "ae.safetensors", kind="autoencoder", config=cfg, action_spec=SPEC,
+                              parts={"ae": ae.state_dict()})
+    return {"full": full, "ae_only": ae_only, "start": start}
+
+
+# ---- 1. ring KV-cache bookkeeping -------------------------------------------------------------------------------
+@pytest.mark.parametrize("T", [1, 3, W + 2])
+def test_ring_cache_bookkeeping(models, T):
+    s = make_session(models, batch=2, steps=1)
+    N = s.cfg.tokens_per_frame
+    s.reset(real_frames(T))
+    assert int(s.frame_count) == T
+    assert s.valid.tolist() == [[i < min(T, W) for i in range(W)]] * 2
+    buffers = ("k_cache", "v_cache", "valid", "frame_count", "h_last", "z_buf", "frame_buf")
+    layout = {k: (tuple(getattr(s, k).shape), getattr(s, k).data_ptr()) for k in buffers}
+    for k, a in enumerate(random_actions(3 * W, batch=2), start=1):
+        before = s.k_cache.clone(), s.v_cache.clone()
+        s.step(a)
+        n = T + k
+        assert int(s.frame_count) == n
+        assert s.valid.tolist() == [[i < min(n, W) for i in range(W)]] * 2
+        slot = (n - 1) % W  # the frame appended by this step went to frame_count % W before the increment
+        for old, new in zip(before, (s.k_cache, s.v_cache)):
+            changed = (old != new).any(dim=-1).reshape(*new.shape[:3], W, N)  # (L, B, H, W, N)
+            assert changed[:, :, :, slot].all(), f"step {k}: slot {slot} not fully written"
+            others = [i for i in range(W) if i != slot]
+            assert not changed[:, :, :, others].any(), f"step {k}: a slot other than {slot} changed"
+        assert {k: (tuple(getattr(s, k).shape), getattr(s, k).data_ptr()) for k in buffers} == layout
+
+    s.reset(real_frames(2, seed=3))  # reset forgets the old world
+    assert int(s.frame_count) == 2
+    assert s.valid.tolist() == [[True, True] + [False] * (W - 2)] * 2
+    assert not s.k_cache.reshape(*s.k_cache.shape[:3], W, N, -1)[:, :, :, 2:].any()
+    assert not s.v_cache.reshape(*s.v_cache.shape[:3], W, N, -1)[:, :, :, 2:].any()
+    assert {k: (tuple(getattr(s, k).shape), getattr(s, k).data_ptr()) for k in buffers} == layout
+
+
+# ---- 2. cached rollout == recompute-everything rollout ---------------------------------------------------------
+@torch.no_grad()
+def recompute_rollout(session: Session, frames: np.ndarray, reset_actions: np.ndarray, actions: np.ndarray,
+                      steps: int, guidance: float) -> torch.Tensor:
+    """Reference without a KV cache: each frame reruns the full block-causal backbone over every context frame.
+
+    Same noise as the session: counter_normal(seed, counter, ., stream=1) corrupts the context frame with index
+    `counter`, stream=0 starts the head when predicting the frame with index `counter`.
+    """
+    ae, wm, c = session.ae, session.wm, session.cfg
+    B, seed = session.batch, session.seed.clone()
+    level = torch.full((B,), session.context_noise)
+    ctx, acts = [], []
+
+    def append(z: torch.Tensor, a: torch.Tensor) -> None:  # z (B, C, h, w), a (B, A)
+        counter = torch.full((B,), len(ctx), dtype=torch.long)
+        noise = counter_normal(seed, counter, tuple(z.shape[1:]), stream=1)
+        ctx.append(wm.patchify(wm.corrupt(wm.normalize(z), level, noise)))  # (B, N, Dt)
+        acts.append(a)
+
+    z0 = ae.encode(frames_to_tensor(torch.from_numpy(frames)))  # (T, C, h, w)
+    for t in range(frames.shape[0]):
+        append(z0[t].expand(B, *z0.shape[1:]), torch.from_numpy(reset_actions[t]).expand(B, -1))
+    out = []
+    for a in actions:
+        a = torch.from_numpy(a).expand(B, -1)
+        T = len(ctx)
+        h = wm.backbone(torch.stack(ctx, 1), torch.stack(acts, 1), level[:, None].expand(B, T), wm.rope,
+                        start=0)[:, -1]  # (B, N, D): the newest frame's output
+        noise = counter_normal(seed, torch.full((B,), T, dtype=torch.long), (c.tokens_per_frame, c.token_dim))
+        z = wm.denormalize(wm.unpatchify(wm.sample(h, a, noise, steps, guidance)))  # (B, C, h, w)
+        out.append(z)
+        append(z, a)
+    return torch.stack(out)  # (n, B, C, h, w)
+
+
+@pytest.mark.parametrize("T,steps,guidance", [(1, 1, 1.0), (2, 3, 2.0)])
+def test_ring_rollout_equals_recompute(models, T, steps, guidance):
+    s = make_session(models, batch=2, steps=steps, guidance=guidance, seed=11)
+    frames, reset_actions = real_frames(T, seed=2), random_actions(T, seed=3)
+    actions = random_actions(W - T + 1, seed=4, batch=2)  # the last prediction reads exactly W context frames
+    s.reset(frames, reset_actions)
+    got_frames, got = rollout(s, actions)
+    want = recompute_rollout(s, frames, reset_actions, actions, steps, guidance)
+    torch.testing.assert_close(got, want, atol=LATENT_ATOL, rtol=LATENT_ATOL)
+    with torch.no_grad():
+        x = s.ae.decoder(want.reshape(-1, *want.shape[2:]))
+    want_frames = (x.clamp(0, 1) * 255 + 0.5).to(torch.uint8).movedim(1, -1).reshape(got_frames.shape).numpy()
+    assert np.abs(got_frames.astype(int) - want_frames).max() <= 1
+
+
+# ---- 3. save-games -------------------------------------------------------------------------------------------
+def test_state_round_trip_reproduces_next_frames(models, tmp_path):
+    s = make_session(models, steps=2, guidance=1.5, seed=3)
+    s.reset(real_frames(2), random_actions(2))
+    rollout(s, random_actions(3, seed=5))
+    saved = s.state()
+    path = s.save(tmp_path / "save.safetensors")
+    tail = random_actions(W + 2, seed=6)  # long enough to wrap the ring
+    frames_a, lat_a = rollout(s, tail)
+
+    s.load_state(saved)
+    frames_b, lat_b = rollout(s, tail)
+    assert np.array_equal(frames_a, frames_b) and torch.equal(lat_a, lat_b)
+    s.load_state(saved)  # a state can be loaded again: loading and playing on do not change it
+    assert torch.equal(rollout(s, tail)[1], lat_a)
+
+    fresh = make_session(models, steps=2, guidance=1.5)  # never reset: the file holds the whole world
+    fresh.load(path)
+    frames_c, lat_c = rollout(fresh, tail)
+    assert np.array_equal(frames_a, frames_c) and torch.equal(lat_a, lat_c)
+
+
+def test_load_state_from_another_world_raises(models, tmp_path):
+    s = make_session(models)
+    s.reset(real_frames(2))
+    st = s.state()
+    path = s.save(tmp_path / "save.safetensors")
+
+    other_game = make_session(models, spec=ActionSpec(game="builtin:other", buttons=SPEC.buttons))
+    with pytest.raises(SessionError, match="builtin:gems"):
+        other_game.load_state(st)
+    with pytest.raises(SessionError, match="builtin:gems"):
+        other_game.load(path)
+    with pytest.raises(SessionError, match="batch"):
+        make_session(models, batch=2).load_state(st)
+    with pytest.raises(SessionError, match="different model"):
+        make_session(tiny_models(context_frames=W + 2)).load_state(st)
+    with pytest.raises(SessionError, match="not a Reverie session state"):
+        s.load_state({"k_cache": st["tensors"]["k_cache"]})
+    with pytest.raises(SessionError, match="missing.safetensors"):
+        s.load(tmp_path / "missing.safetensors")
+
+
+# ---- 4. forks --------------------------------------------------------------------------------------------------
+def test_fork_branches_independently(models):
+    def started() -> Session:
+        s = make_session(models, steps=2, seed=4)
+        s.reset(real_frames(3), random_actions(3))
+        rollout(s, random_actions(2, seed=8))
+        return s
+
+    original, never_forked = started(), started()
+    same, reseeded, diverged = original.fork(), original.fork(seed=7), original.fork()
+    assert same.k_cache.data_ptr() != original.k_cache.data_ptr()
+    rollout(diverged, random_actions(W + 2, seed=9))  # other actions, past a full ring
+    diverged.close()
+
+    tail = random_actions(5, seed=10)
+    want_frames, want = rollout(never_forked, tail)
+    got_frames, got = rollout(original, tail)
+    assert np.array_equal(got_frames, want_frames) and torch.equal(got, want)
+    assert torch.equal(rollout(same, tail)[1], want)  # a fork without a seed continues the same world
+    lat_reseeded = rollout(reseeded, tail)[1]
+    assert not torch.allclose(lat_reseeded, want, atol=1e-3)  # a new seed draws other noise
+    assert torch.equal(rollout(started().fork(seed=7), tail)[1], lat_reseeded)  # ... deterministically
+
+
+# ---- 5. a batch of B equals B single runs ----------------------------------------------------------------------
+def test_batch_equals_single_runs(models):
+    B, T = 3, 2
+    frames, reset_actions = real_frames(T, seed=12, batch=B), random_actions(T, seed=13, batch=B).swapaxes(0, 1)
+    actions = random_actions(W + 2, seed=14, batch=B)  # (n, B, A): each world its own action
+    batch = make_session(models, batch=B, steps=2, guidance=1.5, seed=5)
+    batch.reset(frames, reset_actions)
+    batch_frames, batch_lat = rollout(batch, actions)
+    for b in range(B):
+        single = make_session(models, batch=1, steps=2, guidance=1.5)
+        # Session seeds world b as b + seed * 1_000_003 and has no public per-world seed, so copy world b's seed.
+        single.seed.copy_(batch.seed[b:b + 1])
+        single.reset(frames[b], reset_actions[b])
+        single_frames, single_lat = rollout(single, actions[:, b])
+        torch.testing.assert_close(batch_lat[:, b], single_lat[:, 0], atol=BATCH_ATOL, rtol=BATCH_ATOL)
+        assert np.abs(batch_frames[:, b].astype(int) - single_frames.astype(int)).max() <= 1
+
+
+def test_worlds_of_a_batch_have_their_own_noise(models):
+    s = make_session(models, batch=2, steps=1)
+    s.reset(real_frames(2))  # the same frames and actions in both worlds
+    lat = rollout(s, random_actions(2))[1]
+    assert not torch.allclose(lat[:, 0], lat[:, 1], atol=1e-3)
+
+
+def test_actions_by_button_name(models):
+    s = make_session(models, batch=2, steps=1)
+    s.reset(real_frames(2))
+    st = s.state()
+    by_name = rollout(s, [[["up", "left"], []]])[1]
+    s.load_state(st)
+    by_vector = rollout(s, [np.array([[1, 0, 1, 0], [0, 0, 0, 0]], np.float32)])[1]
+    assert torch.equal(by_name, by_vector)
+
+
+def test_returned_frames_are_not_overwritten_by_later_steps(models):
+    s = make_session(models, steps=1)
+    s.reset(real_frames(2))
+    first = s.step(random_actions(1)[0])
+    kept = first.copy()
+    s.step(random_actions(1, seed=2)[0])
+    assert np.array_equal(first, kept), "a frame returned by step() changed when the world stepped again"
+
+
+# ---- 6. bad inputs ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("action,message", [
+    (np.zeros(3, np.float32), "expected 4 values"),
+    (np.zeros((2, 4), np.float32), "batch=1"),
+    (np.array([0.5, 0, 0, 0], np.float32), "0 or 1"),
+    (np.array([np.nan, 0, 0, 0], np.float32), "finite"),
+    (["jump"], "unknown control 'jump'"),
+])
+def test_bad_actions_raise(models, action, message):
+    s = make_session(models)
+    s.reset(real_frames(2))
+    with pytest.raises(SessionError, match=message):
+        s.step(action)
+
+
+@pytest.mark.parametrize("frames,actions,message", [
+    (np.zeros((2, 16, 16, 3), np.uint8), None, r"frames must be \(T, 32, 32, 3\)"),
+    (np.zeros((32, 32, 3), np.uint8), None, "frames must be"),
+    (np.zeros((2, 32, 32, 3), np.float32), None, "uint8"),
+    (np.zeros((0, 32, 32, 3), np.uint8), None, "at least one frame"),
+    (np.zeros((2, 32, 32, 3), np.uint8), np.zeros((3, 4), np.float32), "one per frame"),
+    (np.zeros((2, 32, 32, 3), np.uint8), np.zeros((2, 5), np.float32), "expected 4 values"),
+])
+def test_bad_reset_inputs_raise(models, frames, actions, message):
+    with pytest.raises(SessionError, match=message):
+        make_session(models).reset(frames, actions)
+
+
+def test_step_before_reset_raises(models):
+    with pytest.raises(SessionError, match=r"reset"):
+        make_session(models).step(SPEC.null())
+
+
+def test_reset_without_frames_needs_a_start_state(models):
+    with pytest.raises(SessionError, match="start state"):
+        make_session(models).reset()
+
+
+@pytest.mark.parametrize("steps", [0, 5])
+def test_bad_step_counts_raise(models, steps):
+    with pytest.raises(SessionError, match="steps"):
+        make_session(models, steps=steps)
+    s = make_session(models, steps=1)
+    with pytest.raises(SessionError, match="steps"):
+        s.steps = steps
+    assert s.steps == 1
+
+
+@pytest.mark.parametrize("kwargs,message", [({"batch": 0}, "batch"), ({"backend": "tensorrt"}, "tensorrt")])
+def test_bad_session_options_raise(models, kwargs, message):
+    with pytest.raises(SessionError, match=message):
+        make_session(models, **kwargs)
+
+
+def test_checkpoint_start_state_and_bad_checkpoints(checkpoints, tmp_path):
+    s = Session(checkpoints["full"], steps=1)
+    assert np.array_equal(s.reset(), checkpoints["start"]["frames"][-1].numpy())
+    assert s.step(["up"]).shape == FRAME
+    with pytest.raises(SessionError, match=r"'builtin:gems', not 'ale:Breakout'"):
+        Session(checkpoints["full"], game="ale:Breakout")
+    with pytest.raises(CheckpointError, match="without world-model weights"):
+        Session(checkpoints["ae_only"])
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        Session(tmp_path / "missing.safetensors")
+
+
+# ---- 7. constant memory over long play ---------------------------------------------------------------------------
+LONG_RUN_STEPS = 2_000    # the issue's 10,000-frame run is the script in the issue-4 report; this is its CI form
+LONG_RUN_WARMUP = 200     # steps before the RSS baseline (allocator and caches settle)
+RSS_GROWTH_LIMIT_MB = 2.0   # measured: < 0.1 MB; keeping one 32x32 frame per step would add ~5 MB
+LONG_RUN_PERIOD = 256     # a short RoPE period so the frame counter wraps it several times
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    raise OSError("no VmRSS in /proc/self/status")
+
+
+@pytest.mark.slow
+def test_long_run_is_finite_with_constant_memory():
+    try:
+        rss_mb()
+    except OSError:
+        pytest.skip("needs /proc/self/status (Linux)")
+    s = make_session(tiny_models(seed=1, time_period=LONG_RUN_PERIOD), steps=1, guidance=1.5)
+    s.reset(real_frames(2))
+    actions = random_actions(LONG_RUN_STEPS)
+    ptrs = (s.k_cache.data_ptr(), s.v_cache.data_ptr(), s.z_buf.data_ptr())
+    for t in range(LONG_RUN_WARMUP):
+        s.step(actions[t])
+    before = rss_mb()
+    for t in range(LONG_RUN_WARMUP, LONG_RUN_STEPS):
+        s.step(actions[t])
+        if t % 100 == 0:
+            assert torch.isfinite(s.latent).all(), f"non-finite latent at step {t}"
+    grown = rss_mb() - before
+    assert torch.isfinite(s.latent).all() and torch.isfinite(s.k_cache).all()
+    assert int(s.frame_count) == 2 + LONG_RUN_STEPS
+    assert (s.k_cache.data_ptr(), s.v_cache.data_ptr(), s.z_buf.data_ptr()) == ptrs
+    assert grown < RSS_GROWTH_LIMIT_MB, f"RSS grew {grown:.1f} MB over {LONG_RUN_STEPS - LONG_RUN_WARMUP} steps"

@@ -1,0 +1,543 @@
+"""The training loop and `reverie train`: bit-exact resume, crash-safe states, the NaN guard, 2-process DDP (gloo),
+the learning-rate schedule, and clear errors for bad inputs.
+
+fit() is driven directly with tiny models (milliseconds per step); the CLI runs use the tiny preset on a recorded
+40-step dataset with a handful of steps at batch 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import reverie_cli
+import train.loop as loop
+from engine.checkpoint import load_checkpoint
+from engine.config import WorldModelConfig
+from engine.world_model import WorldModel
+from train.loop import Dist, RunDir, TrainConfig, TrainingError, fit, step_generator
+
+REPO = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+
+
+class Killed(Exception):
+    """Stands in for the process dying at a chosen point."""
+
+
+def tiny_wm(seed: int = 0) -> WorldModel:
+    torch.manual_seed(seed)
+    return WorldModel(WorldModelConfig(d_model=32, heads=2, backbone_layers=2, head_layers=1, context_frames=4,
+                                       latent_height=4, latent_width=4, latent_channels=4))
+
+
+_g = torch.Generator().manual_seed(1234)
+POOL_Z = torch.randn(8, 4, 4, 4, 4, generator=_g)                     # 8 windows (W, C, h, w)
+POOL_A = (torch.rand(8, 4, 4, generator=_g) > 0.5).float()           # (W, A)
+
+
+def wm_batch(step: int, d: Dist):
+    idx = torch.randint(0, len(POOL_Z), (2,), generator=step_generator(0, step))
+    return POOL_Z[idx], POOL_A[idx]
+
+
+def wm_loss(m, batch):
+    loss, _ = m(*batch)  # WorldModel.loss draws tau, noise, context levels and action dropout from torch's RNG
+    return loss, {}
+
+
+def new_run(root: Path) -> RunDir:
+    run = RunDir(root)
+    run.write_config({"test": True})
+    return run
+
+
+def tcfg_for(steps: int, **kw) -> TrainConfig:
+    return TrainConfig(**{**dict(steps=steps, batch=2, lr=1e-3, warmup=1, save_every=1, log_every=1,
+                                 keep_states=10), **kw})
+
+
+def state_tensors(root: Path, step: int, name: str = "model") -> dict[str, torch.Tensor]:
+    return load_file(str(root / "state" / f"step_{step:08d}" / f"{name}.safetensors"))
+
+
+def assert_bit_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"tensors differ: {different[:5]}"
+
+
+def manifest(root: Path) -> dict:
+    return json.loads((root / "state" / "manifest.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resume is bit-exact
+# ---------------------------------------------------------------------------------------------------------------
+def test_fit_killed_and_resumed_equals_straight_run(tmp_path):
+    straight = tiny_wm(0)
+    fit(run=new_run(tmp_path / "a"), model=straight, tcfg=tcfg_for(5), device=CPU, dist_info=Dist(),
+        batch_fn=wm_batch, loss_fn=wm_loss)
+
+    def dies_at_step_2(step, d):
+        if step == 2:
+            raise Killed
+        return wm_batch(step, d)
+
+    run_b = new_run(tmp_path / "b")
+    with pytest.raises(Killed):
+        fit(run=run_b, model=tiny_wm(0), tcfg=tcfg_for(5), device=CPU, dist_info=Dist(), batch_fn=dies_at_step_2,
+            loss_fn=wm_loss)
+    assert manifest(run_b.root)["step"] == 2
+
+    seen = []
+
+    def recording(step, d):
+        seen.append(step)
+        return wm_batch(step, d)
+
+    resumed = tiny_wm(99)  # different initial weights: everything must come from the saved state
+    fit(run=run_b, model=resumed, tcfg=tcfg_for(5), device=CPU, dist_info=Dist(), batch_fn=recording,
+        loss_fn=wm_loss)
+    assert seen == [2, 3, 4]
+    for name in ("model", "optim"):
+        assert_bit_equal(state_tensors(run_b.root, 5, name), state_tensors(tmp_path / "a", 5, name))
+    assert_bit_equal(resumed.state_dict(), straight.state_dict())
+    # and training did move the weights
+    assert not torch.equal(straight.state_dict()["head.out.weight"], tiny_wm(0).state_dict()["head.out.weight"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A crash while saving leaves the previous state whole and named
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["optimizer file", "manifest rename"])
+def test_crash_while_saving_keeps_last_whole_state(tmp_path, monkeypatch, where):
+    run = new_run(tmp_path / "r")
+    if where == "optimizer file":
+        real = loop.save_file
+
+        def crashing(tensors, filename, metadata=None):
+            if ".step_00000003.tmp" in filename and filename.endswith("optim.safetensors"):
+                raise Killed("died writing the optimizer state")
+            return real(tensors, filename, metadata=metadata)
+
+        monkeypatch.setattr(loop, "save_file", crashing)
+    else:
+        real = os.replace
+
+        def crashing(src, dst):
+            if Path(dst).name == "manifest.json" and json.loads(Path(src).read_text())["step"] == 3:
+                raise Killed("died renaming the manifest")
+            return real(src, dst)
+
+        monkeypatch.setattr(os, "replace", crashing)
+    with pytest.raises(Killed):
+        fit(run=run, model=tiny_wm(0), tcfg=tcfg_for(5), device=CPU, dist_info=Dist(), batch_fn=wm_batch,
+            loss_fn=wm_loss)
+    monkeypatch.undo()
+
+    assert manifest(run.root) == {"latest": "step_00000002", "step": 2}
+    assert run.latest() == run.state_root / "step_00000002"
+    if where == "optimizer file":  # the half-written state is only under its hidden temporary name
+        assert not (run.state_root / "step_00000003").exists()
+    straight = tmp_path / "straight"
+    fit(run=new_run(straight), model=tiny_wm(0), tcfg=tcfg_for(5), device=CPU, dist_info=Dist(), batch_fn=wm_batch,
+        loss_fn=wm_loss)
+    assert_bit_equal(state_tensors(run.root, 2), state_tensors(straight, 2))
+
+    # resuming after the crash ends where an uninterrupted run ends
+    fit(run=run, model=tiny_wm(7), tcfg=tcfg_for(5), device=CPU, dist_info=Dist(), batch_fn=wm_batch,
+        loss_fn=wm_loss)
+    for name in ("model", "optim"):
+        assert_bit_equal(state_tensors(run.root, 5, name), state_tensors(straight, 5, name))
+    assert not list(run.state_root.glob(".*.tmp"))
+
+
+def test_latest_state_errors_are_clear(tmp_path):
+    run = RunDir(tmp_path)
+    assert run.latest() is None
+    run.state_root.mkdir(parents=True)
+    (run.state_root / "manifest.json").write_text("{oops")
+    with pytest.raises(TrainingError, match="unreadable manifest"):
+        run.latest()
+    (run.state_root / "manifest.json").write_text(json.dumps({"latest": "step_00000007", "step": 7}))
+    with pytest.raises(TrainingError, match="names step_00000007, which is not a whole state folder"):
+        run.latest()
+
+
+def test_old_states_are_pruned(tmp_path):
+    run = new_run(tmp_path)
+    fit(run=run, model=tiny_wm(0), tcfg=tcfg_for(4, keep_states=2), device=CPU, dist_info=Dist(),
+        batch_fn=wm_batch, loss_fn=wm_loss)
+    assert sorted(p.name for p in run.state_root.iterdir()) == ["manifest.json", "step_00000003", "step_00000004"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# NaN guard
+# ---------------------------------------------------------------------------------------------------------------
+def nan_setup(bad_steps: set[int], kind: str = "loss"):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+
+    def batch_fn(step, d):
+        snapshots[step] = {k: v.clone() for k, v in model.state_dict().items()}  # weights after step - 1
+        return step
+
+    def loss_fn(m, step):
+        loss = torch.nn.functional.mse_loss(m(x), y)
+        if step in bad_steps:
+            if kind == "loss":
+                loss = loss * float("nan")
+            else:  # finite loss, infinite gradient: d/dw sqrt(w - w) at 0
+                s = m.weight.sum()
+                loss = loss + torch.sqrt(s - s.detach())
+        return loss, {}
+
+    return model, batch_fn, loss_fn, snapshots
+
+
+@pytest.mark.parametrize("kind", ["loss", "gradient"])
+def test_non_finite_steps_are_skipped(tmp_path, kind):
+    bad = {1, 2, 4}
+    model, batch_fn, loss_fn, snaps = nan_setup(bad, kind)
+    run = new_run(tmp_path)
+    fit(run=run, model=model, tcfg=tcfg_for(6, max_bad_steps=3, lr=1e-2), device=CPU, dist_info=Dist(),
+        batch_fn=batch_fn, loss_fn=loss_fn)
+    snaps[6] = model.state_dict()
+    for step in range(6):
+        unchanged = all(torch.equal(snaps[step][k], snaps[step + 1][k]) for k in snaps[step])
+        assert unchanged == (step in bad), f"step {step}: weights {'un' if unchanged else ''}changed"
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+    # the optimizer counted only the good steps, and the log says which steps were skipped
+    assert {float(v) for k, v in state_tensors(run.root, 6, "optim").items() if k.endswith(".step")} == {3.0}
+    skipped = [r for r in map(json.loads, (run.root / "metrics.jsonl").read_text().splitlines())
+               if "skipped_steps" in r]
+    assert [(r["step"], r["skipped_steps"]) for r in skipped] == [(1, 1.0), (2, 2.0), (4, 1.0)]
+
+
+def test_too_many_non_finite_steps_in_a_row_stop_the_run(tmp_path):
+    model, batch_fn, loss_fn, snaps = nan_setup({2, 3, 4, 5})
+    with pytest.raises(TrainingError) as info:
+        fit(run=new_run(tmp_path), model=model, tcfg=tcfg_for(8, max_bad_steps=3), device=CPU, dist_info=Dist(),
+            batch_fn=batch_fn, loss_fn=loss_fn)
+    msg = str(info.value)
+    assert "step 4" in msg and "non-finite loss" in msg and "3 in a row" in msg and "Lower --lr" in msg, msg
+    assert max(snaps) == 4  # stopped at the third bad step
+    assert all(torch.equal(snaps[2][k], v) for k, v in model.state_dict().items())  # never stepped on NaN
+    assert manifest(tmp_path)["step"] == 2  # the last good state is still the one to resume from
+
+
+def test_time_limit_stops_early_and_saves_what_was_learned(tmp_path):
+    import time
+
+    def slow_batch(step, d):
+        time.sleep(0.1)
+        return wm_batch(step, d)
+
+    run = new_run(tmp_path)
+    last = fit(run=run, model=tiny_wm(0), tcfg=tcfg_for(50, time_limit=0.35, save_every=1000), device=CPU,
+               dist_info=Dist(), batch_fn=slow_batch, loss_fn=wm_loss)
+    done = int(last["steps_done"])
+    assert 1 <= done < 50
+    assert manifest(run.root)["step"] == done  # saved although save_every was not reached
+    assert json.loads((run.latest() / "state.json").read_text())["elapsed"] > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Learning-rate schedule
+# ---------------------------------------------------------------------------------------------------------------
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    t = TrainConfig(steps=100, lr=1e-3, warmup=10, min_lr_ratio=0.1)
+    lrs = [t.lr_at(s) for s in range(101)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3) and lrs[10] == pytest.approx(1e-3)
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[100] == pytest.approx(1e-4) and min(lrs) >= 1e-4 - 1e-12
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data parallel: 2 processes with gloo
+# ---------------------------------------------------------------------------------------------------------------
+DDP_WORKER = textwrap.dedent("""
+    import hashlib, json, sys
+    from pathlib import Path
+    import torch
+    from safetensors.torch import save_file
+    from train.loop import TrainConfig, fit, start_run, step_generator
+
+    out = Path(sys.argv[1])
+    tcfg = TrainConfig(steps=6, batch=8, lr=1e-2, warmup=1, save_every=3, log_every=1, threads=1, device="cpu")
+    run, device, d = start_run(str(out / "run"), tcfg, {"stage": "ddp-test"})
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    g = torch.Generator().manual_seed(7)
+    X, Y = torch.randn(64, 8, generator=g), torch.randn(64, 1, generator=g)
+
+    def digest(m):
+        h = hashlib.sha256()
+        for k, v in sorted(m.state_dict().items()):
+            h.update(k.encode()); h.update(v.detach().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def batch_fn(step, di):
+        idx = torch.randint(0, 64, (tcfg.batch,), generator=step_generator(tcfg.seed, step))
+        per = tcfg.batch // di.world
+        idx = idx[di.rank * per:(di.rank + 1) * per]  # each rank its own slice
+        return X[idx], Y[idx]
+
+    def loss_fn(m, b):
+        return torch.nn.functional.mse_loss(m(b[0]), b[1]), {}
+
+    initial = digest(model)
+    fit(run=run, model=model, tcfg=tcfg, device=device, dist_info=d, batch_fn=batch_fn, loss_fn=loss_fn)
+    save_file(dict(model.state_dict()), str(out / f"rank{d.rank}.safetensors"))
+    (out / f"rank{d.rank}.json").write_text(json.dumps(
+        {"rank": d.rank, "world": d.world, "initial": initial, "final": digest(model)}))
+""")
+
+
+def test_two_process_ddp_ranks_agree_and_match_one_process(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(DDP_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert (r0["rank"], r1["rank"], r0["world"]) == (0, 1, 2)
+    assert r0["final"] == r1["final"], "ranks ended with different weights"
+    assert r0["final"] != r0["initial"], "training did not change the weights"
+
+    # DDP averages the ranks' gradients: the same as one process on the whole batch
+    torch.manual_seed(0)
+    single = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    g = torch.Generator().manual_seed(7)
+    X, Y = torch.randn(64, 8, generator=g), torch.randn(64, 1, generator=g)
+
+    def batch_fn(step, d):
+        idx = torch.randint(0, 64, (8,), generator=step_generator(0, step))
+        return X[idx], Y[idx]
+
+    fit(run=new_run(tmp_path / "single"), model=single, device=CPU, dist_info=Dist(),
+        tcfg=TrainConfig(steps=6, batch=8, lr=1e-2, warmup=1, save_every=3, log_every=1),
+        batch_fn=batch_fn, loss_fn=lambda m, b: (torch.nn.functional.mse_loss(m(b[0]), b[1]), {}))
+    ddp_weights = load_file(str(tmp_path / "rank0.safetensors"))
+    for k, v in single.state_dict().items():
+        torch.testing.assert_close(ddp_weights[k], v, rtol=1e-5, atol=1e-6)
+    # rank 0 alone wrote the run folder
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["world_size"] == 2
+    assert manifest(tmp_path / "run")["step"] == 6
+    assert_bit_equal(state_tensors(tmp_path / "run", 6), ddp_weights)
+
+
+def test_two_process_ddp_through_the_cli(tmp_path, recorded):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "reverie_cli", "train", "ae", "--data", str(recorded), "--out", str(out), "--steps",
+                           "2", "--batch", "2", "--threads", "1"], capture_output=True, text=True, timeout=120,
+                          cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("wrote ") == 1  # rank 0 alone writes
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
+    ck = load_checkpoint(out / "ae.safetensors")
+    assert_bit_equal(ck.tensors["ae"], state_tensors(out, 2))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `reverie train` end to end (tiny preset, a few steps)
+# ---------------------------------------------------------------------------------------------------------------
+def cli(*argv: str, seed_torch: bool = True) -> int:
+    if seed_torch:  # the CLI builds its model before seeding (see test_cli_seed_sets_initial_weights)
+        torch.manual_seed(0)
+    return reverie_cli.main(list(argv))
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("rec") / "d"
+    assert cli("record", "--env", "builtin:gems", "--agent", "scripted", "--episodes", "2", "--steps", "40", "--size",
+               "64", "--out", str(out), "--seed", "1", "--no-progress") == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def ae_run(tmp_path_factory, recorded) -> Path:
+    out = tmp_path_factory.mktemp("ae") / "run"
+    assert cli("train", "ae", "--data", str(recorded), "--out", str(out), "--steps", "2", "--batch", "2",
+               "--threads", "1") == 0
+    return out
+
+
+def stage_argv(stage: str, recorded: Path, ae_run: Path, out: Path, steps: int) -> list[str]:
+    argv = ["train", stage, "--data", str(recorded), "--out", str(out), "--steps", str(steps), "--batch", "2",
+            "--threads", "1", "--save-every", "1"]
+    if stage == "wm":
+        argv += ["--ae", str(ae_run / "ae.safetensors"), "--window", "4"]
+    return argv
+
+
+
+
+@pytest.mark.parametrize("stage", ["ae", "wm"])
+def test_cli_interrupted_and_resumed_equals_straight_run(tmp_path, recorded, ae_run, monkeypatch, capsys, stage):
+    """5 steps straight vs the same command interrupted (Ctrl-C) right after the state of step 2, then re-run."""
+    import train.rollout
+
+    monkeypatch.setattr(train.rollout, "write_samples", lambda *a, **kw: {})  # end-of-run previews: not compared
+    assert cli(*stage_argv(stage, recorded, ae_run, tmp_path / "straight", 5)) == 0
+
+    real_save = RunDir.save_state
+
+    def interrupt_after_step_2(self, step, *a, **kw):
+        path = real_save(self, step, *a, **kw)
+        if step == 2:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(RunDir, "save_state", interrupt_after_step_2)
+    resumed = tmp_path / "resumed"
+    assert cli(*stage_argv(stage, recorded, ae_run, resumed, 5)) == 130  # reverie: interrupted
+    monkeypatch.setattr(RunDir, "save_state", real_save)
+    assert manifest(resumed)["step"] == 2
+    capsys.readouterr()
+    assert cli(*stage_argv(stage, recorded, ae_run, resumed, 5)) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert_bit_equal(state_tensors(resumed, 5), state_tensors(tmp_path / "straight", 5))
+    final = "ae.safetensors" if stage == "ae" else "model.safetensors"
+    a, b = load_checkpoint(resumed / final), load_checkpoint(tmp_path / "straight" / final)
+    for part in a.tensors:
+        assert_bit_equal(a.tensors[part], b.tensors[part])
+
+
+def test_cli_seed_sets_initial_weights(tmp_path, recorded):
+    outs = []
+    for i, rng_state in enumerate((1, 2)):
+        torch.manual_seed(rng_state)  # e.g. a notebook or a sweep that ran something before
+        out = tmp_path / f"r{i}"
+        assert cli("train", "idm", "--data", str(recorded), "--out", str(out), "--steps", "1", "--batch", "2",
+                   "--threads", "1", "--seed", "3", seed_torch=False) == 0
+        outs.append(out)
+    assert_bit_equal(state_tensors(outs[0], 1), state_tensors(outs[1], 1))
+
+
+def test_cli_rerun_of_finished_run_keeps_weights(tmp_path, recorded, ae_run):
+    out = tmp_path / "r"
+    argv = stage_argv("ae", recorded, ae_run, out, 2)
+    assert cli(*argv) == 0
+    first = load_checkpoint(out / "ae.safetensors")
+    assert cli(*argv) == 0  # nothing left to do: resumes at the end
+    again = load_checkpoint(out / "ae.safetensors")
+    assert_bit_equal(first.tensors["ae"], again.tensors["ae"])
+
+
+def test_cli_rerun_of_finished_run_keeps_metrics(tmp_path, recorded, ae_run):
+    out = tmp_path / "r"
+    argv = stage_argv("ae", recorded, ae_run, out, 2)
+    assert cli(*argv) == 0
+    first = load_checkpoint(out / "ae.safetensors").metrics
+    assert cli(*argv) == 0
+    assert "psnr" in first and load_checkpoint(out / "ae.safetensors").metrics == first
+
+
+def test_cli_wm_writes_a_loadable_model_with_config_and_metrics(tmp_path, recorded, ae_run, idm_run):
+    out = tmp_path / "wm"
+    assert cli(*stage_argv("wm", recorded, ae_run, out, 2), "--half", "--idm", str(idm_run)) == 0
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        assert f.get_slice("wm.head.x_in.weight").get_dtype() == "F16"  # --half stores float16
+    ck = load_checkpoint(out / "model.safetensors")
+    assert ck.kind == "world_model" and ck.has("ae") and ck.has("wm")
+    trained = state_tensors(out, 2)
+    for k, v in ck.tensors["wm"].items():  # loaded back as float32, equal to the trained weights up to fp16 rounding
+        assert v.dtype == trained[k].dtype
+        torch.testing.assert_close(v, trained[k], rtol=1e-3, atol=1e-4)
+    frames, actions = ck.start_state()  # the built-in start state: the first W/2 frames of episode 0
+    assert frames.shape == (2, 64, 64, 3) and frames.dtype == torch.uint8 and actions.shape == (2, 4)
+    bundled, idm = ck.tensors["idm"], load_checkpoint(idm_run / "idm.safetensors").tensors["idm"]
+    assert bundled.keys() == idm.keys()
+    for k in idm:  # bundled for eval, stored float16 like the rest
+        torch.testing.assert_close(bundled[k], idm[k], rtol=1e-3, atol=1e-4)
+    assert ck.config.world_model.context_frames == 4 and ck.action_spec.game == "builtin:gems"
+    assert ck.data["episodes"] == 2 and "loss" in ck.metrics
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["train"]["steps"] == 2 and cfg["window"] == 4 and cfg["stage"] == "wm"
+    assert (out / "latents.safetensors").exists() and list((out / "samples").glob("*.png"))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(k in rows[-1] for k in ("loss", "lr", "grad_norm"))
+
+
+@pytest.fixture(scope="module")
+def idm_run(tmp_path_factory, recorded) -> Path:
+    out = tmp_path_factory.mktemp("idm") / "run"
+    assert cli("train", "idm", "--data", str(recorded), "--out", str(out), "--steps", "2", "--batch", "4",
+               "--threads", "1") == 0
+    return out
+
+
+def test_cli_idm_trains_and_writes_checkpoint(idm_run):
+    from train.idm import load_idm
+
+    ck = load_checkpoint(idm_run / "idm.safetensors")
+    assert ck.kind == "idm" and "accuracy" in ck.metrics
+    idm = load_idm(ck)
+    logits = idm(torch.rand(3, 3, 64, 64), torch.rand(3, 3, 64, 64))
+    assert logits.shape == (3, ck.action_spec.size)
+
+
+def test_cli_dry_run_prints_config_and_writes_nothing(tmp_path, recorded, capsys):
+    out = tmp_path / "dry"
+    capsys.readouterr()
+    assert cli("train", "ae", "--data", str(recorded), "--out", str(out), "--steps", "7", "--dry-run") == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["train"]["steps"] == 7 and printed["stage"] == "ae"
+    assert printed["model"]["autoencoder"]["height"] == 64
+    assert not out.exists()
+
+
+def test_cli_bad_inputs_give_one_line_errors(tmp_path, recorded, ae_run, capsys):
+    small = tmp_path / "small"
+    assert cli("record", "--env", "builtin:gems", "--episodes", "1", "--steps", "5", "--size", "32", "--out",
+               str(small), "--seed", "1", "--no-progress") == 0
+    cases = [
+        (["train", "ae", "--data", str(small), "--out", str(tmp_path / "a"), "--steps", "1"],
+         ["frames are (32, 32, 3)", "expects (64, 64, 3)", "--size 64"]),
+        (["train", "ae", "--data", str(recorded), "--out", str(tmp_path / "b"), "--preset", "huge", "--steps", "1"],
+         ["unknown preset 'huge'"]),
+        (["train", "wm", "--data", str(recorded), "--ae", str(tmp_path / "none.safetensors"), "--out",
+          str(tmp_path / "c"), "--steps", "1"], ["no such checkpoint file"]),
+        (["train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out", str(tmp_path / "d"), "--steps", "1",
+          "--batch", "1", "--threads", "1", "--window", "64"], ["fewer than the window of 64"]),
+    ]
+    for argv, needles in cases:
+        capsys.readouterr()
+        rc = cli(*argv)
+        err = capsys.readouterr().err
+        assert rc == 1, (argv, err)
+        assert "Traceback" not in err and f"reverie train {argv[1]}: error:" in err, err
+        for n in needles:
+            assert n in err, (n, err)
+
+
+def test_state_files_hold_every_rng_and_the_step(tmp_path):
+    run = new_run(tmp_path)
+    fit(run=run, model=tiny_wm(0), tcfg=tcfg_for(1), device=CPU, dist_info=Dist(), batch_fn=wm_batch,
+        loss_fn=wm_loss)
+    folder = run.state_root / "step_00000001"
+    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "optim.safetensors", "rng.safetensors",
+                                                       "state.json"]
+    meta = json.loads((folder / "state.json").read_text())
+    assert meta["step"] == 1 and meta["train"]["steps"] == 1
+    assert "torch" in load_file(str(folder / "rng.safetensors"))
