@@ -90,6 +90,8 @@ class Session:
         dec_dtype = self.dtype if self.device.type == "cuda" else torch.float32  # CPU convs are slow in bf16
         self.ae = ae.to(self.device).eval()
         self.ae.decoder.to(dec_dtype)
+        self._memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        self.ae.decoder.to(memory_format=self._memory_format)  # oneDNN convolutions are faster channels-last
         self.wm = wm.to(self.device, self.dtype).eval()
         for p in list(self.ae.parameters()) + list(self.wm.parameters()):
             p.requires_grad_(False)
@@ -213,7 +215,7 @@ class Session:
 
     def _decode(self) -> None:
         dec = self.ae.decoder
-        x = dec(self.z_buf.to(next(dec.parameters()).dtype))
+        x = dec(self.z_buf.to(next(dec.parameters()).dtype).contiguous(memory_format=self._memory_format))
         self.frame_buf.copy_(tensor_to_frames(x.float()))
 
     # ---- public API -----------------------------------------------------------------------------------------------

@@ -51,6 +51,9 @@ class Rope3D(nn.Module):
         self.register_buffer("s_cos", s_angle.cos().float(), persistent=False)
         self.register_buffer("s_sin", s_angle.sin().float(), persistent=False)
         self.period = period
+        cos0, sin0 = self.frames(torch.zeros(1, dtype=torch.long))  # time 0: the head's purely spatial angles
+        self.register_buffer("s_cos_full", cos0[0].clone(), persistent=False)
+        self.register_buffer("s_sin_full", sin0[0].clone(), persistent=False)
 
     def frames(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape (T, N, head_dim/2) for frames at integer `positions` (T,)."""
@@ -63,8 +66,7 @@ class Rope3D(nn.Module):
 
     def spatial(self) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape (N, head_dim/2) with time fixed at 0 (the head never attends across frames)."""
-        cos, sin = self.frames(torch.zeros(1, dtype=torch.long, device=self.t_cos.device))
-        return cos[0], sin[0]
+        return self.s_cos_full, self.s_sin_full
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
