@@ -67,7 +67,7 @@ def tcfg_for(steps: int, **kw) -> TrainConfig:
 
 
 def state_tensors(root: Path, step: int, name: str = "model") -> dict[str, torch.Tensor]:
-    return load_file(str(root / "state" / f"step_{step:08d}" / f"{name}.safetensors"))
+    return load_file(str(root / "state" / f"step_{step:08d}" / f"{name}.state"))
 
 
 def assert_bit_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -126,7 +126,7 @@ def test_crash_while_saving_keeps_last_whole_state(tmp_path, monkeypatch, where)
         real = loop.save_file
 
         def crashing(tensors, filename, metadata=None):
-            if ".step_00000003.tmp" in filename and filename.endswith("optim.safetensors"):
+            if ".step_00000003.tmp" in filename and filename.endswith("optim.state"):
                 raise Killed("died writing the optimizer state")
             return real(tensors, filename, metadata=metadata)
 
@@ -474,7 +474,7 @@ def test_cli_wm_writes_a_loadable_model_with_config_and_metrics(tmp_path, record
     assert ck.data["episodes"] == 2 and "loss" in ck.metrics
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["steps"] == 2 and cfg["window"] == 4 and cfg["stage"] == "wm"
-    assert (out / "latents.safetensors").exists() and list((out / "samples").glob("*.png"))
+    assert (out / "latents.cache").exists() and list((out / "samples").glob("*.png"))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(k in rows[-1] for k in ("loss", "lr", "grad_norm"))
 
@@ -536,8 +536,8 @@ def test_state_files_hold_every_rng_and_the_step(tmp_path):
     fit(run=run, model=tiny_wm(0), tcfg=tcfg_for(1), device=CPU, dist_info=Dist(), batch_fn=wm_batch,
         loss_fn=wm_loss)
     folder = run.state_root / "step_00000001"
-    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "optim.safetensors", "rng.safetensors",
+    assert sorted(p.name for p in folder.iterdir()) == ["model.state", "optim.state", "rng.state",
                                                        "state.json"]
     meta = json.loads((folder / "state.json").read_text())
     assert meta["step"] == 1 and meta["train"]["steps"] == 1
-    assert "torch" in load_file(str(folder / "rng.safetensors"))
+    assert "torch" in load_file(str(folder / "rng.state"))

@@ -2,7 +2,8 @@
 
 A run folder holds `config.json` (the resolved configuration), `metrics.jsonl`, TensorBoard events under
 `tb/`, and whole training states under `state/step_XXXXXXXX/` (weights, optimizer, every RNG, step), the
-newest of which is named by `state/manifest.json`, written last. A state folder is written under a temporary
+newest of which is named by `state/manifest.json`, written last. State files are safetensors named *.state, so the
+run's one *.safetensors file is the checkpoint it produces. A state folder is written under a temporary
 name and renamed when whole, so a run killed at any moment resumes from the last whole state. The data position
 is a pure function of (seed, step): batches are drawn by a generator seeded from both, so resuming needs no
 iterator state, and 20 + 30 steps equal 50 straight steps bit for bit on CPU.
@@ -142,14 +143,14 @@ class RunDir:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                  str(tmp / "model.safetensors"))
+                  str(tmp / "model.state"))
         opt_tensors, opt_meta = _flatten_optimizer(opt)
-        save_file(opt_tensors, str(tmp / "optim.safetensors"))
+        save_file(opt_tensors, str(tmp / "optim.state"))
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
                 rng[f"cuda{i}"] = s
-        save_file(rng, str(tmp / "rng.safetensors"))
+        save_file(rng, str(tmp / "rng.state"))
         (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": opt_meta, **extra}))
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
@@ -165,9 +166,9 @@ class RunDir:
 
     def load_state(self, path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
         meta = json.loads((path / "state.json").read_text())
-        model.load_state_dict(load_file(str(path / "model.safetensors")))
-        _load_optimizer(opt, load_file(str(path / "optim.safetensors")), meta["optimizer"])
-        rng = load_file(str(path / "rng.safetensors"))
+        model.load_state_dict(load_file(str(path / "model.state")))
+        _load_optimizer(opt, load_file(str(path / "optim.state")), meta["optimizer"])
+        rng = load_file(str(path / "rng.state"))
         torch.set_rng_state(rng["torch"])
         if torch.cuda.is_available():
             states = [rng[k] for k in sorted(rng) if k.startswith("cuda")]

@@ -1,6 +1,6 @@
 """`reverie train wm`: train the causal world model on latents of the recorded episodes.
 
-The dataset is encoded by the (frozen) autoencoder once and cached in RUN/latents.safetensors, keyed by a
+The dataset is encoded by the (frozen) autoencoder once and cached in RUN/latents.cache (safetensors format), keyed by a
 fingerprint of the episode files and the autoencoder, so later runs and resumes skip the encoding. Writes
 RUN/model.safetensors: autoencoder + world model (+ the inverse-dynamics model when --idm is given).
 """
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     run_dir, device, dist_info = started
     ae = load_into(Autoencoder(cfg.autoencoder), ae_ckpt, "ae").to(device)
-    latents = encode_dataset(src, ae, device, run_dir.root / "latents.safetensors", fingerprint_of(src, ae_path))
+    latents = encode_dataset(src, ae, device, run_dir.root / "latents.cache", fingerprint_of(src, ae_path))
     model = WorldModel(cfg.world_model).to(device)
     allz = torch.cat([z.float() for z in latents])                     # (sum T, C, h, w)
     model.latent_mean.copy_(allz.mean(dim=(0, 2, 3)))
