@@ -8,18 +8,12 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
+from tiny_model import tiny_checkpoint
 
 import reverie_cli
-from engine.actions import ActionSpec
-from engine.autoencoder import Autoencoder
-from engine.checkpoint import save_checkpoint
-from engine.config import AutoencoderConfig, ModelConfig
-from engine.world_model import WorldModel
 
-SPEC = ActionSpec(game="builtin:gems", buttons=("up", "down", "left", "right"))
 REQUIRED = ("fps", "p50_ms", "p99_ms", "cold_start_s", "backbone_ms", "head_ms", "decode_ms", "device", "backend",
             "batch", "steps")
 POSITIVE = ("fps", "p50_ms", "p99_ms", "cold_start_s", "backbone_ms", "head_ms", "decode_ms")
@@ -32,26 +26,6 @@ def _keep_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
-
-
-def tiny_checkpoint(path, with_wm: bool = True):
-    """A 32x32 random model with a built-in start state, small enough to load and step in milliseconds."""
-    cfg = ModelConfig.from_name("tiny", action_dim=SPEC.size)
-    cfg.autoencoder = AutoencoderConfig(height=32, width=32, latent_channels=16, encoder_channels=(8, 8, 8),
-                                        decoder_channels=(8, 8, 8))
-    wm = cfg.world_model
-    wm.latent_height = wm.latent_width = 4
-    wm.d_model, wm.heads, wm.backbone_layers, wm.head_layers, wm.context_frames = 32, 2, 2, 1, 4
-    cfg.validate()
-    torch.manual_seed(0)
-    parts = {"ae": Autoencoder(cfg.autoencoder).state_dict(),
-             "start": {"frames": torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3),
-                                                                                    dtype=np.uint8)),
-                       "actions": torch.zeros(2, SPEC.size)}}
-    if with_wm:
-        parts["wm"] = WorldModel(cfg.world_model).state_dict()
-    return save_checkpoint(path, kind="world_model" if with_wm else "autoencoder", config=cfg, action_spec=SPEC,
-                           parts=parts)
 
 
 def run_bench(args: list[str]) -> int:

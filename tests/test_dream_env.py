@@ -7,52 +7,18 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 from gymnasium import spaces
 from gymnasium.envs.registration import EnvSpec
 from gymnasium.utils.env_checker import check_env
-from torch import nn
+from tiny_model import FRAME, SPEC, start_frames, tiny_checkpoint, tiny_models
 
 from engine.actions import ActionSpec
-from engine.autoencoder import Autoencoder
-from engine.checkpoint import save_checkpoint
-from engine.config import AutoencoderConfig, ModelConfig
-from engine.world_model import WorldModel
 from train.dream_env import DreamEnv
-
-SPEC = ActionSpec(game="builtin:gems", buttons=("up", "down", "left", "right"))
-FRAME = (32, 32, 3)
-
-
-def tiny_models(spec: ActionSpec = SPEC, seed: int = 0) -> tuple[Autoencoder, WorldModel]:
-    """A 32x32 random model whose head output layers are randomised, so frames depend on noise and actions."""
-    cfg = ModelConfig.from_name("tiny", action_dim=spec.size)
-    cfg.autoencoder = AutoencoderConfig(height=32, width=32, latent_channels=16, encoder_channels=(8, 8, 8),
-                                        decoder_channels=(8, 8, 8))
-    wm = cfg.world_model
-    wm.latent_height = wm.latent_width = 4
-    wm.d_model, wm.heads, wm.backbone_layers, wm.head_layers, wm.context_frames = 32, 2, 2, 1, 4
-    cfg.validate()
-    torch.manual_seed(seed)
-    ae, wm = Autoencoder(cfg.autoencoder), WorldModel(cfg.world_model)
-    with torch.no_grad():
-        for m in [blk.ada for blk in wm.head.blocks] + [wm.head.ada_out, wm.head.out]:
-            nn.init.normal_(m.weight, std=0.1)
-            nn.init.normal_(m.bias, std=0.1)
-    return ae, wm
-
-
-def start_frames(T: int = 2) -> np.ndarray:
-    return np.random.default_rng(0).integers(0, 256, (T, *FRAME), dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    ae, wm = tiny_models()
-    cfg = ModelConfig(name="test", autoencoder=ae.cfg, world_model=wm.cfg)
-    start = {"frames": torch.from_numpy(start_frames(3)), "actions": torch.zeros(3, SPEC.size)}
-    return save_checkpoint(tmp_path_factory.mktemp("dream") / "model.safetensors", kind="world_model", config=cfg,
-                           action_spec=SPEC, parts={"ae": ae.state_dict(), "wm": wm.state_dict(), "start": start})
+    return tiny_checkpoint(tmp_path_factory.mktemp("dream") / "model.safetensors", start=3)
 
 
 def play(env: DreamEnv, seed: int, actions) -> np.ndarray:
@@ -118,7 +84,7 @@ def test_start_frames_and_options(checkpoint):
 
 def test_axes_give_a_dict_action_space():
     spec = ActionSpec(game="test:mouse", buttons=("fire",), axes=("dx", "dy"))
-    env = DreamEnv(models=(*tiny_models(spec), spec), start_frames=start_frames(2), steps=1)
+    env = DreamEnv(models=(*tiny_models(spec=spec), spec), start_frames=start_frames(2), steps=1)
     assert env.action_space == spaces.Dict({"buttons": spaces.MultiBinary(1),
                                             "axes": spaces.Box(-1.0, 1.0, (2,), np.float32)})
     env.reset(seed=0)

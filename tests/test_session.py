@@ -11,51 +11,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from tiny_model import FRAME, SPEC, W, tiny_config, tiny_models
 
 from engine.actions import ActionSpec
 from engine.autoencoder import Autoencoder, frames_to_tensor
 from engine.checkpoint import CheckpointError, save_checkpoint
-from engine.config import AutoencoderConfig, ModelConfig
 from engine.noise import counter_normal
 from engine.session import Session, SessionError
 from engine.world_model import WorldModel
 
-SPEC = ActionSpec(game="builtin:gems", buttons=("up", "down", "left", "right"))
-W = 4                    # context frames (ring capacity) of the test model
-FRAME = (32, 32, 3)
 LATENT_ATOL = 1e-4       # fp32: ring-cache attention vs full block-causal attention sum in different orders
 BATCH_ATOL = 1e-5        # fp32: a batch of B vs B single runs (same kernels, different batch size)
 
 
-# ---- a tiny random model --------------------------------------------------------------------------------------
-def tiny_config(context_frames: int = W, time_period: int = 4096) -> ModelConfig:
-    cfg = ModelConfig.from_name("tiny", action_dim=SPEC.size)
-    cfg.autoencoder = AutoencoderConfig(height=FRAME[0], width=FRAME[1], latent_channels=16,
-                                        encoder_channels=(8, 8, 8), decoder_channels=(8, 8, 8))
-    wm = cfg.world_model
-    wm.latent_height = wm.latent_width = FRAME[0] // 8
-    wm.d_model, wm.heads, wm.backbone_layers, wm.head_layers = 32, 2, 2, 1
-    wm.context_frames, wm.time_period = context_frames, time_period
-    cfg.validate()
-    return cfg
-
-
-def tiny_models(seed: int = 0, **cfg_kwargs) -> tuple[Autoencoder, WorldModel]:
-    """Random autoencoder + world model; the adaLN-zero and output layers get random weights too."""
-    cfg = tiny_config(**cfg_kwargs)
-    torch.manual_seed(seed)
-    ae, wm = Autoencoder(cfg.autoencoder), WorldModel(cfg.world_model)
-    with torch.no_grad():
-        for m in [blk.ada for blk in wm.head.blocks] + [wm.head.ada_out, wm.head.out]:
-            nn.init.normal_(m.weight, std=0.1)
-            nn.init.normal_(m.bias, std=0.1)
-        nn.init.normal_(wm.head.null_action, std=0.5)
-        wm.latent_mean.normal_(std=0.1)
-        wm.latent_std.uniform_(0.5, 1.5)
-    return ae, wm
-
-
+# ---- a tiny random model: tests/tiny_model.py ------------------------------------------------------------------
 def make_session(models: tuple[Autoencoder, WorldModel], spec: ActionSpec = SPEC, **kw) -> Session:
     return Session(models=(*models, spec), dtype="fp32", **kw)
 
