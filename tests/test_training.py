@@ -357,6 +357,30 @@ def test_two_process_ddp_through_the_cli(tmp_path, recorded):
     assert_bit_equal(ck.tensors["ae"], state_tensors(out, 2))
 
 
+def test_two_process_fsdp_through_the_cli_resumes(tmp_path, recorded):
+    """FSDP2 over 2 gloo ranks: the full weights are gathered into the checkpoint and a state, and a sharded run
+    resumes from a full state (2 steps, then the same command to 3)."""
+    out = tmp_path / "fsdp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(steps: int) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                               "-m", "reverie_cli", "train", "idm", "--data", str(recorded), "--out", str(out),
+                               "--steps", str(steps), "--batch", "4", "--threads", "1", "--fsdp", "--save-every", "1"],
+                              capture_output=True, text=True, timeout=180, cwd=REPO, env=env)
+
+    first = run(2)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    ck = load_checkpoint(out / "idm.safetensors")
+    assert_bit_equal(ck.tensors["idm"], state_tensors(out, 2))
+    second = run(3)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resuming" in second.stdout + second.stderr
+    after = load_checkpoint(out / "idm.safetensors").tensors["idm"]
+    assert_bit_equal(after, state_tensors(out, 3))
+    assert any(not torch.equal(after[k], ck.tensors["idm"][k]) for k in after)  # step 3 trained on
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # `reverie train` end to end (tiny preset, a few steps)
 # ---------------------------------------------------------------------------------------------------------------

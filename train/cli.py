@@ -39,6 +39,8 @@ def add_train_flags(p: argparse.ArgumentParser, stage: str) -> None:
     p.add_argument("--log-every", type=int, default=d["log_every"])
     p.add_argument("--sample-every", type=int, default=0, help="write sample images every N steps (0: at the end)")
     p.add_argument("--max-bad-steps", type=int, default=d["max_bad_steps"])
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard the model over ranks (FSDP2) instead of replicating it (DDP)")
     p.add_argument("--time-limit", type=float, default=0.0,
                    help="stop after this many seconds (the LR schedule then follows time; not bit-reproducible)")
     p.add_argument("--skip-bad", action="store_true", help="skip damaged episode files with a warning")
@@ -51,7 +53,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
                        weight_decay=args.weight_decay, grad_clip=args.grad_clip, seed=args.seed,
                        precision=args.precision, device=args.device, threads=args.threads,
                        save_every=args.save_every, log_every=args.log_every, sample_every=args.sample_every,
-                       max_bad_steps=args.max_bad_steps, time_limit=args.time_limit)
+                       max_bad_steps=args.max_bad_steps, time_limit=args.time_limit,
+                       fsdp=args.fsdp)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1.0)")
     p.add_argument("--context-noise", type=float, default=None, help="run-time context noise (default: model's)")
     p.add_argument("--idm", default=None, help="inverse-dynamics checkpoint (default: the model's own 'idm' part)")
-    p.add_argument("--idm-steps", type=int, default=300,
+    p.add_argument("--idm-steps", type=int, default=150,
                    help="if no IDM is given or bundled, train one on --data for this many steps")
     p.add_argument("--rollouts-per-episode", type=int, default=4)
     p.add_argument("--episodes", type=int, default=0, help="use at most this many episodes (0: all)")

@@ -57,6 +57,7 @@ class TrainConfig:
     max_bad_steps: int = 5           # stop after this many non-finite steps in a row
     time_limit: float = 0.0          # seconds; > 0 ends the run when either steps or time run out, and the
                                      # schedule follows whichever is further along (not bit-reproducible)
+    fsdp: bool = False               # under torchrun: shard parameters, gradients and optimizer state (FSDP2)
 
     def lr_at(self, step: int, time_fraction: float = 0.0) -> float:
         """Linear warm-up then cosine decay over max(step progress, time progress)."""
@@ -135,16 +136,19 @@ class RunDir:
         return path
 
     def save_state(self, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer, keep: int,
-                   extra: dict[str, Any]) -> Path:
-        """Write a whole training state under a temporary name, rename it, then point the manifest at it."""
+                   extra: dict[str, Any], gathered: tuple[dict, dict] | None = None) -> Path:
+        """Write a whole training state under a temporary name, rename it, then point the manifest at it.
+
+        `gathered`: full (model, optimizer) state dicts already gathered from a sharded (FSDP2) model.
+        """
+        model_sd, opt_sd = gathered if gathered is not None else (model.state_dict(), opt.state_dict())
         name = f"step_{step:08d}"
         final = self.state_root / name
         tmp = self.state_root / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                  str(tmp / "model.state"))
-        opt_tensors, opt_meta = _flatten_optimizer(opt)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model_sd.items()}, str(tmp / "model.state"))
+        opt_tensors, opt_meta = _flatten_optimizer(opt_sd)
         save_file(opt_tensors, str(tmp / "optim.state"))
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
@@ -164,10 +168,24 @@ class RunDir:
                 shutil.rmtree(old, ignore_errors=True)
         return final
 
-    def load_state(self, path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    def load_state(self, path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                   sharded: bool = False) -> dict[str, Any]:
         meta = json.loads((path / "state.json").read_text())
-        model.load_state_dict(load_file(str(path / "model.state")))
-        _load_optimizer(opt, load_file(str(path / "optim.state")), meta["optimizer"])
+        model_sd = load_file(str(path / "model.state"))
+        opt_sd = _unflatten_optimizer(load_file(str(path / "optim.state")), meta["optimizer"])
+        if sharded:  # every rank reads the full state and keeps its shard
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            full = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(model, model_sd, options=full)
+            set_optimizer_state_dict(model, opt, opt_sd, options=full)
+        else:
+            model.load_state_dict(model_sd)
+            opt.load_state_dict(opt_sd)
         rng = load_file(str(path / "rng.state"))
         torch.set_rng_state(rng["torch"])
         if torch.cuda.is_available():
@@ -177,24 +195,52 @@ class RunDir:
         return meta
 
 
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
+def _flatten_optimizer(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Optimizer state dict -> tensors named '<param id or name>/<field>' + JSON-able rest."""
     tensors, scalars = {}, {}
     for pid, st in sd["state"].items():
         for k, v in st.items():
             if torch.is_tensor(v):
-                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
+                tensors[f"{pid}/{k}"] = v.detach().cpu().contiguous()
             else:
-                scalars[f"{pid}.{k}"] = v
+                scalars[f"{pid}/{k}"] = v
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    state: dict[int, dict[str, Any]] = {}
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int | str, dict[str, Any]] = {}
     for key, v in list(tensors.items()) + list(meta["scalars"].items()):
-        pid, _, name = key.partition(".")
-        state.setdefault(int(pid), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        pid, _, name = key.rpartition("/")
+        state.setdefault(int(pid) if pid.isdigit() else pid, {})[name] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def shard(model: torch.nn.Module, device: torch.device, world: int) -> None:
+    """FSDP2 (ZeRO-3): shard every block of every ModuleList, then the rest of the model, over the ranks."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    for m in list(model.modules()):
+        if isinstance(m, torch.nn.ModuleList):
+            for blk in m:
+                fully_shard(blk, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def full_state(model: torch.nn.Module, opt: torch.optim.Optimizer | None, sharded: bool) -> tuple[dict, dict | None]:
+    """Full model (and optimizer) state dicts; collective on every rank when the model is sharded."""
+    if not sharded:
+        return model.state_dict(), opt.state_dict() if opt is not None else None
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    msd = get_model_state_dict(model, options=full)
+    return msd, get_optimizer_state_dict(model, opt, options=full) if opt is not None else None
 
 
 class Logger:
@@ -232,27 +278,32 @@ def fit(*, run: RunDir, model: torch.nn.Module, tcfg: TrainConfig, device: torch
         describe: Callable[[dict], str] | None = None, resume: bool = True) -> dict[str, float]:
     """Run `tcfg.steps` optimizer steps of `loss_fn(model, batch_fn(step))`, resuming from the last whole state.
 
-    Returns the last logged values. Raises TrainingError after `max_bad_steps` non-finite steps in a row.
+    Returns the last logged values. Raises TrainingError after `max_bad_steps` non-finite steps in a row. With
+    `tcfg.fsdp` under torchrun the model is sharded in place (FSDP2); read its weights with full_state().
     """
     from tqdm import tqdm
 
+    sharded = tcfg.fsdp and dist_info.world > 1
+    if sharded:
+        shard(model, device, dist_info.world)
+        sample_fn = None  # previews run one rank's model alone, which a sharded model cannot
     torch.manual_seed(tcfg.seed + dist_info.rank)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=tcfg.lr, betas=(0.9, 0.99),
-                            fused=device.type == "cuda")
+                            fused=device.type == "cuda" and not sharded)
     start = 0
     latest = run.latest() if resume else None
     if latest is not None:
-        meta = run.load_state(latest, model, opt)
+        meta = run.load_state(latest, model, opt, sharded)
         start = int(meta["step"])
         if dist_info.main:
             print(f"resuming from {latest} (step {start})")
         torch.manual_seed(tcfg.seed + dist_info.rank + 1_000_003 * start)  # stream continues deterministically
     ddp = model
-    if dist_info.world > 1:
+    if dist_info.world > 1 and not sharded:
         ddp = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dist_info.local_rank] if device.type == "cuda" else None)
     amp = autocast_dtype(tcfg, device)
@@ -285,6 +336,8 @@ def fit(*, run: RunDir, model: torch.nn.Module, tcfg: TrainConfig, device: torch
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
+        if hasattr(gnorm, "full_tensor"):  # FSDP2: a DTensor norm over the shards
+            gnorm = gnorm.full_tensor()
         ok = torch.isfinite(loss.detach()) & torch.isfinite(gnorm)
         if dist_info.world > 1:
             flag = ok.float().reshape(1)
@@ -326,22 +379,25 @@ def fit(*, run: RunDir, model: torch.nn.Module, tcfg: TrainConfig, device: torch
             if vals:
                 logger.log(done, vals)
         if done % tcfg.save_every == 0 or done == tcfg.steps:
-            _save(run, done, model, opt, tcfg, dist_info, time.perf_counter() - clock0)
+            _save(run, done, model, opt, tcfg, dist_info, time.perf_counter() - clock0, sharded)
     if acc and dist_info.main:  # steps since the last log line (a time limit can end a run between logs)
         last = {k: sum(v) / len(v) for k, v in acc.items()}
         last["lr"] = opt.param_groups[0]["lr"]
         logger.log(done, last)
     if done != tcfg.steps and done > start:  # stopped by the time limit: keep what was learned
-        _save(run, done, model, opt, tcfg, dist_info, time.perf_counter() - clock0)
+        _save(run, done, model, opt, tcfg, dist_info, time.perf_counter() - clock0, sharded)
     if logger:
         logger.close()
     last["steps_done"] = float(done)
+    last["steps_run"] = float(done - start)  # the same on every rank
     return last
 
 
-def _save(run: RunDir, done: int, model, opt, tcfg: TrainConfig, dist_info: Dist, elapsed: float) -> None:
+def _save(run: RunDir, done: int, model, opt, tcfg: TrainConfig, dist_info: Dist, elapsed: float,
+          sharded: bool = False) -> None:
+    gathered = full_state(model, opt, True) if sharded else None  # collective: every rank takes part
     if dist_info.main:
-        run.save_state(done, model, opt, tcfg.keep_states, {"train": asdict(tcfg), "elapsed": elapsed})
+        run.save_state(done, model, opt, tcfg.keep_states, {"train": asdict(tcfg), "elapsed": elapsed}, gathered)
     if dist_info.world > 1:
         dist.barrier()
 
