@@ -220,7 +220,7 @@ def test_non_finite_steps_are_skipped(tmp_path, kind):
         assert unchanged == (step in bad), f"step {step}: weights {'un' if unchanged else ''}changed"
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
     # the optimizer counted only the good steps, and the log says which steps were skipped
-    assert {float(v) for k, v in state_tensors(run.root, 6, "optim").items() if k.endswith(".step")} == {3.0}
+    assert {float(v) for k, v in state_tensors(run.root, 6, "optim").items() if k.endswith("/step")} == {3.0}
     skipped = [r for r in map(json.loads, (run.root / "metrics.jsonl").read_text().splitlines())
                if "skipped_steps" in r]
     assert [(r["step"], r["skipped_steps"]) for r in skipped] == [(1, 1.0), (2, 2.0), (4, 1.0)]
