@@ -20,7 +20,7 @@ from engine.checkpoint import Checkpoint, load_into, save_checkpoint
 from engine.config import ModelConfig
 from train.cli import train_config
 from train.data import EpisodeSource
-from train.loop import Dist, fit, full_state, start_run, step_generator
+from train.loop import Dist, fit, start_run, step_generator, trained_weights
 
 
 class InverseDynamics(nn.Module):
@@ -103,10 +103,9 @@ def run(args: argparse.Namespace) -> int:
     last = fit(run=run_dir, model=model, tcfg=tcfg, device=device, dist_info=dist_info, batch_fn=batch_fn,
                loss_fn=loss_fn, describe=lambda v: f"loss {v['loss']:.4f} acc {v.get('accuracy', 0):.3f}",
                resume=not args.no_resume)
-    if last.get("steps_run") == 0 and (run_dir.root / "idm.safetensors").exists():  # a finished run: nothing new
-        print(f"{run_dir.root / 'idm.safetensors'} is already trained to step {tcfg.steps}; nothing to do")
+    weights = trained_weights(run_dir, "idm.safetensors", last, model, tcfg, dist_info)
+    if weights is None:
         return 0
-    weights, _ = full_state(model, None, tcfg.fsdp and dist_info.world > 1)  # collective when sharded
     if dist_info.main:
         cfg = ModelConfig.from_name("tiny", action_dim=spec.size)
         path = save_checkpoint(run_dir.root / "idm.safetensors", kind="idm", config=cfg, action_spec=spec,

@@ -393,6 +393,16 @@ def fit(*, run: RunDir, model: torch.nn.Module, tcfg: TrainConfig, device: torch
     return last
 
 
+def trained_weights(run: RunDir, checkpoint_name: str, last: dict[str, float], model: torch.nn.Module,
+                    tcfg: TrainConfig, dist_info: Dist) -> dict[str, torch.Tensor] | None:
+    """The full weights after fit() (collective when sharded), or None when a finished run was re-run."""
+    final = run.root / checkpoint_name
+    if last.get("steps_run") == 0 and final.exists():
+        print(f"{final} is already trained to step {tcfg.steps}; nothing to do")
+        return None
+    return full_state(model, None, tcfg.fsdp and dist_info.world > 1)[0]
+
+
 def _save(run: RunDir, done: int, model, opt, tcfg: TrainConfig, dist_info: Dist, elapsed: float,
           sharded: bool = False) -> None:
     gathered = full_state(model, opt, True) if sharded else None  # collective: every rank takes part

@@ -11,7 +11,7 @@ from engine.checkpoint import save_checkpoint
 from engine.config import ModelConfig
 from train.cli import train_config
 from train.data import EpisodeSource
-from train.loop import Dist, fit, full_state, start_run, step_generator
+from train.loop import Dist, fit, start_run, step_generator, trained_weights
 from train.visual import save_grid
 
 
@@ -58,10 +58,9 @@ def run(args: argparse.Namespace) -> int:
     last = fit(run=run_dir, model=model, tcfg=tcfg, device=device, dist_info=dist_info, batch_fn=batch_fn,
                loss_fn=loss_fn, sample_fn=sample_fn,
                describe=lambda v: f"loss {v['loss']:.4f} psnr {v.get('psnr', 0):.1f}dB", resume=not args.no_resume)
-    if last.get("steps_run") == 0 and (run_dir.root / "ae.safetensors").exists():  # a finished run: nothing new
-        print(f"{run_dir.root / 'ae.safetensors'} is already trained to step {tcfg.steps}; nothing to do")
+    weights = trained_weights(run_dir, "ae.safetensors", last, model, tcfg, dist_info)
+    if weights is None:
         return 0
-    weights, _ = full_state(model, None, tcfg.fsdp and dist_info.world > 1)  # collective when sharded
     if dist_info.main:
         model = Autoencoder(cfg.autoencoder).to(device)
         model.load_state_dict(weights)

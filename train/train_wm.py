@@ -23,7 +23,7 @@ from engine.config import ModelConfig
 from engine.world_model import WorldModel
 from train.cli import train_config
 from train.data import EpisodeSource
-from train.loop import Dist, fit, full_state, start_run, step_generator
+from train.loop import Dist, fit, start_run, step_generator, trained_weights
 
 TAU_BINS = 4
 
@@ -139,10 +139,9 @@ def run(args: argparse.Namespace) -> int:
     last = fit(run=run_dir, model=model, tcfg=tcfg, device=device, dist_info=dist_info, batch_fn=batch_fn,
                loss_fn=loss_fn, sample_fn=sample_fn, describe=lambda v: f"loss {v['loss']:.4f}",
                resume=not args.no_resume)
-    if last.get("steps_run") == 0 and (run_dir.root / "model.safetensors").exists():  # a finished run: nothing new
-        print(f"{run_dir.root / 'model.safetensors'} is already trained to step {tcfg.steps}; nothing to do")
+    weights = trained_weights(run_dir, "model.safetensors", last, model, tcfg, dist_info)
+    if weights is None:
         return 0
-    weights, _ = full_state(model, None, tcfg.fsdp and dist_info.world > 1)  # collective when sharded
     if dist_info.main:
         model = WorldModel(cfg.world_model).to(device)
         model.load_state_dict(weights)
