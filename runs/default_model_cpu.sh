@@ -8,7 +8,7 @@
 # file WORKDIR/default.safetensors (float16 weights, eval metrics in its metadata).
 set -euo pipefail
 W=${1:-runs/default_cpu}
-WM_MINUTES=${WM_MINUTES:-50}
+WM_MINUTES=${WM_MINUTES:-65}
 mkdir -p "$W"
 t0=$(date +%s)
 log() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
@@ -28,10 +28,10 @@ reverie train ae --data "$W/data/train" --out "$W/ae" --preset tiny --crop 32 --
 wait $idm_pid
 tail -n 1 "$W/idm.log"
 
-log "train wm"
-reverie train wm --data "$W/data/train" --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" --out "$W/wm" \
-  --preset tiny --steps 6000 --batch 8 --lr 5e-4 --time-limit $((WM_MINUTES * 60)) --threads 1 --log-every 50 \
-  --save-every 250 --sample-every 1000 --half
+log "train wm: data-parallel over the 2 cores (2 processes x 1 thread, gloo), batch 8 per rank"
+OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 -m reverie_cli train wm --data "$W/data/train" \
+  --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" --out "$W/wm" --preset tiny --steps 6000 --batch 16 \
+  --lr 5e-4 --time-limit $((WM_MINUTES * 60)) --threads 1 --log-every 50 --save-every 250 --sample-every 1000 --half
 
 log "eval"
 reverie eval --model "$W/wm/model.safetensors" --data "$W/data/heldout" --horizon 16 --steps 2 --threads 2 \
