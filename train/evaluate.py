@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--write-model", default=None,
-                   help="also write the evaluated checkpoint here with these metrics in its metadata")
+                   help="also write the evaluated checkpoint here with these metrics in its metadata (and "
+                        "--context-noise, if given, as its run-time default)")
     p.add_argument("--half", action="store_true", help="with --write-model: store float16 weights")
     args = p.parse_args(argv)
     try:
@@ -184,6 +185,8 @@ def evaluate(args: argparse.Namespace) -> int:
         keep = ("psnr_step1", "psnr_mean", "ssim_mean", "ae_psnr", "action_following", "steps", "guidance",
                 "context", "horizon", "context_noise", "episodes", "rollouts", "data")
         metrics = {**ckpt.metrics, "eval": {k: result[k] for k in keep}}
+        if args.context_noise is not None:  # the evaluated run-time setting becomes the model's default
+            ckpt.config.world_model.context_noise = args.context_noise
         save_checkpoint(args.write_model, kind=ckpt.kind, config=ckpt.config, action_spec=ckpt.action_spec,
                         parts=ckpt.tensors, data=ckpt.data, metrics=metrics, extra=ckpt.extra, half=args.half)
     print(f"psnr step 1 {result['psnr_step1']:.2f} dB, mean over {args.horizon} {result['psnr_mean']:.2f} dB, "
