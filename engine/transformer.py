@@ -235,6 +235,10 @@ class Head(nn.Module):
         self.step_in = nn.Embedding(cfg.shortcut_levels + 1, d)
         self.action_in = nn.Linear(cfg.action_dim, d)
         self.null_action = nn.Parameter(torch.zeros(d))
+        # the action also enters every token directly: through adaLN alone it was learned far too slowly (the
+        # history already predicts most motion, so the gated path got little gradient)
+        self.action_tokens = nn.Linear(cfg.action_dim, d)
+        self.null_action_tokens = nn.Parameter(torch.zeros(d))
         self.blocks = nn.ModuleList(HeadBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.head_layers))
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False)
         self.ada_out = nn.Linear(d, 2 * d)
@@ -244,15 +248,20 @@ class Head(nn.Module):
             nn.init.zeros_(m.bias)
 
     def cond(self, tau: torch.Tensor, step_index: torch.Tensor, actions: torch.Tensor,
-             drop: torch.Tensor) -> torch.Tensor:
-        """Global conditioning (M, D); `drop` (M,) bool selects the learned null action."""
+             drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global conditioning (M, D) for adaLN and the per-token action embedding (M, D); `drop` (M,) bool
+        selects the learned null action in both."""
         a = self.action_in(actions.to(self.x_in.weight.dtype))
         a = torch.where(drop[:, None], self.null_action.to(a.dtype).expand_as(a), a)
-        return self.tau_in(tau) + self.step_in(step_index) + a
+        t = self.action_tokens(actions.to(self.x_in.weight.dtype))
+        t = torch.where(drop[:, None], self.null_action_tokens.to(t.dtype).expand_as(t), t)
+        return self.tau_in(tau) + self.step_in(step_index) + a, t
 
-    def forward(self, x_tokens, h, c, cos, sin) -> torch.Tensor:
-        """x_tokens (M, N, Dt), h (M, N, D), c (M, D) -> velocity tokens (M, N, Dt)."""
+    def forward(self, x_tokens, h, c, cos, sin, action_tokens=None) -> torch.Tensor:
+        """x_tokens (M, N, Dt), h (M, N, D), c (M, D), action_tokens (M, D) -> velocity tokens (M, N, Dt)."""
         x = self.x_in(x_tokens) + self.h_in(h)
+        if action_tokens is not None:
+            x = x + action_tokens[:, None]
         for blk in self.blocks:
             x = blk(x, c, cos, sin)
         shift, scale = self.ada_out(F.silu(c)).chunk(2, dim=-1)

@@ -76,8 +76,8 @@ class WorldModel(nn.Module):
     def velocity(self, x_tokens, h, tau, step_index, actions, drop) -> torch.Tensor:
         """Head velocity (M, N, Dt) for noisy tokens x_tokens at flow time tau (M,) and step level (M,)."""
         cos, sin = self.rope.spatial()
-        c = self.head.cond(tau, step_index, actions, drop)
-        return self.head(x_tokens, h, c, cos, sin)
+        c, a_tok = self.head.cond(tau, step_index, actions, drop)
+        return self.head(x_tokens, h, c, cos, sin, a_tok)
 
     def sample(self, h: torch.Tensor, actions: torch.Tensor, noise: torch.Tensor, steps: int,
                guidance: float | torch.Tensor = 1.0) -> torch.Tensor:

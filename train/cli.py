@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     pw.add_argument("--ae", required=True, help="autoencoder checkpoint (.safetensors from 'reverie train ae')")
     pw.add_argument("--idm", help="inverse-dynamics checkpoint to bundle into the model file, for eval")
     pw.add_argument("--window", type=int, default=0, help="frames per training window (default: the preset's)")
+    pw.add_argument("--init", default=None,
+                    help="warm start: world-model weights from a checkpoint or a training state folder (new weights "
+                         "the model has since gained start fresh); the run itself starts at step 0")
     pw.add_argument("--half", action="store_true", help="store the final model's weights as float16 (half size)")
     pi = sub.add_parser("idm", help="the inverse-dynamics model (action from two frames) used by eval")
     add_train_flags(pi, "idm")

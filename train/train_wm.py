@@ -69,6 +69,24 @@ def fingerprint_of(src: EpisodeSource, ae_path: Path) -> str:
     return h.hexdigest()
 
 
+def warm_start_weights(path: str) -> dict[str, torch.Tensor]:
+    """World-model weights to start from: a checkpoint's 'wm' part, or a training state's model.state."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.state"
+    if p.suffix == ".state":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(p))
+        except Exception as e:  # safetensors raises its own error type for damaged files
+            raise CheckpointError(f"{p}: not a readable training state ({e})") from None
+    ck = load_checkpoint(p)
+    if not ck.has("wm"):
+        raise CheckpointError(f"{p}: holds no world-model weights to start from")
+    return ck.tensors["wm"]
+
+
 def tau_bin_stats(stats: dict[str, torch.Tensor]) -> dict[str, float]:
     """Flow-matching loss per tau bin (a free diagnostic of where the model struggles) + shortcut loss."""
     out = {}
@@ -109,6 +127,12 @@ def run(args: argparse.Namespace) -> int:
     model.latent_mean.copy_(allz.mean(dim=(0, 2, 3)))
     model.latent_std.copy_(allz.std(dim=(0, 2, 3)).clamp_min(1e-3))
     del allz
+    if args.init:
+        init = warm_start_weights(args.init)
+        missing, unexpected = model.load_state_dict(init, strict=False)
+        if unexpected:
+            raise CheckpointError(f"{args.init}: weights that this model does not have: {unexpected[:5]}")
+        print(f"warm start from {args.init}" + (f"; new (freshly initialised) weights: {missing}" if missing else ""))
     lengths = torch.tensor([len(z) for z in latents], dtype=torch.float64)
     if int(lengths.max()) < window:
         raise ValueError(f"{args.data}: the longest episode has {int(lengths.max())} frames, fewer than the "
