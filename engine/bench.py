@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=300, help="timed frames (default 300)")
     p.add_argument("--warmup", type=int, default=30, help="untimed frames first (default 30)")
     p.add_argument("--batch", type=int, default=1, help="worlds stepped together")
-    p.add_argument("--steps", type=int, default=2, help="sampling steps per frame (1..4)")
+    p.add_argument("--steps", type=int, default=1, help="sampling steps per frame (1..4, default 1)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance (1.0: off)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],

@@ -1,6 +1,6 @@
 """engine.Session: the real-time world, one interface for play, serve, eval, bench and the Gymnasium wrapper.
 
-    s = Session("model.safetensors", device="cpu", steps=2)
+    s = Session("model.safetensors", device="cpu", steps=1)
     s.reset(frames, actions)        # prime the context from real frames (T, H, W, 3) uint8
     frame = s.step(action)          # (H, W, 3) uint8; batch > 1 gives (B, H, W, 3)
     save = s.state(); ...; s.load_state(save)   # a save-game: KV cache, noise counters, step count
@@ -54,7 +54,7 @@ class Session:
     """B worlds imagined by one model; see the module docstring."""
 
     def __init__(self, checkpoint: str | os.PathLike | Checkpoint | None = None, backend: str = "torch",
-                 device: str | torch.device = "cpu", batch: int = 1, steps: int = 2, guidance: float = 1.0,
+                 device: str | torch.device = "cpu", batch: int = 1, steps: int = 1, guidance: float = 1.0,
                  context_noise: float | None = None, seed: int = 0, dtype: str = "auto", cuda_graph: bool = True,
                  threads: int | None = None, profile: bool = False, game: str | None = None,
                  models: tuple[Autoencoder, WorldModel, ActionSpec] | None = None):

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", default="auto", help="cpu | cuda | auto (default: cuda where available)")
     m.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="model precision (default auto: fp32 on CPU, bf16 on CUDA)")
-    m.add_argument("--steps", type=int, default=2, help=f"sampling steps per frame, 1..{MAX_STEPS} (default 2)")
+    m.add_argument("--steps", type=int, default=1, help=f"sampling steps per frame, 1..{MAX_STEPS} (default 1)")
     m.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1.0: off; default)")
     m.add_argument("--threads", type=int, default=None,
                    help=f"torch threads on CPU (default: cores - 1, at most 4; here {default_threads()})")

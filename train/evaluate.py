@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context", type=int, default=0, help="real frames that prime each rollout (default W/2)")
     p.add_argument("--json", required=True, help="where to write the metrics")
     p.add_argument("--plot", default=None, help="PNG of PSNR vs horizon (default: beside --json)")
-    p.add_argument("--steps", type=int, default=2, help="sampling steps (default 2)")
+    p.add_argument("--steps", type=int, default=1, help="sampling steps (default 1)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1.0)")
     p.add_argument("--context-noise", type=float, default=None, help="run-time context noise (default: model's)")
     p.add_argument("--idm", default=None, help="inverse-dynamics checkpoint (default: the model's own 'idm' part)")
