@@ -34,6 +34,6 @@ OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 -m reverie_cli train 
   --lr 5e-4 --time-limit $((WM_MINUTES * 60)) --threads 1 --log-every 50 --save-every 250 --sample-every 1000 --half
 
 log "eval"
-reverie eval --model "$W/wm/model.safetensors" --data "$W/data/heldout" --horizon 16 --steps 2 --threads 2 \
+reverie eval --model "$W/wm/model.safetensors" --data "$W/data/heldout" --horizon 16 --steps 1 --threads 2 \
   --json "$W/eval.json" --write-model "$W/default.safetensors" --half
 log "done"

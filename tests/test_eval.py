@@ -76,7 +76,7 @@ def test_eval_writes_complete_finite_metrics_and_a_plot(trained, default_result)
     assert set(af) >= {"generated", "real", "ratio"}
     assert 0 <= af["generated"] <= 1 and 0 <= af["real"] <= 1 and af["ratio"] >= 0
     assert "trained on --data for 5 steps" in af["idm"]
-    assert r["steps"] == 2 and r["guidance"] == 1.0 and r["horizon"] == 2 and r["context"] == 2  # context = W/2
+    assert r["steps"] == 1 and r["guidance"] == 1.0 and r["horizon"] == 2 and r["context"] == 2  # context = W/2
     assert r["episodes"] == 2 and r["rollouts"] == 2 and r["frames"] == 2 * 2
     assert r["psnr_step1"] == pytest.approx(r["psnr"][0])
     assert r["psnr_mean"] == pytest.approx(np.mean(r["psnr"])) and r["ssim_mean"] == pytest.approx(np.mean(r["ssim"]))
@@ -117,7 +117,7 @@ def test_eval_write_model_stores_the_metrics(trained, tmp_path):
     out = tmp_path / "scored.safetensors"
     r = run_eval(trained, tmp_path / "o.json", "--write-model", out, "--half")
     ck, orig = load_checkpoint(out), load_checkpoint(trained.model)
-    assert ck.metrics["eval"]["psnr_mean"] == r["psnr_mean"] and ck.metrics["eval"]["steps"] == 2
+    assert ck.metrics["eval"]["psnr_mean"] == r["psnr_mean"] and ck.metrics["eval"]["steps"] == 1
     assert ck.metrics["loss"] == orig.metrics["loss"]  # the training metrics are kept
     for part in orig.tensors:
         for k, v in orig.tensors[part].items():
