@@ -84,20 +84,21 @@ def manifest(root: Path) -> dict:
 # Resume is bit-exact
 # ---------------------------------------------------------------------------------------------------------------
 def test_fit_killed_and_resumed_equals_straight_run(tmp_path):
+    """The issue's case: 20 steps, killed, resumed to 50, equals 50 straight steps bit for bit."""
     straight = tiny_wm(0)
-    fit(run=new_run(tmp_path / "a"), model=straight, tcfg=tcfg_for(5), device=CPU, dist_info=Dist(),
+    fit(run=new_run(tmp_path / "a"), model=straight, tcfg=tcfg_for(50, save_every=10), device=CPU, dist_info=Dist(),
         batch_fn=wm_batch, loss_fn=wm_loss)
 
-    def dies_at_step_2(step, d):
-        if step == 2:
+    def dies_at_step_20(step, d):
+        if step == 20:
             raise Killed
         return wm_batch(step, d)
 
     run_b = new_run(tmp_path / "b")
     with pytest.raises(Killed):
-        fit(run=run_b, model=tiny_wm(0), tcfg=tcfg_for(5), device=CPU, dist_info=Dist(), batch_fn=dies_at_step_2,
-            loss_fn=wm_loss)
-    assert manifest(run_b.root)["step"] == 2
+        fit(run=run_b, model=tiny_wm(0), tcfg=tcfg_for(50, save_every=10), device=CPU, dist_info=Dist(),
+            batch_fn=dies_at_step_20, loss_fn=wm_loss)
+    assert manifest(run_b.root)["step"] == 20
 
     seen = []
 
@@ -106,11 +107,11 @@ def test_fit_killed_and_resumed_equals_straight_run(tmp_path):
         return wm_batch(step, d)
 
     resumed = tiny_wm(99)  # different initial weights: everything must come from the saved state
-    fit(run=run_b, model=resumed, tcfg=tcfg_for(5), device=CPU, dist_info=Dist(), batch_fn=recording,
+    fit(run=run_b, model=resumed, tcfg=tcfg_for(50, save_every=10), device=CPU, dist_info=Dist(), batch_fn=recording,
         loss_fn=wm_loss)
-    assert seen == [2, 3, 4]
+    assert seen == list(range(20, 50))
     for name in ("model", "optim"):
-        assert_bit_equal(state_tensors(run_b.root, 5, name), state_tensors(tmp_path / "a", 5, name))
+        assert_bit_equal(state_tensors(run_b.root, 50, name), state_tensors(tmp_path / "a", 50, name))
     assert_bit_equal(resumed.state_dict(), straight.state_dict())
     # and training did move the weights
     assert not torch.equal(straight.state_dict()["head.out.weight"], tiny_wm(0).state_dict()["head.out.weight"])
