@@ -390,12 +390,16 @@ def test_headless_benchmark_writes_json(ckpt, tmp_path):
 def test_human_mode_records_the_real_game(tmp_path):
     out = tmp_path / "me"
     assert cli.main(["--human", "--env", "builtin:gems", "--out", str(out), "--headless", "--frames", "30"]) == 0
-    episodes = sorted(out.glob("*.episode"))
-    assert len(episodes) == 1 and not list(out.glob("*.gif"))
-    with Episode(episodes[0]) as ep:
-        ep.verify()
-        assert ep.env_id == "builtin:gems" and ep.num_actions == len(ep) - 1 >= 30
-        assert ep.actions(0, ep.num_actions).any()        # the autopilot pressed keys
+    episodes = sorted(out.glob("*.episode"))  # one per game episode: a fast machine may finish one and start another
+    assert episodes and not list(out.glob("*.gif"))
+    total = 0
+    for path in episodes:
+        with Episode(path) as ep:
+            ep.verify()
+            assert ep.env_id == "builtin:gems" and ep.num_actions == len(ep) - 1
+            assert ep.actions(0, ep.num_actions).any()    # the autopilot pressed keys
+            total += ep.num_actions
+    assert total >= 30
 
 
 def test_real_world_resets_after_the_episode_ends(tmp_path):
