@@ -28,7 +28,6 @@ import torch
 from engine.actions import ActionSpec, ActionSpecError
 from engine.autoencoder import Autoencoder, frames_to_tensor, tensor_to_frames
 from engine.checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_into
-from engine.config import ModelConfig
 from engine.noise import counter_normal
 from engine.world_model import WorldModel, step_schedule
 
@@ -408,7 +407,3 @@ class Session:
         self._graphs.clear()
         self.k_cache = self.v_cache = None  # type: ignore[assignment]
 
-
-def load_models(checkpoint: str | os.PathLike | None = None) -> tuple[Checkpoint, ModelConfig]:
-    ckpt = load_checkpoint(checkpoint or DEFAULT_MODEL)
-    return ckpt, ckpt.config

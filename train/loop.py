@@ -262,10 +262,6 @@ class Logger:
             for k, v in values.items():
                 self.tb.add_scalar(k, v, step)
 
-    def image(self, tag: str, step: int, img_hwc_uint8) -> None:
-        if self.tb is not None:
-            self.tb.add_image(tag, img_hwc_uint8, step, dataformats="HWC")
-
     def close(self) -> None:
         self.file.close()
         if self.tb is not None:
