@@ -81,6 +81,8 @@ class WorldModelConfig:
     action_dropout: float = 0.1         # p of the null action in the head (classifier-free guidance)
     shortcut_levels: int = 6            # step sizes d = 1, 1/2, ..., 1/2^(levels-1); index `levels` means d=0
     shortcut_fraction: float = 0.25     # share of each batch trained on the self-consistency target
+    rollout_iters: int = 0              # training: Jacobi passes that replace context with the model's own frames
+    rollout_fraction: float = 0.5       # training: share of windows whose context is the model's own rollout
 
     @property
     def tokens_per_frame(self) -> int:
@@ -105,6 +107,9 @@ class WorldModelConfig:
             raise ConfigError("world model: context_frames must be >= 2")
         if self.action_dim < 1:
             raise ConfigError("world model: action_dim must be >= 1")
+        if self.rollout_iters < 0 or not 0.0 <= self.rollout_fraction <= 1.0:
+            raise ConfigError(f"world model: rollout_iters={self.rollout_iters} must be >= 0 and "
+                              f"rollout_fraction={self.rollout_fraction} in [0, 1]")
 
 
 @dataclass

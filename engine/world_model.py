@@ -10,6 +10,13 @@ v = data - noise; tau = 0 is pure noise. The head also takes the step size d it 
 self-consistency target s(x, tau, 2d) = (s(x, tau, d) + s(x', tau + d, d)) / 2, so 1, 2 and 4 Euler steps all
 work from one network. Context corruption uses the same interpolation: (1 - level) * z + level * noise
 (GameNGen/Oasis/DIAMOND-style noise augmentation against drift).
+
+Against drift the model can also be trained on its own outputs (`rollout_iters` K > 0): for a share of the windows,
+the context frames after the first are replaced by the model's own 1-step predictions, refined by K Jacobi passes
+(pass k predicts every frame in parallel from the previous pass's frames, so after K passes frame t carries up to
+min(t, K) generations of the model's own errors; K = T - 1 would be the exact autoregressive rollout). The targets
+stay the real next frames, so the model learns to pull a drifting, blurring rollout back to the real game rather
+than copying its errors forward (scheduled sampling, Bengio et al. 2015; in spirit Self-Forcing, Huang et al. 2025).
 """
 
 from __future__ import annotations
@@ -115,6 +122,24 @@ class WorldModel(nn.Module):
     def forward(self, z: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.loss(z, actions)
 
+    @torch.no_grad()
+    def own_rollout(self, z: torch.Tensor, actions: torch.Tensor, iters: int) -> torch.Tensor:
+        """The model's own version of windows z (B, T, C, h, w): frame 0 real, frames 1.. predicted in 1 step
+        from the previous Jacobi pass (the first pass reads the real frames), `iters` passes."""
+        cfg = self.cfg
+        B, T = z.shape[:2]
+        M = B * (T - 1)
+        level = torch.full((B, T), cfg.context_noise, device=z.device)
+        act = actions[:, 1:].reshape(M, -1)
+        cur = z
+        for _ in range(iters):
+            ctx = self.corrupt(cur, level, torch.randn_like(cur))
+            h = self.backbone(self.patchify(ctx), actions, level, self.rope)[:, :-1]  # (B, T-1, N, D)
+            noise = torch.randn(M, cfg.tokens_per_frame, cfg.token_dim, device=z.device, dtype=z.dtype)
+            nxt = self.sample(h.reshape(M, *h.shape[2:]), act, noise, steps=1)
+            cur = torch.cat([z[:, :1], self.unpatchify(nxt.to(z.dtype)).reshape(B, T - 1, *z.shape[2:])], dim=1)
+        return cur
+
     def loss(self, z: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Shortcut rectified-flow loss over a batch of windows.
 
@@ -124,8 +149,16 @@ class WorldModel(nn.Module):
         cfg = self.cfg
         B, T = z.shape[:2]
         dev = z.device
+        context = z
+        n_own = int(round(B * cfg.rollout_fraction)) if cfg.rollout_iters > 0 else 0
+        if n_own:  # the first n_own windows see the model's own frames as context; targets stay real
+            was_training = self.training
+            self.eval()
+            own = self.own_rollout(z[:n_own], actions[:n_own], cfg.rollout_iters)
+            self.train(was_training)
+            context = torch.cat([own, z[n_own:]])
         levels = cfg.context_noise_max * torch.rand(B, T, device=dev) ** 2  # (B, T), skewed to small
-        z_ctx = self.corrupt(z, levels, torch.randn(z.shape, device=dev, dtype=z.dtype))  # layout-independent
+        z_ctx = self.corrupt(context, levels, torch.randn(z.shape, device=dev, dtype=z.dtype))  # layout-independent
         h = self.backbone(self.patchify(z_ctx), actions, levels, self.rope)  # (B, T, N, D)
 
         M = B * (T - 1)

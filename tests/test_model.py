@@ -139,6 +139,45 @@ def test_world_model_loss_is_finite_scalar_with_per_sample_stats():
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
+def test_own_rollout_is_causal_keeps_frame0_and_deepens_per_pass():
+    wm = make_wm(action_dropout=0.0)
+    z, actions, _ = window_inputs(wm, B=2, T=4)
+
+    def run(zz, iters):
+        torch.manual_seed(5)
+        return wm.own_rollout(zz, actions, iters)
+
+    one = run(z, 1)
+    assert one.shape == z.shape and torch.equal(one[:, 0], z[:, 0])  # the first frame stays real
+    assert not torch.allclose(one[:, 1:], z[:, 1:])                   # the rest is the model's own
+    # one pass: frame t comes from real frames < t, so changing the last real frame changes nothing
+    z2 = z.clone()
+    z2[:, -1] += 1.0
+    assert torch.allclose(run(z2, 1), one, atol=1e-6)
+    # pass 2 reads pass 1: frame 2 now depends on the model's frame 1, so it differs from the one-pass version
+    two = run(z, 2)
+    assert not torch.allclose(two[:, 2:], one[:, 2:])
+
+
+def test_loss_with_own_rollout_context_is_finite_and_backpropagates():
+    wm = make_wm(rollout_iters=2, rollout_fraction=0.5).train()
+    z, actions, _ = window_inputs(wm, B=4, T=4)
+    torch.manual_seed(0)
+    loss, stats = wm.loss(z, actions)
+    assert loss.ndim == 0 and torch.isfinite(loss) and wm.training  # the no-grad rollout restores train mode
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in wm.parameters() if p.grad is not None)
+
+
+def test_rollout_config_is_checked():
+    from engine.config import ConfigError
+
+    with pytest.raises(ConfigError, match="rollout"):
+        tiny_wm_cfg(rollout_iters=-1).validate()
+    with pytest.raises(ConfigError, match="rollout_fraction"):
+        tiny_wm_cfg(rollout_iters=1, rollout_fraction=1.5).validate()
+
+
 @pytest.mark.parametrize("steps", [1, 2, 3, 4, 8])
 def test_step_schedule_sums_to_one(steps):
     sched = step_schedule(steps, levels=6)

@@ -73,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="warm start: world-model weights from a checkpoint or a training state folder (new weights "
                          "the model has since gained start fresh); the run itself starts at step 0")
     pw.add_argument("--half", action="store_true", help="store the final model's weights as float16 (half size)")
+    pw.add_argument("--rollout-iters", type=int, default=None,
+                    help="train on the model's own rollouts against drift: Jacobi passes K (0: off; default: the "
+                         "preset's)")
+    pw.add_argument("--rollout-fraction", type=float, default=None,
+                    help="share of windows whose context is the model's own rollout (default: the preset's, 0.5)")
     pi = sub.add_parser("idm", help="the inverse-dynamics model (action from two frames) used by eval")
     add_train_flags(pi, "idm")
     args = p.parse_args(argv)

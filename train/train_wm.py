@@ -113,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
     cfg.autoencoder = ae_ckpt.config.autoencoder
     if args.window:
         cfg.world_model.context_frames = args.window
+    if args.rollout_iters is not None:
+        cfg.world_model.rollout_iters = args.rollout_iters
+    if args.rollout_fraction is not None:
+        cfg.world_model.rollout_fraction = args.rollout_fraction
     cfg.validate()
     window = cfg.world_model.context_frames
     started = start_run(args.out, tcfg, {"stage": "wm", "model": cfg.to_dict(), "data": src.summary(),
