@@ -153,17 +153,23 @@ def evaluate(args: argparse.Namespace) -> int:
     target = torch.from_numpy(acts.reshape(-1, acts.shape[-1]))
 
     def score(before, after):
-        pred = predict(idm, torch.from_numpy(before.reshape(-1, *before.shape[2:])),
-                       torch.from_numpy(after.reshape(-1, *after.shape[2:])), nb)
-        return action_accuracy(pred, target, nb)
+        """Overall accuracy and accuracy per horizon step."""
+        with torch.no_grad():
+            pred = predict(idm, torch.from_numpy(before.reshape(-1, *before.shape[2:])),
+                           torch.from_numpy(after.reshape(-1, *after.shape[2:])), nb)
+        per = pred.reshape(*acts.shape[:2], -1)
+        tgt = target.reshape(*acts.shape[:2], -1)
+        by_step = [action_accuracy(per[:, k], tgt[:, k], nb) for k in range(acts.shape[1])]
+        return action_accuracy(pred, target, nb), by_step
 
-    acc_gen, acc_real = score(before_gen, gen), score(before_real, real)
+    (acc_gen, gen_by_step), (acc_real, real_by_step) = score(before_gen, gen), score(before_real, real)
     result = {
         "psnr": [float(v) for v in p.mean(axis=0)], "ssim": [float(v) for v in s.mean(axis=0)],
         "psnr_step1": float(p[:, 0].mean()), "psnr_mean": float(p.mean()), "ssim_mean": float(s.mean()),
         "ae_psnr": ae_psnr,
         "action_following": {"generated": acc_gen, "real": acc_real,
-                             "ratio": acc_gen / acc_real if acc_real > 0 else 0.0, "idm": idm_note},
+                             "ratio": acc_gen / acc_real if acc_real > 0 else 0.0, "idm": idm_note,
+                             "generated_by_step": gen_by_step, "real_by_step": real_by_step},
         "steps": args.steps, "guidance": args.guidance, "context": context, "horizon": args.horizon,
         "context_noise": sess.context_noise, "episodes": len({e for e, _ in wins}), "rollouts": len(wins),
         "frames": int(gen.shape[0] * gen.shape[1]), "model": str(ckpt.path), "data": str(args.data),
