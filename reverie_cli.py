@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train.cli", "train the autoencoder (ae), world model (wm) or inverse-dynamics model (idm)"),
     "eval": ("train.evaluate", "score a checkpoint on held-out episodes (PSNR, SSIM, action following)"),
     "bench": ("engine.bench", "measure frames/s and frame times of the real-time session"),
+    "export": ("export.cli", "write a model's real-time step as ONNX graphs (for the onnxruntime backend)"),
 }
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from engine.checkpoint import CheckpointError, atomic_write_text
-from engine.session import DEFAULT_MODEL, Session, SessionError
+from engine.session import DEFAULT_MODEL, Session, SessionError, default_backend
 
 
 def machine(device: torch.device, threads: int) -> dict:
@@ -72,14 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="reverie bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
     p.add_argument("--preset", default=None, help="benchmark random weights of this preset instead of a model")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
+                   help="auto (default): onnxruntime on CPU where installed, torch on CUDA")
     p.add_argument("--device", default="cpu")
     p.add_argument("--frames", type=int, default=300, help="timed frames (default 300)")
     p.add_argument("--warmup", type=int, default=30, help="untimed frames first (default 30)")
     p.add_argument("--batch", type=int, default=1, help="worlds stepped together")
     p.add_argument("--steps", type=int, default=1, help="sampling steps per frame (1..4, default 1)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance (1.0: off)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads of torch / onnxruntime (default 2)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="transformer precision (auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--no-cuda-graph", action="store_true", help="run eagerly on CUDA")
@@ -101,15 +102,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bench(args: argparse.Namespace) -> dict:
-    if args.backend != "torch":
-        raise SessionError(f"backend {args.backend!r} is not built yet: 'reverie export' (ONNX Runtime, TensorRT) "
-                           "is planned; use --backend torch")
+    if args.backend == "tensorrt":
+        raise SessionError("backend 'tensorrt' is not built yet (TensorRT cannot be installed on the machines this "
+                           "was made on); use --backend onnxruntime on CPU or torch on CUDA")
     if args.frames < 1:
         raise ValueError("--frames must be >= 1")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SessionError("--device cuda asked for, but torch sees no CUDA device")
+    backend = args.backend
+    if backend == "auto":
+        backend = "torch" if args.preset else default_backend(device)
+    if backend == "onnxruntime" and args.preset:
+        raise SessionError("--preset runs random weights in memory on the torch backend; --backend onnxruntime "
+                           "needs a checkpoint (--model)")
+    export_s = 0.0
+    if backend == "onnxruntime":  # a first run exports the graphs once; that is not part of the cold start
+        from engine.checkpoint import load_checkpoint
+        from engine.ort_runtime import graphs_for
+
+        t_export = time.perf_counter()
+        graphs_for(load_checkpoint(args.model or DEFAULT_MODEL), args.batch)
+        export_s = time.perf_counter() - t_export
     t0 = time.perf_counter()
     if args.preset:
         sess = random_session(args.preset, args.device, args.batch, args.steps, args.guidance, args.dtype,
@@ -119,8 +134,9 @@ def bench(args: argparse.Namespace) -> dict:
         sess.reset(rng.integers(0, 256, (T, *sess.frame_shape), dtype=np.uint8))
         model_name = f"random {args.preset}"
     else:
-        sess = Session(args.model or DEFAULT_MODEL, device=args.device, batch=args.batch, steps=args.steps,
-                       guidance=args.guidance, dtype=args.dtype, cuda_graph=not args.no_cuda_graph)
+        sess = Session(args.model or DEFAULT_MODEL, backend=backend, device=args.device, batch=args.batch,
+                       steps=args.steps, guidance=args.guidance, dtype=args.dtype, cuda_graph=not args.no_cuda_graph,
+                       threads=args.threads)
         sess.reset()
         model_name = str(sess.checkpoint.path)
     actions = held_actions(sess.spec, args.warmup + args.frames + 50)
@@ -149,7 +165,7 @@ def bench(args: argparse.Namespace) -> dict:
         "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
         "mean_ms": float(ms.mean()), "max_ms": float(ms.max()), "cold_start_s": cold,
         "backbone_ms": float(bb), "head_ms": float(hd), "decode_ms": float(dc),
-        "device": str(device), "backend": args.backend, "batch": args.batch, "steps": args.steps,
+        "device": str(device), "backend": backend, "export_s": export_s, "batch": args.batch, "steps": args.steps,
         "guidance": args.guidance, "dtype": str(sess.dtype).replace("torch.", ""),
         "cuda_graph": sess.use_graphs, "frames": args.frames, "warmup": args.warmup, "model": model_name,
         "machine": machine(device, args.threads),

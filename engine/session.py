@@ -34,6 +34,19 @@ from engine.world_model import WorldModel, step_schedule
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default.safetensors"
 STATE_FORMAT = 1
 MAX_SAMPLING_STEPS = 4
+BACKENDS = ("torch", "onnxruntime")
+
+
+def default_backend(device: str | torch.device = "cpu") -> str:
+    """The fastest backend available for a device: ONNX Runtime on CPU where installed, else torch."""
+    if torch.device(device).type != "cpu":
+        return "torch"
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "onnxruntime"
 
 
 class SessionError(ValueError):
@@ -57,12 +70,15 @@ class Session:
                  context_noise: float | None = None, seed: int = 0, dtype: str = "auto", cuda_graph: bool = True,
                  threads: int | None = None, profile: bool = False, game: str | None = None,
                  models: tuple[Autoencoder, WorldModel, ActionSpec] | None = None):
-        if backend != "torch":
-            raise SessionError(f"backend {backend!r}: this Session runs the 'torch' backend; onnxruntime and "
-                               "tensorrt sessions come from 'reverie export'")
+        if backend == "auto":
+            backend = default_backend(device)
+        if backend not in BACKENDS:
+            raise SessionError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)} (tensorrt engines are "
+                               "not built yet)")
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
+        self.backend = backend
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise SessionError("device 'cuda' asked for, but torch sees no CUDA device")
         if models is None:
@@ -102,7 +118,25 @@ class Session:
         self.times = StepTimes()
         self.use_graphs = cuda_graph and self.device.type == "cuda"
         self._graphs: dict[Any, Any] = {}
+        self._ort = None
+        if backend == "onnxruntime":
+            self._ort = self._ort_runner(threads)
         self._alloc(seed)
+
+    def _ort_runner(self, threads: int | None):
+        from engine.ort_runtime import OrtRunner, OrtUnavailable
+
+        if self.device.type != "cpu":
+            raise SessionError("backend 'onnxruntime' runs on the CPU here; on CUDA use --backend torch (CUDA graphs)")
+        if self.dtype != torch.float32:
+            raise SessionError("backend 'onnxruntime' runs float32; leave dtype at auto or fp32")
+        if self.checkpoint is None or self.checkpoint.path is None:
+            raise SessionError("backend 'onnxruntime' needs a checkpoint file to export; models given in memory run "
+                               "on the torch backend")
+        try:
+            return OrtRunner(self.checkpoint, self.batch, threads or torch.get_num_threads())
+        except OrtUnavailable as e:
+            raise SessionError(str(e)) from None
 
     # ---- buffers ---------------------------------------------------------------------------------------------
     def _alloc(self, seed: int) -> None:
@@ -190,6 +224,8 @@ class Session:
 
     def _advance(self, z: torch.Tensor, actions: torch.Tensor) -> None:
         """Backbone pass over a new frame's latent z (B, C, h, w): append it to the ring cache, update h_last."""
+        if self._ort is not None:
+            return self._advance_ort(z, actions)
         c, wm = self.cfg, self.wm
         slot = self.frame_count.remainder(c.context_frames)
         write_index = slot * c.tokens_per_frame + self._token_offsets  # (N,)
@@ -206,6 +242,8 @@ class Session:
 
     def _predict(self, actions: torch.Tensor, steps: int, cfg_on: bool) -> None:
         """Head: sample the next latent into z_buf (S Euler steps, CFG as one batch of 2 when on)."""
+        if self._ort is not None:
+            return self._predict_ort(actions, steps, cfg_on)
         wm = self.wm
         noise = counter_normal(self.seed, self.counter, (self.cfg.tokens_per_frame, self.cfg.token_dim), stream=0)
         g = self.guidance_buf if cfg_on else 1.0
@@ -213,9 +251,48 @@ class Session:
         self.z_buf.copy_(wm.denormalize(wm.unpatchify(tokens)))
 
     def _decode(self) -> None:
+        if self._ort is not None:
+            (frames,) = self._ort.run("decode", {"z": self.z_buf.numpy()})
+            self.frame_buf.copy_(torch.from_numpy(frames))
+            return
         dec = self.ae.decoder
         x = dec(self.z_buf.to(next(dec.parameters()).dtype).contiguous(memory_format=self._memory_format))
         self.frame_buf.copy_(tensor_to_frames(x.float()))
+
+    # ---- the same three parts on ONNX Runtime (export.onnx documents the graphs) -------------------------------
+    def _advance_ort(self, z: torch.Tensor, actions: torch.Tensor) -> None:
+        c, wm, N = self.cfg, self.wm, self.cfg.tokens_per_frame
+        slot = int(self.frame_count) % c.context_frames
+        self.valid[:, slot] = False  # the frame in this slot leaves the window; the new one is attended in-graph
+        noise = counter_normal(self.seed, self.counter, tuple(z.shape[1:]), stream=1)
+        cos, sin = wm.rope.frames(self.frame_count.reshape(1))
+        h, k_new, v_new = self._ort.run("backbone", {
+            "z": np.ascontiguousarray(z.float().numpy()), "noise": noise.numpy(),
+            "actions": np.ascontiguousarray(actions.float().numpy()),
+            "level": np.full((self.batch,), self.context_noise, np.float32),
+            "cos": cos[0].contiguous().numpy(), "sin": sin[0].contiguous().numpy(),
+            "k_cache": self.k_cache.numpy(), "v_cache": self.v_cache.numpy(), "mask": self._mask().numpy()})
+        self.k_cache[:, :, :, slot * N:(slot + 1) * N] = torch.from_numpy(k_new)
+        self.v_cache[:, :, :, slot * N:(slot + 1) * N] = torch.from_numpy(v_new)
+        self.valid[:, slot] = True
+        self.h_last.copy_(torch.from_numpy(h))
+        self.frame_count.add_(1)
+        self.counter.add_(1)
+
+    def _predict_ort(self, actions: torch.Tensor, steps: int, cfg_on: bool) -> None:
+        wm = self.wm
+        x = counter_normal(self.seed, self.counter, (self.cfg.tokens_per_frame, self.cfg.token_dim), stream=0).numpy()
+        feeds = {"h": self.h_last.numpy(), "actions": np.ascontiguousarray(actions.float().numpy())}
+        if cfg_on:
+            feeds["guidance"] = np.full((1,), float(self.guidance), np.float32)
+        tau = 0.0
+        for j in step_schedule(steps, self.cfg.shortcut_levels):
+            d = 2.0 ** -j
+            feeds.update(x=x, tau=np.full((1,), tau, np.float32), level=np.full((1,), j, np.int64),
+                         d=np.full((1,), d, np.float32))
+            (x,) = self._ort.run("head_cfg" if cfg_on else "head", feeds)
+            tau += d
+        self.z_buf.copy_(wm.denormalize(wm.unpatchify(torch.from_numpy(x))))
 
     # ---- public API -----------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -1,1 +1,1 @@
-"""ONNX export of the runtime graphs and TensorRT engine builds (planned; no command yet)."""
+"""ONNX export of the real-time step graphs (`reverie export`); TensorRT engine builds are planned."""

@@ -42,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     m.add_argument("--model", type=Path, default=None, metavar="CKPT",
                    help="world-model checkpoint (.safetensors from 'reverie train wm'; default: the shipped model)")
-    m.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt"),
-                   help="runtime backend (default torch)")
+    m.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
+                   help="runtime backend (default auto: onnxruntime on CPU where installed, torch on CUDA)")
     m.add_argument("--device", default="auto", help="cpu | cuda | auto (default: cuda where available)")
     m.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="model precision (default auto: fp32 on CPU, bf16 on CUDA)")
@@ -139,7 +139,7 @@ def make_world(a: argparse.Namespace, say) -> tuple[Any, dict[str, Any]]:
     ckpt = load_checkpoint(model_path)
     session = Session(ckpt, backend=a.backend, device=device, steps=a.steps, guidance=a.guidance, dtype=a.dtype,
                       threads=threads, profile=a.headless or a.json is not None)
-    world = ModelWorld(session, env_id=checkpoint_env_id(ckpt), seed=a.seed, backend=a.backend)
+    world = ModelWorld(session, env_id=checkpoint_env_id(ckpt), seed=a.seed, backend=session.backend)
     if world.warning:
         say(f"warning: no real game to start from ({world.warning}); starting from a mid-grey frame, and Tab has no "
             "real game to show")

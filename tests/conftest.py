@@ -1,10 +1,13 @@
 """Test settings: one torch thread (two cores are shared by the suite; oversubscription is far slower)."""
 
 import os
+import tempfile
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# ONNX graphs exported by onnxruntime sessions go to a throwaway cache, not the user's ~/.cache
+os.environ.setdefault("REVERIE_CACHE", tempfile.mkdtemp(prefix="reverie-test-cache-"))
 
 import torch  # noqa: E402
 

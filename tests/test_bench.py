@@ -32,13 +32,13 @@ def run_bench(args: list[str]) -> int:
     return reverie_cli.main(["bench", *args])
 
 
-def check_result(result: dict, batch: int, steps: int) -> None:
+def check_result(result: dict, batch: int, steps: int, backend: str = "torch") -> None:
     missing = [k for k in REQUIRED if k not in result]
     assert not missing, f"bench JSON lacks {missing}"
     for k in POSITIVE:
         assert isinstance(result[k], (int, float)) and math.isfinite(result[k]) and result[k] > 0, (k, result[k])
     assert result["p99_ms"] >= result["p50_ms"]
-    assert (result["device"], result["backend"], result["batch"], result["steps"]) == ("cpu", "torch", batch, steps)
+    assert (result["device"], result["backend"], result["batch"], result["steps"]) == ("cpu", backend, batch, steps)
     machine = result["machine"]
     assert machine["threads"] == 1 and machine["cpu"] and machine["torch"] == torch.__version__
 
@@ -58,14 +58,17 @@ def test_bench_checkpoint_batch_and_steps(tmp_path):
     assert run_bench(["--model", str(ckpt), "--batch", "2", "--steps", "1", "--guidance", "1.5", *QUICK,
                       "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    check_result(result, batch=2, steps=1)
+    check_result(result, batch=2, steps=1, backend="onnxruntime")  # auto: the CPU's fastest backend
     assert result["model"] == str(ckpt)
     assert result["guidance"] == 1.5
+    assert run_bench(["--model", str(ckpt), "--backend", "torch", *QUICK, "--json", str(out)]) == 0
+    check_result(json.loads(out.read_text()), batch=1, steps=1, backend="torch")
 
 
 @pytest.mark.parametrize("args,message", [
     (["--preset", "tiny", "--backend", "tensorrt"], "tensorrt"),
     (["--model", "missing.safetensors"], "missing.safetensors"),
+    (["--preset", "tiny", "--backend", "onnxruntime"], "checkpoint"),
     (["--preset", "tiny", "--frames", "0"], "--frames"),
     (["--preset", "tiny", "--steps", "0"], "steps"),
 ])

@@ -1,0 +1,86 @@
+"""The ONNX Runtime backend of engine.Session: the step's three graphs run whole in ONNX Runtime on the CPU.
+
+On a small CPU the PyTorch step is dominated by per-operator dispatch (hundreds of small ops a frame); ONNX
+Runtime runs each graph as one call with fused kernels and releases the GIL for all of it, which also keeps a play
+window's main thread responsive. The graphs come from `export.onnx` (`reverie export`); a Session asked for this
+backend finds them in the cache (REVERIE_CACHE, default ~/.cache/reverie) under the checkpoint's sha256 and batch,
+and exports them there once when they are missing (a few seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from engine.checkpoint import Checkpoint
+
+
+class OrtUnavailable(RuntimeError):
+    """onnxruntime (or the exporter) is not installed."""
+
+
+def cache_root() -> Path:
+    env = os.environ.get("REVERIE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "reverie"
+
+
+def graphs_for(ckpt: Checkpoint, batch: int, quiet: bool = False) -> Path:
+    """The folder of exported graphs for this checkpoint file and batch, exporting them once if needed."""
+    from export.onnx import GRAPHS, MANIFEST, export_onnx, file_sha256
+
+    sha = file_sha256(ckpt.path)
+    folder = cache_root() / "onnx" / f"{sha[:20]}-b{batch}"
+    try:
+        man = json.loads((folder / MANIFEST).read_text())
+        if man.get("sha256") == sha and man.get("batch") == batch and \
+                all((folder / f"{g}.onnx").is_file() for g in GRAPHS):
+            return folder
+    except (OSError, ValueError):
+        pass
+    if not quiet:
+        print(f"reverie: exporting {ckpt.path.name} to ONNX for batch {batch} (once; cached in {folder})",
+              file=sys.stderr)
+    return export_onnx(ckpt.path, folder, batch=batch)
+
+
+class OrtRunner:
+    """Inference sessions of the four graphs with the thread settings of the caller."""
+
+    def __init__(self, ckpt: Checkpoint, batch: int, threads: int, folder: str | os.PathLike | None = None,
+                 quiet: bool = False):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise OrtUnavailable("backend 'onnxruntime' needs the onnxruntime package: pip install onnxruntime "
+                                 "(or the project's [play] extra)") from None
+        try:
+            import onnx  # noqa: F401  (the exporter writes through it)
+        except ImportError:
+            if folder is None:
+                raise OrtUnavailable("backend 'onnxruntime' exports the model first, which needs the onnx package: "
+                                     "pip install onnx") from None
+        self.folder = Path(folder) if folder is not None else graphs_for(ckpt, batch, quiet=quiet)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = max(1, int(threads))
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # worker threads sleep between calls instead of spinning: on a small CPU a spinning pool takes the core the
+        # window (or the other half of the step) needs
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.threads = so.intra_op_num_threads
+        self.sessions = {}
+        for name in ("backbone", "head", "head_cfg", "decode"):
+            path = self.folder / f"{name}.onnx"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: missing; export the model again with 'reverie export'")
+            self.sessions[name] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+    def run(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.sessions[name].run(None, feeds)

@@ -1,0 +1,136 @@
+"""The ONNX Runtime backend and `reverie export`: the exported step graphs reproduce the torch session (ring wrap,
+guidance, several sampling steps, batches, save-games), the export is cached per checkpoint, and bad requests give
+clear errors. Skipped where onnx / onnxruntime are not installed (the [export] extra)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from tiny_model import FRAME, SPEC, W, tiny_checkpoint
+
+pytest.importorskip("onnx", reason="onnx is not installed (pip install -e '.[export]')")
+pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[export]')")
+
+from engine.session import Session, SessionError, default_backend  # noqa: E402
+from export.cli import main as export_main  # noqa: E402
+
+LATENT_ATOL = 1e-4  # fp32, same math in two runtimes: kernels sum in different orders
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("ort") / "model.safetensors", start=3)
+
+
+def actions(n: int, batch: int | None = None, seed: int = 1) -> np.ndarray:
+    shape = (n, SPEC.size) if batch is None else (n, batch, SPEC.size)
+    return np.random.default_rng(seed).integers(0, 2, shape).astype(np.float32)
+
+
+def frames(T: int, seed: int = 0, batch: int | None = None) -> np.ndarray:
+    shape = (T, *FRAME) if batch is None else (batch, T, *FRAME)
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def run(session: Session, acts) -> tuple[np.ndarray, torch.Tensor]:
+    out, lat = [], []
+    for a in acts:
+        out.append(np.array(session.step(a), copy=True))
+        lat.append(session.latent.clone())
+    return np.stack(out), torch.stack(lat)
+
+
+@pytest.mark.parametrize("steps,guidance", [(1, 1.0), (2, 2.5), (3, 1.0), (4, 1.5)])
+def test_onnxruntime_rollout_equals_torch_through_ring_wrap(ckpt, steps, guidance):
+    kw = dict(steps=steps, guidance=guidance, threads=1)
+    a, b = Session(ckpt, backend="torch", **kw), Session(ckpt, backend="onnxruntime", **kw)
+    assert b.backend == "onnxruntime"
+    ctx, acts = frames(3), actions(3)
+    a.reset(ctx, acts, seed=4)
+    b.reset(ctx, acts, seed=4)
+    fa, la = run(a, actions(3 * W, seed=2))  # 3 W frames: every ring slot is replaced twice
+    fb, lb = run(b, actions(3 * W, seed=2))
+    assert torch.allclose(la, lb, atol=LATENT_ATOL), float((la - lb).abs().max())
+    assert np.abs(fa.astype(int) - fb).max() <= 1  # uint8 rounding of near-equal floats
+    assert torch.equal(a.valid, b.valid) and int(a.frame_count) == int(b.frame_count)
+    assert torch.allclose(a.k_cache, b.k_cache, atol=LATENT_ATOL)
+
+
+def test_onnxruntime_batch_and_changing_settings_between_frames(ckpt):
+    a = Session(ckpt, backend="torch", batch=2, threads=1)
+    b = Session(ckpt, backend="onnxruntime", batch=2, threads=1)
+    for s in (a, b):
+        s.reset(frames(2, batch=2), seed=[5, 9])
+    la, lb = [], []
+    for t, act in enumerate(actions(6, batch=2)):
+        for s, out in ((a, la), (b, lb)):
+            s.steps, s.guidance = 1 + t % 3, 1.0 + 0.5 * (t % 2)
+            s.step(act)
+            out.append(s.latent.clone())
+    assert torch.allclose(torch.stack(la), torch.stack(lb), atol=LATENT_ATOL)
+
+
+def test_onnxruntime_state_round_trip_and_fork(ckpt):
+    s = Session(ckpt, backend="onnxruntime", threads=1)
+    s.reset(seed=1)
+    run(s, actions(5))
+    saved = s.state()
+    other = s.fork()
+    first, _ = run(s, actions(4, seed=3))
+    s.load_state(saved)
+    again, _ = run(s, actions(4, seed=3))
+    branch, _ = run(other, actions(4, seed=3))
+    assert np.array_equal(first, again) and np.array_equal(first, branch)
+
+
+def test_export_is_cached_per_checkpoint_and_batch(ckpt, capsys):
+    from engine.checkpoint import load_checkpoint
+    from engine.ort_runtime import graphs_for
+
+    c = load_checkpoint(ckpt)
+    folder = graphs_for(c, 1)
+    stamp = (folder / "backbone.onnx").stat().st_mtime_ns
+    assert graphs_for(c, 1) == folder and (folder / "backbone.onnx").stat().st_mtime_ns == stamp  # not re-exported
+    assert graphs_for(c, 3) != folder
+    man = json.loads((folder / "manifest.json").read_text())
+    assert man["batch"] == 1 and man["game"] == SPEC.game and len(man["sha256"]) == 64
+    assert all(v is not None and v < 1e-3 for k, v in man["max_abs_error"].items() if k != "decode")
+
+
+def test_export_cli_writes_graphs_and_reports_bad_input(ckpt, tmp_path, capsys):
+    out = tmp_path / "graphs"
+    assert export_main(["--model", str(ckpt), "--out", str(out), "--batch", "2"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["backbone.onnx", "decode.onnx", "head.onnx", "head_cfg.onnx",
+                                                     "manifest.json"]
+    assert json.loads((out / "manifest.json").read_text())["batch"] == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+    capsys.readouterr()
+    assert export_main(["--model", str(tmp_path / "missing.safetensors")]) == 1
+    assert "missing.safetensors" in capsys.readouterr().err
+    ae_only = tiny_checkpoint(tmp_path / "ae.safetensors", with_wm=False)
+    assert export_main(["--model", str(ae_only)]) == 1
+    assert "without world-model weights" in capsys.readouterr().err
+    assert export_main(["--model", str(ckpt), "--format", "tensorrt"]) == 1
+    assert "TensorRT" in capsys.readouterr().err
+
+
+def test_onnxruntime_bad_requests_raise(ckpt):
+    from tiny_model import tiny_models
+
+    with pytest.raises(SessionError, match="fp32"):
+        Session(ckpt, backend="onnxruntime", dtype="bf16")
+    ae, wm = tiny_models()
+    with pytest.raises(SessionError, match="checkpoint file"):
+        Session(models=(ae, wm, SPEC), backend="onnxruntime", dtype="fp32")
+    with pytest.raises(SessionError, match="backend"):
+        Session(ckpt, backend="openvino")
+
+
+def test_auto_backend_picks_onnxruntime_on_cpu(ckpt):
+    assert default_backend("cpu") == "onnxruntime"
+    assert Session(ckpt, backend="auto", threads=1).backend == "onnxruntime"
+    assert os.environ.get("REVERIE_CACHE")  # conftest keeps the exports out of the user's cache
