@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=300, help="timed frames (default 300)")
     p.add_argument("--warmup", type=int, default=30, help="untimed frames first (default 30)")
     p.add_argument("--batch", type=int, default=1, help="worlds stepped together")
-    p.add_argument("--steps", type=int, default=1, help="sampling steps per frame (1..4, default 1)")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance (1.0: off)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps per frame, 1..4 (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance, 1.0 is off (default: "
+                                                                  "the model's)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads of torch / onnxruntime (default 2)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="transformer precision (auto: bf16 on CUDA, fp32 on CPU)")
@@ -165,8 +166,8 @@ def bench(args: argparse.Namespace) -> dict:
         "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
         "mean_ms": float(ms.mean()), "max_ms": float(ms.max()), "cold_start_s": cold,
         "backbone_ms": float(bb), "head_ms": float(hd), "decode_ms": float(dc),
-        "device": str(device), "backend": backend, "export_s": export_s, "batch": args.batch, "steps": args.steps,
-        "guidance": args.guidance, "dtype": str(sess.dtype).replace("torch.", ""),
+        "device": str(device), "backend": backend, "export_s": export_s, "batch": args.batch, "steps": sess.steps,
+        "guidance": sess.guidance, "dtype": str(sess.dtype).replace("torch.", ""),
         "cuda_graph": sess.use_graphs, "frames": args.frames, "warmup": args.warmup, "model": model_name,
         "machine": machine(device, args.threads),
     }

@@ -78,6 +78,8 @@ class WorldModelConfig:
     time_period: int = 4096             # temporal RoPE is exactly periodic in this many frames (ring positions)
     context_noise_max: float = 0.6      # training: per-frame context corruption level in [0, max]
     context_noise: float = 0.05         # run time: fixed small level
+    sampling_steps: int = 1             # run time: default head steps per frame (eval --write-model records it)
+    guidance: float = 1.0               # run time: default classifier-free guidance scale (likewise)
     action_dropout: float = 0.1         # p of the null action in the head (classifier-free guidance)
     shortcut_levels: int = 6            # step sizes d = 1, 1/2, ..., 1/2^(levels-1); index `levels` means d=0
     shortcut_fraction: float = 0.25     # share of each batch trained on the self-consistency target

@@ -66,7 +66,8 @@ class Session:
     """B worlds imagined by one model; see the module docstring."""
 
     def __init__(self, checkpoint: str | os.PathLike | Checkpoint | None = None, backend: str = "torch",
-                 device: str | torch.device = "cpu", batch: int = 1, steps: int = 1, guidance: float = 1.0,
+                 device: str | torch.device = "cpu", batch: int = 1, steps: int | None = None,
+                 guidance: float | None = None,
                  context_noise: float | None = None, seed: int = 0, dtype: str = "auto", cuda_graph: bool = True,
                  threads: int | None = None, profile: bool = False, game: str | None = None,
                  models: tuple[Autoencoder, WorldModel, ActionSpec] | None = None):
@@ -112,8 +113,9 @@ class Session:
             p.requires_grad_(False)
         self.frame_shape = (ae.cfg.height, ae.cfg.width, 3)
         self.context_noise = float(self.cfg.context_noise if context_noise is None else context_noise)
-        self._steps = self._check_steps(steps)
-        self.guidance = guidance
+        # None: the model's own run-time defaults (what `reverie eval --write-model` measured it with)
+        self._steps = self._check_steps(self.cfg.sampling_steps if steps is None else steps)
+        self.guidance = float(self.cfg.guidance if guidance is None else guidance)
         self.profile = profile
         self.times = StepTimes()
         self.use_graphs = cuda_graph and self.device.type == "cuda"

@@ -47,8 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", default="auto", help="cpu | cuda | auto (default: cuda where available)")
     m.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="model precision (default auto: fp32 on CPU, bf16 on CUDA)")
-    m.add_argument("--steps", type=int, default=1, help=f"sampling steps per frame, 1..{MAX_STEPS} (default 1)")
-    m.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1.0: off; default)")
+    m.add_argument("--steps", type=int, default=None,
+                   help=f"sampling steps per frame, 1..{MAX_STEPS} (default: the model's, 1 for the shipped one)")
+    m.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale, 1.0 is off (default: the model's)")
     m.add_argument("--threads", type=int, default=None,
                    help=f"torch threads on CPU (default: cores - 1, at most 4; here {default_threads()})")
     m.add_argument("--seed", type=int, default=0, help="seed of the real game's start and the autopilot")
@@ -82,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     """Reject bad flag values with argparse's usage error (exit code 2)."""
-    if not 1 <= a.steps <= MAX_STEPS:
+    if a.steps is not None and not 1 <= a.steps <= MAX_STEPS:
         p.error(f"--steps must be 1..{MAX_STEPS}, got {a.steps}")
     if a.scale < 0:
         p.error(f"--scale must be a positive integer, got {a.scale}")

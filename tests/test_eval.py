@@ -127,6 +127,21 @@ def test_eval_write_model_stores_the_metrics(trained, tmp_path):
                 assert torch.equal(ck.tensors[part][k], v)
 
 
+def test_eval_write_model_makes_the_evaluated_settings_the_models_defaults(trained, tmp_path):
+    from engine.session import Session
+
+    out = tmp_path / "g2.safetensors"
+    r = run_eval(trained, tmp_path / "o.json", "--write-model", out, "--steps", "2", "--guidance", "2.0")
+    assert (r["steps"], r["guidance"]) == (2, 2.0)
+    ck = load_checkpoint(out)
+    assert (ck.config.world_model.sampling_steps, ck.config.world_model.guidance) == (2, 2.0)
+    s = Session(out)
+    assert (s.steps, s.guidance) == (2, 2.0)          # what play and bench run with no flags
+    s = Session(out, steps=1, guidance=1.0)
+    assert (s.steps, s.guidance) == (1, 1.0)          # flags still win
+    assert run_eval(trained, tmp_path / "again.json", model=out)["guidance"] == 2.0  # eval re-scores alike
+
+
 def test_eval_metrics_do_not_depend_on_batch(trained, tmp_path):
     one = run_eval(trained, tmp_path / "b1.json", "--batch", "1", "--horizon", "1")
     all_together = run_eval(trained, tmp_path / "b16.json", "--batch", "16", "--horizon", "1")

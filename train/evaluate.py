@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context", type=int, default=0, help="real frames that prime each rollout (default W/2)")
     p.add_argument("--json", required=True, help="where to write the metrics")
     p.add_argument("--plot", default=None, help="PNG of PSNR vs horizon (default: beside --json)")
-    p.add_argument("--steps", type=int, default=1, help="sampling steps (default 1)")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1.0)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the "
+                                                                  "model's; 1.0 is off)")
     p.add_argument("--context-noise", type=float, default=None, help="run-time context noise (default: model's)")
     p.add_argument("--idm", default=None, help="inverse-dynamics checkpoint (default: the model's own 'idm' part)")
     p.add_argument("--idm-steps", type=int, default=150,
@@ -170,7 +171,7 @@ def evaluate(args: argparse.Namespace) -> int:
         "action_following": {"generated": acc_gen, "real": acc_real,
                              "ratio": acc_gen / acc_real if acc_real > 0 else 0.0, "idm": idm_note,
                              "generated_by_step": gen_by_step, "real_by_step": real_by_step},
-        "steps": args.steps, "guidance": args.guidance, "context": context, "horizon": args.horizon,
+        "steps": sess.steps, "guidance": sess.guidance, "context": context, "horizon": args.horizon,
         "context_noise": sess.context_noise, "episodes": len({e for e, _ in wins}), "rollouts": len(wins),
         "frames": int(gen.shape[0] * gen.shape[1]), "model": str(ckpt.path), "data": str(args.data),
         "device": str(device), "seconds": time.perf_counter() - t_start,
@@ -191,8 +192,9 @@ def evaluate(args: argparse.Namespace) -> int:
         keep = ("psnr_step1", "psnr_mean", "ssim_mean", "ae_psnr", "action_following", "steps", "guidance",
                 "context", "horizon", "context_noise", "episodes", "rollouts", "data")
         metrics = {**ckpt.metrics, "eval": {k: result[k] for k in keep}}
-        if args.context_noise is not None:  # the evaluated run-time setting becomes the model's default
-            ckpt.config.world_model.context_noise = args.context_noise
+        # the evaluated run-time settings become the model's defaults
+        wcfg = ckpt.config.world_model
+        wcfg.context_noise, wcfg.sampling_steps, wcfg.guidance = sess.context_noise, sess.steps, sess.guidance
         save_checkpoint(args.write_model, kind=ckpt.kind, config=ckpt.config, action_spec=ckpt.action_spec,
                         parts=ckpt.tensors, data=ckpt.data, metrics=metrics, extra=ckpt.extra, half=args.half)
     print(f"psnr step 1 {result['psnr_step1']:.2f} dB, mean over {args.horizon} {result['psnr_mean']:.2f} dB, "
