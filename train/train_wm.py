@@ -125,7 +125,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     run_dir, device, dist_info = started
     ae = load_into(Autoencoder(cfg.autoencoder), ae_ckpt, "ae").to(device)
-    latents = encode_dataset(src, ae, device, run_dir.root / "latents.cache", fingerprint_of(src, ae_path))
+    cache, fp = run_dir.root / "latents.cache", fingerprint_of(src, ae_path)
+    if dist_info.world > 1:  # rank 0 encodes (or finds the cache); the other ranks then read its cache
+        import torch.distributed as tdist
+
+        if dist_info.main:
+            encode_dataset(src, ae, device, cache, fp)
+        tdist.barrier()
+    latents = encode_dataset(src, ae, device, cache, fp)
     model = WorldModel(cfg.world_model).to(device)
     allz = torch.cat([z.float() for z in latents])                     # (sum T, C, h, w)
     model.latent_mean.copy_(allz.mean(dim=(0, 2, 3)))
