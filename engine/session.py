@@ -158,6 +158,7 @@ class Session:
         self.frame_buf = torch.zeros(B, *self.frame_shape, dtype=torch.uint8, device=dev)
         self._token_offsets = torch.arange(N, device=dev)
         self.primed = False
+        self._pending = False  # a deferred backbone pass (step(..., defer_update=True)) has not run yet
 
     def _seeds(self, seed: int | Sequence[int]) -> torch.Tensor:
         if isinstance(seed, (int, np.integer)):
@@ -326,6 +327,7 @@ class Session:
             acts = torch.from_numpy(np.array(arr, dtype=np.float32))
         if seed is not None:
             self.seed.copy_(self._seeds(seed))
+        self._pending = False
         self.k_cache.zero_()
         self.v_cache.zero_()
         self.valid.zero_()
@@ -342,30 +344,55 @@ class Session:
         return self._out()
 
     @torch.no_grad()
-    def step(self, action: Any) -> np.ndarray:
-        """Advance every world by one frame under `action`; returns (H, W, 3) uint8, or (B, H, W, 3)."""
+    def step(self, action: Any, defer_update: bool = False) -> np.ndarray:
+        """Advance every world by one frame under `action`; returns (H, W, 3) uint8, or (B, H, W, 3).
+
+        With `defer_update` the frame comes back before the backbone pass that appends it to the context; that pass
+        then runs in finish(), which a front end calls after showing the frame (the next step, state() and save()
+        call it too), so the player sees the frame sooner by the backbone's time.
+        """
         if not self.primed:
             raise SessionError("call reset(frames) before step()")
-        self.action_buf.copy_(self._actions(action).to(self.device))
+        action = self._actions(action).to(self.device)
+        self.finish()
+        self.action_buf.copy_(action)
         cfg_on = float(self.guidance) != 1.0
         if cfg_on:
             self.guidance_buf.fill_(float(self.guidance))
         if self.use_graphs:
-            self._run_graphs(self._steps, cfg_on)
+            self._run_graphs(self._steps, cfg_on, defer_update)
         elif self.profile:
             t0 = time.perf_counter()
             self._predict(self.action_buf, self._steps, cfg_on)
             t1 = time.perf_counter()
             self._decode()
             t2 = time.perf_counter()
-            self._advance(self.z_buf, self.action_buf)
-            t3 = time.perf_counter()
-            self.times = StepTimes((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+            self.times.head_ms, self.times.decode_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
+            if not defer_update:
+                self._advance(self.z_buf, self.action_buf)
+                self.times.backbone_ms = (time.perf_counter() - t2) * 1e3
         else:
             self._predict(self.action_buf, self._steps, cfg_on)
             self._decode()
-            self._advance(self.z_buf, self.action_buf)
+            if not defer_update:
+                self._advance(self.z_buf, self.action_buf)
+        self._pending = defer_update
         return self._out()
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        """Run the backbone pass a step(..., defer_update=True) left pending (nothing otherwise)."""
+        if not self._pending:
+            return
+        self._pending = False
+        if self.use_graphs:
+            self._graphs[self._pending_graphs][2].replay()
+        elif self.profile:
+            t0 = time.perf_counter()
+            self._advance(self.z_buf, self.action_buf)
+            self.times.backbone_ms = (time.perf_counter() - t0) * 1e3
+        else:
+            self._advance(self.z_buf, self.action_buf)
 
     def _out(self) -> np.ndarray:
         frames = self.frame_buf.to("cpu", copy=True).numpy()  # the buffer is rewritten by the next step
@@ -377,11 +404,16 @@ class Session:
         return self.z_buf
 
     # ---- CUDA graphs --------------------------------------------------------------------------------------------
-    def _run_graphs(self, steps: int, cfg_on: bool) -> None:
+    def _run_graphs(self, steps: int, cfg_on: bool, defer_update: bool = False) -> None:
         key = (steps, cfg_on)
         if key not in self._graphs:
             self._graphs[key] = self._capture(steps, cfg_on)
         graphs = self._graphs[key]
+        if defer_update:  # head and decode now, the backbone graph in finish()
+            self._pending_graphs = key
+            graphs[0].replay()
+            graphs[1].replay()
+            return
         if self.profile:
             ev = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
             ev[0].record()
@@ -418,6 +450,7 @@ class Session:
     # ---- save-games and branches ------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """The whole world as CPU tensors plus metadata: KV cache, ring validity, step count, noise counters."""
+        self.finish()
         return {"format": STATE_FORMAT, "game": self.spec.game, "config": self.wm.cfg.__dict__.copy(),
                 "batch": self.batch, "primed": self.primed,
                 "tensors": {k: getattr(self, k).detach().cpu().clone() for k in self._STATE}}
@@ -437,6 +470,7 @@ class Session:
             t = state["tensors"][k]
             getattr(self, k).copy_(t.to(self.device))
         self.primed = bool(state["primed"])
+        self._pending = False
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write state() to a .safetensors save-game (atomically)."""

@@ -81,7 +81,8 @@ class Window:
         self.input = InputState(self.keymap)
         self.stats = FrameStats(keep_all=cfg.headless or cfg.frames > 0)
         self.autopilot = Autopilot(self.keymap, cfg.seed) if cfg.autopilot else None
-        self.worker = Worker(self._advance, self.input.take, fps=cfg.fps, lockstep=cfg.lockstep, threads=cfg.threads)
+        self.worker = Worker(self._advance, self.input.take, fps=cfg.fps, lockstep=cfg.lockstep, threads=cfg.threads,
+                             after=getattr(world, "finish", None))
         human = cfg.human_dir is not None
         env_id = world.env_id if world.kind == "real" else model_env_id(world.spec.game)
         self.recorder = Recorder(cfg.human_dir if human else cfg.record_dir, env_id=env_id, spec=world.spec,

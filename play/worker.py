@@ -43,8 +43,8 @@ class Worker:
 
     def __init__(self, advance: Callable[[np.ndarray], tuple[Step, Any]],
                  take: Callable[[], tuple[np.ndarray, float]], fps: float = 0.0, lockstep: bool = False,
-                 threads: int | None = None):
-        self.advance, self.take = advance, take
+                 threads: int | None = None, after: Callable[[], None] | None = None):
+        self.advance, self.take, self.after = advance, take, after
         self.period = 1.0 / fps if fps and fps > 0 else 0.0
         self.lockstep = lockstep
         self.threads = threads
@@ -147,6 +147,8 @@ class Worker:
                 step, times = self.advance(action)
                 self.steps_taken += 1
                 self.publish(step, sampled_at, (time.perf_counter() - start) * 1e3, action, times)
+                if self.after is not None:  # work the frame does not wait for (the model's context update)
+                    self.after()
         except BaseException as e:  # shown by the window as one clear line; the window then closes
             with self.cond:
                 self.error = e

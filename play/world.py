@@ -167,13 +167,19 @@ class ModelWorld:
         return Step(frame, frames[-1] if self.game is not None else None)
 
     def step(self, action: np.ndarray) -> Step:
-        frame = self.session.step(action).copy()  # (H, W, 3); a copy, the next step overwrites the session's
+        # the frame comes back before the backbone pass that appends it to the context: finish() runs that pass
+        # once the frame is on its way to the screen
+        frame = self.session.step(action, defer_update=True).copy()  # (H, W, 3); the next step reuses the buffer
         twin = None
         if self.game is not None:
             if getattr(self.game, "done", False):
                 self.game.reset(None)
             twin, _ = self.game.step(action)
         return Step(frame, twin)
+
+    def finish(self) -> None:
+        """The deferred part of the last step (the model's backbone pass)."""
+        self.session.finish()
 
     def save(self, path: Path) -> None:
         """The model's world to `path` (session save-game); the real game beside it to `path`.game.json if it can."""

@@ -72,11 +72,11 @@ class CountingSession:
         self._step = session.step
         session.step = self.step
 
-    def step(self, action):
+    def step(self, action, **kw):
         self.calls.append(np.array(action, copy=True))
         if self.delay:
             time.sleep(self.delay)
-        return self._step(action)
+        return self._step(action, **kw)
 
 
 def model_window(ckpt: Path, tmp_path: Path, **kw) -> tuple[Window, CountingSession]:
@@ -227,7 +227,7 @@ def test_number_and_bracket_keys_set_steps_and_guidance(ckpt, tmp_path):
 def test_a_failing_model_step_closes_with_a_clear_error(ckpt, tmp_path):
     win, counter = model_window(ckpt, tmp_path, lockstep=False)
 
-    def broken(action):
+    def broken(action, **kw):
         raise RuntimeError("out of memory (simulated)")
     counter._step = broken
     with pytest.raises(PlayError, match="simulated"):

@@ -364,3 +364,24 @@ def test_long_run_is_finite_with_constant_memory():
     assert int(s.frame_count) == 2 + LONG_RUN_STEPS
     assert (s.k_cache.data_ptr(), s.v_cache.data_ptr(), s.z_buf.data_ptr()) == ptrs
     assert grown < RSS_GROWTH_LIMIT_MB, f"RSS grew {grown:.1f} MB over {LONG_RUN_STEPS - LONG_RUN_WARMUP} steps"
+
+
+def test_deferred_update_gives_the_same_world(models):
+    """step(defer_update=True) returns the frame before the backbone pass; finish() (or the next step, or state())
+    runs it, and the rollout is the same as with plain steps."""
+    a, b = make_session(models, steps=1), make_session(models, steps=1)
+    ctx = real_frames(2)
+    a.reset(ctx, seed=3)
+    b.reset(ctx, seed=3)
+    acts = random_actions(2 * W + 1)
+    for t, act in enumerate(acts):
+        fa = a.step(act)
+        fb = b.step(act, defer_update=True)
+        assert np.array_equal(fa, fb)
+        assert int(b.frame_count) == int(a.frame_count) - 1  # the pass is still pending
+        if t % 2:
+            b.finish()
+            assert int(b.frame_count) == int(a.frame_count)
+    sa, sb = a.state(), b.state()  # state() runs a pending pass first
+    for k in Session._STATE:
+        assert torch.equal(sa["tensors"][k], sb["tensors"][k]), k
