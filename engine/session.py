@@ -34,7 +34,7 @@ from engine.world_model import WorldModel, step_schedule
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default.safetensors"
 STATE_FORMAT = 1
 MAX_SAMPLING_STEPS = 4
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 
 def default_backend(device: str | torch.device = "cpu") -> str:
@@ -74,8 +74,7 @@ class Session:
         if backend == "auto":
             backend = default_backend(device)
         if backend not in BACKENDS:
-            raise SessionError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)} (tensorrt engines are "
-                               "not built yet)")
+            raise SessionError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
@@ -100,8 +99,8 @@ class Session:
         self.spec: ActionSpec = spec
         self.cfg = wm.cfg
         self.batch = batch
-        if dtype == "auto":
-            dtype = "bf16" if self.device.type == "cuda" else "fp32"
+        if dtype == "auto":  # exported graphs take float32 in and out (TensorRT picks fp16 kernels inside)
+            dtype = "bf16" if self.device.type == "cuda" and backend == "torch" else "fp32"
         self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
         dec_dtype = self.dtype if self.device.type == "cuda" else torch.float32  # CPU convs are slow in bf16
         self.ae = ae.to(self.device).eval()
@@ -120,10 +119,27 @@ class Session:
         self.times = StepTimes()
         self.use_graphs = cuda_graph and self.device.type == "cuda"
         self._graphs: dict[Any, Any] = {}
-        self._ort = None
+        self._runner: Any = None  # the exported graphs' runtime (onnxruntime or TensorRT), None on torch
         if backend == "onnxruntime":
-            self._ort = self._ort_runner(threads)
+            self._runner = self._ort_runner(threads)
+        elif backend == "tensorrt":
+            self._runner = self._trt_runner()
         self._alloc(seed)
+
+    def _trt_runner(self):
+        from engine.trt_runtime import TrtRunner, TrtUnavailable
+
+        if self.checkpoint is None or self.checkpoint.path is None:
+            raise SessionError("backend 'tensorrt' needs a checkpoint file to export; models given in memory run "
+                               "on the torch backend")
+        if self.dtype != torch.float32:
+            raise SessionError("backend 'tensorrt' takes float32 in and out (it runs fp16 kernels inside); leave "
+                               "dtype at auto or fp32")
+        self.use_graphs = False
+        try:
+            return TrtRunner(self.checkpoint, self.batch, self.device, precision="fp16")
+        except TrtUnavailable as e:
+            raise SessionError(str(e)) from None
 
     def _ort_runner(self, threads: int | None):
         from engine.ort_runtime import OrtRunner, OrtUnavailable
@@ -227,8 +243,8 @@ class Session:
 
     def _advance(self, z: torch.Tensor, actions: torch.Tensor) -> None:
         """Backbone pass over a new frame's latent z (B, C, h, w): append it to the ring cache, update h_last."""
-        if self._ort is not None:
-            return self._advance_ort(z, actions)
+        if self._runner is not None:
+            return self._advance_graph(z, actions)
         c, wm = self.cfg, self.wm
         slot = self.frame_count.remainder(c.context_frames)
         write_index = slot * c.tokens_per_frame + self._token_offsets  # (N,)
@@ -245,8 +261,8 @@ class Session:
 
     def _predict(self, actions: torch.Tensor, steps: int, cfg_on: bool) -> None:
         """Head: sample the next latent into z_buf (S Euler steps, CFG as one batch of 2 when on)."""
-        if self._ort is not None:
-            return self._predict_ort(actions, steps, cfg_on)
+        if self._runner is not None:
+            return self._predict_graph(actions, steps, cfg_on)
         wm = self.wm
         noise = counter_normal(self.seed, self.counter, (self.cfg.tokens_per_frame, self.cfg.token_dim), stream=0)
         g = self.guidance_buf if cfg_on else 1.0
@@ -254,48 +270,54 @@ class Session:
         self.z_buf.copy_(wm.denormalize(wm.unpatchify(tokens)))
 
     def _decode(self) -> None:
-        if self._ort is not None:
-            (frames,) = self._ort.run("decode", {"z": self.z_buf.numpy()})
-            self.frame_buf.copy_(torch.from_numpy(frames))
+        if self._runner is not None:
+            (frames,) = self._run_graph("decode", {"z": self.z_buf})
+            self.frame_buf.copy_(frames)
             return
         dec = self.ae.decoder
         x = dec(self.z_buf.to(next(dec.parameters()).dtype).contiguous(memory_format=self._memory_format))
         self.frame_buf.copy_(tensor_to_frames(x.float()))
 
-    # ---- the same three parts on ONNX Runtime (export.onnx documents the graphs) -------------------------------
-    def _advance_ort(self, z: torch.Tensor, actions: torch.Tensor) -> None:
-        c, wm, N = self.cfg, self.wm, self.cfg.tokens_per_frame
+    # ---- the same three parts as exported graphs (export.onnx documents them): onnxruntime or TensorRT --------
+    def _run_graph(self, name: str, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        if self.backend == "onnxruntime":  # CPU tensors share memory with the numpy arrays onnxruntime reads
+            outs = self._runner.run(name, {k: np.ascontiguousarray(v.numpy()) for k, v in feeds.items()})
+            return [torch.from_numpy(o) for o in outs]
+        # TensorRT writes into reused output buffers; a copy keeps an output that feeds the next call (the head's x)
+        # from being read and written by the same enqueue
+        return [o.clone() for o in self._runner.run(name, feeds)]
+
+    def _advance_graph(self, z: torch.Tensor, actions: torch.Tensor) -> None:
+        c, wm, N, dev = self.cfg, self.wm, self.cfg.tokens_per_frame, self.device
         slot = int(self.frame_count) % c.context_frames
         self.valid[:, slot] = False  # the frame in this slot leaves the window; the new one is attended in-graph
         noise = counter_normal(self.seed, self.counter, tuple(z.shape[1:]), stream=1)
         cos, sin = wm.rope.frames(self.frame_count.reshape(1))
-        h, k_new, v_new = self._ort.run("backbone", {
-            "z": np.ascontiguousarray(z.float().numpy()), "noise": noise.numpy(),
-            "actions": np.ascontiguousarray(actions.float().numpy()),
-            "level": np.full((self.batch,), self.context_noise, np.float32),
-            "cos": cos[0].contiguous().numpy(), "sin": sin[0].contiguous().numpy(),
-            "k_cache": self.k_cache.numpy(), "v_cache": self.v_cache.numpy(), "mask": self._mask().numpy()})
-        self.k_cache[:, :, :, slot * N:(slot + 1) * N] = torch.from_numpy(k_new)
-        self.v_cache[:, :, :, slot * N:(slot + 1) * N] = torch.from_numpy(v_new)
+        h, k_new, v_new = self._run_graph("backbone", {
+            "z": z.float(), "noise": noise, "actions": actions.float(),
+            "level": torch.full((self.batch,), self.context_noise, device=dev), "cos": cos[0].float(),
+            "sin": sin[0].float(), "k_cache": self.k_cache, "v_cache": self.v_cache, "mask": self._mask()})
+        self.k_cache[:, :, :, slot * N:(slot + 1) * N] = k_new
+        self.v_cache[:, :, :, slot * N:(slot + 1) * N] = v_new
         self.valid[:, slot] = True
-        self.h_last.copy_(torch.from_numpy(h))
+        self.h_last.copy_(h)
         self.frame_count.add_(1)
         self.counter.add_(1)
 
-    def _predict_ort(self, actions: torch.Tensor, steps: int, cfg_on: bool) -> None:
-        wm = self.wm
-        x = counter_normal(self.seed, self.counter, (self.cfg.tokens_per_frame, self.cfg.token_dim), stream=0).numpy()
-        feeds = {"h": self.h_last.numpy(), "actions": np.ascontiguousarray(actions.float().numpy())}
+    def _predict_graph(self, actions: torch.Tensor, steps: int, cfg_on: bool) -> None:
+        wm, dev = self.wm, self.device
+        x = counter_normal(self.seed, self.counter, (self.cfg.tokens_per_frame, self.cfg.token_dim), stream=0)
+        feeds = {"h": self.h_last, "actions": actions.float()}
         if cfg_on:
-            feeds["guidance"] = np.full((1,), float(self.guidance), np.float32)
+            feeds["guidance"] = self.guidance_buf.reshape(1).float()
         tau = 0.0
         for j in step_schedule(steps, self.cfg.shortcut_levels):
             d = 2.0 ** -j
-            feeds.update(x=x, tau=np.full((1,), tau, np.float32), level=np.full((1,), j, np.int64),
-                         d=np.full((1,), d, np.float32))
-            (x,) = self._ort.run("head_cfg" if cfg_on else "head", feeds)
+            feeds.update(x=x, tau=torch.full((1,), tau, device=dev), d=torch.full((1,), d, device=dev),
+                         level=torch.full((1,), j, dtype=torch.long, device=dev))
+            (x,) = self._run_graph("head_cfg" if cfg_on else "head", feeds)
             tau += d
-        self.z_buf.copy_(wm.denormalize(wm.unpatchify(torch.from_numpy(x))))
+        self.z_buf.copy_(wm.denormalize(wm.unpatchify(x)))
 
     # ---- public API -----------------------------------------------------------------------------------------------
     @torch.no_grad()

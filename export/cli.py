@@ -16,17 +16,16 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="reverie export", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="world-model checkpoint (default: the shipped model)")
-    p.add_argument("--format", default="onnx", choices=["onnx", "tensorrt"], help="what to build (default onnx)")
+    p.add_argument("--format", default="onnx", choices=["onnx", "tensorrt"],
+                   help="onnx (default), or tensorrt: also build TensorRT engines beside the graphs (CUDA GPU)")
+    p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "bf16"],
+                   help="TensorRT kernel precision (default fp16)")
     p.add_argument("--batch", type=int, default=1, help="worlds stepped together (the graphs have static shapes)")
     p.add_argument("--out", default=None, help="output folder (default: the onnxruntime backend's cache)")
     args = p.parse_args(argv)
     from engine.checkpoint import CheckpointError, load_checkpoint
     from engine.session import DEFAULT_MODEL
 
-    if args.format == "tensorrt":
-        print("reverie export: error: TensorRT engines are not built yet; export ONNX (--format onnx) and build an "
-              "engine from it with trtexec", file=sys.stderr)
-        return 1
     if args.batch < 1:
         print(f"reverie export: error: --batch must be >= 1, got {args.batch}", file=sys.stderr)
         return 1
@@ -46,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
             out = graphs_for(ckpt, args.batch, quiet=True)
         else:
             out = export_onnx(ckpt.path, Path(args.out), batch=args.batch)
+        if args.format == "tensorrt":
+            from engine.trt_runtime import build_engines
+
+            build_engines(out, args.precision)
     except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"reverie export: error: {e}", file=sys.stderr)
         return 1

@@ -134,3 +134,27 @@ def test_auto_backend_picks_onnxruntime_on_cpu(ckpt):
     assert default_backend("cpu") == "onnxruntime"
     assert Session(ckpt, backend="auto", threads=1).backend == "onnxruntime"
     assert os.environ.get("REVERIE_CACHE")  # conftest keeps the exports out of the user's cache
+
+
+def test_tensorrt_backend_matches_torch_on_cuda(ckpt):
+    """TensorRT engines from the exported graphs follow the torch session (fp16 kernels: loose tolerance)."""
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed (it cannot be on the CPU machines)")
+    if not torch.cuda.is_available():
+        pytest.skip("TensorRT needs a CUDA device")
+    a = Session(ckpt, backend="torch", device="cuda", dtype="fp32", cuda_graph=False)
+    b = Session(ckpt, backend="tensorrt", device="cuda")
+    for s in (a, b):
+        s.reset(seed=2)
+    _, la = run(a, actions(2 * W))
+    _, lb = run(b, actions(2 * W))
+    assert torch.allclose(la, lb, atol=5e-2), float((la - lb).abs().max())
+
+
+def test_tensorrt_backend_without_tensorrt_is_a_clear_error(ckpt):
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(SessionError, match="tensorrt"):
+            Session(ckpt, backend="tensorrt", device="cpu")
+    else:
+        pytest.skip("TensorRT is installed here")
