@@ -37,7 +37,8 @@ tail -n 1 "$W/idm.log"
 log "train wm (latents cached once, then windows of 16 frames)"
 $REVERIE train wm --data "$W/data/train" --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" \
   --out "$W/wm" --preset tiny --steps 1000000 --batch 32 --lr 4e-4 --time-limit "$(s 230 15)" \
-  --device "$DEVICE" --threads "$THREADS" --log-every 200 --save-every 1000000 --sample-every 0 --half
+  --device "$DEVICE" --threads "$THREADS" --log-every 200 --save-every 1000000 --sample-every 0 --half \
+  --rollout-iters 3 --rollout-fraction 0.5
 
 log "eval on held-out episodes"
 $REVERIE eval --model "$W/wm/model.safetensors" --data "$W/data/heldout" --horizon 16 --steps 2 \
