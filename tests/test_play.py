@@ -303,7 +303,7 @@ def test_hud_numbers_are_measured(ckpt, tmp_path):
             next_frame(win)
         fast = win.stats.summary()
         lines = list(win.hud.last_lines)
-        counter.delay = 0.04                              # a slower model
+        counter.delay = 0.1                               # a much slower model (clear of load noise)
         win.stats = FrameStats()
         for _ in range(8):
             next_frame(win)
@@ -312,10 +312,10 @@ def test_hud_numbers_are_measured(ckpt, tmp_path):
     finally:
         win.close()
     assert win.hud.last_lines != lines                    # frame counter and timings move
-    assert slow["p50_ms"] >= fast["p50_ms"] + 30
-    assert slow["step_ms"] >= 40 and slow["latency_ms"] >= 40
+    assert slow["p50_ms"] >= fast["p50_ms"] + 50
+    assert slow["step_ms"] >= 100 and slow["latency_ms"] >= 100
     assert 0 < slow["fps"] < fast["fps"]
-    assert hud_step_ms >= 40                              # what the HUD shows is the measured step time
+    assert hud_step_ms >= 100                             # what the HUD shows is the measured step time
 
 
 def screenshot(ckpt: Path, tmp_path: Path, held: int, frames: int = 8) -> np.ndarray:
