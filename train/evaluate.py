@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idm", default=None, help="inverse-dynamics checkpoint (default: the model's own 'idm' part)")
     p.add_argument("--idm-steps", type=int, default=150,
                    help="if no IDM is given or bundled, train one on --data for this many steps")
-    p.add_argument("--rollouts-per-episode", type=int, default=4)
+    p.add_argument("--rollouts-per-episode", type=int, default=8,
+                   help="evenly spaced windows per held-out episode (default 8)")
     p.add_argument("--episodes", type=int, default=0, help="use at most this many episodes (0: all)")
     p.add_argument("--batch", type=int, default=16, help="rollouts run together")
     p.add_argument("--device", default="cpu")
