@@ -23,6 +23,10 @@ $REVERIE record --env builtin:gems --agent scripted --episodes "$(s 160 3)" --st
   --out "$W/data/train" --seed 0 --workers "$WORKERS" --no-progress --overwrite
 $REVERIE record --env builtin:gems --agent scripted --episodes "$(s 16 2)" --steps 1000 --size 64 \
   --out "$W/data/heldout" --seed 1000000 --workers "$WORKERS" --no-progress --overwrite
+# random-agent play changes the action every 2-10 frames: it teaches the head to read a new action
+$REVERIE record --env builtin:gems --agent random --episodes "$(s 400 3)" --steps 1000 --size 64 \
+  --out "$W/data/random" --seed 2000 --workers "$WORKERS" --no-progress --overwrite
+mkdir -p "$W/data/mix" && ln -f "$W"/data/train/*.episode "$W"/data/random/*.episode "$W/data/mix/"
 
 log "train ae and idm (side by side)"
 $REVERIE train idm --data "$W/data/train" --out "$W/idm" --steps 100000 --batch 128 --lr 1e-3 \
@@ -35,10 +39,10 @@ wait $idm_pid || { cat "$W/idm.log"; exit 1; }
 tail -n 1 "$W/idm.log"
 
 log "train wm (latents cached once, then windows of 16 frames)"
-$REVERIE train wm --data "$W/data/train" --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" \
+$REVERIE train wm --data "$W/data/mix" --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" \
   --out "$W/wm" --preset tiny --steps 1000000 --batch 32 --lr 4e-4 --time-limit "$(s 230 15)" \
   --device "$DEVICE" --threads "$THREADS" --log-every 200 --save-every 1000000 --sample-every 0 --half \
-  --rollout-iters 3 --rollout-fraction 0.5
+  --rollout-iters "${ROLLOUT_ITERS:-0}"
 
 log "eval on held-out episodes"
 $REVERIE eval --model "$W/wm/model.safetensors" --data "$W/data/heldout" --horizon 16 --steps 2 \

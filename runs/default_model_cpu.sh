@@ -4,13 +4,14 @@
 #   bash runs/default_model_cpu.sh [WORKDIR]
 #
 # Stages: record (train: seeds 0..39, held out: seeds from 1000000), autoencoder and inverse-dynamics model side by
-# side on one core each, world model (time-limited), a fine-tune of it on its own rollouts (time-limited), eval on
+# side on one core each, world model (time-limited), a fine-tune of it on scripted + random-agent play, eval on
 # the held-out episodes, which also writes the shipped file WORKDIR/default.safetensors (float16 weights, eval
 # metrics and the evaluated sampling steps / guidance in its metadata). About 2.5 hours on 2 cores.
 set -euo pipefail
 W=${1:-runs/default_cpu}
 WM_MINUTES=${WM_MINUTES:-65}
-SF_MINUTES=${SF_MINUTES:-75}
+MIX_MINUTES=${MIX_MINUTES:-70}
+ROLLOUT_ITERS=${ROLLOUT_ITERS:-0}   # > 0: also train on the model's own rollouts (see README)
 STEPS=${STEPS:-1}
 GUIDANCE=${GUIDANCE:-1.0}
 mkdir -p "$W"
@@ -22,6 +23,9 @@ reverie record --env builtin:gems --agent scripted --episodes 40 --steps 1000 --
   --seed 0 --workers 2 --no-progress --overwrite
 reverie record --env builtin:gems --agent scripted --episodes 8 --steps 1000 --size 64 --out "$W/data/heldout" \
   --seed 1000000 --workers 2 --no-progress --overwrite
+reverie record --env builtin:gems --agent random --episodes 100 --steps 1000 --size 64 --out "$W/data/random" \
+  --seed 2000 --workers 2 --no-progress --overwrite
+mkdir -p "$W/data/mix" && ln -f "$W"/data/train/*.episode "$W"/data/random/*.episode "$W/data/mix/"
 
 log "train ae (32x32 crops) and idm, one thread each"
 reverie train idm --data "$W/data/train" --out "$W/idm" --steps 400 --batch 64 --lr 1e-3 --threads 1 \
@@ -37,13 +41,14 @@ OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 -m reverie_cli train 
   --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" --out "$W/wm" --preset tiny --steps 6000 --batch 16 \
   --lr 5e-4 --time-limit $((WM_MINUTES * 60)) --threads 1 --log-every 50 --save-every 250 --sample-every 1000 --half
 
-log "fine-tune wm on its own rollouts (half the windows see the model's 3-pass rollout as context; against drift)"
-OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 -m reverie_cli train wm --data "$W/data/train" \
-  --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" --out "$W/wm_sf" --preset tiny --steps 6000 \
-  --batch 16 --lr 4e-4 --warmup 50 --time-limit $((SF_MINUTES * 60)) --threads 1 --log-every 25 --save-every 250 \
-  --sample-every 1000 --half --init "$W/wm/model.safetensors" --rollout-iters 3 --rollout-fraction 0.5
+log "fine-tune wm on scripted + random-agent play: the random agent changes its action every 2-10 frames, which"
+log "teaches the head to read the new action instead of extrapolating the last one"
+OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 -m reverie_cli train wm --data "$W/data/mix" \
+  --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" --out "$W/wm_mix" --preset tiny --steps 8000 \
+  --batch 16 --lr 3e-4 --warmup 50 --time-limit $((MIX_MINUTES * 60)) --threads 1 --log-every 25 --save-every 250 \
+  --sample-every 1000 --half --init "$W/wm/model.safetensors" --rollout-iters "$ROLLOUT_ITERS"
 
 log "eval at the shipped settings (written into the model as its run-time defaults)"
-reverie eval --model "$W/wm_sf/model.safetensors" --data "$W/data/heldout" --horizon 16 --steps "$STEPS" \
+reverie eval --model "$W/wm_mix/model.safetensors" --data "$W/data/heldout" --horizon 16 --steps "$STEPS" \
   --guidance "$GUIDANCE" --threads 2 --json "$W/eval.json" --write-model "$W/default.safetensors" --half
 log "done"
