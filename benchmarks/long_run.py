@@ -30,11 +30,13 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=10_000)
     p.add_argument("--warmup", type=int, default=500)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                   help="with --model: the session's backend (default torch)")
     p.add_argument("--json", default="long_run.json")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     if a.model:
-        s = Session(a.model, steps=2)
+        s = Session(a.model, backend=a.backend, threads=a.threads)
         s.reset()
     else:
         s = random_session(a.preset, "cpu", 1, 2, 1.0, "fp32", False)
@@ -50,7 +52,8 @@ def main() -> None:
                 raise SystemExit(f"non-finite latent at frame {t + 1}")
             rss.append(round(rss_mb(), 2))
             print(f"frame {t + 1}: RSS {rss[-1]:.1f} MB", flush=True)
-    out = {"frames": a.frames, "seconds": time.perf_counter() - t0, "rss_after_warmup_mb": base, "rss_mb": rss,
+    out = {"backend": s.backend, "steps": s.steps, "guidance": s.guidance,
+           "frames": a.frames, "seconds": time.perf_counter() - t0, "rss_after_warmup_mb": base, "rss_mb": rss,
            "rss_growth_mb": rss[-1] - base if rss else 0.0, "finite": bool(torch.isfinite(s.latent).all()),
            "frame_count": int(s.frame_count)}
     print(json.dumps(out))
