@@ -11,6 +11,11 @@ Per frame: S head steps (1..4, changeable between frames) with classifier-free g
 cache of W frames. Every buffer is preallocated and every shape static, so memory does not grow with play time and
 on CUDA each part runs as a captured CUDA graph with no host sync inside. Noise is counter-based
 (engine.noise): each world has its own seed and counter, so a batch of B equals B single runs.
+
+Backends: "torch" (eager on CPU, CUDA graphs on GPU), "onnxruntime" (CPU: the three parts as exported ONNX graphs,
+engine.ort_runtime; about twice the torch step's speed on a small CPU), "tensorrt" (CUDA: engines built from the same
+graphs, engine.trt_runtime), "auto" (onnxruntime on CPU where installed, else torch). The ring cache, masks, noise
+and the Euler loop stay in torch for all of them, so save-games and forks work the same everywhere.
 """
 
 from __future__ import annotations
