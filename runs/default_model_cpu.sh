@@ -12,8 +12,8 @@ W=${1:-runs/default_cpu}
 WM_MINUTES=${WM_MINUTES:-65}
 MIX_MINUTES=${MIX_MINUTES:-70}
 ROLLOUT_ITERS=${ROLLOUT_ITERS:-0}   # > 0: also train on the model's own rollouts (see README)
-STEPS=${STEPS:-1}
-GUIDANCE=${GUIDANCE:-1.0}
+STEPS=${STEPS:-2}
+GUIDANCE=${GUIDANCE:-2.75}
 mkdir -p "$W"
 t0=$(date +%s)
 log() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
