@@ -385,3 +385,15 @@ def test_deferred_update_gives_the_same_world(models):
     sa, sb = a.state(), b.state()  # state() runs a pending pass first
     for k in Session._STATE:
         assert torch.equal(sa["tensors"][k], sb["tensors"][k]), k
+
+
+@pytest.mark.parametrize("stream,shape", [(0, (4, 64)), (1, (16, 4, 4))])
+def test_numpy_noise_matches_torch_noise(stream, shape):
+    from engine.noise import counter_normal_np
+
+    seed = torch.tensor([0, 7, 1_000_003 * 9 + 1, 2**40 + 3], dtype=torch.long)
+    counter = torch.tensor([0, 1, 99_999, 2**33], dtype=torch.long)
+    a = counter_normal(seed, counter, shape, stream=stream)
+    b = counter_normal_np(seed.numpy(), counter.numpy(), shape, stream=stream)
+    assert b.dtype == np.float32 and b.shape == tuple(a.shape)
+    np.testing.assert_allclose(b, a.numpy(), atol=1e-5)  # same integer hash; float32 log/cos may differ in an ulp
