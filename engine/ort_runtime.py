@@ -52,8 +52,7 @@ def graphs_for(ckpt: Checkpoint, batch: int, quiet: bool = False) -> Path:
 class OrtRunner:
     """Inference sessions of the four graphs with the thread settings of the caller."""
 
-    def __init__(self, ckpt: Checkpoint, batch: int, threads: int, folder: str | os.PathLike | None = None,
-                 quiet: bool = False):
+    def __init__(self, ckpt: Checkpoint, batch: int, threads: int):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -62,10 +61,11 @@ class OrtRunner:
         try:
             import onnx  # noqa: F401  (the exporter writes through it)
         except ImportError:
-            if folder is None:
-                raise OrtUnavailable("backend 'onnxruntime' exports the model first, which needs the onnx package: "
-                                     "pip install onnx") from None
-        self.folder = Path(folder) if folder is not None else graphs_for(ckpt, batch, quiet=quiet)
+            raise OrtUnavailable("backend 'onnxruntime' exports the model first, which needs the onnx package: "
+                                 "pip install onnx") from None
+        from export.onnx import GRAPHS
+
+        self.folder = graphs_for(ckpt, batch)
         so = ort.SessionOptions()
         so.intra_op_num_threads = max(1, int(threads))
         so.inter_op_num_threads = 1
@@ -76,7 +76,7 @@ class OrtRunner:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.threads = so.intra_op_num_threads
         self.sessions = {}
-        for name in ("backbone", "head", "head_cfg", "decode"):
+        for name in GRAPHS:
             path = self.folder / f"{name}.onnx"
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: missing; export the model again with 'reverie export'")

@@ -76,7 +76,9 @@ def build_engines(folder: Path, precision: str = "fp16", device: torch.device | 
     """Engines of the four exported graphs in `folder`, built where missing."""
     tag = engine_tag(precision, device or torch.device("cuda"))
     plans = []
-    for name in ("backbone", "head", "head_cfg", "decode"):
+    from export.onnx import GRAPHS
+
+    for name in GRAPHS:
         plan = folder / f"{name}.{tag}.plan"
         if not plan.is_file():
             build_engine(folder / f"{name}.onnx", plan, precision)
@@ -99,7 +101,9 @@ class TrtRunner:
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engines, self.contexts, self.outputs = {}, {}, {}
-        for name, plan in zip(("backbone", "head", "head_cfg", "decode"), plans):
+        from export.onnx import GRAPHS
+
+        for name, plan in zip(GRAPHS, plans):
             engine = self.runtime.deserialize_cuda_engine(plan.read_bytes())
             if engine is None:
                 raise RuntimeError(f"{plan}: TensorRT could not load this engine; delete it to rebuild")

@@ -152,10 +152,7 @@ class WorldModel(nn.Module):
         context = z
         n_own = int(round(B * cfg.rollout_fraction)) if cfg.rollout_iters > 0 else 0
         if n_own:  # the first n_own windows see the model's own frames as context; targets stay real
-            was_training = self.training
-            self.eval()
             own = self.own_rollout(z[:n_own], actions[:n_own], cfg.rollout_iters)
-            self.train(was_training)
             context = torch.cat([own, z[n_own:]])
         levels = cfg.context_noise_max * torch.rand(B, T, device=dev) ** 2  # (B, T), skewed to small
         z_ctx = self.corrupt(context, levels, torch.randn(z.shape, device=dev, dtype=z.dtype))  # layout-independent
