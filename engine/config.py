@@ -81,6 +81,8 @@ class WorldModelConfig:
     sampling_steps: int = 1             # run time: default head steps per frame (eval --write-model records it)
     guidance: float = 1.0               # run time: default classifier-free guidance scale (likewise)
     action_dropout: float = 0.1         # p of the null action in the head (classifier-free guidance)
+    backbone_actions: bool = True       # the backbone also reads the action that led to each frame; off: the
+                                        # action enters at the head only, where the frame it leads to is made
     shortcut_levels: int = 6            # step sizes d = 1, 1/2, ..., 1/2^(levels-1); index `levels` means d=0
     shortcut_fraction: float = 0.25     # share of each batch trained on the self-consistency target
     rollout_iters: int = 0              # training: Jacobi passes that replace context with the model's own frames

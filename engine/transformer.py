@@ -187,7 +187,13 @@ def block_causal_mask(frames: int, tokens_per_frame: int, device=None) -> torch.
 
 
 class Backbone(nn.Module):
-    """Block-causal transformer over frames; each frame's tokens carry its latent, action and context level."""
+    """Block-causal transformer over frames; each frame's tokens carry its latent, context level and (with
+    `backbone_actions`, the default) the action that led to it.
+
+    Without it the backbone reads frames only and the action enters at the head alone. Where an action's effect
+    shows in the frames it led to (the built-in game), the backbone then cannot offer the head the last action as
+    a shortcut that is right whenever the player holds a key and wrong exactly when the action changes.
+    """
 
     def __init__(self, cfg: WorldModelConfig):
         super().__init__()
@@ -195,13 +201,17 @@ class Backbone(nn.Module):
         self.cfg = cfg
         self.token_in = nn.Linear(cfg.token_dim, d)
         self.action_in = nn.Linear(cfg.action_dim, d)
+        if not cfg.backbone_actions:  # kept (the weight layout stays one for both), frozen: DDP wants no idle params
+            self.action_in.requires_grad_(False)
         self.level_in = ScalarEmbed(d)
         self.blocks = nn.ModuleList(BackboneBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.backbone_layers))
         self.norm_out = nn.LayerNorm(d)
 
     def embed(self, tokens: torch.Tensor, actions: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
         """tokens (B, T, N, Dt), actions (B, T, A), levels (B, T) -> (B, T, N, D)."""
-        cond = self.action_in(actions.to(self.token_in.weight.dtype)) + self.level_in(levels)  # (B, T, D)
+        cond = self.level_in(levels)  # (B, T, D)
+        if self.cfg.backbone_actions:
+            cond = cond + self.action_in(actions.to(self.token_in.weight.dtype))
         return self.token_in(tokens) + cond[:, :, None]
 
     def forward(self, tokens, actions, levels, rope: Rope3D, start: int = 0) -> torch.Tensor:

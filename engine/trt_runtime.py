@@ -100,7 +100,7 @@ class TrtRunner:
         self.device = device
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
-        self.engines, self.contexts, self.outputs = {}, {}, {}
+        self.engines, self.contexts, self.outputs, self.inputs = {}, {}, {}, {}
         from export.onnx import GRAPHS
 
         for name, plan in zip(GRAPHS, plans):
@@ -110,6 +110,9 @@ class TrtRunner:
             self.engines[name] = engine
             self.contexts[name] = engine.create_execution_context()
             self.outputs[name] = self._alloc_outputs(trt, engine)
+            # the exporter drops inputs a model does not read (the actions of a backbone without backbone_actions)
+            self.inputs[name] = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)
+                                 if engine.get_tensor_mode(engine.get_tensor_name(i)) == trt.TensorIOMode.INPUT}
 
     def _alloc_outputs(self, trt, engine) -> dict[str, torch.Tensor]:
         """Preallocated output tensors of an engine (static shapes), by name."""
@@ -125,7 +128,10 @@ class TrtRunner:
         """Run graph `name` on torch's current CUDA stream; returns its outputs (reused buffers) in ONNX order."""
         ctx = self.contexts[name]
         keep = []
+        used = self.inputs[name]
         for key, t in feeds.items():
+            if key not in used:
+                continue
             t = t.contiguous()
             keep.append(t)  # alive until the enqueue below has been issued
             ctx.set_tensor_address(key, t.data_ptr())

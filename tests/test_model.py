@@ -139,6 +139,27 @@ def test_world_model_loss_is_finite_scalar_with_per_sample_stats():
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
+def test_backbone_without_actions_reads_frames_only_and_the_head_still_reads_them():
+    """backbone_actions=False: the backbone's output does not depend on the actions (the head alone reads them),
+    its action weights stay in the layout but are frozen (no idle parameters for DDP), and training still moves
+    the head's action weights."""
+    wm = make_wm(backbone_actions=False).train()
+    z, actions, levels = window_inputs(wm, B=2, T=4)
+    assert torch.equal(full_pass(wm, z, actions, levels), full_pass(wm, z, 1 - actions, levels))
+    assert not full_pass(wm, z, actions, levels).equal(full_pass(wm, z + 0.1, actions, levels))
+    assert not any(p.requires_grad for p in wm.backbone.action_in.parameters())
+    with torch.no_grad():  # the head's zero-initialised output layers, random: gradients reach its inputs
+        for m in [blk.ada for blk in wm.head.blocks] + [wm.head.ada_out, wm.head.out]:
+            m.weight.normal_(std=0.1)
+    loss, _ = wm.loss(z, actions)
+    loss.backward()
+    assert all(p.grad is None for p in wm.backbone.action_in.parameters())
+    assert wm.head.action_tokens.weight.grad is not None and wm.head.action_tokens.weight.grad.abs().sum() > 0
+    on = make_wm(backbone_actions=True)  # the default reads them; same weight names either way
+    assert on.state_dict().keys() == wm.state_dict().keys()
+    assert not full_pass(on, z, actions, levels).equal(full_pass(on, z, 1 - actions, levels))
+
+
 def test_own_rollout_is_causal_keeps_frame0_and_deepens_per_pass():
     wm = make_wm(action_dropout=0.0)
     z, actions, _ = window_inputs(wm, B=2, T=4)

@@ -19,14 +19,15 @@ FRAME = (32, 32, 3)
 W = 4  # context frames (ring capacity)
 
 
-def tiny_config(spec: ActionSpec = SPEC, context_frames: int = W, time_period: int = 4096) -> ModelConfig:
+def tiny_config(spec: ActionSpec = SPEC, context_frames: int = W, time_period: int = 4096,
+                backbone_actions: bool = True) -> ModelConfig:
     cfg = ModelConfig.from_name("tiny", action_dim=spec.size)
     cfg.autoencoder = AutoencoderConfig(height=FRAME[0], width=FRAME[1], latent_channels=16,
                                         encoder_channels=(8, 8, 8), decoder_channels=(8, 8, 8))
     wm = cfg.world_model
     wm.latent_height = wm.latent_width = FRAME[0] // 8
     wm.d_model, wm.heads, wm.backbone_layers, wm.head_layers = 32, 2, 2, 1
-    wm.context_frames, wm.time_period = context_frames, time_period
+    wm.context_frames, wm.time_period, wm.backbone_actions = context_frames, time_period, backbone_actions
     cfg.validate()
     return cfg
 
@@ -51,9 +52,10 @@ def start_frames(T: int = 2, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (T, *FRAME), dtype=np.uint8)
 
 
-def tiny_checkpoint(path: str | Path, spec: ActionSpec = SPEC, with_wm: bool = True, start: int = 2) -> Path:
+def tiny_checkpoint(path: str | Path, spec: ActionSpec = SPEC, with_wm: bool = True, start: int = 2,
+                    **cfg_kwargs) -> Path:
     """A tiny random checkpoint with a built-in start state of `start` frames."""
-    ae, wm = tiny_models(spec=spec)
+    ae, wm = tiny_models(spec=spec, **cfg_kwargs)
     cfg = ModelConfig(name="test", autoencoder=ae.cfg, world_model=wm.cfg)
     parts = {"ae": ae.state_dict(), "start": {"frames": torch.from_numpy(start_frames(start)),
                                               "actions": torch.zeros(start, spec.size)}}

@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
                          "preset's)")
     pw.add_argument("--rollout-fraction", type=float, default=None,
                     help="share of windows whose context is the model's own rollout (default: the preset's, 0.5)")
+    pw.add_argument("--backbone-actions", choices=("on", "off"), default=None,
+                    help="whether the backbone also reads the action that led to each frame (off: the head alone "
+                         "reads actions; default: the preset's, on)")
     pi = sub.add_parser("idm", help="the inverse-dynamics model (action from two frames) used by eval")
     add_train_flags(pi, "idm")
     args = p.parse_args(argv)

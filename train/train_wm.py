@@ -70,9 +70,17 @@ def fingerprint_of(src: EpisodeSource, ae_path: Path) -> str:
 
 
 def warm_start_weights(path: str) -> dict[str, torch.Tensor]:
-    """World-model weights to start from: a checkpoint's 'wm' part, or a training state's model.state."""
+    """World-model weights to start from: a checkpoint's 'wm' part, or a training state's model.state (a state
+    folder, or a run folder or its state/ folder, whose manifest names the newest state)."""
     p = Path(path)
     if p.is_dir():
+        for man in (p / "manifest.json", p / "state" / "manifest.json"):
+            if man.is_file():
+                try:
+                    p = man.parent / json.loads(man.read_text())["latest"]
+                except (OSError, ValueError, KeyError, TypeError) as e:
+                    raise CheckpointError(f"{man}: unreadable manifest ({e})") from None
+                break
         p = p / "model.state"
     if p.suffix == ".state":
         from safetensors.torch import load_file
@@ -115,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
         cfg.world_model.context_frames = args.window
     if args.rollout_iters is not None:
         cfg.world_model.rollout_iters = args.rollout_iters
+    if args.backbone_actions is not None:
+        cfg.world_model.backbone_actions = args.backbone_actions == "on"
     if args.rollout_fraction is not None:
         cfg.world_model.rollout_fraction = args.rollout_fraction
     cfg.validate()
