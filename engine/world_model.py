@@ -2,7 +2,8 @@
 
 Data convention: latents z (from the autoencoder, normalised per channel) of frames x_0..x_{T-1}, and actions
 a_0..a_{T-1] where a_t is the action that led to frame t (null for an episode's first frame). The backbone reads
-(context-corrupted z_t, a_t, level_t) and gives h_t; the head predicts z_{t+1} from h_t and a_{t+1}.
+(context-corrupted z_t, a_t, level_t) and gives h_t; the head predicts z_{t+1} from h_t and a_{t+1}. With
+`backbone_actions` off the backbone reads no a_t (the frames show what it did) and the head alone reads actions.
 
 Flow convention (rectified flow, Liu et al. 2022): x_tau = (1 - tau) * noise + tau * data, velocity
 v = data - noise; tau = 0 is pure noise. The head also takes the step size d it will be integrated with

@@ -4,16 +4,19 @@
 #   bash runs/default_model_cpu.sh [WORKDIR]
 #
 # Stages: record (train: seeds 0..39, held out: seeds from 1000000), autoencoder and inverse-dynamics model side by
-# side on one core each, world model (time-limited), a fine-tune of it on scripted + random-agent play, eval on
-# the held-out episodes, which also writes the shipped file WORKDIR/default.safetensors (float16 weights, eval
-# metrics and the evaluated sampling steps / guidance in its metadata). About 2.5 hours on 2 cores.
+# side on one core each, world model (time-limited), a fine-tune of it on scripted + random-agent play, a second
+# and third with the action read by the head only (--backbone-actions off), eval on the held-out episodes, which also
+# writes the shipped file WORKDIR/default.safetensors (float16 weights, eval metrics and the evaluated sampling
+# steps / guidance in its metadata). About 4.5 hours on 2 cores.
 set -euo pipefail
 W=${1:-runs/default_cpu}
 WM_MINUTES=${WM_MINUTES:-65}
 MIX_MINUTES=${MIX_MINUTES:-70}
+FINAL_MINUTES=${FINAL_MINUTES:-60}
+POLISH_MINUTES=${POLISH_MINUTES:-40}
 ROLLOUT_ITERS=${ROLLOUT_ITERS:-0}   # > 0: also train on the model's own rollouts (see README)
-STEPS=${STEPS:-2}
-GUIDANCE=${GUIDANCE:-2.75}
+STEPS=${STEPS:-1}
+GUIDANCE=${GUIDANCE:-2.0}
 mkdir -p "$W"
 t0=$(date +%s)
 log() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
@@ -48,7 +51,21 @@ OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 -m reverie_cli train 
   --batch 16 --lr 3e-4 --warmup 50 --time-limit $((MIX_MINUTES * 60)) --threads 1 --log-every 25 --save-every 250 \
   --sample-every 1000 --half --init "$W/wm/model.safetensors" --rollout-iters "$ROLLOUT_ITERS"
 
+log "fine-tune again with the action at the head only: the backbone no longer offers the last action, which the"
+log "head copied whenever the player held a key and got wrong exactly when the action changed"
+OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 -m reverie_cli train wm --data "$W/data/mix" \
+  --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" --out "$W/wm_final" --preset tiny --steps 8000 \
+  --batch 16 --lr 3e-4 --warmup 50 --time-limit $((FINAL_MINUTES * 60)) --threads 1 --log-every 25 \
+  --save-every 250 --sample-every 1000 --half --init "$W/wm_mix/state" --backbone-actions off \
+  --rollout-iters "$ROLLOUT_ITERS"
+log "and once more at a third of the learning rate"
+OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 -m reverie_cli train wm --data "$W/data/mix" \
+  --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" --out "$W/wm_polish" --preset tiny --steps 8000 \
+  --batch 16 --lr 1e-4 --warmup 20 --time-limit $((POLISH_MINUTES * 60)) --threads 1 --log-every 25 \
+  --save-every 250 --sample-every 1000 --half --init "$W/wm_final/state" --backbone-actions off \
+  --rollout-iters "$ROLLOUT_ITERS"
+
 log "eval at the shipped settings (written into the model as its run-time defaults)"
-reverie eval --model "$W/wm_mix/model.safetensors" --data "$W/data/heldout" --horizon 16 --steps "$STEPS" \
+reverie eval --model "$W/wm_polish/model.safetensors" --data "$W/data/heldout" --horizon 16 --steps "$STEPS" \
   --guidance "$GUIDANCE" --threads 2 --json "$W/eval.json" --write-model "$W/default.safetensors" --half
 log "done"
