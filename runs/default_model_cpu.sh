@@ -44,26 +44,26 @@ OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 -m reverie_cli train 
   --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" --out "$W/wm" --preset tiny --steps 6000 --batch 16 \
   --lr 5e-4 --time-limit $((WM_MINUTES * 60)) --threads 1 --log-every 50 --save-every 250 --sample-every 1000 --half
 
+# fine_tune OUT INIT LR WARMUP MINUTES [flags...]: a data-parallel fine-tune of the world model on scripted +
+# random-agent play, warm-started from INIT
+fine_tune() {
+  local out=$1 init=$2 lr=$3 warmup=$4 minutes=$5
+  shift 5
+  OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 -m reverie_cli train wm --data "$W/data/mix" \
+    --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" --out "$out" --preset tiny --steps 8000 \
+    --batch 16 --lr "$lr" --warmup "$warmup" --time-limit $((minutes * 60)) --threads 1 --log-every 25 \
+    --save-every 250 --sample-every 1000 --half --init "$init" --rollout-iters "$ROLLOUT_ITERS" "$@"
+}
+
 log "fine-tune wm on scripted + random-agent play: the random agent changes its action every 2-10 frames, which"
 log "teaches the head to read the new action instead of extrapolating the last one"
-OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 -m reverie_cli train wm --data "$W/data/mix" \
-  --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" --out "$W/wm_mix" --preset tiny --steps 8000 \
-  --batch 16 --lr 3e-4 --warmup 50 --time-limit $((MIX_MINUTES * 60)) --threads 1 --log-every 25 --save-every 250 \
-  --sample-every 1000 --half --init "$W/wm/model.safetensors" --rollout-iters "$ROLLOUT_ITERS"
+fine_tune "$W/wm_mix" "$W/wm/model.safetensors" 3e-4 50 "$MIX_MINUTES"
 
 log "fine-tune again with the action at the head only: the backbone no longer offers the last action, which the"
 log "head copied whenever the player held a key and got wrong exactly when the action changed"
-OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 -m reverie_cli train wm --data "$W/data/mix" \
-  --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" --out "$W/wm_final" --preset tiny --steps 8000 \
-  --batch 16 --lr 3e-4 --warmup 50 --time-limit $((FINAL_MINUTES * 60)) --threads 1 --log-every 25 \
-  --save-every 250 --sample-every 1000 --half --init "$W/wm_mix/state" --backbone-actions off \
-  --rollout-iters "$ROLLOUT_ITERS"
+fine_tune "$W/wm_final" "$W/wm_mix/state" 3e-4 50 "$FINAL_MINUTES" --backbone-actions off
 log "and once more at a third of the learning rate"
-OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 -m reverie_cli train wm --data "$W/data/mix" \
-  --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" --out "$W/wm_polish" --preset tiny --steps 8000 \
-  --batch 16 --lr 1e-4 --warmup 20 --time-limit $((POLISH_MINUTES * 60)) --threads 1 --log-every 25 \
-  --save-every 250 --sample-every 1000 --half --init "$W/wm_final/state" --backbone-actions off \
-  --rollout-iters "$ROLLOUT_ITERS"
+fine_tune "$W/wm_polish" "$W/wm_final/state" 1e-4 20 "$POLISH_MINUTES" --backbone-actions off
 
 log "eval at the shipped settings (written into the model as its run-time defaults)"
 reverie eval --model "$W/wm_polish/model.safetensors" --data "$W/data/heldout" --horizon 16 --steps "$STEPS" \
