@@ -584,3 +584,21 @@ def test_state_files_hold_every_rng_and_the_step(tmp_path):
     meta = json.loads((folder / "state.json").read_text())
     assert meta["step"] == 1 and meta["train"]["steps"] == 1
     assert "torch" in load_file(str(folder / "rng.state"))
+
+
+def test_warm_start_finds_the_newest_state_from_a_run_or_state_folder(tmp_path):
+    """`train wm --init` takes a checkpoint, a state folder, the run's state/ folder or the run folder itself; the
+    last two follow the manifest to the newest whole state."""
+    from train.loop import RunDir
+    from train.train_wm import warm_start_weights
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    run = RunDir(tmp_path / "run")
+    run.save_state(1, model, opt, keep=2, extra={})
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    newest = run.save_state(2, model, opt, keep=2, extra={})
+    for where in (run.root, run.state_root, newest):
+        got = warm_start_weights(str(where))
+        assert torch.equal(got["weight"], model.weight.detach()), where

@@ -23,7 +23,7 @@ from engine.config import ModelConfig
 from engine.world_model import WorldModel
 from train.cli import train_config
 from train.data import EpisodeSource
-from train.loop import Dist, fit, start_run, step_generator, trained_weights
+from train.loop import Dist, RunDir, fit, start_run, step_generator, trained_weights
 
 TAU_BINS = 4
 
@@ -74,13 +74,9 @@ def warm_start_weights(path: str) -> dict[str, torch.Tensor]:
     folder, or a run folder or its state/ folder, whose manifest names the newest state)."""
     p = Path(path)
     if p.is_dir():
-        for man in (p / "manifest.json", p / "state" / "manifest.json"):
-            if man.is_file():
-                try:
-                    p = man.parent / json.loads(man.read_text())["latest"]
-                except (OSError, ValueError, KeyError, TypeError) as e:
-                    raise CheckpointError(f"{man}: unreadable manifest ({e})") from None
-                break
+        run = RunDir(p.parent if (p / "manifest.json").is_file() else p)  # a state/ folder or its run folder
+        if (run.state_root / "manifest.json").is_file():
+            p = run.latest()
         p = p / "model.state"
     if p.suffix == ".state":
         from safetensors.torch import load_file
