@@ -82,8 +82,8 @@ class OrtRunner:
                 raise FileNotFoundError(f"{path}: missing; export the model again with 'reverie export'")
             self.sessions[name] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         # the exporter drops inputs a model does not read (the actions of a backbone without backbone_actions)
-        self.inputs = {name: {i.name for i in s.get_inputs()} for name, s in self.sessions.items()}
+        self.inputs = {name: [i.name for i in s.get_inputs()] for name, s in self.sessions.items()}
 
     def run(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        used = self.inputs[name]
-        return self.sessions[name].run(None, {k: v for k, v in feeds.items() if k in used})
+        """Run graph `name` on the inputs it reads, taken from `feeds` (a superset)."""
+        return self.sessions[name].run(None, {k: feeds[k] for k in self.inputs[name]})

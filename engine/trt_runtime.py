@@ -111,8 +111,8 @@ class TrtRunner:
             self.contexts[name] = engine.create_execution_context()
             self.outputs[name] = self._alloc_outputs(trt, engine)
             # the exporter drops inputs a model does not read (the actions of a backbone without backbone_actions)
-            self.inputs[name] = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)
-                                 if engine.get_tensor_mode(engine.get_tensor_name(i)) == trt.TensorIOMode.INPUT}
+            names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+            self.inputs[name] = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
 
     def _alloc_outputs(self, trt, engine) -> dict[str, torch.Tensor]:
         """Preallocated output tensors of an engine (static shapes), by name."""
@@ -128,11 +128,8 @@ class TrtRunner:
         """Run graph `name` on torch's current CUDA stream; returns its outputs (reused buffers) in ONNX order."""
         ctx = self.contexts[name]
         keep = []
-        used = self.inputs[name]
-        for key, t in feeds.items():
-            if key not in used:
-                continue
-            t = t.contiguous()
+        for key in self.inputs[name]:  # the inputs this graph reads, taken from `feeds` (a superset)
+            t = feeds[key].contiguous()
             keep.append(t)  # alive until the enqueue below has been issued
             ctx.set_tensor_address(key, t.data_ptr())
         outs = self.outputs[name]
