@@ -275,7 +275,7 @@ DDP_WORKER = textwrap.dedent("""
     from pathlib import Path
     import torch
     from safetensors.torch import save_file
-    from train.loop import TrainConfig, fit, start_run, step_generator
+    from train.loop import TrainConfig, finish_distributed, fit, start_run, step_generator
 
     out = Path(sys.argv[1])
     tcfg = TrainConfig(steps=6, batch=8, lr=1e-2, warmup=1, save_every=3, log_every=1, threads=1, device="cpu")
@@ -305,6 +305,7 @@ DDP_WORKER = textwrap.dedent("""
     save_file(dict(model.state_dict()), str(out / f"rank{d.rank}.safetensors"))
     (out / f"rank{d.rank}.json").write_text(json.dumps(
         {"rank": d.rank, "world": d.world, "initial": initial, "final": digest(model)}))
+    finish_distributed()
 """)
 
 

@@ -7,6 +7,7 @@ every run folder gets its `config.json`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
 
@@ -85,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     add_train_flags(pi, "idm")
     args = p.parse_args(argv)
     from engine.checkpoint import CheckpointError
-    from train.loop import TrainingError
+    from train.loop import TrainingError, finish_distributed
 
+    ok = False
     try:
         if args.stage == "ae":
             from train.train_ae import run
@@ -94,7 +96,17 @@ def main(argv: list[str] | None = None) -> int:
             from train.train_wm import run
         else:
             from train.idm import run
-        return run(args)
+        rc = int(run(args) or 0)
+        ok = rc == 0
     except (CheckpointError, TrainingError, FileNotFoundError, ValueError) as e:
         print(f"reverie train {args.stage}: error: {e}", file=sys.stderr)
-        return 1
+        rc = 1
+    finally:  # an uncaught error leaves the group too (without waiting for the other ranks) and propagates
+        joined = finish_distributed(ok)
+    if joined:
+        # a torchrun worker whose files are all written ends here: the C++ teardown of the collective backend at
+        # interpreter exit can abort a rank that has finished its work (seen with gloo + FSDP2)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc

@@ -105,6 +105,22 @@ def init_distributed(device: torch.device) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def finish_distributed(ok: bool = True) -> bool:
+    """Leave the process group, if this process joined one (returns whether it had).
+
+    A gloo group torn down by process exit can abort a rank ("terminate called without an active exception")
+    after its work is done. After a clean run the ranks meet at a barrier first, so none leaves while another
+    still talks to it; after an error they do not wait for each other."""
+    if not dist.is_initialized():
+        return False
+    try:
+        if ok:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    return True
+
+
 def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
     """The generator that picks the data of `step` (shared by ranks when rank is 0): the data position."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 7 + rank)
