@@ -10,12 +10,12 @@ and exports them there once when they are missing (a few seconds).
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from engine.cache import cache_root, locked
 from engine.checkpoint import Checkpoint
 
 
@@ -23,30 +23,36 @@ class OrtUnavailable(RuntimeError):
     """onnxruntime (or the exporter) is not installed."""
 
 
-def cache_root() -> Path:
-    env = os.environ.get("REVERIE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "reverie"
-
-
 def graphs_for(ckpt: Checkpoint, batch: int, quiet: bool = False) -> Path:
-    """The folder of exported graphs for this checkpoint file and batch, exporting them once if needed."""
-    from export.onnx import GRAPHS, MANIFEST, export_onnx, file_sha256
+    """The folder of exported graphs for this checkpoint file and batch, exporting them once if needed.
+
+    Processes that ask at the same time export once: the others wait on the folder's lock, then use its graphs.
+    """
+    from export.onnx import export_onnx, file_sha256
 
     sha = file_sha256(ckpt.path)
     folder = cache_root() / "onnx" / f"{sha[:20]}-b{batch}"
+    if _complete(folder, sha, batch):
+        return folder
+    with locked(folder.parent / f"{folder.name}.lock"):
+        if _complete(folder, sha, batch):   # another process exported it while this one waited
+            return folder
+        if not quiet:
+            print(f"reverie: exporting {ckpt.path.name} to ONNX for batch {batch} (once; cached in {folder})",
+                  file=sys.stderr)
+        return export_onnx(ckpt.path, folder, batch=batch)
+
+
+def _complete(folder: Path, sha: str, batch: int) -> bool:
+    """Whether `folder` holds every graph of this checkpoint (by sha256) and batch."""
+    from export.onnx import GRAPHS, MANIFEST
+
     try:
         man = json.loads((folder / MANIFEST).read_text())
-        if man.get("sha256") == sha and man.get("batch") == batch and \
-                all((folder / f"{g}.onnx").is_file() for g in GRAPHS):
-            return folder
     except (OSError, ValueError):
-        pass
-    if not quiet:
-        print(f"reverie: exporting {ckpt.path.name} to ONNX for batch {batch} (once; cached in {folder})",
-              file=sys.stderr)
-    return export_onnx(ckpt.path, folder, batch=batch)
+        return False
+    return isinstance(man, dict) and man.get("sha256") == sha and man.get("batch") == batch and \
+        all((folder / f"{g}.onnx").is_file() for g in GRAPHS)
 
 
 class OrtRunner:

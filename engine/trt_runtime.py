@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from engine.cache import locked
 from engine.checkpoint import Checkpoint
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -78,11 +79,12 @@ def build_engines(folder: Path, precision: str = "fp16", device: torch.device | 
     plans = []
     from export.onnx import GRAPHS
 
-    for name in GRAPHS:
-        plan = folder / f"{name}.{tag}.plan"
-        if not plan.is_file():
-            build_engine(folder / f"{name}.onnx", plan, precision)
-        plans.append(plan)
+    with locked(folder.parent / f"{folder.name}.lock"):   # one builder at a time; the others then find the plans
+        for name in GRAPHS:
+            plan = folder / f"{name}.{tag}.plan"
+            if not plan.is_file():
+                build_engine(folder / f"{name}.onnx", plan, precision)
+            plans.append(plan)
     return plans
 
 

@@ -184,8 +184,10 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, batch
             "max_abs_error": errors,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=list))
-        if out.exists():
-            shutil.rmtree(out)
+        if out.exists():   # moved aside first, so `out` is never a half-deleted folder
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / out.name)
+            shutil.rmtree(old, ignore_errors=True)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -316,3 +316,17 @@ def test_gym_adapter_on_a_rendered_env():
     assert frames.shape[1:] == (32, 32, 3) and np.array_equal(frames, again)
     with pytest.raises(ValueError, match="unknown Gymnasium env"):
         make_game("gym:NoSuchEnv-v9")
+
+
+def test_vizdoom_leaves_nothing_in_the_working_directory(tmp_path, monkeypatch):
+    pytest.importorskip("vizdoom")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setenv("REVERIE_CACHE", str(tmp_path / "cache"))
+    game = make_game("vizdoom:basic", size=32, seed=0)
+    try:
+        game.reset(0)
+    finally:
+        game.close()
+    assert list((tmp_path / "cwd").iterdir()) == []
+    assert (tmp_path / "cache" / "vizdoom" / "_vizdoom.ini").is_file()

@@ -122,6 +122,35 @@ def test_export_is_cached_per_checkpoint_and_batch(ckpt, capsys):
     assert all(v is not None and v < 1e-3 for k, v in man["max_abs_error"].items() if k != "decode")
 
 
+def test_players_started_together_export_once_and_both_run(ckpt, tmp_path):
+    """Two processes opening a new checkpoint at once: one exports, the other waits for it and uses its graphs."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from engine.checkpoint import load_checkpoint; from engine.ort_runtime import graphs_for; "
+            "print(graphs_for(load_checkpoint(sys.argv[1]), 2))")
+    env = {**os.environ, "REVERIE_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(ckpt)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    folders = {out.strip() for out, _ in outs}
+    assert len(folders) == 1
+    assert sum("exporting" in err for _, err in outs) == 1   # the second found the first's export
+    folder = type(tmp_path)(folders.pop())
+    assert json.loads((folder / "manifest.json").read_text())["batch"] == 2
+    assert sorted(p.name for p in folder.parent.iterdir() if not p.name.endswith(".lock")) == [folder.name]
+
+
+def test_export_over_an_existing_folder_replaces_it_whole(ckpt, tmp_path):
+    out = tmp_path / "graphs"
+    out.mkdir()
+    (out / "stale.onnx").write_bytes(b"old")
+    assert export_main(["--model", str(ckpt), "--out", str(out)]) == 0
+    assert not (out / "stale.onnx").exists() and (out / "manifest.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["graphs"]   # no temporary or set-aside folder is left
+
+
 def test_export_cli_writes_graphs_and_reports_bad_input(ckpt, tmp_path, capsys):
     out = tmp_path / "graphs"
     assert export_main(["--model", str(ckpt), "--out", str(out), "--batch", "2"]) == 0

@@ -17,6 +17,7 @@ gymnasium, ale_py and vizdoom are imported only when an adapter is built (the `d
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import re
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from engine.actions import ActionSpec, ActionSpecError
+from engine.cache import cache_root
 
 INSTALL_HINT = "install the data extra: pip install 'reverie[data]'"
 ALE_FRAMESKIP = 4           # the ALE v5 default; 60 Hz Atari -> 15 frames/s
@@ -315,6 +317,13 @@ class VizdoomGame:
         game.set_screen_format(vzd.ScreenFormat.RGB24)
         game.set_screen_resolution(getattr(vzd.ScreenResolution, resolution))
         game.set_mode(vzd.Mode.PLAYER)
+        # vizdoom writes its ini file and an (empty) `_vizdoom` folder into the working directory: the ini goes to
+        # the cache instead, and the folder is removed again on close when this game made it
+        config_dir = cache_root() / "vizdoom"
+        config_dir.mkdir(parents=True, exist_ok=True)
+        game.set_doom_config_path(str(config_dir / "_vizdoom.ini"))
+        self._scratch = Path.cwd() / "_vizdoom"
+        self._made_scratch = not self._scratch.exists()
         game.init()
         self.game, self.size, self.frame_skip, self.delta_scale = game, size, frame_skip, delta_scale
         self.env_id = f"vizdoom:{scenario}"
@@ -358,6 +367,9 @@ class VizdoomGame:
 
     def close(self) -> None:
         self.game.close()
+        if self._made_scratch:
+            with contextlib.suppress(OSError):   # left in place if it is not empty or not ours to remove
+                self._scratch.rmdir()
 
 
 def make_vizdoom(scenario: str, size: int = 64, seed: int | None = None, **kw: Any) -> VizdoomGame:
