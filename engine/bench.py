@@ -3,7 +3,8 @@
 Cold start (checkpoint load + reset + first frame) is reported apart; warm-up frames are excluded; each timed
 frame is one `Session.step` including the copy of the frame to host memory. A separate profiled pass splits the
 frame into head, decode and backbone time (CUDA events on GPU, so the split costs no host syncs in the timed
-pass). `--preset NAME` benchmarks random weights of a preset (e.g. oasis) with no checkpoint.
+pass; on onnxruntime with `overlap` the timed frames run the backbone beside the decode, the split runs them in
+turn). `--preset NAME` benchmarks random weights of a preset (e.g. oasis) with no checkpoint.
 """
 
 from __future__ import annotations
@@ -169,6 +170,7 @@ def bench(args: argparse.Namespace) -> dict:
         "backbone_ms": float(bb), "head_ms": float(hd), "decode_ms": float(dc),
         "device": str(device), "backend": backend, "export_s": export_s, "batch": args.batch, "steps": sess.steps,
         "guidance": sess.guidance, "dtype": str(sess.dtype).replace("torch.", ""),
-        "cuda_graph": sess.use_graphs, "frames": args.frames, "warmup": args.warmup, "model": model_name,
+        "cuda_graph": sess.use_graphs, "overlap": sess.overlap, "frames": args.frames, "warmup": args.warmup,
+        "model": model_name,
         "machine": machine(device, args.threads),
     }

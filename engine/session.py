@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,14 @@ def default_backend(device: str | torch.device = "cpu") -> str:
 
 class SessionError(ValueError):
     """A bad input to the session: wrong shapes, unknown buttons, another game's state."""
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS says, e.g. in a container)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 @dataclass
@@ -122,6 +131,10 @@ class Session:
         self.guidance = float(self.cfg.guidance if guidance is None else guidance)
         self.profile = profile
         self.times = StepTimes()
+        # onnxruntime releases the GIL, so a deferred step can run the backbone pass on a second core while this
+        # thread decodes the frame: both read only the new latent (see step())
+        self.overlap = backend == "onnxruntime" and usable_cores() > 1
+        self._pool: ThreadPoolExecutor | None = None
         self.use_graphs = cuda_graph and self.device.type == "cuda"
         self._graphs: dict[Any, Any] = {}
         self._runner: Any = None  # the exported graphs' runtime (onnxruntime or TensorRT), None on torch
@@ -180,6 +193,7 @@ class Session:
         self._token_offsets = torch.arange(N, device=dev)
         self.primed = False
         self._pending = False  # a deferred backbone pass (step(..., defer_update=True)) has not run yet
+        self._inflight: Future | None = None  # that pass running beside the decode (overlap)
 
     def _seeds(self, seed: int | Sequence[int]) -> torch.Tensor:
         if isinstance(seed, (int, np.integer)):
@@ -357,6 +371,7 @@ class Session:
                 raise SessionError(f"reset actions: need one per frame, shape ({T}, {self.spec.size}) or "
                                    f"({B}, {T}, {self.spec.size}); got {arr.shape}")
             acts = torch.from_numpy(np.array(arr, dtype=np.float32))
+        self._wait_backbone(discard=True)   # a pass still running would write into the buffers reset clears
         if seed is not None:
             self.seed.copy_(self._seeds(seed))
         self._pending = False
@@ -382,6 +397,10 @@ class Session:
         With `defer_update` the frame comes back before the backbone pass that appends it to the context; that pass
         then runs in finish(), which a front end calls after showing the frame (the next step, state() and save()
         call it too), so the player sees the frame sooner by the backbone's time.
+
+        With `overlap` (the onnxruntime backend on a machine with more than one core) the backbone pass runs on a
+        second thread while this one decodes the frame, since both read only the new latent: a plain step returns
+        once both are done, a deferred one as soon as the frame is decoded.
         """
         if not self.primed:
             raise SessionError("call reset(frames) before step()")
@@ -393,6 +412,17 @@ class Session:
             self.guidance_buf.fill_(float(self.guidance))
         if self.use_graphs:
             self._run_graphs(self._steps, cfg_on, defer_update)
+        elif self.overlap and (defer_update or not self.profile):   # a profiled plain step keeps the parts apart
+            t0 = time.perf_counter()
+            self._predict(self.action_buf, self._steps, cfg_on)
+            t1 = time.perf_counter()
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="reverie-backbone")
+            self._inflight = self._pool.submit(self._timed_advance)
+            self._decode()
+            self.times.head_ms, self.times.decode_ms = (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
+            if not defer_update:
+                self._wait_backbone()
         elif self.profile:
             t0 = time.perf_counter()
             self._predict(self.action_buf, self._steps, cfg_on)
@@ -417,7 +447,9 @@ class Session:
         if not self._pending:
             return
         self._pending = False
-        if self.use_graphs:
+        if self._inflight is not None:
+            self._wait_backbone()
+        elif self.use_graphs:
             self._graphs[self._pending_graphs][2].replay()
         elif self.profile:
             t0 = time.perf_counter()
@@ -425,6 +457,19 @@ class Session:
             self.times.backbone_ms = (time.perf_counter() - t0) * 1e3
         else:
             self._advance(self.z_buf, self.action_buf)
+
+    @torch.no_grad()   # grad mode is per thread: the pass on the second thread needs its own
+    def _timed_advance(self) -> None:
+        t0 = time.perf_counter()
+        self._advance(self.z_buf, self.action_buf)
+        self.times.backbone_ms = (time.perf_counter() - t0) * 1e3
+
+    def _wait_backbone(self, discard: bool = False) -> None:
+        """Wait for the backbone pass running beside the decode, if one is; its error is raised here unless the
+        caller is about to overwrite what it wrote (`discard`)."""
+        fut, self._inflight = self._inflight, None
+        if fut is not None and (fut.exception() is not None and not discard):
+            raise fut.exception()
 
     def _out(self) -> np.ndarray:
         frames = self.frame_buf.to("cpu", copy=True).numpy()  # the buffer is rewritten by the next step
@@ -498,6 +543,7 @@ class Session:
         if state.get("config") != self.wm.cfg.__dict__ or state.get("batch") != self.batch:
             raise SessionError("this save is from a different model or batch size; load it with the model and "
                                "--batch it was saved with")
+        self._wait_backbone(discard=True)
         for k in self._STATE:
             t = state["tensors"][k]
             getattr(self, k).copy_(t.to(self.device))
@@ -542,6 +588,7 @@ class Session:
         other = Session.__new__(Session)
         other.__dict__.update(self.__dict__)
         other._graphs = {}
+        other._pool = None
         other._alloc(0)
         other.load_state(self.state())
         if seed is not None:
@@ -549,6 +596,10 @@ class Session:
         return other
 
     def close(self) -> None:
+        self._wait_backbone(discard=True)
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         self._graphs.clear()
         self.k_cache = self.v_cache = None  # type: ignore[assignment]
 

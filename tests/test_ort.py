@@ -108,6 +108,39 @@ def test_onnxruntime_state_round_trip_and_fork(ckpt):
     assert np.array_equal(first, again) and np.array_equal(first, branch)
 
 
+def test_backbone_beside_the_decode_gives_the_same_world(ckpt):
+    """With overlap the deferred backbone pass runs on a second thread while the frame is decoded: the rollout,
+    a reset or a load in the middle of a pass, and a fork are all the same as with every part in order."""
+    serial, overlap = Session(ckpt, backend="onnxruntime", threads=1), Session(ckpt, backend="onnxruntime", threads=1)
+    serial.overlap, overlap.overlap = False, True
+    ctx = frames(2)
+    for s in (serial, overlap):
+        s.reset(ctx, seed=5)
+    acts = actions(2 * W + 3, seed=4)
+    for t, act in enumerate(acts):
+        fs, fo = serial.step(act, defer_update=True), overlap.step(act, defer_update=True)
+        assert np.array_equal(fs, fo), t
+        if t == W:                       # a save-game taken while a pass runs, loaded while the next one runs
+            saved = overlap.state()
+            assert overlap._inflight is None and int(overlap.frame_count) == int(serial.frame_count) + 1
+    branch = overlap.fork()
+    overlap.load_state(saved)
+    serial_again = serial.fork()
+    serial_again.load_state(saved)
+    for act in acts[:4]:
+        assert np.array_equal(serial_again.step(act, defer_update=True), overlap.step(act, defer_update=True))
+        branch.step(act, defer_update=True)
+    overlap.reset(ctx, seed=5)           # reset while a pass runs: nothing of it survives
+    serial.reset(ctx, seed=5)
+    assert np.array_equal(serial.step(acts[0], defer_update=True), overlap.step(acts[0], defer_update=True))
+    for k in Session._STATE:
+        assert torch.equal(serial.state()["tensors"][k], overlap.state()["tensors"][k]), k
+    for act in acts[:3]:                 # a plain step with overlap returns with its pass done
+        assert np.array_equal(serial.step(act), overlap.step(act)) and overlap._inflight is None
+    overlap.close()
+    assert overlap._pool is None
+
+
 def test_export_is_cached_per_checkpoint_and_batch(ckpt, capsys):
     from engine.checkpoint import load_checkpoint
     from engine.ort_runtime import graphs_for

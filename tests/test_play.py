@@ -392,14 +392,15 @@ def test_human_mode_records_the_real_game(tmp_path):
     assert cli.main(["--human", "--env", "builtin:gems", "--out", str(out), "--headless", "--frames", "30"]) == 0
     episodes = sorted(out.glob("*.episode"))  # one per game episode: a fast machine may finish one and start another
     assert episodes and not list(out.glob("*.gif"))
-    total = 0
+    total, pressed = 0, False
     for path in episodes:
         with Episode(path) as ep:
             ep.verify()
             assert ep.env_id == "builtin:gems" and ep.num_actions == len(ep) - 1
-            assert ep.actions(0, ep.num_actions).any()    # the autopilot pressed keys
+            pressed |= bool(ep.actions(0, ep.num_actions).any())
             total += ep.num_actions
-    assert total >= 30
+    # the autopilot pressed keys (a last short episode may fall inside a stretch where it holds none)
+    assert pressed and total >= 30
 
 
 def test_real_world_resets_after_the_episode_ends(tmp_path):
