@@ -468,8 +468,9 @@ class Session:
         """Wait for the backbone pass running beside the decode, if one is; its error is raised here unless the
         caller is about to overwrite what it wrote (`discard`)."""
         fut, self._inflight = self._inflight, None
-        if fut is not None and (fut.exception() is not None and not discard):
-            raise fut.exception()
+        error = fut.exception() if fut is not None else None
+        if error is not None and not discard:
+            raise error
 
     def _out(self) -> np.ndarray:
         frames = self.frame_buf.to("cpu", copy=True).numpy()  # the buffer is rewritten by the next step

@@ -123,13 +123,13 @@ def test_backbone_beside_the_decode_gives_the_same_world(ckpt):
         if t == W:                       # a save-game taken while a pass runs, loaded while the next one runs
             saved = overlap.state()
             assert overlap._inflight is None and int(overlap.frame_count) == int(serial.frame_count) + 1
-    branch = overlap.fork()
+    branch, serial_branch = overlap.fork(), serial.fork()    # forked while a pass runs
     overlap.load_state(saved)
     serial_again = serial.fork()
     serial_again.load_state(saved)
     for act in acts[:4]:
         assert np.array_equal(serial_again.step(act, defer_update=True), overlap.step(act, defer_update=True))
-        branch.step(act, defer_update=True)
+        assert np.array_equal(serial_branch.step(act, defer_update=True), branch.step(act, defer_update=True))
     overlap.reset(ctx, seed=5)           # reset while a pass runs: nothing of it survives
     serial.reset(ctx, seed=5)
     assert np.array_equal(serial.step(acts[0], defer_update=True), overlap.step(acts[0], defer_update=True))
