@@ -431,8 +431,7 @@ class Session:
             t2 = time.perf_counter()
             self.times.head_ms, self.times.decode_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
             if not defer_update:
-                self._advance(self.z_buf, self.action_buf)
-                self.times.backbone_ms = (time.perf_counter() - t2) * 1e3
+                self._timed_advance()
         else:
             self._predict(self.action_buf, self._steps, cfg_on)
             self._decode()
@@ -452,14 +451,13 @@ class Session:
         elif self.use_graphs:
             self._graphs[self._pending_graphs][2].replay()
         elif self.profile:
-            t0 = time.perf_counter()
-            self._advance(self.z_buf, self.action_buf)
-            self.times.backbone_ms = (time.perf_counter() - t0) * 1e3
+            self._timed_advance()
         else:
             self._advance(self.z_buf, self.action_buf)
 
-    @torch.no_grad()   # grad mode is per thread: the pass on the second thread needs its own
+    @torch.no_grad()   # grad mode is per thread: the pass on the overlap thread needs its own
     def _timed_advance(self) -> None:
+        """The backbone pass with its time in `times` (profiled steps, and the pass beside the decode)."""
         t0 = time.perf_counter()
         self._advance(self.z_buf, self.action_buf)
         self.times.backbone_ms = (time.perf_counter() - t0) * 1e3
