@@ -15,11 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from engine.errors import ReverieError
+
 SPEC_FORMAT = 1
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
-class ActionSpecError(ValueError):
+class ActionSpecError(ReverieError, ValueError):
     """An action spec or an action that does not fit its spec."""
 
 

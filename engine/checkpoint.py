@@ -23,13 +23,14 @@ from safetensors.torch import save_file
 
 from engine.actions import ActionSpec, ActionSpecError
 from engine.config import ConfigError, ModelConfig
+from engine.errors import ReverieError
 
 FORMAT = "reverie-checkpoint"
 FORMAT_VERSION = 1
 PARTS = ("ae", "wm", "idm", "start")  # start: a built-in start state (frames, actions) for Session.reset()
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ReverieError, ValueError):
     """A checkpoint file that is missing, not Reverie's, damaged or does not fit the model it claims."""
 
 

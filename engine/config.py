@@ -14,8 +14,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.errors import ReverieError
 
-class ConfigError(ValueError):
+
+class ConfigError(ReverieError, ValueError):
     """A configuration that cannot describe a model."""
 
 

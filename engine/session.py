@@ -1,4 +1,4 @@
-"""engine.Session: the real-time world, one interface for play, serve, eval, bench and the Gymnasium wrapper.
+"""engine.session.Session: the real-time world, one interface for play, serve, eval, bench and the Gymnasium wrapper.
 
     s = Session("model.safetensors", device="cpu", steps=1)
     s.reset(frames, actions)        # prime the context from real frames (T, H, W, 3) uint8
@@ -6,23 +6,22 @@
     save = s.state(); ...; s.load_state(save)   # a save-game: KV cache, noise counters, step count
     other = s.fork()                # an independent branch of the same world
 
-Per frame: S head steps (1..4, changeable between frames) with classifier-free guidance as one batch of 2 (scale
-1.0 skips the second half), one decode, then one backbone pass that appends the new frame to a ring-buffer KV
-cache of W frames. Every buffer is preallocated and every shape static, so memory does not grow with play time and
-on CUDA each part runs as a captured CUDA graph with no host sync inside. Noise is counter-based
-(engine.noise): each world has its own seed and counter, so a batch of B equals B single runs.
+Per frame: S head steps (1..4, changeable between frames) with classifier-free guidance as one batch of 2 (scale 1.0
+skips the second half), one decode, then one backbone pass that appends the new frame to a ring-buffer KV cache of W
+frames (engine.kv_cache). The three parts are the graphs of engine.graphs, run by a runner (engine.runners): torch
+(eager on CPU; on CUDA each step one CUDA-graph replay), onnxruntime (the exported graphs, CPU) or tensorrt (CUDA).
+The session owns what lies between them, once for every runner: the ring, counter-based noise (engine.noise: each
+world its own seed and counter, so a batch of B equals B single runs), the Euler loop, guidance, save-games, forks.
 
-Backends: "torch" (eager on CPU, CUDA graphs on GPU), "onnxruntime" (CPU: the three parts as exported ONNX graphs,
-engine.ort_runtime; about twice the torch step's speed on a small CPU), "tensorrt" (CUDA: engines built from the same
-graphs, engine.trt_runtime), "auto" (onnxruntime on CPU where installed, else torch). The ring cache, masks, noise
-and the Euler loop stay in torch for all of them, so save-games and forks work the same everywhere.
+The default backend, "auto", is the fastest one ready for the device: onnxruntime on CPU where it is installed and
+the model's graphs are exported (`reverie export`; play and bench export first), torch otherwise.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,32 +30,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.actions import ActionSpec, ActionSpecError
-from engine.autoencoder import Autoencoder, frames_to_tensor, tensor_to_frames
+from engine.actions import ActionSpec
+from engine.autoencoder import Autoencoder, frames_to_tensor
 from engine.checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_into
-from engine.noise import counter_normal, counter_normal_np
+from engine.graphs import file_sha256, graph_folder, graphs_complete
+from engine.inputs import SessionError, actions_array, frames_tensor, reset_actions
+from engine.knobs import (
+    MAX_SAMPLING_STEPS,
+    check_batch,
+    check_context_noise,
+    check_guidance,
+    check_seed,
+    check_steps,
+    check_threads,
+)
+from engine.kv_cache import RingKVCache
+from engine.runners import BACKENDS, make_runner
+from engine.runners import default_backend as default_backend
 from engine.world_model import WorldModel, step_schedule
 
+__all__ = ["DEFAULT_MODEL", "MAX_SAMPLING_STEPS", "Session", "SessionError", "StepTimes", "default_backend"]
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default.safetensors"
 STATE_FORMAT = 1
-MAX_SAMPLING_STEPS = 4
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-
-
-def default_backend(device: str | torch.device = "cpu") -> str:
-    """The fastest backend available for a device: ONNX Runtime on CPU where installed, else torch."""
-    if torch.device(device).type != "cpu":
-        return "torch"
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return "torch"
-    return "onnxruntime"
-
-
-class SessionError(ValueError):
-    """A bad input to the session: wrong shapes, unknown buttons, another game's state."""
+SEED_STRIDE = 1_000_003   # world b of seed s draws from seed b + s * SEED_STRIDE
 
 
 def usable_cores() -> int:
@@ -79,20 +75,16 @@ class StepTimes:
 class Session:
     """B worlds imagined by one model; see the module docstring."""
 
-    def __init__(self, checkpoint: str | os.PathLike | Checkpoint | None = None, backend: str = "torch",
+    def __init__(self, checkpoint: str | os.PathLike | Checkpoint | None = None, backend: str = "auto",
                  device: str | torch.device = "cpu", batch: int = 1, steps: int | None = None,
-                 guidance: float | None = None,
-                 context_noise: float | None = None, seed: int = 0, dtype: str = "auto", cuda_graph: bool = True,
-                 threads: int | None = None, profile: bool = False, game: str | None = None,
-                 models: tuple[Autoencoder, WorldModel, ActionSpec] | None = None):
-        if backend == "auto":
-            backend = default_backend(device)
-        if backend not in BACKENDS:
-            raise SessionError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-        if threads:
-            torch.set_num_threads(threads)
+                 guidance: float | None = None, context_noise: float | None = None, seed: int = 0, dtype: str = "auto",
+                 cuda_graph: bool = True, threads: int | None = None, profile: bool = False, game: str | None = None,
+                 models: tuple[Autoencoder, WorldModel, ActionSpec] | None = None,
+                 graphs: str | os.PathLike | None = None):
+        self.batch, seed = check_batch(batch), check_seed(seed)
+        if threads is not None:
+            torch.set_num_threads(check_threads(threads))
         self.device = torch.device(device)
-        self.backend = backend
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise SessionError("device 'cuda' asked for, but torch sees no CUDA device")
         if models is None:
@@ -100,250 +92,219 @@ class Session:
             if not ckpt.has("wm"):
                 raise CheckpointError(f"{ckpt.path}: a {ckpt.kind!r} checkpoint without world-model weights; "
                                       "pass the model.safetensors written by 'reverie train wm'")
-            ae = load_into(Autoencoder(ckpt.config.autoencoder), ckpt, "ae")
-            wm = load_into(WorldModel(ckpt.config.world_model), ckpt, "wm")
+            ae, wm = load_into(Autoencoder(ckpt.config.autoencoder), ckpt, "ae"), \
+                load_into(WorldModel(ckpt.config.world_model), ckpt, "wm")
             spec, self.checkpoint = ckpt.action_spec, ckpt
         else:
-            ae, wm, spec = models
-            self.checkpoint = None
+            (ae, wm, spec), self.checkpoint = models, None
         if game is not None and game != spec.game:
             raise SessionError(f"the model was trained on {spec.game!r}, not {game!r}")
-        if batch < 1:
-            raise SessionError(f"batch must be >= 1, got {batch}")
+        self.backend, graphs = self._resolve_backend(backend, graphs)
+        if dtype not in ("auto", "fp32", "bf16", "fp16"):
+            raise SessionError(f"dtype {dtype!r}: choose auto, fp32, bf16 or fp16")
+        if dtype == "auto":  # exported graphs take float32 in and out
+            dtype = "bf16" if self.device.type == "cuda" and self.backend == "torch" else "fp32"
+        if dtype != "fp32" and self.backend != "torch":
+            raise SessionError(f"backend {self.backend!r} takes float32 in and out (its precision is chosen at "
+                               "export); leave dtype at auto or fp32")
+        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
         self.spec: ActionSpec = spec
         self.cfg = wm.cfg
-        self.batch = batch
-        if dtype == "auto":  # exported graphs take float32 in and out (TensorRT picks fp16 kernels inside)
-            dtype = "bf16" if self.device.type == "cuda" and backend == "torch" else "fp32"
-        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-        dec_dtype = self.dtype if self.device.type == "cuda" else torch.float32  # CPU convs are slow in bf16
+        # weights in the model precision; RoPE tables, latent statistics and the encoder stay float32. CPU
+        # convolutions are slow in bf16, so the decoder runs in fp32 there.
         self.ae = ae.to(self.device).eval()
-        self.ae.decoder.to(dec_dtype)
-        self._memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
-        self.ae.decoder.to(memory_format=self._memory_format)  # oneDNN convolutions are faster channels-last
-        self.wm = wm.to(self.device, self.dtype).eval()
+        self.ae.decoder.to(self.dtype if self.device.type == "cuda" else torch.float32)
+        self.wm = wm.to(self.device).eval()
+        self.wm.backbone.to(self.dtype)
+        self.wm.head.to(self.dtype)
         for p in list(self.ae.parameters()) + list(self.wm.parameters()):
             p.requires_grad_(False)
         self.frame_shape = (ae.cfg.height, ae.cfg.width, 3)
-        self.context_noise = float(self.cfg.context_noise if context_noise is None else context_noise)
-        # None: the model's own run-time defaults (what `reverie eval --write-model` measured it with)
-        self._steps = self._check_steps(self.cfg.sampling_steps if steps is None else steps)
-        self.guidance = float(self.cfg.guidance if guidance is None else guidance)
-        self.profile = profile
-        self.times = StepTimes()
-        # onnxruntime releases the GIL, so a deferred step can run the backbone pass on a second core while this
-        # thread decodes the frame: both read only the new latent (see step())
-        self.overlap = backend == "onnxruntime" and usable_cores() > 1
-        self._pool: ThreadPoolExecutor | None = None
-        self.use_graphs = cuda_graph and self.device.type == "cuda"
-        self._graphs: dict[Any, Any] = {}
-        self._runner: Any = None  # the exported graphs' runtime (onnxruntime or TensorRT), None on torch
-        if backend == "onnxruntime":
-            self._runner = self._ort_runner(threads)
-        elif backend == "tensorrt":
-            self._runner = self._trt_runner()
+        self.runner = make_runner(self.backend, self.wm, self.ae, self.device, self.dtype, graphs,
+                                  threads or torch.get_num_threads())
+        self.use_graphs = cuda_graph and self.backend == "torch" and self.device.type == "cuda"
+        # onnxruntime releases the GIL: the backbone pass can run on a second core while this thread decodes
+        self.overlap = self.backend == "onnxruntime" and usable_cores() > 1
+        self.profile, self.times = profile, StepTimes()
+        self._executor: ThreadPoolExecutor | None = None
         self._alloc(seed)
+        # None: the model's own run-time defaults (what `reverie eval --write-model` measured it with)
+        self.steps = self.cfg.sampling_steps if steps is None else steps
+        self.guidance = self.cfg.guidance if guidance is None else guidance
+        self.context_noise = self.cfg.context_noise if context_noise is None else context_noise
 
-    def _trt_runner(self):
-        from engine.trt_runtime import TrtRunner, TrtUnavailable
+    def _resolve_backend(self, backend: str, graphs: Any) -> tuple[str, Path | None]:
+        """The backend to run and its graphs folder: given, or found in the cache by the checkpoint's sha256."""
+        if backend != "auto" and backend not in BACKENDS:
+            raise SessionError(f"backend {backend!r}: choose one of auto, {', '.join(BACKENDS)}")
+        wanted = default_backend(self.device) if backend == "auto" else backend
+        if wanted == "torch" or graphs is not None:
+            return wanted, None if graphs is None else Path(graphs)
+        path = getattr(self.checkpoint, "path", None)
+        if wanted == "onnxruntime" and path is not None:
+            folder = graph_folder(file_sha256(path), self.batch)
+            if graphs_complete(folder, file_sha256(path), self.batch):
+                return wanted, folder
+        if backend == "auto":  # nothing exported yet: the torch runner needs nothing
+            return "torch", None
+        return wanted, None   # make_runner says how to export
 
-        if self.checkpoint is None or self.checkpoint.path is None:
-            raise SessionError("backend 'tensorrt' needs a checkpoint file to export; models given in memory run "
-                               "on the torch backend")
-        if self.dtype != torch.float32:
-            raise SessionError("backend 'tensorrt' takes float32 in and out (it runs fp16 kernels inside); leave "
-                               "dtype at auto or fp32")
-        self.use_graphs = False
-        try:
-            return TrtRunner(self.checkpoint, self.batch, self.device, precision="fp16")
-        except TrtUnavailable as e:
-            raise SessionError(str(e)) from None
-
-    def _ort_runner(self, threads: int | None):
-        from engine.ort_runtime import OrtRunner, OrtUnavailable
-
-        if self.device.type != "cpu":
-            raise SessionError("backend 'onnxruntime' runs on the CPU here; on CUDA use --backend torch (CUDA graphs)")
-        if self.dtype != torch.float32:
-            raise SessionError("backend 'onnxruntime' runs float32; leave dtype at auto or fp32")
-        if self.checkpoint is None or self.checkpoint.path is None:
-            raise SessionError("backend 'onnxruntime' needs a checkpoint file to export; models given in memory run "
-                               "on the torch backend")
-        try:
-            return OrtRunner(self.checkpoint, self.batch, threads or torch.get_num_threads())
-        except OrtUnavailable as e:
-            raise SessionError(str(e)) from None
-
-    # ---- buffers ---------------------------------------------------------------------------------------------
+    # ---- buffers: every one preallocated, so memory never grows and CUDA graphs can capture the step ------------
     def _alloc(self, seed: int) -> None:
         c, B, dev = self.cfg, self.batch, self.device
-        N, W = c.tokens_per_frame, c.context_frames
-        shape = (c.backbone_layers, B, c.heads, W * N, c.head_dim)
-        self.k_cache = torch.zeros(shape, device=dev, dtype=self.dtype)   # (L, B, H, W*N, hd)
-        self.v_cache = torch.zeros(shape, device=dev, dtype=self.dtype)
-        self.valid = torch.zeros(B, W, dtype=torch.bool, device=dev)      # which ring slots hold a frame
-        self.frame_count = torch.zeros((), dtype=torch.long, device=dev)  # frames appended since reset
-        self.seed = torch.arange(B, dtype=torch.long, device=dev) + seed * 1_000_003  # see _seeds
-        self.counter = torch.zeros(B, dtype=torch.long, device=dev)
-        self.h_last = torch.zeros(B, N, c.d_model, device=dev, dtype=self.dtype)
-        self.action_buf = torch.zeros(B, c.action_dim, device=dev, dtype=self.dtype)
-        self.guidance_buf = torch.ones((), device=dev, dtype=self.dtype)
-        self.z_buf = torch.zeros(B, c.latent_channels, c.latent_height, c.latent_width, device=dev, dtype=self.dtype)
+        self.kv = RingKVCache(c.backbone_layers, B, c.heads, c.context_frames, c.tokens_per_frame, c.head_dim,
+                              self.runner.cache_dtype, dev)
+        self.seed = torch.arange(B, dtype=torch.long, device=dev) + seed * SEED_STRIDE   # (B,)
+        self.counter = torch.zeros(B, dtype=torch.long, device=dev)                     # (B,) frames drawn
+        self.h_last = torch.zeros(B, c.tokens_per_frame, c.d_model, device=dev, dtype=self.runner.cache_dtype)
+        self.action_buf = torch.zeros(B, c.action_dim, device=dev)
+        self.guidance_buf = torch.ones(1, device=dev)
+        self.level_buf = torch.zeros(B, device=dev)   # the context-noise level of every appended frame
+        self.z_buf = torch.zeros(B, c.latent_channels, c.latent_height, c.latent_width, device=dev)
         self.frame_buf = torch.zeros(B, *self.frame_shape, dtype=torch.uint8, device=dev)
-        self._token_offsets = torch.arange(N, device=dev)
-        self.primed = False
-        self._pending = False  # a deferred backbone pass (step(..., defer_update=True)) has not run yet
+        # per sampling-step count: (tau, shortcut level, step size d) of each Euler step, as static device tensors
+        self._schedule = {s: [(torch.full((1,), float(sum(2.0 ** -i for i in step_schedule(s, c.shortcut_levels)[:k])),
+                                          device=dev), torch.full((1,), j, dtype=torch.long, device=dev),
+                               torch.full((1,), 2.0 ** -j, device=dev))
+                              for k, j in enumerate(step_schedule(s, c.shortcut_levels))]
+                          for s in range(1, MAX_SAMPLING_STEPS + 1) if 2 ** (c.shortcut_levels - 1) >= s}
+        self._staging = None
+        if dev.type == "cuda":  # pinned host buffers: actions in and frames out copy without a pageable bounce
+            self._staging = (torch.empty(B, c.action_dim, pin_memory=True),
+                             torch.empty(B, *self.frame_shape, dtype=torch.uint8, pin_memory=True))
+        self._graphs: dict[tuple, Any] = {}
+        self.primed = self._pending = False  # _pending: a deferred backbone pass (step(defer_update=True)) to run
         self._inflight: Future | None = None  # that pass running beside the decode (overlap)
 
-    def _seeds(self, seed: int | Sequence[int]) -> torch.Tensor:
-        if isinstance(seed, (int, np.integer)):
-            return torch.arange(self.batch, device=self.device) + int(seed) * 1_000_003
-        seeds = torch.as_tensor(list(seed), dtype=torch.long, device=self.device)
-        if seeds.shape != (self.batch,):
-            raise SessionError(f"seed: need one seed per world ({self.batch}), got {len(seeds)}")
-        return seeds
-
+    # ---- knobs -------------------------------------------------------------------------------------------------
     @property
     def steps(self) -> int:
         return self._steps
 
     @steps.setter
     def steps(self, value: int) -> None:
-        self._steps = self._check_steps(value)
+        value = check_steps(value)
+        if value not in self._schedule:
+            raise SessionError(f"steps={value}: this model's head was trained for at most "
+                               f"{max(self._schedule)} steps per frame")
+        self._steps = value
 
-    def _check_steps(self, steps: int) -> int:
-        if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= MAX_SAMPLING_STEPS:
-            raise SessionError(f"steps must be in 1..{MAX_SAMPLING_STEPS} head steps per frame, got {steps!r}")
-        try:
-            step_schedule(int(steps), self.cfg.shortcut_levels)
-        except ValueError as e:
-            raise SessionError(str(e)) from None
-        return int(steps)
+    @property
+    def guidance(self) -> float:
+        return self._guidance
 
-    # ---- inputs ----------------------------------------------------------------------------------------------
-    def _actions(self, action: Any, where: str = "action") -> torch.Tensor:
-        """Action vector(s) -> (B, A); accepts a vector, a (B, A) array, or button names per world."""
-        try:
-            if isinstance(action, (list, tuple)) and action and all(isinstance(a, str) for a in action):
-                action = self.spec.encode(action)
-            elif isinstance(action, (list, tuple)) and action and \
-                    all(isinstance(a, (list, tuple, set)) for a in action) and \
-                    all(isinstance(x, str) for a in action for x in a):
-                action = np.stack([self.spec.encode(a) for a in action])
-            arr = self.spec.check(action, where)
-        except ActionSpecError as e:
-            raise SessionError(str(e)) from None
-        if arr.ndim == 1:
-            arr = np.broadcast_to(arr, (self.batch, arr.shape[0]))
-        if arr.shape[0] != self.batch:
-            raise SessionError(f"{where}: got actions for {arr.shape[0]} worlds, the session has batch={self.batch}")
-        return torch.from_numpy(np.array(arr, dtype=np.float32))
+    @guidance.setter
+    def guidance(self, value: float) -> None:
+        self._guidance = check_guidance(value)
+        self.guidance_buf.fill_(self._guidance)
 
-    def _frames(self, frames: Any) -> torch.Tensor:
-        """(T, H, W, 3) or (B, T, H, W, 3) uint8 -> (B, T, H, W, 3) uint8 tensor on the device."""
-        arr = torch.as_tensor(np.asarray(frames))
-        if arr.dtype != torch.uint8:
-            raise SessionError(f"frames must be uint8 RGB, got {arr.dtype}")
-        if arr.ndim == 4:
-            arr = arr[None].expand(self.batch, *arr.shape)
-        if arr.ndim != 5 or tuple(arr.shape[2:]) != self.frame_shape or arr.shape[0] != self.batch:
-            raise SessionError(f"frames must be (T, {', '.join(map(str, self.frame_shape))}) or "
-                               f"({self.batch}, T, ...) uint8 for this model, got {tuple(arr.shape)}")
-        if arr.shape[1] < 1:
-            raise SessionError("reset needs at least one frame")
-        return arr.to(self.device)
+    @property
+    def context_noise(self) -> float:
+        return self._context_noise
 
-    # ---- the three parts of a step ---------------------------------------------------------------------------
-    def _mask(self) -> torch.Tensor:
-        """Additive attention mask (B, 1, 1, W*N) from the valid ring slots."""
-        N = self.cfg.tokens_per_frame
-        m = self.valid.repeat_interleave(N, dim=1)  # (B, W*N)
-        return torch.zeros(m.shape, device=self.device, dtype=self.dtype).masked_fill(~m, float("-inf"))[:, None, None]
+    @context_noise.setter
+    def context_noise(self, value: float) -> None:
+        self._context_noise = check_context_noise(value)
+        self.level_buf.fill_(self._context_noise)
 
-    def _advance(self, z: torch.Tensor, actions: torch.Tensor) -> None:
-        """Backbone pass over a new frame's latent z (B, C, h, w): append it to the ring cache, update h_last."""
-        if self._runner is not None:
-            return self._advance_graph(z, actions)
-        c, wm = self.cfg, self.wm
-        slot = self.frame_count.remainder(c.context_frames)
-        write_index = slot * c.tokens_per_frame + self._token_offsets  # (N,)
-        self.valid.index_fill_(1, slot.reshape(1), True)
-        noise = counter_normal(self.seed, self.counter, tuple(z.shape[1:]), stream=1).to(self.dtype)
-        level = torch.full((self.batch,), self.context_noise, device=self.device, dtype=self.dtype)
-        z_ctx = wm.corrupt(wm.normalize(z.to(self.dtype)), level, noise)
-        cos, sin = wm.rope.frames(self.frame_count.reshape(1))
-        h = wm.backbone.step(wm.patchify(z_ctx), actions.to(self.dtype), level, cos[0], sin[0],
-                             self.k_cache, self.v_cache, write_index, self._mask())
+    # ---- the three parts of a step, over the session's buffers --------------------------------------------------
+    def _backbone(self, z: torch.Tensor, actions: torch.Tensor, full: bool | None = None) -> None:
+        """Backbone pass over a new frame's latent z (B, C, h, w): append it to the ring, update h_last. `full`: whether
+        the ring is full (a captured pass is captured for one of the two)."""
+        kv, run = self.kv, self.runner
+        noise = run.noise(self.seed, self.counter, tuple(z.shape[1:]), 1)
+        cos, sin = self.wm.rope.frames(kv.count.reshape(1))  # (1, N, hd/2)
+        mask = kv.mask(with_next=run.in_place_cache, full=kv.full if full is None else full)
+        feeds = {"z": z, "noise": noise, "actions": actions, "level": self.level_buf, "cos": cos[0], "sin": sin[0],
+                 "k_cache": kv.k, "v_cache": kv.v, "mask": mask}
+        if run.in_place_cache:
+            feeds["write_index"] = kv.write_index()
+        h, k_new, v_new = run.run("backbone", feeds)
+        kv.append(*((None, None) if run.in_place_cache else (k_new, v_new)))
         self.h_last.copy_(h)
-        self.frame_count.add_(1)
         self.counter.add_(1)
 
-    def _predict(self, actions: torch.Tensor, steps: int, cfg_on: bool) -> None:
-        """Head: sample the next latent into z_buf (S Euler steps, CFG as one batch of 2 when on)."""
-        if self._runner is not None:
-            return self._predict_graph(actions, steps, cfg_on)
-        wm = self.wm
-        noise = counter_normal(self.seed, self.counter, (self.cfg.tokens_per_frame, self.cfg.token_dim), stream=0)
-        g = self.guidance_buf if cfg_on else 1.0
-        tokens = wm.sample(self.h_last, actions.to(self.dtype), noise.to(self.dtype), steps, g)
-        self.z_buf.copy_(wm.denormalize(wm.unpatchify(tokens)))
+    def _head(self, steps: int, cfg_on: bool) -> None:
+        """Sample the next latent into z_buf: `steps` Euler steps of the head from counter-based noise."""
+        c = self.cfg
+        x = self.runner.noise(self.seed, self.counter, (c.tokens_per_frame, c.token_dim), 0)
+        feeds = {"h": self.h_last, "actions": self.action_buf, "guidance": self.guidance_buf}
+        for tau, level, d in self._schedule[steps]:
+            (x,) = self.runner.run("head_cfg" if cfg_on else "head", {**feeds, "x": x, "tau": tau, "level": level,
+                                                                       "d": d})
+        self.z_buf.copy_(self.wm.denormalize(self.wm.unpatchify(x)))
 
     def _decode(self) -> None:
-        if self._runner is not None:
-            (frames,) = self._run_graph("decode", {"z": self.z_buf})
-            self.frame_buf.copy_(frames)
-            return
-        dec = self.ae.decoder
-        x = dec(self.z_buf.to(next(dec.parameters()).dtype).contiguous(memory_format=self._memory_format))
-        self.frame_buf.copy_(tensor_to_frames(x.float()))
+        (frames,) = self.runner.run("decode", {"z": self.z_buf})
+        self.frame_buf.copy_(frames)
 
-    # ---- the same three parts as exported graphs (export.onnx documents them): onnxruntime or TensorRT --------
-    def _run_graph(self, name: str, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        if self.backend == "onnxruntime":  # CPU tensors share memory with the numpy arrays onnxruntime reads
-            outs = self._runner.run(name, {k: np.ascontiguousarray(v.numpy()) for k, v in feeds.items()})
-            return [torch.from_numpy(o) for o in outs]
-        # TensorRT writes into reused output buffers; a copy keeps an output that feeds the next call (the head's x)
-        # from being read and written by the same enqueue
-        return [o.clone() for o in self._runner.run(name, feeds)]
+    # ---- scheduling: captured parts, timing, the pass beside the decode ------------------------------------------
+    def _part(self, key: tuple, fn: Callable[[], None], appends: bool = False) -> None:
+        """Run fn; on CUDA replay its CUDA graph (captured on first use, all step counts and guidance modes at once,
+        so that changing them in play never stalls a frame)."""
+        if not self.use_graphs:
+            return fn()
+        if key not in self._graphs:
+            saved = {k: t.clone() for k, t in self._tensors().items()}, self.kv.appended
+            for k, f in self._variants(key[0]).items():
+                self._graphs.setdefault(k, self.runner.capture(f))
+            for k, t in self._tensors().items():  # warm-up and capture advanced the world: undo it on the device
+                t.copy_(saved[0][k])
+            self.kv.appended = saved[1]
+        self._graphs[key].replay()
+        if appends:  # a replay runs no Python: the host's count of appended frames follows here
+            self.kv.appended += 1
 
-    def _graph_noise(self, shape: tuple[int, ...], stream: int) -> torch.Tensor:
-        if self.device.type == "cpu":  # the same numbers from a few numpy calls instead of ~40 small torch ops
-            return torch.from_numpy(counter_normal_np(self.seed.numpy(), self.counter.numpy(), shape, stream))
-        return counter_normal(self.seed, self.counter, shape, stream=stream)
+    def _variants(self, kind: str) -> dict[tuple, Callable[[], None]]:
+        """Every captured function of a kind: per step count and guidance mode, per ring state (filling, full)."""
+        def bb(full: bool) -> None:
+            self._backbone(self.z_buf, self.action_buf, full)
 
-    def _advance_graph(self, z: torch.Tensor, actions: torch.Tensor) -> None:
-        c, wm, N, dev = self.cfg, self.wm, self.cfg.tokens_per_frame, self.device
-        slot = int(self.frame_count) % c.context_frames
-        self.valid[:, slot] = False  # the frame in this slot leaves the window; the new one is attended in-graph
-        noise = self._graph_noise(tuple(z.shape[1:]), stream=1)
-        cos, sin = wm.rope.frames(self.frame_count.reshape(1))
-        h, k_new, v_new = self._run_graph("backbone", {
-            "z": z.float(), "noise": noise, "actions": actions.float(),
-            "level": torch.full((self.batch,), self.context_noise, device=dev), "cos": cos[0].float(),
-            "sin": sin[0].float(), "k_cache": self.k_cache, "v_cache": self.v_cache, "mask": self._mask()})
-        self.k_cache[:, :, :, slot * N:(slot + 1) * N] = k_new
-        self.v_cache[:, :, :, slot * N:(slot + 1) * N] = v_new
-        self.valid[:, slot] = True
-        self.h_last.copy_(h)
-        self.frame_count.add_(1)
-        self.counter.add_(1)
+        out: dict[tuple, Callable[[], None]] = {}
+        for s in self._schedule:
+            for g in (False, True):
+                out[("head", s, g)] = lambda s=s, g=g: self._head(s, g)
+                out[("head_decode", s, g)] = lambda s=s, g=g: (self._head(s, g), self._decode())
+                for f in (False, True):
+                    out[("step", s, g, f)] = lambda s=s, g=g, f=f: (self._head(s, g), self._decode(), bb(f))
+        out[("decode",)] = self._decode
+        for f in (False, True):
+            out[("backbone", f)] = lambda f=f: bb(f)
+        group = {"head": ("head",), "decode": ("decode",), "backbone": ("backbone",),
+                 "head_decode": ("head_decode", "backbone"), "step": ("step",)}[kind]
+        return {k: f for k, f in out.items() if k[0] in group}
 
-    def _predict_graph(self, actions: torch.Tensor, steps: int, cfg_on: bool) -> None:
-        wm, dev = self.wm, self.device
-        x = self._graph_noise((self.cfg.tokens_per_frame, self.cfg.token_dim), stream=0)
-        feeds = {"h": self.h_last, "actions": actions.float()}
-        if cfg_on:
-            feeds["guidance"] = self.guidance_buf.reshape(1).float()
-        tau = 0.0
-        for j in step_schedule(steps, self.cfg.shortcut_levels):
-            d = 2.0 ** -j
-            feeds.update(x=x, tau=torch.full((1,), tau, device=dev), d=torch.full((1,), d, device=dev),
-                         level=torch.full((1,), j, dtype=torch.long, device=dev))
-            (x,) = self._run_graph("head_cfg" if cfg_on else "head", feeds)
-            tau += d
-        self.z_buf.copy_(wm.denormalize(wm.unpatchify(x)))
+    def _timed(self, name: str, key: tuple, fn: Callable[[], None], appends: bool = False) -> None:
+        """_part, timed into `times` when profiling (CUDA events on GPU: kernels, not launches)."""
+        if not self.profile:
+            return self._part(key, fn, appends)
+        if self.device.type == "cuda":
+            ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+            ev[0].record()
+            self._part(key, fn, appends)
+            ev[1].record()
+            ev[1].synchronize()
+            ms = ev[0].elapsed_time(ev[1])
+        else:
+            t0 = time.perf_counter()
+            self._part(key, fn, appends)
+            ms = (time.perf_counter() - t0) * 1e3
+        setattr(self.times, f"{name}_ms", ms)
 
-    # ---- public API -----------------------------------------------------------------------------------------------
+    @torch.no_grad()   # grad mode is per thread: the pass on the overlap thread needs its own
+    def _backbone_pass(self) -> None:
+        full = self.kv.full
+        self._timed("backbone", ("backbone", full), lambda: self._backbone(self.z_buf, self.action_buf, full), True)
+
+    def _wait_backbone(self, discard: bool = False) -> None:
+        """Wait for a backbone pass running beside the decode; its error is raised here unless the caller is about
+        to overwrite what it wrote (`discard`)."""
+        fut, self._inflight = self._inflight, None
+        error = fut.exception() if fut is not None else None
+        if error is not None and not discard:
+            raise error
+
+    # ---- public API ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def reset(self, frames: Any = None, actions: Any = None, seed: int | Sequence[int] | None = None) -> np.ndarray:
         """Prime every world from real frames (T, H, W, 3) or (B, T, H, W, 3); actions[t] led to frames[t].
@@ -356,87 +317,69 @@ class Session:
             if start is None:
                 raise SessionError("this checkpoint has no built-in start state; pass reset(frames) with real frames")
             frames, actions = start[0].numpy(), start[1].numpy()
-        fr = self._frames(frames)
+        fr = frames_tensor(frames, self.frame_shape, self.batch).to(self.device)
         B, T = fr.shape[:2]
-        if actions is None:
-            acts = torch.zeros(B, T, self.spec.size)
-        else:
-            try:
-                arr = self.spec.check(actions, "reset actions")
-            except ActionSpecError as e:
-                raise SessionError(str(e)) from None
-            if arr.ndim == 2:
-                arr = np.broadcast_to(arr, (B, *arr.shape))
-            if arr.shape[:2] != (B, T):
-                raise SessionError(f"reset actions: need one per frame, shape ({T}, {self.spec.size}) or "
-                                   f"({B}, {T}, {self.spec.size}); got {arr.shape}")
-            acts = torch.from_numpy(np.array(arr, dtype=np.float32))
+        acts = reset_actions(self.spec, actions, B, T).to(self.device)
+        seeds = None if seed is None else self._seeds(seed)
         self._wait_backbone(discard=True)   # a pass still running would write into the buffers reset clears
-        if seed is not None:
-            self.seed.copy_(self._seeds(seed))
+        if seeds is not None:
+            self.seed.copy_(seeds)
         self._pending = False
-        self.k_cache.zero_()
-        self.v_cache.zero_()
-        self.valid.zero_()
-        self.frame_count.zero_()
+        self.kv.clear()
         self.counter.zero_()
-        enc_dtype = next(self.ae.encoder.parameters()).dtype
-        z = self.ae.encode(frames_to_tensor(fr.reshape(B * T, *self.frame_shape)).to(enc_dtype))
+        z = self.ae.encode(frames_to_tensor(fr.reshape(B * T, *self.frame_shape)))  # (B*T, C, h, w) float32
         z = z.reshape(B, T, *z.shape[1:])
-        acts = acts.to(self.device)
         for t in range(T):
-            self._advance(z[:, t], acts[:, t])
+            self._backbone(z[:, t].contiguous(), acts[:, t].contiguous())
         self.primed = True
         self.frame_buf.copy_(fr[:, -1])
         return self._out()
+
+    def _seeds(self, seed: int | Sequence[int]) -> torch.Tensor:
+        if isinstance(seed, (int, np.integer)):
+            return torch.arange(self.batch, device=self.device) + check_seed(seed) * SEED_STRIDE
+        seeds = [check_seed(s, "seed of a world") for s in seed]
+        if len(seeds) != self.batch:
+            raise SessionError(f"seed: need one seed per world ({self.batch}), got {len(seeds)}")
+        return torch.tensor(seeds, dtype=torch.long, device=self.device)
 
     @torch.no_grad()
     def step(self, action: Any, defer_update: bool = False) -> np.ndarray:
         """Advance every world by one frame under `action`; returns (H, W, 3) uint8, or (B, H, W, 3).
 
         With `defer_update` the frame comes back before the backbone pass that appends it to the context; that pass
-        then runs in finish(), which a front end calls after showing the frame (the next step, state() and save()
-        call it too), so the player sees the frame sooner by the backbone's time.
-
-        With `overlap` (the onnxruntime backend on a machine with more than one core) the backbone pass runs on a
-        second thread while this one decodes the frame, since both read only the new latent: a plain step returns
-        once both are done, a deferred one as soon as the frame is decoded.
+        runs in finish(), which a front end calls after showing the frame (the next step, state() and save() call it
+        too). With `overlap` (onnxruntime, more than one core) the backbone pass runs on a second thread while this
+        one decodes the frame: a plain step returns once both are done, a deferred one once the frame is decoded.
         """
         if not self.primed:
             raise SessionError("call reset(frames) before step()")
-        action = self._actions(action).to(self.device)
+        action = torch.from_numpy(actions_array(self.spec, action, self.batch))
         self.finish()
-        self.action_buf.copy_(action)
-        cfg_on = float(self.guidance) != 1.0
-        if cfg_on:
-            self.guidance_buf.fill_(float(self.guidance))
-        if self.use_graphs:
-            self._run_graphs(self._steps, cfg_on, defer_update)
-        elif self.overlap and (defer_update or not self.profile):   # a profiled plain step keeps the parts apart
-            t0 = time.perf_counter()
-            self._predict(self.action_buf, self._steps, cfg_on)
-            t1 = time.perf_counter()
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix="reverie-backbone")
-            self._inflight = self._pool.submit(self._timed_advance)
-            self._decode()
-            self.times.head_ms, self.times.decode_ms = (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
+        if self._staging is not None:
+            self._staging[0].copy_(action)
+            self.action_buf.copy_(self._staging[0], non_blocking=True)
+        else:
+            self.action_buf.copy_(action)
+        s, g = self._steps, self._guidance != 1.0
+        if self.overlap and (defer_update or not self.profile):   # a profiled plain step keeps the parts apart
+            self._timed("head", ("head", s, g), lambda: self._head(s, g))
+            self._executor = self._executor or ThreadPoolExecutor(1, thread_name_prefix="reverie-backbone")
+            self._inflight = self._executor.submit(self._backbone_pass)
+            self._timed("decode", ("decode",), self._decode)
             if not defer_update:
                 self._wait_backbone()
         elif self.profile:
-            t0 = time.perf_counter()
-            self._predict(self.action_buf, self._steps, cfg_on)
-            t1 = time.perf_counter()
-            self._decode()
-            t2 = time.perf_counter()
-            self.times.head_ms, self.times.decode_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
+            self._timed("head", ("head", s, g), lambda: self._head(s, g))
+            self._timed("decode", ("decode",), self._decode)
             if not defer_update:
-                self._timed_advance()
+                self._backbone_pass()
+        elif defer_update:
+            self._part(("head_decode", s, g), lambda: (self._head(s, g), self._decode()))
         else:
-            self._predict(self.action_buf, self._steps, cfg_on)
-            self._decode()
-            if not defer_update:
-                self._advance(self.z_buf, self.action_buf)
+            f = self.kv.full
+            self._part(("step", s, g, f),
+                       lambda: (self._head(s, g), self._decode(), self._backbone(self.z_buf, self.action_buf, f)), True)
         self._pending = defer_update
         return self._out()
 
@@ -448,30 +391,16 @@ class Session:
         self._pending = False
         if self._inflight is not None:
             self._wait_backbone()
-        elif self.use_graphs:
-            self._graphs[self._pending_graphs][2].replay()
-        elif self.profile:
-            self._timed_advance()
         else:
-            self._advance(self.z_buf, self.action_buf)
-
-    @torch.no_grad()   # grad mode is per thread: the pass on the overlap thread needs its own
-    def _timed_advance(self) -> None:
-        """The backbone pass with its time in `times` (profiled steps, and the pass beside the decode)."""
-        t0 = time.perf_counter()
-        self._advance(self.z_buf, self.action_buf)
-        self.times.backbone_ms = (time.perf_counter() - t0) * 1e3
-
-    def _wait_backbone(self, discard: bool = False) -> None:
-        """Wait for the backbone pass running beside the decode, if one is; its error is raised here unless the
-        caller is about to overwrite what it wrote (`discard`)."""
-        fut, self._inflight = self._inflight, None
-        error = fut.exception() if fut is not None else None
-        if error is not None and not discard:
-            raise error
+            self._backbone_pass()
 
     def _out(self) -> np.ndarray:
-        frames = self.frame_buf.to("cpu", copy=True).numpy()  # the buffer is rewritten by the next step
+        if self._staging is not None:
+            self._staging[1].copy_(self.frame_buf, non_blocking=True)
+            torch.cuda.current_stream(self.device).synchronize()
+            frames = self._staging[1].numpy().copy()
+        else:
+            frames = self.frame_buf.numpy().copy()  # the buffer is rewritten by the next step
         return frames[0] if self.batch == 1 else frames
 
     @property
@@ -479,59 +408,19 @@ class Session:
         """The latest generated latent (B, C, h, w) (tests compare rollouts on it)."""
         return self.z_buf
 
-    # ---- CUDA graphs --------------------------------------------------------------------------------------------
-    def _run_graphs(self, steps: int, cfg_on: bool, defer_update: bool = False) -> None:
-        key = (steps, cfg_on)
-        if key not in self._graphs:
-            self._graphs[key] = self._capture(steps, cfg_on)
-        graphs = self._graphs[key]
-        if defer_update:  # head and decode now, the backbone graph in finish()
-            self._pending_graphs = key
-            graphs[0].replay()
-            graphs[1].replay()
-            return
-        if self.profile:
-            ev = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
-            ev[0].record()
-            for g, e in zip(graphs, ev[1:]):
-                g.replay()
-                e.record()
-            ev[3].synchronize()
-            self.times = StepTimes(ev[0].elapsed_time(ev[1]), ev[1].elapsed_time(ev[2]), ev[2].elapsed_time(ev[3]))
-        else:
-            for g in graphs:
-                g.replay()
-
-    def _capture(self, steps: int, cfg_on: bool) -> list[torch.cuda.CUDAGraph]:
-        """Capture head, decode and backbone as three graphs over the session's static buffers."""
-        saved = self.state()
-        parts = [lambda: self._predict(self.action_buf, steps, cfg_on), self._decode,
-                 lambda: self._advance(self.z_buf, self.action_buf)]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # warm up kernels and allocator outside the capture
-                for f in parts:
-                    f()
-        torch.cuda.current_stream().wait_stream(stream)
-        graphs = []
-        for f in parts:
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                f()
-            graphs.append(g)
-        self.load_state(saved)  # warm-up and capture advanced the world: undo it
-        return graphs
-
     # ---- save-games and branches ------------------------------------------------------------------------------
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        """The world's state tensors by their save-game names."""
+        kv = self.kv
+        return {"k_cache": kv.k, "v_cache": kv.v, "valid": kv.valid, "frame_count": kv.count, "seed": self.seed,
+                "counter": self.counter, "h_last": self.h_last, "frame_buf": self.frame_buf, "z_buf": self.z_buf}
+
     def state(self) -> dict[str, Any]:
         """The whole world as CPU tensors plus metadata: KV cache, ring validity, step count, noise counters."""
         self.finish()
         return {"format": STATE_FORMAT, "game": self.spec.game, "config": self.wm.cfg.__dict__.copy(),
                 "batch": self.batch, "primed": self.primed,
-                "tensors": {k: getattr(self, k).detach().cpu().clone() for k in self._STATE}}
-
-    _STATE = ("k_cache", "v_cache", "valid", "frame_count", "seed", "counter", "h_last", "frame_buf", "z_buf")
+                "tensors": {k: t.detach().cpu().clone() for k, t in self._tensors().items()}}
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore a state() of a session of the same model and batch."""
@@ -543,52 +432,31 @@ class Session:
             raise SessionError("this save is from a different model or batch size; load it with the model and "
                                "--batch it was saved with")
         self._wait_backbone(discard=True)
-        for k in self._STATE:
-            t = state["tensors"][k]
-            getattr(self, k).copy_(t.to(self.device))
+        for k, t in self._tensors().items():
+            t.copy_(state["tensors"][k].to(self.device))
+        self.kv.appended = int(self.kv.count)
         self.primed = bool(state["primed"])
         self._pending = False
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write state() to a .safetensors save-game (atomically)."""
-        import json
+        from engine.savegame import write_state
 
-        from safetensors.torch import save_file
-
-        from engine.checkpoint import atomic_target
-
-        st = self.state()
-        meta = {"format": str(st["format"]), "game": st["game"], "config": json.dumps(st["config"]),
-                "batch": str(st["batch"]), "primed": str(int(st["primed"]))}
-        tensors = {k: (v.float() if v.dtype == torch.bfloat16 else v).contiguous() for k, v in st["tensors"].items()}
-        path = Path(path)
-        with atomic_target(path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
-        return path
+        return write_state(path, self.state())
 
     def load(self, path: str | os.PathLike) -> None:
-        import json
+        """Restore a save-game written by save()."""
+        from engine.savegame import read_state
 
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-            st = {"format": int(meta["format"]), "game": meta["game"], "config": json.loads(meta["config"]),
-                  "batch": int(meta["batch"]), "primed": meta["primed"] == "1", "tensors": tensors}
-        except (OSError, SafetensorError, KeyError, ValueError) as e:
-            raise SessionError(f"{path}: not a readable Reverie save-game ({e})") from None
-        st["config"] = {k: tuple(v) if isinstance(v, list) else v for k, v in st["config"].items()}
-        self.load_state(st)
+        self.load_state(read_state(path))
 
     def fork(self, seed: int | None = None) -> Session:
-        """An independent copy of this world (sharing weights) whose noise continues from `seed`."""
+        """An independent copy of this world (sharing weights and runner) whose noise continues from `seed`."""
         other = Session.__new__(Session)
         other.__dict__.update(self.__dict__)
-        other._graphs = {}
-        other._pool = None
+        other._executor, other.times = None, StepTimes()
         other._alloc(0)
+        other.guidance, other.context_noise = self.guidance, self.context_noise
         other.load_state(self.state())
         if seed is not None:
             other.seed.copy_(other._seeds(seed))
@@ -596,9 +464,7 @@ class Session:
 
     def close(self) -> None:
         self._wait_backbone(discard=True)
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
         self._graphs.clear()
-        self.k_cache = self.v_cache = None  # type: ignore[assignment]
-

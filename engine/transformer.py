@@ -100,8 +100,21 @@ class ScalarEmbed(nn.Module):
         return self.mlp(fourier_features(x, self.freq_dim).to(self.mlp[0].weight.dtype))
 
 
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 whatever the activations' type (bf16/fp16 statistics lose the small sprites'
+    contrast; exported reduced-precision graphs keep their norms in fp32 this way too). A no-op cast in fp32."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return super().forward(x)
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+
+
 class Attention(nn.Module):
-    """Multi-head attention with RoPE; `step` writes the new keys/values into a ring KV cache first."""
+    """Multi-head attention with RoPE. The real-time step (engine.graphs) uses `project` and `out` around its own
+    attention over the ring KV cache."""
 
     def __init__(self, d: int, heads: int):
         super().__init__()
@@ -109,27 +122,21 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(d, 3 * d)
         self.proj = nn.Linear(d, d)
 
-    def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """x (B, L, D) -> rotated q, rotated k, v, each (B, H, L, hd)."""
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3x (B, H, L, hd)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
+    def out(self, y: torch.Tensor) -> torch.Tensor:
+        """Attention output (B, H, L, hd) -> (B, L, D)."""
+        B, H, L, hd = y.shape
+        return self.proj(y.transpose(1, 2).reshape(B, L, H * hd))
+
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        B, L, D = x.shape
-        q, k, v = self._qkv(x, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, L, hd)
-        return self.proj(y.transpose(1, 2).reshape(B, L, D))
-
-    def step(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
-             v_cache: torch.Tensor, write_index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x (B, N, D) of the newest frame; caches (B, H, W*N, hd) updated in place at `write_index` (N,)."""
-        B, N, D = x.shape
-        q, k, v = self._qkv(x, cos, sin)
-        k_cache.index_copy_(2, write_index, k.to(k_cache.dtype))
-        v_cache.index_copy_(2, write_index, v.to(v_cache.dtype))
-        y = F.scaled_dot_product_attention(q, k_cache.to(q.dtype), v_cache.to(q.dtype), attn_mask=mask)
-        return self.proj(y.transpose(1, 2).reshape(B, N, D))
+        q, k, v = self.project(x, cos, sin)
+        return self.out(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))  # (B, L, D)
 
 
 class MLP(nn.Sequential):
@@ -142,15 +149,11 @@ class BackboneBlock(nn.Module):
 
     def __init__(self, d: int, heads: int, mlp_ratio: float):
         super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(d), Attention(d, heads)
-        self.norm2, self.mlp = nn.LayerNorm(d), MLP(d, mlp_ratio)
+        self.norm1, self.attn = LayerNorm(d), Attention(d, heads)
+        self.norm2, self.mlp = LayerNorm(d), MLP(d, mlp_ratio)
 
     def forward(self, x, cos, sin, mask):
         x = x + self.attn(self.norm1(x), cos, sin, mask)
-        return x + self.mlp(self.norm2(x))
-
-    def step(self, x, cos, sin, k_cache, v_cache, write_index, mask):
-        x = x + self.attn.step(self.norm1(x), cos, sin, k_cache, v_cache, write_index, mask)
         return x + self.mlp(self.norm2(x))
 
 
@@ -163,9 +166,9 @@ class HeadBlock(nn.Module):
 
     def __init__(self, d: int, heads: int, mlp_ratio: float):
         super().__init__()
-        self.norm1 = nn.LayerNorm(d, elementwise_affine=False)
+        self.norm1 = LayerNorm(d, elementwise_affine=False)
         self.attn = Attention(d, heads)
-        self.norm2 = nn.LayerNorm(d, elementwise_affine=False)
+        self.norm2 = LayerNorm(d, elementwise_affine=False)
         self.mlp = MLP(d, mlp_ratio)
         self.ada = nn.Linear(d, 6 * d)
         nn.init.zeros_(self.ada.weight)
@@ -205,14 +208,14 @@ class Backbone(nn.Module):
             self.action_in.requires_grad_(False)
         self.level_in = ScalarEmbed(d)
         self.blocks = nn.ModuleList(BackboneBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.backbone_layers))
-        self.norm_out = nn.LayerNorm(d)
+        self.norm_out = LayerNorm(d)
 
     def embed(self, tokens: torch.Tensor, actions: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
         """tokens (B, T, N, Dt), actions (B, T, A), levels (B, T) -> (B, T, N, D)."""
         cond = self.level_in(levels)  # (B, T, D)
         if self.cfg.backbone_actions:
             cond = cond + self.action_in(actions.to(self.token_in.weight.dtype))
-        return self.token_in(tokens) + cond[:, :, None]
+        return self.token_in(tokens.to(self.token_in.weight.dtype)) + cond[:, :, None]
 
     def forward(self, tokens, actions, levels, rope: Rope3D, start: int = 0) -> torch.Tensor:
         """Full block-causal pass over a window: (B, T, N, Dt) -> (B, T, N, D)."""
@@ -224,13 +227,6 @@ class Backbone(nn.Module):
         for blk in self.blocks:
             x = blk(x, cos, sin, mask)
         return self.norm_out(x).reshape(B, T, N, -1)
-
-    def step(self, tokens, actions, levels, cos, sin, k_cache, v_cache, write_index, mask) -> torch.Tensor:
-        """One new frame: tokens (B, N, Dt), actions (B, A), levels (B,) -> (B, N, D); caches (L, B, H, W*N, hd)."""
-        x = self.embed(tokens[:, None], actions[:, None], levels[:, None])[:, 0]  # (B, N, D)
-        for i, blk in enumerate(self.blocks):
-            x = blk.step(x, cos, sin, k_cache[i], v_cache[i], write_index, mask)
-        return self.norm_out(x)
 
 
 class Head(nn.Module):
@@ -250,7 +246,7 @@ class Head(nn.Module):
         self.action_tokens = nn.Linear(cfg.action_dim, d)
         self.null_action_tokens = nn.Parameter(torch.zeros(d))
         self.blocks = nn.ModuleList(HeadBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.head_layers))
-        self.norm_out = nn.LayerNorm(d, elementwise_affine=False)
+        self.norm_out = LayerNorm(d, elementwise_affine=False)
         self.ada_out = nn.Linear(d, 2 * d)
         self.out = nn.Linear(d, cfg.token_dim)
         for m in (self.ada_out, self.out):
@@ -269,7 +265,8 @@ class Head(nn.Module):
 
     def forward(self, x_tokens, h, c, cos, sin, action_tokens=None) -> torch.Tensor:
         """x_tokens (M, N, Dt), h (M, N, D), c (M, D), action_tokens (M, D) -> velocity tokens (M, N, Dt)."""
-        x = self.x_in(x_tokens) + self.h_in(h)
+        dt = self.x_in.weight.dtype
+        x = self.x_in(x_tokens.to(dt)) + self.h_in(h.to(dt))
         if action_tokens is not None:
             x = x + action_tokens[:, None]
         for blk in self.blocks:

@@ -53,25 +53,32 @@ def full_pass(wm: WorldModel, z, actions, levels, start: int = 0) -> torch.Tenso
 
 
 def cached_pass(wm: WorldModel, z, actions, levels) -> torch.Tensor:
-    """Backbone.step frame by frame over a ring KV cache of W frames, with Session's bookkeeping."""
+    """The real-time backbone step (engine.graphs.BackboneStep) frame by frame over a ring KV cache of W frames, in
+    both of its cache modes: in place (the torch runner) and read-only plus the new columns (the exported graph)."""
+    from engine.graphs import BackboneStep
+    from engine.kv_cache import RingKVCache
+
     c = wm.cfg
-    tokens = wm.patchify(z)
-    B, T, N, _ = tokens.shape
-    W = c.context_frames
-    k_cache = torch.zeros(c.backbone_layers, B, c.heads, W * N, c.head_dim)
-    v_cache = torch.zeros_like(k_cache)
-    valid = torch.zeros(B, W, dtype=torch.bool)
-    outs = []
-    with torch.no_grad():
-        for t in range(T):
-            slot = t % W
-            valid[:, slot] = True
-            write_index = slot * N + torch.arange(N)
-            mask = torch.zeros(B, W * N).masked_fill(~valid.repeat_interleave(N, dim=1), float("-inf"))
-            cos, sin = wm.rope.frames(torch.tensor([t]))
-            outs.append(wm.backbone.step(tokens[:, t], actions[:, t], levels[:, t], cos[0], sin[0], k_cache, v_cache,
-                                         write_index, mask[:, None, None]))
-    return torch.stack(outs, dim=1)  # (B, T, N, D)
+    B, T = z.shape[:2]
+    step = BackboneStep(wm)
+    outs = {}
+    for in_place in (True, False):
+        kv = RingKVCache(c.backbone_layers, B, c.heads, c.context_frames, c.tokens_per_frame, c.head_dim,
+                         torch.float32, torch.device("cpu"))
+        outs[in_place] = []
+        with torch.no_grad():
+            for t in range(T):
+                cos, sin = wm.rope.frames(torch.tensor([t]))
+                # the step takes raw latents and corrupts them: (1 - level) * z + level * 0 gives back z
+                raw = wm.denormalize(z[:, t] / (1 - levels[:, t]).reshape(B, 1, 1, 1))
+                h, k_new, v_new = step(raw, torch.zeros_like(raw), actions[:, t], levels[:, t], cos[0], sin[0],
+                                       kv.k, kv.v, kv.mask(with_next=in_place),
+                                       kv.write_index() if in_place else None)
+                kv.append(None, None) if in_place else kv.append(k_new, v_new)
+                outs[in_place].append(h)
+    a, b = torch.stack(outs[True], dim=1), torch.stack(outs[False], dim=1)
+    torch.testing.assert_close(a, b, **FP32_TOL)
+    return a  # (B, T, N, D)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip ins
 
 from engine.session import Session, SessionError, default_backend  # noqa: E402
 from export.cli import main as export_main  # noqa: E402
+from export.onnx import ensure_graphs  # noqa: E402
+from export.prepare import prepare_backend  # noqa: E402
 
 LATENT_ATOL = 1e-4  # fp32, same math in two runtimes: kernels sum in different orders
 
@@ -36,6 +38,12 @@ def frames(T: int, seed: int = 0, batch: int | None = None) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
 
 
+def ort_session(ckpt, **kw) -> Session:
+    """An onnxruntime session the way the front ends make one: export (once, cached), then open the graphs."""
+    backend, graphs = prepare_backend(ckpt, "onnxruntime", kw.get("batch", 1), quiet=True)
+    return Session(ckpt, backend=backend, graphs=graphs, **kw)
+
+
 def run(session: Session, acts) -> tuple[np.ndarray, torch.Tensor]:
     out, lat = [], []
     for a in acts:
@@ -47,7 +55,7 @@ def run(session: Session, acts) -> tuple[np.ndarray, torch.Tensor]:
 @pytest.mark.parametrize("steps,guidance", [(1, 1.0), (2, 2.5), (3, 1.0), (4, 1.5)])
 def test_onnxruntime_rollout_equals_torch_through_ring_wrap(ckpt, steps, guidance):
     kw = dict(steps=steps, guidance=guidance, threads=1)
-    a, b = Session(ckpt, backend="torch", **kw), Session(ckpt, backend="onnxruntime", **kw)
+    a, b = Session(ckpt, backend="torch", **kw), ort_session(ckpt, **kw)
     assert b.backend == "onnxruntime"
     ctx, acts = frames(3), actions(3)
     a.reset(ctx, acts, seed=4)
@@ -56,8 +64,8 @@ def test_onnxruntime_rollout_equals_torch_through_ring_wrap(ckpt, steps, guidanc
     fb, lb = run(b, actions(3 * W, seed=2))
     assert torch.allclose(la, lb, atol=LATENT_ATOL), float((la - lb).abs().max())
     assert np.abs(fa.astype(int) - fb).max() <= 1  # uint8 rounding of near-equal floats
-    assert torch.equal(a.valid, b.valid) and int(a.frame_count) == int(b.frame_count)
-    assert torch.allclose(a.k_cache, b.k_cache, atol=LATENT_ATOL)
+    assert torch.equal(a.kv.valid, b.kv.valid) and int(a.kv.count) == int(b.kv.count)
+    assert torch.allclose(a.kv.k, b.kv.k, atol=LATENT_ATOL)
 
 
 def test_onnxruntime_equals_torch_for_a_backbone_without_actions(tmp_path):
@@ -67,8 +75,8 @@ def test_onnxruntime_equals_torch_for_a_backbone_without_actions(tmp_path):
 
     path = tiny_checkpoint(tmp_path / "nba.safetensors", start=3, backbone_actions=False)
     kw = dict(steps=2, guidance=2.0, threads=1)
-    a, b = Session(path, backend="torch", **kw), Session(path, backend="onnxruntime", **kw)
-    names = {i.name for i in onnx.load(str(b._runner.folder / "backbone.onnx")).graph.input}
+    a, b = Session(path, backend="torch", **kw), ort_session(path, **kw)
+    names = {i.name for i in onnx.load(str(b.runner.folder / "backbone.onnx")).graph.input}
     assert "actions" not in names and "z" in names
     a.reset(frames(3), actions(3), seed=4)
     b.reset(frames(3), actions(3), seed=4)
@@ -83,7 +91,7 @@ def test_onnxruntime_equals_torch_for_a_backbone_without_actions(tmp_path):
 
 def test_onnxruntime_batch_and_changing_settings_between_frames(ckpt):
     a = Session(ckpt, backend="torch", batch=2, threads=1)
-    b = Session(ckpt, backend="onnxruntime", batch=2, threads=1)
+    b = ort_session(ckpt, batch=2, threads=1)
     for s in (a, b):
         s.reset(frames(2, batch=2), seed=[5, 9])
     la, lb = [], []
@@ -96,7 +104,7 @@ def test_onnxruntime_batch_and_changing_settings_between_frames(ckpt):
 
 
 def test_onnxruntime_state_round_trip_and_fork(ckpt):
-    s = Session(ckpt, backend="onnxruntime", threads=1)
+    s = ort_session(ckpt, threads=1)
     s.reset(seed=1)
     run(s, actions(5))
     saved = s.state()
@@ -111,7 +119,7 @@ def test_onnxruntime_state_round_trip_and_fork(ckpt):
 def test_backbone_beside_the_decode_gives_the_same_world(ckpt):
     """With overlap the deferred backbone pass runs on a second thread while the frame is decoded: the rollout,
     a reset or a load in the middle of a pass, and a fork are all the same as with every part in order."""
-    serial, overlap = Session(ckpt, backend="onnxruntime", threads=1), Session(ckpt, backend="onnxruntime", threads=1)
+    serial, overlap = ort_session(ckpt, threads=1), ort_session(ckpt, threads=1)
     serial.overlap, overlap.overlap = False, True
     ctx = frames(2)
     for s in (serial, overlap):
@@ -122,7 +130,7 @@ def test_backbone_beside_the_decode_gives_the_same_world(ckpt):
         assert np.array_equal(fs, fo), t
         if t == W:                       # a save-game taken while a pass runs, loaded while the next one runs
             saved = overlap.state()
-            assert overlap._inflight is None and int(overlap.frame_count) == int(serial.frame_count) + 1
+            assert overlap._inflight is None and int(overlap.kv.count) == int(serial.kv.count) + 1
     branch, serial_branch = overlap.fork(), serial.fork()    # forked while a pass runs
     overlap.load_state(saved)
     serial_again = serial.fork()
@@ -133,23 +141,22 @@ def test_backbone_beside_the_decode_gives_the_same_world(ckpt):
     overlap.reset(ctx, seed=5)           # reset while a pass runs: nothing of it survives
     serial.reset(ctx, seed=5)
     assert np.array_equal(serial.step(acts[0], defer_update=True), overlap.step(acts[0], defer_update=True))
-    for k in Session._STATE:
+    for k in serial.state()["tensors"]:
         assert torch.equal(serial.state()["tensors"][k], overlap.state()["tensors"][k]), k
     for act in acts[:3]:                 # a plain step with overlap returns with its pass done
         assert np.array_equal(serial.step(act), overlap.step(act)) and overlap._inflight is None
     overlap.close()
-    assert overlap._pool is None
+    assert overlap._executor is None
 
 
 def test_export_is_cached_per_checkpoint_and_batch(ckpt, capsys):
     from engine.checkpoint import load_checkpoint
-    from engine.ort_runtime import graphs_for
 
     c = load_checkpoint(ckpt)
-    folder = graphs_for(c, 1)
+    folder = ensure_graphs(c, 1)
     stamp = (folder / "backbone.onnx").stat().st_mtime_ns
-    assert graphs_for(c, 1) == folder and (folder / "backbone.onnx").stat().st_mtime_ns == stamp  # not re-exported
-    assert graphs_for(c, 3) != folder
+    assert ensure_graphs(c, 1) == folder and (folder / "backbone.onnx").stat().st_mtime_ns == stamp  # not re-exported
+    assert ensure_graphs(c, 3) != folder
     man = json.loads((folder / "manifest.json").read_text())
     assert man["batch"] == 1 and man["game"] == SPEC.game and len(man["sha256"]) == 64
     assert all(v is not None and v < 1e-3 for k, v in man["max_abs_error"].items() if k != "decode")
@@ -160,8 +167,8 @@ def test_players_started_together_export_once_and_both_run(ckpt, tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from engine.checkpoint import load_checkpoint; from engine.ort_runtime import graphs_for; "
-            "print(graphs_for(load_checkpoint(sys.argv[1]), 2))")
+    code = ("import sys; from engine.checkpoint import load_checkpoint; from export.onnx import ensure_graphs; "
+            "print(ensure_graphs(load_checkpoint(sys.argv[1]), 2))")
     env = {**os.environ, "REVERIE_CACHE": str(tmp_path / "cache")}
     procs = [subprocess.Popen([sys.executable, "-c", code, str(ckpt)], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -205,17 +212,25 @@ def test_onnxruntime_bad_requests_raise(ckpt):
     from tiny_model import tiny_models
 
     with pytest.raises(SessionError, match="fp32"):
-        Session(ckpt, backend="onnxruntime", dtype="bf16")
+        ort_session(ckpt, dtype="bf16")
     ae, wm = tiny_models()
-    with pytest.raises(SessionError, match="checkpoint file"):
+    with pytest.raises(SessionError, match="reverie export"):
         Session(models=(ae, wm, SPEC), backend="onnxruntime", dtype="fp32")
     with pytest.raises(SessionError, match="backend"):
         Session(ckpt, backend="openvino")
 
 
-def test_auto_backend_picks_onnxruntime_on_cpu(ckpt):
+def test_auto_backend_picks_onnxruntime_on_cpu(tmp_path):
+    """auto: onnxruntime once the graphs are exported (front ends export first), torch before; asked for by name
+    without an export, onnxruntime says how to export."""
+    fresh = tiny_checkpoint(tmp_path / "fresh.safetensors")
     assert default_backend("cpu") == "onnxruntime"
-    assert Session(ckpt, backend="auto", threads=1).backend == "onnxruntime"
+    assert Session(fresh, backend="auto", threads=1).backend == "torch"
+    with pytest.raises(SessionError, match="reverie export"):
+        Session(fresh, backend="onnxruntime", threads=1)
+    assert prepare_backend(fresh, "auto", 1, "cpu", quiet=True)[0] == "onnxruntime"
+    assert Session(fresh, backend="auto", threads=1).backend == "onnxruntime"   # found in the cache
+    assert Session(fresh, threads=1).backend == "onnxruntime"                   # auto is the default
     assert os.environ.get("REVERIE_CACHE")  # conftest keeps the exports out of the user's cache
 
 

@@ -73,30 +73,35 @@ def test_ring_cache_bookkeeping(models, T):
     s = make_session(models, batch=2, steps=1)
     N = s.cfg.tokens_per_frame
     s.reset(real_frames(T))
-    assert int(s.frame_count) == T
-    assert s.valid.tolist() == [[i < min(T, W) for i in range(W)]] * 2
-    buffers = ("k_cache", "v_cache", "valid", "frame_count", "h_last", "z_buf", "frame_buf")
-    layout = {k: (tuple(getattr(s, k).shape), getattr(s, k).data_ptr()) for k in buffers}
+    assert int(s.kv.count) == T
+    assert s.kv.valid.tolist() == [[i < min(T, W) for i in range(W)]] * 2
+
+    def buffers() -> dict:  # shape and address of every preallocated buffer
+        bufs = {"k": s.kv.k, "v": s.kv.v, "valid": s.kv.valid, "count": s.kv.count, "h_last": s.h_last,
+                "z_buf": s.z_buf, "frame_buf": s.frame_buf}
+        return {k: (tuple(t.shape), t.data_ptr()) for k, t in bufs.items()}
+
+    layout = buffers()
     for k, a in enumerate(random_actions(3 * W, batch=2), start=1):
-        before = s.k_cache.clone(), s.v_cache.clone()
+        before = s.kv.k.clone(), s.kv.v.clone()
         s.step(a)
         n = T + k
-        assert int(s.frame_count) == n
-        assert s.valid.tolist() == [[i < min(n, W) for i in range(W)]] * 2
+        assert int(s.kv.count) == n
+        assert s.kv.valid.tolist() == [[i < min(n, W) for i in range(W)]] * 2
         slot = (n - 1) % W  # the frame appended by this step went to frame_count % W before the increment
-        for old, new in zip(before, (s.k_cache, s.v_cache)):
+        for old, new in zip(before, (s.kv.k, s.kv.v)):
             changed = (old != new).any(dim=-1).reshape(*new.shape[:3], W, N)  # (L, B, H, W, N)
             assert changed[:, :, :, slot].all(), f"step {k}: slot {slot} not fully written"
             others = [i for i in range(W) if i != slot]
             assert not changed[:, :, :, others].any(), f"step {k}: a slot other than {slot} changed"
-        assert {k: (tuple(getattr(s, k).shape), getattr(s, k).data_ptr()) for k in buffers} == layout
+        assert buffers() == layout
 
     s.reset(real_frames(2, seed=3))  # reset forgets the old world
-    assert int(s.frame_count) == 2
-    assert s.valid.tolist() == [[True, True] + [False] * (W - 2)] * 2
-    assert not s.k_cache.reshape(*s.k_cache.shape[:3], W, N, -1)[:, :, :, 2:].any()
-    assert not s.v_cache.reshape(*s.v_cache.shape[:3], W, N, -1)[:, :, :, 2:].any()
-    assert {k: (tuple(getattr(s, k).shape), getattr(s, k).data_ptr()) for k in buffers} == layout
+    assert int(s.kv.count) == 2
+    assert s.kv.valid.tolist() == [[True, True] + [False] * (W - 2)] * 2
+    assert not s.kv.k.reshape(*s.kv.k.shape[:3], W, N, -1)[:, :, :, 2:].any()
+    assert not s.kv.v.reshape(*s.kv.v.shape[:3], W, N, -1)[:, :, :, 2:].any()
+    assert buffers() == layout
 
 
 # ---- 2. cached rollout == recompute-everything rollout ---------------------------------------------------------
@@ -203,7 +208,7 @@ def test_fork_branches_independently(models):
 
     original, never_forked = started(), started()
     same, reseeded, diverged = original.fork(), original.fork(seed=7), original.fork()
-    assert same.k_cache.data_ptr() != original.k_cache.data_ptr()
+    assert same.kv.k.data_ptr() != original.kv.k.data_ptr()
     rollout(diverged, random_actions(W + 2, seed=9))  # other actions, past a full ring
     diverged.close()
 
@@ -351,7 +356,7 @@ def test_long_run_is_finite_with_constant_memory():
     s = make_session(tiny_models(seed=1, time_period=LONG_RUN_PERIOD), steps=1, guidance=1.5)
     s.reset(real_frames(2))
     actions = random_actions(LONG_RUN_STEPS)
-    ptrs = (s.k_cache.data_ptr(), s.v_cache.data_ptr(), s.z_buf.data_ptr())
+    ptrs = (s.kv.k.data_ptr(), s.kv.v.data_ptr(), s.z_buf.data_ptr())
     for t in range(LONG_RUN_WARMUP):
         s.step(actions[t])
     before = rss_mb()
@@ -360,9 +365,9 @@ def test_long_run_is_finite_with_constant_memory():
         if t % 100 == 0:
             assert torch.isfinite(s.latent).all(), f"non-finite latent at step {t}"
     grown = rss_mb() - before
-    assert torch.isfinite(s.latent).all() and torch.isfinite(s.k_cache).all()
-    assert int(s.frame_count) == 2 + LONG_RUN_STEPS
-    assert (s.k_cache.data_ptr(), s.v_cache.data_ptr(), s.z_buf.data_ptr()) == ptrs
+    assert torch.isfinite(s.latent).all() and torch.isfinite(s.kv.k).all()
+    assert int(s.kv.count) == 2 + LONG_RUN_STEPS
+    assert (s.kv.k.data_ptr(), s.kv.v.data_ptr(), s.z_buf.data_ptr()) == ptrs
     assert grown < RSS_GROWTH_LIMIT_MB, f"RSS grew {grown:.1f} MB over {LONG_RUN_STEPS - LONG_RUN_WARMUP} steps"
 
 
@@ -378,12 +383,12 @@ def test_deferred_update_gives_the_same_world(models):
         fa = a.step(act)
         fb = b.step(act, defer_update=True)
         assert np.array_equal(fa, fb)
-        assert int(b.frame_count) == int(a.frame_count) - 1  # the pass is still pending
+        assert int(b.kv.count) == int(a.kv.count) - 1  # the pass is still pending
         if t % 2:
             b.finish()
-            assert int(b.frame_count) == int(a.frame_count)
+            assert int(b.kv.count) == int(a.kv.count)
     sa, sb = a.state(), b.state()  # state() runs a pending pass first
-    for k in Session._STATE:
+    for k in sa["tensors"]:
         assert torch.equal(sa["tensors"][k], sb["tensors"][k]), k
 
 

@@ -1,0 +1,185 @@
+"""Runners: interchangeable executors of the step's graphs (engine.graphs) behind one interface.
+
+    runner.run(name, feeds) -> list of output tensors     name in engine.graphs.GRAPHS; feeds by input name
+    runner.noise(seed, counter, shape, stream) -> (B, *shape) float32, the counter-based draw of engine.noise
+    runner.in_place_cache   the backbone writes the new keys into the ring itself (else the session writes them)
+    runner.cache_dtype      the type the KV cache is kept in
+    runner.capture(fn)      (torch on CUDA only) fn captured as a CUDA graph
+
+The session owns everything between the graphs (ring slots, masks, noise counters, the Euler loop, guidance,
+save-games, forks), once for every runner:
+  torch        the modules themselves: eager on CPU; on CUDA each part of a step is captured as a CUDA graph
+               (one memory pool per session), with the attention backend chosen explicitly and no TF32 in fp32
+  onnxruntime  the exported graphs (export.onnx, `reverie export`) in ONNX Runtime on the CPU: one call per graph
+               with fused kernels, about twice the eager torch step on a small CPU; it releases the GIL
+  tensorrt     engines built from the same graphs (export.tensorrt), bound to torch CUDA tensors by name
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.autoencoder import Autoencoder
+from engine.graphs import GRAPHS, INPUTS, MANIFEST, graph_modules
+from engine.inputs import SessionError
+from engine.noise import counter_normal, counter_normal_np
+from engine.world_model import WorldModel
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+# Scaled-dot-product attention kernels the torch runner may use on CUDA, in order of preference. cuDNN attention
+# (torch's default on Hopper) is left out: known NaN gradients and graph-capture failures with masked attention.
+CUDA_ATTENTION = ("flash", "efficient", "math")
+
+
+class RunnerError(SessionError):
+    """A backend that cannot run here (not installed, wrong device, graphs missing or damaged)."""
+
+
+def default_backend(device: str | torch.device = "cpu") -> str:
+    """The fastest backend for a device: onnxruntime on CPU where installed, torch (CUDA graphs) on CUDA."""
+    if torch.device(device).type != "cpu":
+        return "torch"
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "onnxruntime"
+
+
+class TorchRunner:
+    """The graph modules run by PyTorch; on CUDA, parts of a step are captured as CUDA graphs (see `capture`)."""
+
+    in_place_cache = True
+
+    def __init__(self, wm: WorldModel, ae: Autoencoder, device: torch.device, dtype: torch.dtype,
+                 attention: tuple[str, ...] = CUDA_ATTENTION):
+        self.device, self.cache_dtype = device, dtype
+        self.modules = graph_modules(wm, ae, channels_last=device.type == "cpu")
+        self.inputs = {name: [*INPUTS[name], "write_index"] if name == "backbone" else list(INPUTS[name])
+                       for name in GRAPHS}
+        self.cuda = device.type == "cuda"
+        self.pool = None
+        self._noise: Callable[..., torch.Tensor] = counter_normal
+        if self.cuda:
+            self.pool = torch.cuda.graph_pool_handle()
+            try:  # ~110 tiny integer kernels a draw eagerly; one fused kernel compiled
+                self._noise = torch.compile(counter_normal, dynamic=False, fullgraph=True)
+            except Exception:  # no compiler toolchain: the eager draw is the same function
+                self._noise = counter_normal
+        self._attention = attention
+        self._fp32 = dtype == torch.float32
+
+    @contextlib.contextmanager
+    def _context(self):
+        """On CUDA: the session's device, the chosen attention kernels, and no TF32 when the model runs fp32."""
+        if not self.cuda:
+            yield
+            return
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        names = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                 "math": SDPBackend.MATH, "cudnn": SDPBackend.CUDNN_ATTENTION}
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        try:
+            torch.backends.cuda.matmul.allow_tf32 = tf32 and not self._fp32
+            with torch.cuda.device(self.device), sdpa_kernel([names[a] for a in self._attention]), \
+                    torch.backends.cudnn.flags(enabled=True, allow_tf32=not self._fp32):
+                yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+
+    def run(self, name: str, feeds: dict[str, Any]) -> list[torch.Tensor]:
+        args = {k: feeds[k] for k in self.inputs[name] if k in feeds}
+        with self._context():
+            out = self.modules[name](**args)
+        return list(out) if isinstance(out, tuple) else [out]
+
+    def noise(self, seed: torch.Tensor, counter: torch.Tensor, shape: tuple[int, ...], stream: int) -> torch.Tensor:
+        return self._noise(seed, counter, shape, stream)
+
+    def capture(self, fn: Callable[[], None]) -> torch.cuda.CUDAGraph:
+        """fn captured as a CUDA graph in the session's pool, after two warm-up runs on a side stream (the caller
+        undoes their effect on its state)."""
+        with self._context():
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):  # kernels chosen and compiled, allocator warmed, outside the capture
+                    fn()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                fn()
+        return graph
+
+
+class OrtRunner:
+    """The exported graphs in ONNX Runtime on the CPU, with the caller's thread count."""
+
+    in_place_cache = False
+    cache_dtype = torch.float32
+    device = torch.device("cpu")
+
+    def __init__(self, folder: Path, threads: int):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RunnerError("backend 'onnxruntime' needs the onnxruntime package: pip install onnxruntime (or the "
+                              "project's [play] extra)") from None
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = max(1, int(threads))
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # worker threads sleep between calls instead of spinning: on a small CPU a spinning pool takes the core the
+        # window (or the other half of the step) needs
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.folder, self.threads = folder, so.intra_op_num_threads
+        self.sessions = {}
+        for name in GRAPHS:
+            path = folder / f"{name}.onnx"
+            try:
+                self.sessions[name] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            except Exception as e:  # onnxruntime raises its own types for missing and damaged files
+                raise RunnerError(f"{path}: cannot load this graph ({e}); export the model again with "
+                                  "'reverie export'") from None
+        # the exporter drops inputs a graph does not read (the actions of a backbone without backbone_actions)
+        self.inputs = {name: [i.name for i in s.get_inputs()] for name, s in self.sessions.items()}
+
+    def run(self, name: str, feeds: dict[str, Any]) -> list[torch.Tensor]:
+        # CPU tensors share memory with the numpy arrays onnxruntime reads
+        outs = self.sessions[name].run(None, {k: np.ascontiguousarray(feeds[k].numpy()) for k in self.inputs[name]})
+        return [torch.from_numpy(o) for o in outs]
+
+    def noise(self, seed: torch.Tensor, counter: torch.Tensor, shape: tuple[int, ...], stream: int) -> torch.Tensor:
+        # the same numbers from a few numpy calls instead of ~40 small torch ops
+        return torch.from_numpy(counter_normal_np(seed.numpy(), counter.numpy(), shape, stream))
+
+
+def make_runner(backend: str, wm: WorldModel, ae: Autoencoder, device: torch.device, dtype: torch.dtype,
+                graphs: Path | None, threads: int) -> Any:
+    """The runner of a backend; graph backends need the folder their graphs were exported (and built) into."""
+    if backend == "torch":
+        return TorchRunner(wm, ae, device, dtype)
+    if graphs is None or not (Path(graphs) / MANIFEST).is_file():
+        raise RunnerError(f"backend {backend!r} runs the model's exported graphs, and none were found"
+                          + (f" in {graphs}" if graphs else "") + ": export them first with 'reverie export' (or "
+                          "export.prepare.prepare_backend), then pass the folder as Session(graphs=...)")
+    if backend == "onnxruntime":
+        if device.type != "cpu":
+            raise RunnerError("backend 'onnxruntime' runs on the CPU here; on CUDA use the torch backend (CUDA "
+                              "graphs) or tensorrt")
+        return OrtRunner(Path(graphs), threads)
+    from engine.trt_runner import TrtRunner
+
+    if device.type != "cuda":
+        raise RunnerError("backend 'tensorrt' runs on a CUDA device; pass device='cuda'")
+    precision = json.loads((Path(graphs) / MANIFEST).read_text()).get("precision", "fp32")
+    return TrtRunner(Path(graphs), device, precision)
