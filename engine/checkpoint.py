@@ -169,3 +169,15 @@ def load_into(module: torch.nn.Module, ckpt: Checkpoint, part: str) -> torch.nn.
                                   f"{tuple(v.shape)}")
     module.load_state_dict(sd)
     return module
+
+
+def load_world_model(ckpt: Checkpoint) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The autoencoder and world model of a checkpoint that has both (a clear error for an autoencoder-only one)."""
+    from engine.autoencoder import Autoencoder
+    from engine.world_model import WorldModel
+
+    if not ckpt.has("wm"):
+        raise CheckpointError(f"{ckpt.path}: a {ckpt.kind!r} checkpoint without world-model weights; pass the "
+                              "model.safetensors written by 'reverie train wm'")
+    return (load_into(Autoencoder(ckpt.config.autoencoder), ckpt, "ae"),
+            load_into(WorldModel(ckpt.config.world_model), ckpt, "wm"))

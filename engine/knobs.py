@@ -94,6 +94,29 @@ def check_scale(value: Any, name: str = "scale") -> int:
     return _integer(name, value, 1, MAX_SCALE)
 
 
+class Knob:
+    """A checked attribute: `steps = Knob(check_steps)`; with `buffer`, every set also fills that device tensor of
+    the owner (what a captured CUDA graph reads)."""
+
+    def __init__(self, check: Callable[[Any, str], Any], buffer: str | None = None):
+        self.check, self.buffer = check, buffer
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name, self.slot = name, f"_{name}"
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        return self if obj is None else getattr(obj, self.slot)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        value = self.check(value, self.name)
+        valid = getattr(obj, "knob_limits", {}).get(self.name)
+        if valid is not None and value not in valid:
+            raise KnobError(f"{self.name}={value!r} is not available for this model (choose from {sorted(valid)})")
+        setattr(obj, self.slot, value)
+        if self.buffer is not None:
+            getattr(obj, self.buffer).fill_(value)
+
+
 def arg_type(check: Callable[[Any, str], Any], flag: str, kind: type = float) -> Callable[[str], Any]:
     """An argparse `type=` that parses the text as `kind` and applies `check`, naming the flag on failure."""
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from engine.autoencoder import Autoencoder
-from engine.graphs import GRAPHS, INPUTS, MANIFEST, graph_modules
+from engine.graphs import GRAPHS, INPUTS, MANIFEST, file_sha256, graph_folder, graph_modules, graphs_complete
 from engine.inputs import SessionError
 from engine.noise import counter_normal, counter_normal_np
 from engine.world_model import WorldModel
@@ -51,6 +51,51 @@ def default_backend(device: str | torch.device = "cpu") -> str:
     except ImportError:
         return "torch"
     return "onnxruntime"
+
+
+def resolve_backend(backend: str, device: torch.device, checkpoint: Path | None, batch: int,
+                    graphs: str | Path | None) -> tuple[str, Path | None]:
+    """The backend a session runs and its graphs folder: given, or found in the cache by the checkpoint's sha256.
+
+    "auto" is the fastest backend ready for the device: onnxruntime on CPU once the model's graphs are exported
+    (the front ends export first; `reverie export` does it ahead), torch otherwise.
+    """
+    if backend != "auto" and backend not in BACKENDS:
+        raise RunnerError(f"backend {backend!r}: choose one of auto, {', '.join(BACKENDS)}")
+    wanted = default_backend(device) if backend == "auto" else backend
+    if wanted == "torch" or graphs is not None:
+        return wanted, None if graphs is None else Path(graphs)
+    if wanted == "onnxruntime" and checkpoint is not None:
+        sha = file_sha256(checkpoint)
+        if graphs_complete(graph_folder(sha, batch), sha, batch):
+            return wanted, graph_folder(sha, batch)
+    return ("torch", None) if backend == "auto" else (wanted, None)  # make_runner says how to export
+
+
+def resolve_dtype(dtype: str, backend: str, device: torch.device) -> torch.dtype:
+    """The model precision: auto is bf16 for torch on CUDA, else fp32 (exported graphs take float32 in and out)."""
+    names = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if dtype != "auto" and dtype not in names:
+        raise RunnerError(f"dtype {dtype!r}: choose auto, fp32, bf16 or fp16")
+    if dtype == "auto":
+        dtype = "bf16" if device.type == "cuda" and backend == "torch" else "fp32"
+    if dtype != "fp32" and backend != "torch":
+        raise RunnerError(f"backend {backend!r} takes float32 in and out (its precision is chosen at export); "
+                          "leave dtype at auto or fp32")
+    return names[dtype]
+
+
+def place_models(ae: Autoencoder, wm: WorldModel, device: torch.device,
+                 dtype: torch.dtype) -> tuple[Autoencoder, WorldModel]:
+    """Models on the device for inference: transformer weights in `dtype`, while RoPE tables, latent statistics and
+    the encoder stay float32; the decoder too on CPU, where bf16 convolutions are slow."""
+    ae, wm = ae.to(device).eval(), wm.to(device).eval()
+    ae.decoder.to(dtype if device.type == "cuda" else torch.float32)
+    wm.backbone.to(dtype)
+    wm.head.to(dtype)
+    for p in list(ae.parameters()) + list(wm.parameters()):
+        p.requires_grad_(False)
+    return ae, wm
 
 
 class TorchRunner:

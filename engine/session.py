@@ -20,56 +20,30 @@ the model's graphs are exported (`reverie export`; play and bench export first),
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from engine import knobs
 from engine.actions import ActionSpec
 from engine.autoencoder import Autoencoder, frames_to_tensor
-from engine.checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_into
-from engine.graphs import file_sha256, graph_folder, graphs_complete
+from engine.capture import StepCapture, StepTimes, timed, usable_cores
+from engine.checkpoint import Checkpoint, load_checkpoint, load_world_model
 from engine.inputs import SessionError, actions_array, frames_tensor, reset_actions
-from engine.knobs import (
-    MAX_SAMPLING_STEPS,
-    check_batch,
-    check_context_noise,
-    check_guidance,
-    check_seed,
-    check_steps,
-    check_threads,
-)
+from engine.knobs import MAX_SAMPLING_STEPS
 from engine.kv_cache import RingKVCache
-from engine.runners import BACKENDS, make_runner
 from engine.runners import default_backend as default_backend
-from engine.world_model import WorldModel, step_schedule
+from engine.runners import make_runner, place_models, resolve_backend, resolve_dtype
+from engine.world_model import WorldModel, euler_schedule
 
 __all__ = ["DEFAULT_MODEL", "MAX_SAMPLING_STEPS", "Session", "SessionError", "StepTimes", "default_backend"]
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default.safetensors"
 STATE_FORMAT = 1
 SEED_STRIDE = 1_000_003   # world b of seed s draws from seed b + s * SEED_STRIDE
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity where the OS says, e.g. in a container)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-@dataclass
-class StepTimes:
-    """Milliseconds of the parts of the last step (filled when the session was made with profile=True)."""
-
-    head_ms: float = 0.0
-    decode_ms: float = 0.0
-    backbone_ms: float = 0.0
 
 
 class Session:
@@ -81,44 +55,25 @@ class Session:
                  cuda_graph: bool = True, threads: int | None = None, profile: bool = False, game: str | None = None,
                  models: tuple[Autoencoder, WorldModel, ActionSpec] | None = None,
                  graphs: str | os.PathLike | None = None):
-        self.batch, seed = check_batch(batch), check_seed(seed)
+        self.batch, seed = knobs.check_batch(batch), knobs.check_seed(seed)
         if threads is not None:
-            torch.set_num_threads(check_threads(threads))
+            torch.set_num_threads(knobs.check_threads(threads))
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise SessionError("device 'cuda' asked for, but torch sees no CUDA device")
         if models is None:
             ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint or DEFAULT_MODEL)
-            if not ckpt.has("wm"):
-                raise CheckpointError(f"{ckpt.path}: a {ckpt.kind!r} checkpoint without world-model weights; "
-                                      "pass the model.safetensors written by 'reverie train wm'")
-            ae, wm = load_into(Autoencoder(ckpt.config.autoencoder), ckpt, "ae"), \
-                load_into(WorldModel(ckpt.config.world_model), ckpt, "wm")
-            spec, self.checkpoint = ckpt.action_spec, ckpt
+            (ae, wm), spec, self.checkpoint = load_world_model(ckpt), ckpt.action_spec, ckpt
         else:
             (ae, wm, spec), self.checkpoint = models, None
         if game is not None and game != spec.game:
             raise SessionError(f"the model was trained on {spec.game!r}, not {game!r}")
-        self.backend, graphs = self._resolve_backend(backend, graphs)
-        if dtype not in ("auto", "fp32", "bf16", "fp16"):
-            raise SessionError(f"dtype {dtype!r}: choose auto, fp32, bf16 or fp16")
-        if dtype == "auto":  # exported graphs take float32 in and out
-            dtype = "bf16" if self.device.type == "cuda" and self.backend == "torch" else "fp32"
-        if dtype != "fp32" and self.backend != "torch":
-            raise SessionError(f"backend {self.backend!r} takes float32 in and out (its precision is chosen at "
-                               "export); leave dtype at auto or fp32")
-        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+        self.backend, graphs = resolve_backend(backend, self.device, getattr(self.checkpoint, 'path', None),
+                                               self.batch, graphs)
+        self.dtype = resolve_dtype(dtype, self.backend, self.device)
         self.spec: ActionSpec = spec
         self.cfg = wm.cfg
-        # weights in the model precision; RoPE tables, latent statistics and the encoder stay float32. CPU
-        # convolutions are slow in bf16, so the decoder runs in fp32 there.
-        self.ae = ae.to(self.device).eval()
-        self.ae.decoder.to(self.dtype if self.device.type == "cuda" else torch.float32)
-        self.wm = wm.to(self.device).eval()
-        self.wm.backbone.to(self.dtype)
-        self.wm.head.to(self.dtype)
-        for p in list(self.ae.parameters()) + list(self.wm.parameters()):
-            p.requires_grad_(False)
+        self.ae, self.wm = place_models(ae, wm, self.device, self.dtype)
         self.frame_shape = (ae.cfg.height, ae.cfg.width, 3)
         self.runner = make_runner(self.backend, self.wm, self.ae, self.device, self.dtype, graphs,
                                   threads or torch.get_num_threads())
@@ -132,22 +87,6 @@ class Session:
         self.steps = self.cfg.sampling_steps if steps is None else steps
         self.guidance = self.cfg.guidance if guidance is None else guidance
         self.context_noise = self.cfg.context_noise if context_noise is None else context_noise
-
-    def _resolve_backend(self, backend: str, graphs: Any) -> tuple[str, Path | None]:
-        """The backend to run and its graphs folder: given, or found in the cache by the checkpoint's sha256."""
-        if backend != "auto" and backend not in BACKENDS:
-            raise SessionError(f"backend {backend!r}: choose one of auto, {', '.join(BACKENDS)}")
-        wanted = default_backend(self.device) if backend == "auto" else backend
-        if wanted == "torch" or graphs is not None:
-            return wanted, None if graphs is None else Path(graphs)
-        path = getattr(self.checkpoint, "path", None)
-        if wanted == "onnxruntime" and path is not None:
-            folder = graph_folder(file_sha256(path), self.batch)
-            if graphs_complete(folder, file_sha256(path), self.batch):
-                return wanted, folder
-        if backend == "auto":  # nothing exported yet: the torch runner needs nothing
-            return "torch", None
-        return wanted, None   # make_runner says how to export
 
     # ---- buffers: every one preallocated, so memory never grows and CUDA graphs can capture the step ------------
     def _alloc(self, seed: int) -> None:
@@ -163,49 +102,24 @@ class Session:
         self.z_buf = torch.zeros(B, c.latent_channels, c.latent_height, c.latent_width, device=dev)
         self.frame_buf = torch.zeros(B, *self.frame_shape, dtype=torch.uint8, device=dev)
         # per sampling-step count: (tau, shortcut level, step size d) of each Euler step, as static device tensors
-        self._schedule = {s: [(torch.full((1,), float(sum(2.0 ** -i for i in step_schedule(s, c.shortcut_levels)[:k])),
-                                          device=dev), torch.full((1,), j, dtype=torch.long, device=dev),
-                               torch.full((1,), 2.0 ** -j, device=dev))
-                              for k, j in enumerate(step_schedule(s, c.shortcut_levels))]
+        self._schedule = {s: [tuple(torch.tensor([v], device=dev) for v in e)
+                              for e in euler_schedule(s, c.shortcut_levels)]
                           for s in range(1, MAX_SAMPLING_STEPS + 1) if 2 ** (c.shortcut_levels - 1) >= s}
+        self.knob_limits = {"steps": set(self._schedule)}
         self._staging = None
         if dev.type == "cuda":  # pinned host buffers: actions in and frames out copy without a pageable bounce
             self._staging = (torch.empty(B, c.action_dim, pin_memory=True),
                              torch.empty(B, *self.frame_shape, dtype=torch.uint8, pin_memory=True))
-        self._graphs: dict[tuple, Any] = {}
+        self._capture = StepCapture(self.runner.capture, self._schedule, self._head, self._decode,
+                                    lambda full: self._backbone(self.z_buf, self.action_buf, full),
+                                    self._tensors) if self.use_graphs else None
         self.primed = self._pending = False  # _pending: a deferred backbone pass (step(defer_update=True)) to run
         self._inflight: Future | None = None  # that pass running beside the decode (overlap)
 
-    # ---- knobs -------------------------------------------------------------------------------------------------
-    @property
-    def steps(self) -> int:
-        return self._steps
-
-    @steps.setter
-    def steps(self, value: int) -> None:
-        value = check_steps(value)
-        if value not in self._schedule:
-            raise SessionError(f"steps={value}: this model's head was trained for at most "
-                               f"{max(self._schedule)} steps per frame")
-        self._steps = value
-
-    @property
-    def guidance(self) -> float:
-        return self._guidance
-
-    @guidance.setter
-    def guidance(self, value: float) -> None:
-        self._guidance = check_guidance(value)
-        self.guidance_buf.fill_(self._guidance)
-
-    @property
-    def context_noise(self) -> float:
-        return self._context_noise
-
-    @context_noise.setter
-    def context_noise(self, value: float) -> None:
-        self._context_noise = check_context_noise(value)
-        self.level_buf.fill_(self._context_noise)
+    # ---- knobs: checked (engine.knobs), and mirrored into the device buffers a captured step reads --------------
+    steps = knobs.Knob(knobs.check_steps)
+    guidance = knobs.Knob(knobs.check_guidance, "guidance_buf")
+    context_noise = knobs.Knob(knobs.check_context_noise, "level_buf")
 
     # ---- the three parts of a step, over the session's buffers --------------------------------------------------
     def _backbone(self, z: torch.Tensor, actions: torch.Tensor, full: bool | None = None) -> None:
@@ -238,58 +152,21 @@ class Session:
         (frames,) = self.runner.run("decode", {"z": self.z_buf})
         self.frame_buf.copy_(frames)
 
-    # ---- scheduling: captured parts, timing, the pass beside the decode ------------------------------------------
+    # ---- scheduling: captured parts (engine.capture), timing, the pass beside the decode -------------------------
     def _part(self, key: tuple, fn: Callable[[], None], appends: bool = False) -> None:
-        """Run fn; on CUDA replay its CUDA graph (captured on first use, all step counts and guidance modes at once,
-        so that changing them in play never stalls a frame)."""
-        if not self.use_graphs:
+        """Run fn; on CUDA replay its graph instead. A replay runs no Python, so the host's count of appended frames
+        follows here."""
+        if self._capture is None:
             return fn()
-        if key not in self._graphs:
-            saved = {k: t.clone() for k, t in self._tensors().items()}, self.kv.appended
-            for k, f in self._variants(key[0]).items():
-                self._graphs.setdefault(k, self.runner.capture(f))
-            for k, t in self._tensors().items():  # warm-up and capture advanced the world: undo it on the device
-                t.copy_(saved[0][k])
-            self.kv.appended = saved[1]
-        self._graphs[key].replay()
-        if appends:  # a replay runs no Python: the host's count of appended frames follows here
-            self.kv.appended += 1
-
-    def _variants(self, kind: str) -> dict[tuple, Callable[[], None]]:
-        """Every captured function of a kind: per step count and guidance mode, per ring state (filling, full)."""
-        def bb(full: bool) -> None:
-            self._backbone(self.z_buf, self.action_buf, full)
-
-        out: dict[tuple, Callable[[], None]] = {}
-        for s in self._schedule:
-            for g in (False, True):
-                out[("head", s, g)] = lambda s=s, g=g: self._head(s, g)
-                out[("head_decode", s, g)] = lambda s=s, g=g: (self._head(s, g), self._decode())
-                for f in (False, True):
-                    out[("step", s, g, f)] = lambda s=s, g=g, f=f: (self._head(s, g), self._decode(), bb(f))
-        out[("decode",)] = self._decode
-        for f in (False, True):
-            out[("backbone", f)] = lambda f=f: bb(f)
-        group = {"head": ("head",), "decode": ("decode",), "backbone": ("backbone",),
-                 "head_decode": ("head_decode", "backbone"), "step": ("step",)}[kind]
-        return {k: f for k, f in out.items() if k[0] in group}
+        appended = self.kv.appended   # the warm-ups of a first capture append too; the device state is restored
+        self._capture.replay(key)
+        self.kv.appended = appended + appends
 
     def _timed(self, name: str, key: tuple, fn: Callable[[], None], appends: bool = False) -> None:
-        """_part, timed into `times` when profiling (CUDA events on GPU: kernels, not launches)."""
+        """_part, timed into `times` when profiling."""
         if not self.profile:
             return self._part(key, fn, appends)
-        if self.device.type == "cuda":
-            ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-            ev[0].record()
-            self._part(key, fn, appends)
-            ev[1].record()
-            ev[1].synchronize()
-            ms = ev[0].elapsed_time(ev[1])
-        else:
-            t0 = time.perf_counter()
-            self._part(key, fn, appends)
-            ms = (time.perf_counter() - t0) * 1e3
-        setattr(self.times, f"{name}_ms", ms)
+        setattr(self.times, f"{name}_ms", timed(self.device, lambda: self._part(key, fn, appends)))
 
     @torch.no_grad()   # grad mode is per thread: the pass on the overlap thread needs its own
     def _backbone_pass(self) -> None:
@@ -337,8 +214,8 @@ class Session:
 
     def _seeds(self, seed: int | Sequence[int]) -> torch.Tensor:
         if isinstance(seed, (int, np.integer)):
-            return torch.arange(self.batch, device=self.device) + check_seed(seed) * SEED_STRIDE
-        seeds = [check_seed(s, "seed of a world") for s in seed]
+            return torch.arange(self.batch, device=self.device) + knobs.check_seed(seed) * SEED_STRIDE
+        seeds = [knobs.check_seed(s, "seed of a world") for s in seed]
         if len(seeds) != self.batch:
             raise SessionError(f"seed: need one seed per world ({self.batch}), got {len(seeds)}")
         return torch.tensor(seeds, dtype=torch.long, device=self.device)
@@ -467,4 +344,4 @@ class Session:
         if self._executor is not None:
             self._executor.shutdown()
             self._executor = None
-        self._graphs.clear()
+        self._capture = None

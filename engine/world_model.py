@@ -45,6 +45,15 @@ def step_schedule(steps: int, levels: int) -> list[int]:
     return sorted(sched)
 
 
+def euler_schedule(steps: int, levels: int) -> list[tuple[float, int, float]]:
+    """(tau, shortcut level j, step size d = 2^-j) of each Euler step of a `steps`-step sample from tau = 0."""
+    out, tau = [], 0.0
+    for j in step_schedule(steps, levels):
+        out.append((tau, j, 2.0 ** -j))
+        tau += 2.0 ** -j
+    return out
+
+
 class WorldModel(nn.Module):
     """Backbone + head + the latent normalisation they were trained with."""
 
