@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import reverie_cli
-import train.loop as loop
+import train.run_dir as run_dir_module
 from engine.checkpoint import load_checkpoint
 from engine.config import WorldModelConfig
 from engine.world_model import WorldModel
@@ -124,14 +124,14 @@ def test_fit_killed_and_resumed_equals_straight_run(tmp_path):
 def test_crash_while_saving_keeps_last_whole_state(tmp_path, monkeypatch, where):
     run = new_run(tmp_path / "r")
     if where == "optimizer file":
-        real = loop.save_file
+        real = run_dir_module.save_file
 
         def crashing(tensors, filename, metadata=None):
             if ".step_00000003.tmp" in filename and filename.endswith("optim.state"):
                 raise Killed("died writing the optimizer state")
             return real(tensors, filename, metadata=metadata)
 
-        monkeypatch.setattr(loop, "save_file", crashing)
+        monkeypatch.setattr(run_dir_module, "save_file", crashing)
     else:
         real = os.replace
 

@@ -33,6 +33,7 @@ import msgpack
 import numpy as np
 
 from engine.actions import ActionSpec, ActionSpecError
+from engine.errors import ReverieError
 
 FORMAT_VERSION = 1
 SUFFIX = ".episode"
@@ -60,7 +61,7 @@ CHUNK_KEYS = {"index", "first", "count", "frames", "actions", "crc"}
 FOOTER_KEYS = {"frames", "actions", "chunk_offsets", "chunk_counts", "header_crc"}
 
 
-class EpisodeError(ValueError):
+class EpisodeError(ReverieError, ValueError):
     """A bad or unreadable episode file; the message names the file, the byte offset and what to do."""
 
     def __init__(self, path: str | os.PathLike, what: str, offset: int | None = None, todo: str | None = None):

@@ -18,9 +18,11 @@ from engine.actions import ActionSpec
 from engine.autoencoder import frames_to_tensor
 from engine.checkpoint import Checkpoint, load_into, save_checkpoint
 from engine.config import ModelConfig
-from train.cli import train_config
-from train.data import EpisodeSource
-from train.loop import Dist, fit, start_run, step_generator, trained_weights
+from train.config import add_train_flags, config_from_args, data_path, open_episodes, step_generator
+from train.loop import Dist, fit, start_run, trained_weights
+from train.run_dir import check_out
+
+HELP = "the inverse-dynamics model (action from two frames) used by eval"
 
 
 class InverseDynamics(nn.Module):
@@ -42,6 +44,7 @@ class InverseDynamics(nn.Module):
 
 
 def idm_loss(logits: torch.Tensor, target: torch.Tensor, n_buttons: int) -> torch.Tensor:
+    """BCE on the buttons plus MSE on the (tanh) axes."""
     loss = logits.new_zeros(())
     if n_buttons:
         loss = loss + F.binary_cross_entropy_with_logits(logits[:, :n_buttons], target[:, :n_buttons])
@@ -59,32 +62,49 @@ def predict(idm: InverseDynamics, before: torch.Tensor, after: torch.Tensor, n_b
     return out
 
 
-def action_accuracy(pred: torch.Tensor, target: torch.Tensor, n_buttons: int) -> float:
-    """Share of pairs whose whole button set is read back exactly (axes: within 0.25)."""
-    ok = torch.ones(pred.shape[0], dtype=torch.bool)
+def accuracy(pred: torch.Tensor, target: torch.Tensor, n_buttons: int) -> torch.Tensor:
+    """Share of pairs whose whole button set is read back exactly (axes: within 0.25), as a 0-d tensor on the
+    device of `pred` (training logs it without waiting for the device)."""
+    ok = torch.ones(pred.shape[0], dtype=torch.bool, device=pred.device)
     if n_buttons:
         ok &= (pred[:, :n_buttons] == target[:, :n_buttons]).all(dim=1)
     if pred.shape[1] > n_buttons:
         ok &= ((pred[:, n_buttons:] - target[:, n_buttons:]).abs() <= 0.25).all(dim=1)
-    return float(ok.float().mean())
+    return ok.float().mean()
+
+
+def action_accuracy(pred: torch.Tensor, target: torch.Tensor, n_buttons: int) -> float:
+    """accuracy() read back as a number (for eval's report)."""
+    return float(accuracy(pred, target, n_buttons))
 
 
 def load_idm(ckpt: Checkpoint) -> InverseDynamics:
+    """The inverse-dynamics model of a checkpoint, in eval mode."""
     return load_into(InverseDynamics(ckpt.action_spec.size), ckpt, "idm").eval()
 
 
+def add_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of `reverie train idm`: the shared ones."""
+    add_train_flags(p, "idm")
+
+
 def run(args: argparse.Namespace) -> int:
-    tcfg = train_config(args)
-    src = EpisodeSource(args.data, skip_bad=args.skip_bad)
+    """Train the inverse-dynamics model; write RUN/idm.safetensors."""
+    tcfg = config_from_args(args)
+    data_path(args.data)  # every path, then the run folder, before any work
+    flags = check_out(args, "idm")
+    src = open_episodes(args)
     spec: ActionSpec = src.spec
     nb = len(spec.buttons)
-    started = start_run(args.out, tcfg, {"stage": "idm", "data": src.summary()}, args.dry_run, args.no_resume)
+    started = start_run(args.out, tcfg, {"stage": "idm", "flags": flags, "data": src.summary()}, args.dry_run,
+                        args.no_resume)
     if started is None:
         return 0
     run_dir, device, dist_info = started
     model = InverseDynamics(spec.size).to(device)
 
     def batch_fn(step: int, d: Dist):
+        """This rank's slice of the frame pairs of `step` and the actions between them."""
         win = src.sample(step_generator(tcfg.seed, step), tcfg.batch, 2)
         per = tcfg.batch // d.world
         sl = slice(d.rank * per, (d.rank + 1) * per)
@@ -92,12 +112,13 @@ def run(args: argparse.Namespace) -> int:
         return fr[:, 0], fr[:, 1], win.actions[sl, 1].to(device)
 
     def loss_fn(m, batch):
+        """The IDM loss, and its accuracy on the batch (a device tensor: no sync)."""
         before, after, target = batch
         logits = m(before, after)
         with torch.no_grad():
             pred = torch.tanh(logits)
             pred[:, :nb] = (logits[:, :nb] > 0).float()
-            acc = action_accuracy(pred.cpu(), target.cpu(), nb)
+            acc = accuracy(pred, target, nb)
         return idm_loss(logits, target, nb), {"accuracy": acc}
 
     last = fit(run=run_dir, model=model, tcfg=tcfg, device=device, dist_info=dist_info, batch_fn=batch_fn,

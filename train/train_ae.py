@@ -9,24 +9,39 @@ import torch
 from engine.autoencoder import Autoencoder, frames_to_tensor
 from engine.checkpoint import save_checkpoint
 from engine.config import ModelConfig
-from train.cli import train_config
-from train.data import EpisodeSource
-from train.loop import Dist, fit, start_run, step_generator, trained_weights
+from train.config import TrainingError, add_train_flags, config_from_args, data_path, open_episodes, step_generator
+from train.loop import Dist, fit, start_run, trained_weights
+from train.run_dir import check_out
 from train.visual import save_grid
+
+HELP = "the autoencoder (frame <-> latent grid)"
+
+
+def add_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of `reverie train ae`: the shared ones and the crop size."""
+    add_train_flags(p, "ae")
+    p.add_argument("--crop", type=int, default=0,
+                   help="train on random crops of this size (a multiple of the latent factor; 0: whole frames)")
 
 
 def run(args: argparse.Namespace) -> int:
-    tcfg = train_config(args)
-    src = EpisodeSource(args.data, skip_bad=args.skip_bad)
+    """Train the autoencoder; write RUN/ae.safetensors."""
+    tcfg = config_from_args(args)
+    data_path(args.data)  # every path, then the run folder, before any work
+    flags = check_out(args, "ae")
+    cfg = ModelConfig.from_name(args.preset)
+    if args.crop and (args.crop % cfg.autoencoder.factor or not 0 < args.crop <= min(cfg.autoencoder.height,
+                                                                                         cfg.autoencoder.width)):
+        raise TrainingError(f"--crop {args.crop}: must be a multiple of {cfg.autoencoder.factor} no larger than "
+                            f"the frame of preset {args.preset!r}")
+    src = open_episodes(args)
     cfg = ModelConfig.from_name(args.preset, action_dim=src.spec.size)
     H, W = cfg.autoencoder.height, cfg.autoencoder.width
     if tuple(src.frame_shape) != (H, W, 3):
-        raise ValueError(f"{args.data}: frames are {src.frame_shape}, preset {args.preset!r} expects ({H}, {W}, 3); "
-                         f"record with --size {H} or pick another preset")
-    if args.crop and (args.crop % cfg.autoencoder.factor or not 0 < args.crop <= min(H, W)):
-        raise ValueError(f"--crop {args.crop} must be a multiple of {cfg.autoencoder.factor} no larger than the frame")
-    started = start_run(args.out, tcfg, {"stage": "ae", "model": cfg.to_dict(), "data": src.summary(),
-                                         "crop": args.crop},
+        raise TrainingError(f"--data {args.data}: frames are {src.frame_shape}, preset {args.preset!r} expects "
+                            f"({H}, {W}, 3); record with --size {H} or pick another preset")
+    started = start_run(args.out, tcfg, {"stage": "ae", "flags": flags, "model": cfg.to_dict(),
+                                         "data": src.summary(), "crop": args.crop},
                         args.dry_run, args.no_resume)
     if started is None:
         return 0
@@ -34,22 +49,26 @@ def run(args: argparse.Namespace) -> int:
     model = Autoencoder(cfg.autoencoder).to(device)
 
     def batch_fn(step: int, d: Dist) -> torch.Tensor:
+        """This rank's slice of the frames of `step` (cropped when --crop)."""
         win = src.sample(step_generator(tcfg.seed, step), tcfg.batch, 1)
         per = tcfg.batch // d.world
         frames = win.frames[d.rank * per:(d.rank + 1) * per, 0]  # (b, H, W, 3)
         if args.crop:  # a random crop on the latent grid: convolutions see the same local patterns, 4x cheaper
             f = cfg.autoencoder.factor
-            gen = step_generator(tcfg.seed, step, rank=1)
+            gen = step_generator(tcfg.seed, step, stream="crop")
             y = int(torch.randint(0, (H - args.crop) // f + 1, (1,), generator=gen)) * f
             x = int(torch.randint(0, (W - args.crop) // f + 1, (1,), generator=gen)) * f
             frames = frames[:, y:y + args.crop, x:x + args.crop]
         return frames_to_tensor(frames.to(device, non_blocking=True))
 
     def loss_fn(m, frames):
+        """The autoencoder's loss and stats (its forward is its loss)."""
         return m(frames)  # Autoencoder.forward is its loss; called through DDP's wrapper when there is one
 
     def sample_fn(step: int):
-        frames = frames_to_tensor(src.sample(step_generator(tcfg.seed + 1, 0), 8, 1).frames[:, 0].to(device))
+        """Real frames over their reconstructions, as a PNG."""
+        win = src.sample(step_generator(tcfg.seed, 0, stream="preview"), 8, 1)
+        frames = frames_to_tensor(win.frames[:, 0].to(device))
         with torch.no_grad():
             recon = model.decode(model.encode(frames)).clamp(0, 1)
         save_grid(run_dir.root / "samples" / f"ae_step{step:07d}.png", [frames, recon])

@@ -21,17 +21,46 @@ from engine.autoencoder import Autoencoder, frames_to_tensor
 from engine.checkpoint import CheckpointError, atomic_target, load_checkpoint, load_into, save_checkpoint
 from engine.config import ModelConfig
 from engine.world_model import WorldModel
-from train.cli import train_config
+from train.config import (
+    RESUMABLE,
+    TrainingError,
+    add_train_flags,
+    checkpoint_path,
+    config_from_args,
+    data_path,
+    init_path,
+    open_episodes,
+    seed_for,
+    step_generator,
+)
 from train.data import EpisodeSource
-from train.loop import Dist, RunDir, fit, start_run, step_generator, trained_weights
+from train.loop import Dist, fit, start_run, trained_weights
+from train.run_dir import RunDir, check_out
 
+HELP = "the world model (causal backbone + diffusion head) on cached latents"
 TAU_BINS = 4
+# --half and --idm shape only the file written at the end, so a run may resume with them changed
+WM_RESUMABLE = RESUMABLE | {"half", "idm"}
 
 
-def resolve_checkpoint(path: str, name: str) -> Path:
-    """A checkpoint file, or a run folder holding `name`."""
-    p = Path(path)
-    return p / name if p.is_dir() else p
+def add_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of `reverie train wm`: the shared ones, the checkpoints it builds on, and model settings."""
+    add_train_flags(p, "wm")
+    p.add_argument("--ae", required=True, help="autoencoder checkpoint (.safetensors from 'reverie train ae')")
+    p.add_argument("--idm", help="inverse-dynamics checkpoint to bundle into the model file, for eval")
+    p.add_argument("--window", type=int, default=0, help="frames per training window (default: the preset's)")
+    p.add_argument("--init", default=None,
+                   help="warm start: world-model weights from a checkpoint or a training state folder (new weights "
+                        "the model has since gained start fresh); the run itself starts at step 0")
+    p.add_argument("--half", action="store_true", help="store the final model's weights as float16 (half size)")
+    p.add_argument("--rollout-iters", type=int, default=None,
+                   help="train on the model's own rollouts against drift: Jacobi passes K (0: off; default: the "
+                        "preset's)")
+    p.add_argument("--rollout-fraction", type=float, default=None,
+                   help="share of windows whose context is the model's own rollout (default: the preset's, 0.5)")
+    p.add_argument("--backbone-actions", choices=("on", "off"), default=None,
+                   help="whether the backbone also reads the action that led to each frame (off: the head alone "
+                        "reads actions; default: the preset's, on)")
 
 
 def encode_dataset(src: EpisodeSource, ae: Autoencoder, device: torch.device, cache: Path,
@@ -60,6 +89,7 @@ def encode_dataset(src: EpisodeSource, ae: Autoencoder, device: torch.device, ca
 
 
 def fingerprint_of(src: EpisodeSource, ae_path: Path) -> str:
+    """A key of the episode files and the autoencoder file (names, sizes, times): the latent cache's validity."""
     h = hashlib.sha256()
     for info in src.ds.episodes:
         st = info.path.stat()
@@ -78,6 +108,10 @@ def warm_start_weights(path: str) -> dict[str, torch.Tensor]:
         if (run.state_root / "manifest.json").is_file():
             p = run.latest()
         p = p / "model.state"
+        if not p.is_file():
+            raise CheckpointError(f"{path}: a folder without a training state (no model.state, no "
+                                  "state/manifest.json); pass a checkpoint, a run folder of 'reverie train wm' or "
+                                  "one of its state folders")
     if p.suffix == ".state":
         from safetensors.torch import load_file
 
@@ -91,28 +125,53 @@ def warm_start_weights(path: str) -> dict[str, torch.Tensor]:
     return ck.tensors["wm"]
 
 
-def tau_bin_stats(stats: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Flow-matching loss per tau bin (a free diagnostic of where the model struggles) + shortcut loss."""
+def tau_bin_stats(stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Flow-matching loss per tau bin (a free diagnostic of where the model struggles) + shortcut loss.
+
+    0-d tensors on the loss's device, computed with masks rather than boolean indexing, which would wait for the
+    device; a bin with no sample this step is NaN, which the training loop leaves out of its average."""
+    tau, loss, sc = stats["tau"].float(), stats["loss"].float(), stats["shortcut"]
     out = {}
-    fm = ~stats["shortcut"]
-    tau, loss = stats["tau"][fm], stats["loss"][fm]
     for b in range(TAU_BINS):
-        sel = (tau >= b / TAU_BINS) & (tau < (b + 1) / TAU_BINS)
-        if bool(sel.any()):
-            out[f"loss_tau{b}"] = float(loss[sel].mean())
-    if bool(stats["shortcut"].any()):
-        out["loss_shortcut"] = float(stats["loss"][stats["shortcut"]].mean())
+        sel = ~sc & (tau >= b / TAU_BINS) & (tau < (b + 1) / TAU_BINS)
+        out[f"loss_tau{b}"] = torch.where(sel, loss, 0.0).sum() / sel.sum()  # 0 / 0: NaN, "no sample"
+    out["loss_shortcut"] = torch.where(sc, loss, 0.0).sum() / sc.sum()
     return out
 
 
+def load_flag_checkpoint(flag: str, path: Path):
+    """load_checkpoint(), its errors said as errors of the flag that named the file."""
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{flag}: {e}") from None
+
+
 def run(args: argparse.Namespace) -> int:
-    tcfg = train_config(args)
-    ae_path = resolve_checkpoint(args.ae, "ae.safetensors")
-    ae_ckpt = load_checkpoint(ae_path)
-    src = EpisodeSource(args.data, skip_bad=args.skip_bad)
+    """Train the world model on cached latents; write RUN/model.safetensors."""
+    tcfg = config_from_args(args)
+    # every path before any work (reading episodes, encoding them): the error names the flag the user typed
+    data_path(args.data)
+    ae_path = checkpoint_path("--ae", args.ae, "ae.safetensors", "reverie train ae")
+    idm_path = checkpoint_path("--idm", args.idm, "idm.safetensors", "reverie train idm") if args.idm else None
+    if args.init:
+        init_path(args.init)
+    flags = check_out(args, "wm", WM_RESUMABLE)
+    ae_ckpt = load_flag_checkpoint("--ae", ae_path)
+    idm_weights = load_flag_checkpoint("--idm", idm_path).tensors.get("idm") if idm_path else None
+    if idm_path and idm_weights is None:
+        raise CheckpointError(f"--idm {args.idm}: {idm_path} holds no inverse-dynamics model; pass the "
+                              "idm.safetensors of 'reverie train idm'")
+    init = None
+    if args.init:  # read (and checked) before the encoding
+        try:
+            init = warm_start_weights(args.init)
+        except (CheckpointError, TrainingError) as e:
+            raise CheckpointError(f"--init: {e}") from None
+    src = open_episodes(args)
     if not ae_ckpt.action_spec.compatible(src.spec):
-        raise CheckpointError(f"{ae_path}: trained on {ae_ckpt.action_spec.game!r}, but {args.data} holds "
-                              f"{src.spec.game!r} episodes")
+        raise CheckpointError(f"--ae {ae_path}: trained on {ae_ckpt.action_spec.game!r}, but --data {args.data} "
+                              f"holds {src.spec.game!r} episodes")
     cfg = ModelConfig.from_name(args.preset, action_dim=src.spec.size)
     cfg.autoencoder = ae_ckpt.config.autoencoder
     if args.window:
@@ -125,8 +184,9 @@ def run(args: argparse.Namespace) -> int:
         cfg.world_model.rollout_fraction = args.rollout_fraction
     cfg.validate()
     window = cfg.world_model.context_frames
-    started = start_run(args.out, tcfg, {"stage": "wm", "model": cfg.to_dict(), "data": src.summary(),
-                                         "ae": str(ae_path), "window": window}, args.dry_run, args.no_resume)
+    started = start_run(args.out, tcfg, {"stage": "wm", "flags": flags, "model": cfg.to_dict(),
+                                         "data": src.summary(), "ae": str(ae_path), "window": window},
+                        args.dry_run, args.no_resume)
     if started is None:
         return 0
     run_dir, device, dist_info = started
@@ -144,21 +204,25 @@ def run(args: argparse.Namespace) -> int:
     model.latent_mean.copy_(allz.mean(dim=(0, 2, 3)))
     model.latent_std.copy_(allz.std(dim=(0, 2, 3)).clamp_min(1e-3))
     del allz
-    if args.init:
-        init = warm_start_weights(args.init)
-        missing, unexpected = model.load_state_dict(init, strict=False)
+    if init is not None:
+        try:
+            missing, unexpected = model.load_state_dict(init, strict=False)
+        except RuntimeError as e:  # a weight of another shape (another preset)
+            raise CheckpointError(f"--init {args.init}: its weights do not fit this model "
+                                  f"({str(e).strip().splitlines()[-1].strip()})") from None
         if unexpected:
-            raise CheckpointError(f"{args.init}: weights that this model does not have: {unexpected[:5]}")
+            raise CheckpointError(f"--init {args.init}: weights that this model does not have: {unexpected[:5]}")
         print(f"warm start from {args.init}" + (f"; new (freshly initialised) weights: {missing}" if missing else ""))
     lengths = torch.tensor([len(z) for z in latents], dtype=torch.float64)
     if int(lengths.max()) < window:
-        raise ValueError(f"{args.data}: the longest episode has {int(lengths.max())} frames, fewer than the "
-                         f"window of {window}; record longer episodes or pass --window")
+        raise TrainingError(f"--data {args.data}: the longest episode has {int(lengths.max())} frames, fewer than "
+                            f"the window of {window}; record longer episodes or pass --window")
     weights = torch.where(lengths >= window, lengths - window + 1, torch.zeros_like(lengths))
     latents_dev = [z.to(device) for z in latents]
     actions_dev = [torch.from_numpy(a).to(device) for a in src.actions]
 
     def batch_fn(step: int, d: Dist):
+        """This rank's slice of the (normalised latent, action) windows of `step`."""
         gen = step_generator(tcfg.seed, step)
         eps = torch.multinomial(weights, tcfg.batch, replacement=True, generator=gen).tolist()
         starts = [int(torch.randint(0, len(latents[e]) - window + 1, (1,), generator=gen)) for e in eps]
@@ -169,13 +233,16 @@ def run(args: argparse.Namespace) -> int:
         return model.normalize(z), a
 
     def loss_fn(m, batch):
+        """The world model's loss and its per-tau-bin diagnostics (device tensors)."""
         loss, stats = m(*batch)
         return loss, tau_bin_stats(stats)
 
     def sample_fn(step: int):
+        """Rollouts of the model against the training data: images and their PSNR."""
         from train.rollout import write_samples
 
-        return write_samples(run_dir.root / "samples", step, ae, model, src, device, seed=tcfg.seed)
+        preview_seed = seed_for(tcfg.seed, stream="preview") % 2**31  # the rollout adds to it: keep it small
+        return write_samples(run_dir.root / "samples", step, ae, model, src, device, seed=preview_seed)
 
     last = fit(run=run_dir, model=model, tcfg=tcfg, device=device, dist_info=dist_info, batch_fn=batch_fn,
                loss_fn=loss_fn, sample_fn=sample_fn, describe=lambda v: f"loss {v['loss']:.4f}",
@@ -192,8 +259,8 @@ def run(args: argparse.Namespace) -> int:
         parts = {"ae": ae.state_dict(), "wm": model.state_dict(),
                  "start": {"frames": torch.from_numpy(src.episode_frames(0)[:n0].copy()),
                            "actions": torch.from_numpy(src.actions[0][:n0].copy())}}
-        if args.idm:
-            parts["idm"] = load_checkpoint(resolve_checkpoint(args.idm, "idm.safetensors")).tensors["idm"]
+        if idm_weights is not None:
+            parts["idm"] = idm_weights
         path = save_checkpoint(run_dir.root / "model.safetensors", kind="world_model", config=cfg,
                                action_spec=src.spec, parts=parts, data=src.summary(), metrics=metrics,
                                extra={"ae_metrics": ae_ckpt.metrics}, half=args.half)

@@ -1,0 +1,295 @@
+"""Run folders and flags of `reverie train`: a folder belongs to one stage, changed flags are refused unless asked,
+paths are checked before any work, and all of it is said in one line through the `reverie` dispatcher.
+Also the pieces the training loop stands on: the seeding rule, stats kept on the device, the device-side guard.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import reverie_cli
+from train.config import STREAMS, TrainConfig, TrainingError, seed_for, step_generator
+from train.loop import Dist, Running, fit
+from train.run_dir import RunDir
+
+REPO = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+
+
+def reverie(capsys, *argv: str) -> tuple[int, str]:
+    """Run `reverie ...` in-process; (exit code, stderr)."""
+    torch.manual_seed(0)
+    capsys.readouterr()
+    rc = reverie_cli.main(list(argv))
+    return rc, capsys.readouterr().err
+
+
+def one_line_error(err: str, stage: str) -> str:
+    """The error a command printed: exactly one line, no traceback."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"reverie train {stage}: error: "), err
+    return lines[0]
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under root with its size and modification time: to prove nothing was touched."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("rec") / "d"
+    assert reverie_cli.main(["record", "--env", "builtin:gems", "--agent", "scripted", "--episodes", "2", "--steps",
+                             "40", "--size", "64", "--out", str(out), "--seed", "1", "--no-progress"]) == 0
+    return out
+
+
+def ae_argv(recorded: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "ae", "--data", str(recorded), "--out", str(out), "--steps", "2", "--batch", "2", "--threads",
+            "1", "--save-every", "1", *extra]
+
+
+@pytest.fixture(scope="module")
+def ae_run(tmp_path_factory, recorded) -> Path:
+    out = tmp_path_factory.mktemp("ae") / "run"
+    torch.manual_seed(0)
+    assert reverie_cli.main(ae_argv(recorded, out)) == 0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A run folder belongs to one stage
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("extra", [[], ["--no-resume"], ["--force"]])
+def test_another_stages_folder_is_refused_and_left_untouched(recorded, ae_run, capsys, extra):
+    before = snapshot(ae_run)
+    config = (ae_run / "config.json").read_bytes()
+    rc, err = reverie(capsys, "train", "idm", "--data", str(recorded), "--out", str(ae_run), "--steps", "3",
+                      "--batch", "2", "--threads", "1", *extra)
+    assert rc == 1
+    line = one_line_error(err, "idm")
+    assert f"--out {ae_run}" in line and "'reverie train ae'" in line and "pick another --out" in line, line
+    assert (ae_run / "config.json").read_bytes() == config
+    assert snapshot(ae_run) == before  # no state written, none removed, no idm.safetensors
+
+
+def test_wm_refuses_an_ae_folder_before_encoding(recorded, ae_run, capsys, monkeypatch):
+    import train.train_wm
+
+    monkeypatch.setattr(train.train_wm, "encode_dataset", lambda *a, **kw: pytest.fail("encoded"))
+    before = snapshot(ae_run)
+    rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out", str(ae_run),
+                      "--steps", "1", "--batch", "2", "--threads", "1")
+    assert rc == 1 and "'reverie train ae'" in one_line_error(err, "wm")
+    assert snapshot(ae_run) == before
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Changed flags on resume
+# ---------------------------------------------------------------------------------------------------------------
+def test_changed_flag_is_refused_unless_forced(tmp_path, recorded, capsys):
+    out = tmp_path / "r"
+    assert reverie(capsys, *ae_argv(recorded, out))[0] == 0
+    config = (out / "config.json").read_bytes()
+    states = snapshot(out / "state")
+
+    rc, err = reverie(capsys, *ae_argv(recorded, out, "--crop", "32", "--lr", "0.002"))
+    assert rc == 1
+    line = one_line_error(err, "ae")
+    assert "--crop 0 -> 32" in line and "--lr 0.001 -> 0.002" in line and "--force" in line, line
+    assert (out / "config.json").read_bytes() == config and snapshot(out / "state") == states
+
+    # the same flags resume; so do the ones that only say how long and how often
+    rc, _ = reverie(capsys, *ae_argv(recorded, out, "--steps", "3", "--log-every", "2", "--threads", "2"))
+    assert rc == 0
+    assert json.loads((out / "state" / "manifest.json").read_text())["step"] == 3
+
+    # --force resumes with the new value and says what changed
+    capsys.readouterr()
+    torch.manual_seed(0)
+    assert reverie_cli.main(ae_argv(recorded, out, "--steps", "4", "--crop", "32", "--force")) == 0
+    said = capsys.readouterr().out
+    assert "--crop 0 -> 32" in said and "resuming from" in said
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["flags"]["crop"] == 32 and cfg["crop"] == 32 and cfg["train"]["steps"] == 4
+
+
+def test_no_resume_starts_over_with_changed_flags(tmp_path, recorded, capsys):
+    out = tmp_path / "r"
+    assert reverie(capsys, *ae_argv(recorded, out))[0] == 0
+    rc, _ = reverie(capsys, *ae_argv(recorded, out, "--seed", "5", "--steps", "1", "--no-resume"))
+    assert rc == 0
+    assert json.loads((out / "config.json").read_text())["flags"]["seed"] == 5
+    assert sorted(p.name for p in (out / "state").glob("step_*")) == ["step_00000001"]
+
+
+def test_run_dir_claim_unit(tmp_path):
+    run = RunDir(tmp_path / "r")
+    assert run.claim("ae", {"crop": 0}) == []  # a new folder
+    run.write_config({"stage": "ae", "flags": {"crop": 0, "steps": 2}})
+    assert run.claim("ae", {"crop": 32, "steps": 2}) == []  # nothing saved yet: nothing to resume
+    run.state_root.mkdir()
+    (run.state_root / "step_00000002").mkdir()
+    (run.state_root / "step_00000002" / "state.json").write_text("{}")
+    (run.state_root / "manifest.json").write_text(json.dumps({"latest": "step_00000002", "step": 2}))
+    assert run.claim("ae", {"crop": 0, "steps": 9}) == []
+    with pytest.raises(TrainingError, match="--crop 0 -> 32"):
+        run.claim("ae", {"crop": 32, "steps": 2})
+    assert run.claim("ae", {"crop": 32}, force=True) == ["--crop 0 -> 32"]
+    assert run.claim("ae", {"crop": 32}, fresh=True) == []
+    with pytest.raises(TrainingError, match="'reverie train ae'"):
+        run.claim("wm", {"crop": 0})
+
+
+def test_a_state_of_another_model_is_a_clear_error(tmp_path):
+    run = RunDir(tmp_path)
+    small = torch.nn.Linear(3, 2)
+    run.save_state(1, small, torch.optim.AdamW(small.parameters()), keep=2, extra={})
+    other = torch.nn.Linear(4, 2)
+    with pytest.raises(TrainingError, match="does not fit the model being trained.*--no-resume"):
+        run.load_state(run.latest(), other, torch.optim.AdamW(other.parameters()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Paths are checked before any work, and the error names the flag typed
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("flag", ["--init", "--ae", "--idm", "--data"])
+def test_missing_path_fails_fast_naming_its_flag(tmp_path, recorded, ae_run, capsys, monkeypatch, flag):
+    import train.data
+    import train.train_wm
+
+    monkeypatch.setattr(train.train_wm, "encode_dataset", lambda *a, **kw: pytest.fail("encoded"))
+    monkeypatch.setattr(train.data, "EpisodeSource", lambda *a, **kw: pytest.fail("read the episodes"))
+    missing = str(tmp_path / "nonexist")
+    paths = {"--data": str(recorded), "--ae": str(ae_run), "--idm": None, "--init": None, flag: missing}
+    argv = ["train", "wm", "--out", str(tmp_path / "wm"), "--steps", "1", "--batch", "2", "--threads", "1"]
+    for k, v in paths.items():
+        argv += [k, v] if v else []
+    rc, err = reverie(capsys, *argv)
+    assert rc == 1
+    line = one_line_error(err, "wm")
+    assert f"{flag} {missing}" in line and "--model" not in line, line
+    assert not (tmp_path / "wm").exists()
+
+
+def test_missing_data_fails_fast_for_every_stage(tmp_path, capsys):
+    for stage in ("ae", "idm"):
+        rc, err = reverie(capsys, "train", stage, "--data", str(tmp_path / "none"), "--out", str(tmp_path / stage))
+        assert rc == 1 and f"--data {tmp_path / 'none'}: no such folder" in one_line_error(err, stage)
+        assert not (tmp_path / stage).exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The stages and the CLI: no import cycle
+# ---------------------------------------------------------------------------------------------------------------
+def test_stages_do_not_import_the_cli():
+    code = ("import sys, train.train_ae, train.train_wm, train.idm; "
+            "assert 'train.cli' not in sys.modules, 'a stage imported train.cli'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The one seeding rule
+# ---------------------------------------------------------------------------------------------------------------
+def test_seed_for_is_a_pure_function_with_independent_streams():
+    seeds = {seed_for(s, k, r, st) for s in (0, 1) for k in (0, 1, 1_000_003) for r in (0, 1) for st in STREAMS}
+    assert len(seeds) == 2 * 3 * 2 * len(STREAMS)  # no collisions such as seed + rank == (seed + 1) + (rank - 1)
+    assert all(0 <= x < 2**63 for x in seeds)
+    assert seed_for(3, 7, 1, "noise") == seed_for(3, 7, 1, "noise")
+    a, b = step_generator(0, 5), step_generator(0, 5)
+    assert torch.equal(torch.rand(4, generator=a), torch.rand(4, generator=b))
+    with pytest.raises(KeyError):
+        seed_for(0, stream="nope")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stats stay on the device; the device-side non-finite guard
+# ---------------------------------------------------------------------------------------------------------------
+def test_stage_stats_are_tensors_and_empty_bins_are_left_out():
+    from train.idm import accuracy, action_accuracy
+    from train.train_wm import tau_bin_stats
+
+    stats = {"tau": torch.tensor([0.1, 0.15, 0.9, 0.5]), "loss": torch.tensor([1.0, 3.0, 5.0, 7.0]),
+             "shortcut": torch.tensor([False, False, False, True])}
+    out = tau_bin_stats(stats)
+    assert all(torch.is_tensor(v) and v.dim() == 0 for v in out.values())
+    assert out["loss_tau0"].item() == 2.0 and out["loss_tau3"].item() == 5.0 and out["loss_shortcut"].item() == 7.0
+    assert torch.isnan(out["loss_tau1"]) and torch.isnan(out["loss_tau2"])  # no sample in these bins
+    pred, target = torch.tensor([[1.0, 0.0], [1.0, 1.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert torch.is_tensor(accuracy(pred, target, 2)) and action_accuracy(pred, target, 2) == 0.5
+
+    running = Running()
+    running.add(out)
+    running.add({"loss_tau1": torch.tensor(4.0), "loss_tau0": torch.tensor(4.0)})
+    running.add({"loss_tau1": torch.tensor(100.0)}, ok=torch.tensor(False))  # a skipped step counts for nothing
+    means, counts = running.reduce()
+    assert means["loss_tau0"] == 3.0 and means["loss_tau1"] == 4.0 and "loss_tau2" not in means
+    assert counts["loss_tau0"] == 2.0 and counts["loss_tau1"] == 1.0
+
+
+def guard_setup(bad_steps: set[int]):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+
+    def batch_fn(step, d):
+        snapshots[step] = {k: v.clone() for k, v in model.state_dict().items()}  # weights after step - 1
+        return step
+
+    def loss_fn(m, step):
+        loss = torch.nn.functional.mse_loss(m(x), y)
+        return (loss * float("nan") if step in bad_steps else loss), {"twice": loss.detach() * 2}
+
+    return model, batch_fn, loss_fn, snapshots
+
+
+def tcfg_for(steps: int, **kw) -> TrainConfig:
+    return TrainConfig(**{**dict(steps=steps, batch=2, lr=1e-2, warmup=1, save_every=1, log_every=1,
+                                 keep_states=10), **kw})
+
+
+def new_run(root: Path) -> RunDir:
+    run = RunDir(root)
+    run.write_config({"test": True})
+    return run
+
+
+def test_device_guard_skips_bad_steps_without_a_per_step_read(tmp_path):
+    """The CUDA path (fused optimizer's found_inf, counters read at log time), run on CPU."""
+    bad = {1, 2, 4}
+    model, batch_fn, loss_fn, snaps = guard_setup(bad)
+    run = new_run(tmp_path)
+    last = fit(run=run, model=model, tcfg=tcfg_for(6, max_bad_steps=3, log_every=3, save_every=3), device=CPU,
+               dist_info=Dist(), batch_fn=batch_fn, loss_fn=loss_fn, sync_guard=False)
+    snaps[6] = model.state_dict()
+    for step in range(6):
+        unchanged = all(torch.equal(snaps[step][k], snaps[step + 1][k]) for k in snaps[step])
+        assert unchanged == (step in bad), f"step {step}: weights {'un' if unchanged else ''}changed"
+    from safetensors.torch import load_file
+
+    optim = load_file(str(run.state_root / "step_00000006" / "optim.state"))
+    assert {float(v) for k, v in optim.items() if k.endswith("/step")} == {3.0}  # only the good steps counted
+    rows = [json.loads(line) for line in (run.root / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["skipped_steps"]) for r in rows if "skipped_steps" in r] == [(3, 2.0), (6, 1.0)]
+    logged = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in logged] == [3, 6] and all(r["twice"] == pytest.approx(2 * r["loss"]) for r in logged)
+    assert last["loss"] == logged[-1]["loss"] and last["steps_done"] == 6.0
+
+
+def test_device_guard_stops_after_too_many_bad_steps_in_a_row(tmp_path):
+    model, batch_fn, loss_fn, snaps = guard_setup({2, 3, 4, 5})
+    with pytest.raises(TrainingError, match="3 steps.*3 in a row.*Lower --lr"):
+        fit(run=new_run(tmp_path), model=model, tcfg=tcfg_for(8, max_bad_steps=3), device=CPU, dist_info=Dist(),
+            batch_fn=batch_fn, loss_fn=loss_fn, sync_guard=False)
+    assert max(snaps) == 4  # read at every step here (log_every=1): stopped at the third bad step
+    assert all(torch.equal(snaps[2][k], v) for k, v in model.state_dict().items())  # never stepped on NaN
