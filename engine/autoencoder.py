@@ -85,10 +85,10 @@ class Autoencoder(nn.Module):
         """(B, C, h, w) -> (B, 3, H, W) float, not clamped."""
         return self.decoder(z)
 
-    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.loss(frames)
 
-    def loss(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """MSE + L1 + FFT-magnitude L1 of the reconstruction from a latent with random-level noise added.
 
         The noise std is drawn in [0, decoder_noise] relative to the batch's latent std. The squared term
@@ -106,7 +106,8 @@ class Autoencoder(nn.Module):
         total = c.mse_loss_weight * mse + c.l1_loss_weight * l1 + c.freq_loss_weight * freq
         with torch.no_grad():
             psnr = -10.0 * torch.log10(F.mse_loss(recon.clamp(0, 1), frames).clamp_min(1e-10))
-        return total, {"mse": mse.item(), "l1": l1.item(), "freq": freq.item(), "psnr": psnr.item()}
+        # detached device tensors: the training loop sums them on the device and reads them back at log time
+        return total, {"mse": mse.detach(), "l1": l1.detach(), "freq": freq.detach(), "psnr": psnr}
 
 
 def frames_to_tensor(frames: torch.Tensor) -> torch.Tensor:
