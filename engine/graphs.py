@@ -86,7 +86,7 @@ class BackboneStep(nn.Module):
             y = attention(q, kk.to(q.dtype), vv.to(q.dtype), mask, self.explicit)  # (B, H, N, hd)
             x = x + blk.attn.out(y)
             x = x + blk.mlp(blk.norm2(x))
-        return bb.norm_out(x), torch.stack(ks), torch.stack(vs)   # (B, N, D), 2x (L, B, H, N, hd)
+        return bb.norm_out(x).float(), torch.stack(ks), torch.stack(vs)   # (B, N, D), 2x (L, B, H, N, hd)
 
 
 class HeadStep(nn.Module):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -111,13 +112,12 @@ class TorchRunner:
                        for name in GRAPHS}
         self.cuda = device.type == "cuda"
         self.pool = None
-        self._noise: Callable[..., torch.Tensor] = counter_normal
+        self._fused_noise: Callable[..., torch.Tensor] | None = None
         if self.cuda:
             self.pool = torch.cuda.graph_pool_handle()
-            try:  # ~110 tiny integer kernels a draw eagerly; one fused kernel compiled
-                self._noise = torch.compile(counter_normal, dynamic=False, fullgraph=True)
-            except Exception:  # no compiler toolchain: the eager draw is the same function
-                self._noise = counter_normal
+            # ~110 tiny integer kernels a draw eagerly, twice a frame; compiled, one fused kernel (compiled lazily:
+            # the first draw runs in a capture's warm-up, never inside the capture)
+            self._fused_noise = torch.compile(counter_normal, dynamic=False, fullgraph=True)
         self._attention = attention
         self._fp32 = dtype == torch.float32
 
@@ -147,7 +147,14 @@ class TorchRunner:
         return list(out) if isinstance(out, tuple) else [out]
 
     def noise(self, seed: torch.Tensor, counter: torch.Tensor, shape: tuple[int, ...], stream: int) -> torch.Tensor:
-        return self._noise(seed, counter, shape, stream)
+        if self._fused_noise is not None:
+            try:
+                return self._fused_noise(seed, counter, shape, stream)
+            except Exception as e:  # no working compiler toolchain here: the eager draw is the same function
+                warnings.warn(f"reverie: torch.compile of the noise draw failed ({type(e).__name__}: {e}); drawing "
+                              "it eagerly (slower, same numbers)", stacklevel=2)
+                self._fused_noise = None
+        return counter_normal(seed, counter, shape, stream)
 
     def capture(self, fn: Callable[[], None]) -> torch.cuda.CUDAGraph:
         """fn captured as a CUDA graph in the session's pool, after two warm-up runs on a side stream (the caller

@@ -95,7 +95,7 @@ class Session:
                               self.runner.cache_dtype, dev)
         self.seed = torch.arange(B, dtype=torch.long, device=dev) + seed * SEED_STRIDE   # (B,)
         self.counter = torch.zeros(B, dtype=torch.long, device=dev)                     # (B,) frames drawn
-        self.h_last = torch.zeros(B, c.tokens_per_frame, c.d_model, device=dev, dtype=self.runner.cache_dtype)
+        self.h_last = torch.zeros(B, c.tokens_per_frame, c.d_model, device=dev)
         self.action_buf = torch.zeros(B, c.action_dim, device=dev)
         self.guidance_buf = torch.ones(1, device=dev)
         self.level_buf = torch.zeros(B, device=dev)   # the context-noise level of every appended frame

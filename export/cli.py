@@ -1,7 +1,7 @@
-"""`reverie export`: write a checkpoint's real-time step as ONNX graphs (backbone step, head step, decode).
+"""`reverie export`: write a checkpoint's real-time step as ONNX graphs, and optionally build TensorRT engines.
 
-With no --out the graphs go to the cache where `--backend onnxruntime` sessions look for them, so running this
-once ahead of time removes the export from the first `reverie play` / `reverie bench`.
+With no --out the graphs go to the cache where the onnxruntime and tensorrt backends look for them, so running this
+once ahead of time removes the export (and the engine build) from the first `reverie play` / `reverie bench`.
 """
 
 from __future__ import annotations
@@ -12,48 +12,76 @@ import sys
 import time
 from pathlib import Path
 
+PRECISIONS = ("fp32", "fp16", "bf16")
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="reverie export", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="world-model checkpoint (default: the shipped model)")
     p.add_argument("--format", default="onnx", choices=["onnx", "tensorrt"],
-                   help="onnx (default), or tensorrt: also build TensorRT engines beside the graphs (CUDA GPU)")
-    p.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "bf16"],
-                   help="TensorRT kernel precision (default fp16)")
+                   help="onnx (default), or tensorrt: also build TensorRT 10/11 engines beside the graphs (needs "
+                        "TensorRT and a CUDA GPU)")
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="the graphs' weights and matmuls (inputs and outputs stay float32): fp32 (default for onnx; "
+                        "what onnxruntime runs), fp16 (default for tensorrt) or bf16")
     p.add_argument("--batch", type=int, default=1, help="worlds stepped together (the graphs have static shapes)")
-    p.add_argument("--out", default=None, help="output folder (default: the onnxruntime backend's cache)")
+    p.add_argument("--device", default="cuda", help="the CUDA device TensorRT engines are built for (default cuda)")
+    p.add_argument("--out", default=None, help="output folder (default: the backends' cache)")
     args = p.parse_args(argv)
-    from engine.checkpoint import CheckpointError, load_checkpoint
-    from engine.session import DEFAULT_MODEL
+    tensorrt = args.format == "tensorrt"
+    precision = args.precision or ("fp16" if tensorrt else "fp32")
+
+    def fail(message: str) -> int:
+        print(f"reverie export: error: {message}", file=sys.stderr)
+        return 1
 
     if args.batch < 1:
-        print(f"reverie export: error: --batch must be >= 1, got {args.batch}", file=sys.stderr)
-        return 1
+        return fail(f"--batch must be >= 1, got {args.batch}")
+    from engine.errors import ReverieError
+
     try:
         import onnx  # noqa: F401
     except ImportError:
-        print("reverie export: error: the onnx package is missing: pip install onnx onnxruntime", file=sys.stderr)
-        return 1
-    from export.onnx import MANIFEST, export_onnx
+        return fail("the onnx package is missing: pip install onnx onnxruntime (the project's [export] extra)")
+    if tensorrt:  # before anything is exported: the engines need TensorRT and a GPU here
+        import torch
+
+        from engine.trt_runner import require_tensorrt
+
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:   # torch.device's answer to a malformed string
+            return fail(f"--device {args.device!r}: not a device; pass cuda or cuda:N")
+        try:
+            require_tensorrt(device, purpose="--format tensorrt",
+                             otherwise="leave out --format tensorrt to write the ONNX graphs only")
+        except ReverieError as e:
+            return fail(str(e))
+
+    from engine.checkpoint import load_checkpoint
+    from engine.graphs import MANIFEST
+    from engine.session import DEFAULT_MODEL
+    from export.onnx import ensure_graphs, export_onnx
 
     t0 = time.perf_counter()
+    plans: list[Path] = []
     try:
         ckpt = load_checkpoint(args.model or DEFAULT_MODEL)
         if args.out is None:
-            from engine.ort_runtime import graphs_for
-
-            out = graphs_for(ckpt, args.batch, quiet=True)
+            out = ensure_graphs(ckpt, args.batch, quiet=True, precision=precision)
         else:
-            out = export_onnx(ckpt.path, Path(args.out), batch=args.batch)
-        if args.format == "tensorrt":
-            from engine.trt_runtime import build_engines
+            out = export_onnx(ckpt.path, Path(args.out), batch=args.batch, precision=precision)
+        if tensorrt:
+            from export.tensorrt import build_engines
 
-            build_engines(out, args.precision)
-    except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"reverie export: error: {e}", file=sys.stderr)
-        return 1
-    man = json.loads((out / MANIFEST).read_text())
-    errs = ", ".join(f"{k} {v:.1e}" for k, v in man["max_abs_error"].items() if v is not None)
-    print(f"wrote {out} ({', '.join(man['graphs'].values())}) in {time.perf_counter() - t0:.1f} s"
+            plans = build_engines(out, precision, device)
+        man = json.loads((out / MANIFEST).read_text())
+    except ReverieError as e:
+        return fail(str(e))
+    except OSError as e:   # the output folder or the cache cannot be written
+        return fail(f"{e.filename or args.out or 'the cache'}: {e.strerror or e}")
+    errs = ", ".join(f"{k} {v:.1e}" for k, v in (man.get("max_abs_error") or {}).items() if v is not None)
+    files = [*man.get("graphs", {}).values(), *(pl.name for pl in plans)]
+    print(f"wrote {out} ({precision}: {', '.join(files)}) in {time.perf_counter() - t0:.1f} s"
           + (f"; max |onnxruntime - torch|: {errs}" if errs else ""))
     return 0

@@ -98,8 +98,11 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, batch
     wm = load_into(WorldModel(ckpt.config.world_model), ckpt, "wm").float().eval()
     reduced = precision != "fp32"
     if reduced:  # weights in the precision; RoPE tables and latent statistics stay float32 (casts at the inputs)
-        for part in (wm.backbone, wm.head, ae.decoder):
-            part.to(PRECISIONS[precision])
+        wm.backbone.to(PRECISIONS[precision])
+        wm.head.to(PRECISIONS[precision])
+        # ONNX Conv takes bfloat16 only from opset 22, which TensorRT 10's parser does not read: a bf16 model decodes
+        # in fp16 (the decoder's activations stay well inside fp16's range)
+        ae.decoder.to(torch.float16)
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
