@@ -12,7 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("train.data_cli", "inspect and verify episode files (info, check)"),
     "train": ("train.cli", "train the autoencoder (ae), world model (wm) or inverse-dynamics model (idm)"),
     "eval": ("train.evaluate", "score a checkpoint on held-out episodes (PSNR, SSIM, action following)"),
-    "bench": ("engine.bench", "measure frames/s and frame times of the real-time session"),
+    "bench": ("play.bench", "measure frames/s and frame times of the real-time session"),
     "export": ("export.cli", "write a model's real-time step as ONNX graphs (for the onnxruntime backend)"),
 }
 
@@ -38,9 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"reverie: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    from engine.errors import ReverieError
+
     module = importlib.import_module(COMMANDS[name][0])
     try:
         return int(module.main(argv[1:]) or 0)
+    except ReverieError as e:  # a user's bad input or an impossible request: one line, no traceback
+        print(f"reverie {name}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("reverie: interrupted", file=sys.stderr)
         return 130

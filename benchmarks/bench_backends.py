@@ -17,6 +17,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from engine.errors import ReverieError
+from engine.knobs import arg_type, check_guidance, check_steps
+from engine.output import check_count, prepare_output, write_json
+
 
 def run(argv: list[str], out: Path) -> dict:
     env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"}
@@ -27,14 +31,22 @@ def run(argv: list[str], out: Path) -> dict:
     return json.loads(out.read_text())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
-    p.add_argument("--frames", type=int, default=600)
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
-    p.add_argument("--guidance", type=float, default=None, help="guidance (default: the model's)")
-    p.add_argument("--json", default=None)
-    args = p.parse_args()
+    p.add_argument("--frames", type=arg_type(check_count(1), "--frames", int), default=600)
+    p.add_argument("--steps", type=arg_type(check_steps, "--steps", int), default=None,
+                   help="sampling steps (default: the model's)")
+    p.add_argument("--guidance", type=arg_type(check_guidance, "--guidance"), default=None,
+                   help="guidance (default: the model's)")
+    p.add_argument("--json", type=Path, default=None, help="write every result here (folders are made)")
+    args = p.parse_args(argv)
+    try:
+        if args.json is not None:
+            prepare_output(args.json)       # before the run, not after it
+    except ReverieError as e:
+        print(f"bench_backends: error: {e}", file=sys.stderr)
+        return 1
     common = (["--model", args.model] if args.model else []) + \
         (["--steps", str(args.steps)] if args.steps else []) + \
         (["--guidance", str(args.guidance)] if args.guidance is not None else [])
@@ -53,9 +65,11 @@ def main() -> None:
                       f"{bench['decode_ms']:.2f})   play {play['fps']:6.1f} fps p50 {play['p50_ms']:5.2f} p99 "
                       f"{play['p99_ms']:5.2f} ms latency p50 {play.get('latency_ms_p50', float('nan')):5.2f} ms",
                       flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    if args.json is not None:
+        write_json(args.json, results)
+        print(f"wrote {args.json}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

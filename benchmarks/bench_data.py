@@ -16,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.errors import ReverieError
+from engine.knobs import arg_type, check_seed
+from engine.output import check_count, prepare_output, write_json
 from train.dataset import WindowDataset
 from train.episodes import COMPRESSIONS, DEFAULT_CHUNK_FRAMES, EpisodeWriter
 from train.games.registry import make_agent, make_game
@@ -103,16 +106,29 @@ def bench_read(root: Path, window: int, samples: int, seed: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--env", default="builtin:gems", help="game for all three measurements (default builtin:gems)")
-    p.add_argument("--size", type=int, default=64, help="frame side (default 64)")
-    p.add_argument("--game-frames", type=int, default=3000, help="frames for the game's frames/s (default 3000)")
-    p.add_argument("--episodes", type=int, default=6, help="episodes to write and read (default 6)")
-    p.add_argument("--steps", type=int, default=400, help="steps per episode at most (default 400)")
-    p.add_argument("--window", type=int, default=16, help="frames per window read (default 16)")
-    p.add_argument("--samples", type=int, default=2000, help="random windows read per pass (default 2000)")
-    p.add_argument("--chunk-frames", type=int, default=DEFAULT_CHUNK_FRAMES, help="frames per chunk")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    p.add_argument("--size", type=arg_type(check_count(8, 1024), "--size", int), default=64,
+                   help="frame side (default 64)")
+    p.add_argument("--game-frames", type=arg_type(check_count(1), "--game-frames", int), default=3000,
+                   help="frames for the game's frames/s (default 3000)")
+    p.add_argument("--episodes", type=arg_type(check_count(1), "--episodes", int), default=6,
+                   help="episodes to write and read (default 6)")
+    p.add_argument("--steps", type=arg_type(check_count(1), "--steps", int), default=400,
+                   help="steps per episode at most (default 400)")
+    p.add_argument("--window", type=arg_type(check_count(1), "--window", int), default=16,
+                   help="frames per window read (default 16)")
+    p.add_argument("--samples", type=arg_type(check_count(1), "--samples", int), default=2000,
+                   help="random windows read per pass (default 2000)")
+    p.add_argument("--chunk-frames", type=arg_type(check_count(1), "--chunk-frames", int),
+                   default=DEFAULT_CHUNK_FRAMES, help="frames per chunk")
+    p.add_argument("--seed", type=arg_type(check_seed, "--seed", int), default=0)
+    p.add_argument("--json", type=Path, help="also write the results to this JSON file (folders are made)")
     a = p.parse_args(argv)
+    try:
+        if a.json is not None:
+            prepare_output(a.json)          # before the run, not after it
+    except ReverieError as e:
+        print(f"bench_data: error: {e}", file=sys.stderr)
+        return 1
 
     results = {"machine": platform.processor() or platform.machine(), "python": platform.python_version(),
                "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}}
@@ -129,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{compression:<5}  write {w['raw_mb_s']} MB/s of frames ({w['frames_s']} frames/s, "
                   f"{w['file_mb_s']} MB/s to disk, ratio {w['compression_ratio']}x); read {r['windows_s_steady']} "
                   f"windows/s of {a.window} (first pass {r['windows_s_first_pass']})")
-    if a.json:
-        a.json.write_text(json.dumps(results, indent=2))
+    if a.json is not None:
+        write_json(a.json, results)
         print(f"wrote {a.json}")
     else:
         print(json.dumps(results, indent=2))

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from engine.bench import held_actions, random_session
+from engine.errors import ReverieError
+from engine.knobs import arg_type, check_threads
+from engine.output import check_count, prepare_output, write_json
 from engine.session import Session
+from play.bench import held_actions, random_session
 
 
 def rss_mb() -> float:
@@ -23,20 +28,32 @@ def rss_mb() -> float:
         return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="checkpoint (default: random weights of --preset)")
     p.add_argument("--preset", default="tiny")
-    p.add_argument("--frames", type=int, default=10_000)
-    p.add_argument("--warmup", type=int, default=500)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--frames", type=arg_type(check_count(1), "--frames", int), default=10_000)
+    p.add_argument("--warmup", type=arg_type(check_count(0), "--warmup", int), default=500)
+    p.add_argument("--threads", type=arg_type(check_threads, "--threads", int), default=1)
     p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
                    help="with --model: the session's backend (default torch)")
-    p.add_argument("--json", default="long_run.json")
-    a = p.parse_args()
+    p.add_argument("--json", type=Path, default=Path("long_run.json"), help="results (folders are made)")
+    a = p.parse_args(argv)
+    try:
+        return run(a)
+    except ReverieError as e:
+        print(f"long_run: error: {e}", file=sys.stderr)
+        return 1
+
+
+def run(a: argparse.Namespace) -> int:
+    prepare_output(a.json)
     torch.set_num_threads(a.threads)
     if a.model:
-        s = Session(a.model, backend=a.backend, threads=a.threads)
+        from export.prepare import prepare_backend
+
+        backend, graphs = prepare_backend(a.model, a.backend, 1, "cpu")
+        s = Session(a.model, backend=backend, graphs=graphs, threads=a.threads)
         s.reset()
     else:
         s = random_session(a.preset, "cpu", 1, 2, 1.0, "fp32", False)
@@ -55,11 +72,11 @@ def main() -> None:
     out = {"backend": s.backend, "steps": s.steps, "guidance": s.guidance,
            "frames": a.frames, "seconds": time.perf_counter() - t0, "rss_after_warmup_mb": base, "rss_mb": rss,
            "rss_growth_mb": rss[-1] - base if rss else 0.0, "finite": bool(torch.isfinite(s.latent).all()),
-           "frame_count": int(s.frame_count)}
+           "frame_count": int(s.state()["tensors"]["frame_count"])}
     print(json.dumps(out))
-    with open(a.json, "w") as f:
-        f.write(json.dumps(out, indent=2))
+    write_json(a.json, out)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -128,8 +128,8 @@ def arg_type(check: Callable[[Any, str], Any], flag: str, kind: type = float) ->
                                              f"got {text!r}") from None
         try:
             return check(value, flag)
-        except KnobError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
+        except KnobError as e:  # argparse already names the flag: "argument --guidance: must be ..."
+            raise argparse.ArgumentTypeError(str(e).removeprefix(f"{flag} ")) from None
 
     parse.__name__ = flag  # argparse names the type in some messages
     return parse

@@ -1,4 +1,5 @@
-"""Play inside a world model: the pygame window, key maps, HUD, recording (`reverie play`)."""
+"""Play inside a world model: the pygame window, key maps, HUD, recording (`reverie play`), and the session
+benchmark (`reverie bench`, play/bench.py)."""
 
 import os
 

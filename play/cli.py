@@ -13,21 +13,42 @@ window) exits 0.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from engine.knobs import (
+    MAX_FPS,
+    arg_type,
+    check_fps,
+    check_guidance,
+    check_scale,
+    check_seed,
+    check_steps,
+    check_threads,
+)
+from engine.output import check_count
+
 DEFAULT_ENV = "builtin:gems"
 HEADLESS_FRAMES = 300       # --headless without --frames
-MAX_STEPS = 4
+UNCAPPED = ("max", "uncapped")  # --fps words for as fast as the model goes
 
 
 def default_threads() -> int:
     """Torch threads for the model on CPU: all cores but one (the window's), at most 4."""
     return max(1, min(4, (os.cpu_count() or 1) - 1))
+
+
+def fps_arg(text: str) -> float:
+    """--fps: frames per second in (0, MAX_FPS], or 'max' for as fast as the model goes (returned as 0.0)."""
+    if text.strip().lower() in UNCAPPED:
+        return 0.0
+    try:
+        return arg_type(check_fps, "--fps")(text)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{e} (--fps max plays as fast as the model goes)") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,21 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="world-model checkpoint (.safetensors from 'reverie train wm'; default: the shipped model)")
     m.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
                    help="runtime backend (default auto: onnxruntime on CPU where installed, torch on CUDA)")
-    m.add_argument("--device", default="auto", help="cpu | cuda | auto (default: cuda where available)")
+    m.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default: cuda where available)")
     m.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="model precision (default auto: fp32 on CPU, bf16 on CUDA)")
-    m.add_argument("--steps", type=int, default=None,
-                   help=f"sampling steps per frame, 1..{MAX_STEPS} (default: the model's, 1 for the shipped one)")
-    m.add_argument("--guidance", type=float, default=None,
+    m.add_argument("--steps", type=arg_type(check_steps, "--steps", int), default=None,
+                   help="sampling steps per frame, 1..4 (default: the model's, 1 for the shipped one)")
+    m.add_argument("--guidance", type=arg_type(check_guidance, "--guidance"), default=None,
                    help="classifier-free guidance scale, 1.0 is off (default: the model's)")
-    m.add_argument("--threads", type=int, default=None,
+    m.add_argument("--threads", type=arg_type(check_threads, "--threads", int), default=None,
                    help=f"torch threads on CPU (default: cores - 1, at most 4; here {default_threads()})")
-    m.add_argument("--seed", type=int, default=0, help="seed of the real game's start and the autopilot")
+    m.add_argument("--seed", type=arg_type(check_seed, "--seed", int), default=0,
+                   help="seed of the real game's start and the autopilot")
     w = p.add_argument_group("window")
-    w.add_argument("--scale", type=int, default=0, help="window pixels per frame pixel (default: fit 512 pixels)")
-    w.add_argument("--fps", type=float, default=None,
-                   help="frames per second to play at, 0 for as fast as the model goes (default: the game's own "
-                        "speed; headless: 0)")
+    w.add_argument("--scale", type=arg_type(check_scale, "--scale", int), default=None,
+                   help="window pixels per frame pixel, 1..32 (default: fit 512 pixels)")
+    w.add_argument("--fps", type=fps_arg, default=None, metavar="F",
+                   help=f"frames per second to play at, up to {MAX_FPS:g}, or 'max' for as fast as the model goes "
+                        "(default: the game's own speed; headless: max)")
     w.add_argument("--side-by-side", action="store_true", help="start with the real game beside the model (Tab)")
     w.add_argument("--no-hud", action="store_true", help="start with the HUD hidden (H)")
     w.add_argument("--save", type=Path, default=Path("reverie-world.safetensors"), metavar="FILE",
@@ -74,30 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
     b = p.add_argument_group("benchmark")
     b.add_argument("--headless", action="store_true",
                    help="no window (SDL dummy driver): the whole loop driven by a scripted held-key pattern")
-    b.add_argument("--frames", type=int, default=0,
-                   help=f"stop after this many frames (headless default {HEADLESS_FRAMES})")
-    b.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the run's numbers as JSON")
+    b.add_argument("--frames", type=arg_type(check_count(1), "--frames", int), default=None,
+                   help=f"show this many frames (the world steps once per frame), then stop (headless default "
+                        f"{HEADLESS_FRAMES}; windowed default: until quit)")
+    b.add_argument("--json", type=Path, default=None, metavar="OUT",
+                   help="write the run's numbers as JSON (folders are made)")
     b.add_argument("--lockstep", action="store_true",
                    help="one model step per shown frame, after that frame's input (deterministic replays)")
     return p
 
 
 def check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
-    """Reject bad flag values with argparse's usage error (exit code 2)."""
-    if a.steps is not None and not 1 <= a.steps <= MAX_STEPS:
-        p.error(f"--steps must be 1..{MAX_STEPS}, got {a.steps}")
-    if a.scale < 0:
-        p.error(f"--scale must be a positive integer, got {a.scale}")
-    if a.fps is not None and a.fps < 0:
-        p.error(f"--fps must be >= 0, got {a.fps}")
-    if a.frames < 0:
-        p.error(f"--frames must be >= 0, got {a.frames}")
-    if a.threads is not None and a.threads < 1:
-        p.error(f"--threads must be >= 1, got {a.threads}")
+    """Reject flag combinations argparse cannot see with its usage error (exit code 2); values are checked by
+    their argparse types (engine.knobs)."""
     if a.human and a.out is None:
         p.error("--human records episodes: pass --out DIR")
     if a.device not in ("auto", "cpu", "cuda") and not a.device.startswith("cuda:"):
-        p.error(f"--device must be cpu, cuda or auto, got {a.device!r}")
+        p.error(f"--device must be cpu, cuda, cuda:N or auto, got {a.device!r}")
 
 
 def resolve_device(device: str) -> str:
@@ -135,25 +151,23 @@ def make_world(a: argparse.Namespace, say) -> tuple[Any, dict[str, Any]]:
         raise PlayError(f"the default model is not installed ({DEFAULT_MODEL} is missing): pass --model CKPT with a "
                         "checkpoint from 'reverie train wm', or play the real game with --real")
     from engine.session import Session
+    from export.prepare import prepare_backend
 
     device = resolve_device(a.device)
     threads = a.threads or (default_threads() if device == "cpu" else None)
     ckpt = load_checkpoint(model_path)
-    session = Session(ckpt, backend=a.backend, device=device, steps=a.steps, guidance=a.guidance, dtype=a.dtype,
-                      threads=threads, profile=a.headless or a.json is not None)
-    world = ModelWorld(session, env_id=checkpoint_env_id(ckpt), seed=a.seed, backend=session.backend)
+    t_export = time.perf_counter()   # a first onnxruntime run of a checkpoint exports its graphs once
+    backend, graphs = prepare_backend(ckpt, a.backend, 1, device)
+    export_s = time.perf_counter() - t_export
+    session = Session(ckpt, backend=backend, graphs=graphs, device=device, steps=a.steps, guidance=a.guidance,
+                      dtype=a.dtype, threads=threads, profile=a.headless or a.json is not None)
+    world = ModelWorld(session, env_id=checkpoint_env_id(ckpt), seed=a.seed, backend=backend)
     if world.warning:
         say(f"warning: no real game to start from ({world.warning}); starting from a mid-grey frame, and Tab has no "
             "real game to show")
     info = {"device": device, "model": str(model_path), "env": world.env_id, "dtype": a.dtype, "threads": threads,
-            "batch": 1}
+            "batch": 1, "export_s": export_s}
     return world, info
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    from engine.checkpoint import atomic_write_text
-
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,23 +182,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import pygame
 
-        from engine.actions import ActionSpecError
-        from engine.checkpoint import CheckpointError
-        from engine.config import ConfigError
-        from engine.session import SessionError
         from play.window import Window, WindowConfig
-        from play.world import PlayError
     except ImportError as e:
-        print(f"reverie play: {e}; install the play extra: pip install 'reverie[play]'", file=sys.stderr)
+        print(f"reverie play: error: {e}; install the play extra: pip install 'reverie[play]'", file=sys.stderr)
         return 1
-    errors = (PlayError, CheckpointError, SessionError, ActionSpecError, ConfigError, OSError, pygame.error)
-    window = None
+    from engine.errors import ReverieError
+    from engine.output import prepare_folder, prepare_output, write_json
+
     try:
+        if a.json is not None:
+            prepare_output(a.json)                      # before the run, not after it
+        if a.human:
+            prepare_folder(a.out, "--out")
         world, info = make_world(a, say)
         frames = a.frames or (HEADLESS_FRAMES if a.headless else 0)
         fps = a.fps if a.fps is not None else (0.0 if a.headless else world.fps)
         threads = info.get("threads")
-        cfg = WindowConfig(scale=a.scale, fps=fps, headless=a.headless, frames=frames, autopilot=a.headless,
+        cfg = WindowConfig(scale=a.scale or 0, fps=fps, headless=a.headless, frames=frames, autopilot=a.headless,
                            seed=a.seed, lockstep=a.lockstep, hud=not a.no_hud, side_by_side=a.side_by_side,
                            threads=threads, save_path=a.save, record_dir=a.record_dir,
                            human_dir=a.out if a.human else None, caption=f"Reverie: {world.kind} {world.env_id}",
@@ -194,18 +208,16 @@ def main(argv: list[str] | None = None) -> int:
         say(f"reverie play: {what} ({world.env_id}), {world.backend}, "
             f"{'as fast as it goes' if not fps else f'{fps:g} frames/s'}" + (", headless" if a.headless else ""))
         code = window.run()
-    except errors as e:
-        print(f"reverie play: {e}", file=sys.stderr)
-        return 1
-    report = window.report()
-    report["cold_start_s"] = window.started_at - t_start + window.first_frame_s
-    say(f"{window.exit_reason or 'quit'}: {report['frames']} frames, {report['fps']:.1f} frames/s, "
-        f"p50 {report['p50_ms']:.1f} ms, p99 {report['p99_ms']:.1f} ms, model step {report['step_ms_p50']:.1f} ms")
-    if a.json is not None:
-        try:
+        report = window.report()
+        # from the start of the command to the first frame on screen, less the one-time export of the graphs
+        report["cold_start_s"] = window.started_at - t_start + window.first_frame_s - info.get("export_s", 0.0)
+        say(f"{window.exit_reason or 'quit'}: {report['frames']} frames, {report['model_steps']} steps of the "
+            f"world, {report['fps']:.1f} frames/s, p50 {report['p50_ms']:.1f} ms, p99 {report['p99_ms']:.1f} ms, "
+            f"model step {report['step_ms_p50']:.1f} ms")
+        if a.json is not None:
             write_json(a.json, report)
-        except OSError as e:
-            print(f"reverie play: cannot write {a.json}: {e}", file=sys.stderr)
-            return 1
-        say(f"wrote {a.json}")
+            say(f"wrote {a.json}")
+    except (ReverieError, pygame.error) as e:
+        print(f"reverie play: error: {e}", file=sys.stderr)
+        return 1
     return code

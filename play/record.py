@@ -33,9 +33,11 @@ class Recorder:
     """One recording at a time: start(first frame), add(frame, action) per step, stop() writes the files."""
 
     def __init__(self, out_dir: str | Path, *, env_id: str, spec: ActionSpec, frame_shape: tuple[int, int, int],
-                 fps: float, agent: str = "human", gif: bool = True, metadata: dict[str, Any] | None = None):
+                 fps: float, agent: str = "human", gif: bool = True, metadata: dict[str, Any] | None = None,
+                 env_version: str = ""):
         self.out_dir = Path(out_dir)
         self.env_id, self.spec, self.frame_shape = env_id, spec, tuple(frame_shape)
+        self.env_version = env_version       # the game's version, as `reverie record` writes it
         self.fps, self.agent, self.gif, self.metadata = fps, agent, gif, dict(metadata or {})
         self.count = 0                       # recordings started by this recorder
         self._writer: Any = None
@@ -50,8 +52,9 @@ class Recorder:
     def frames(self) -> int:
         return self._writer.num_frames if self._writer is not None else 0
 
-    def start(self, frame: np.ndarray) -> Path:
-        """Begin a new episode whose reset frame is `frame`; returns the path it will be written to."""
+    def start(self, frame: np.ndarray, seed: int | None = None) -> Path:
+        """Begin a new episode whose reset frame is `frame` (the game's start from `seed`, where known); returns
+        the path it will be written to."""
         from train.episodes import SUFFIX, EpisodeWriter
 
         if self.active:
@@ -62,8 +65,9 @@ class Recorder:
             self.count += 1
             if not path.exists():
                 break
-        self._writer = EpisodeWriter(path, env_id=self.env_id, action_spec=self.spec, frame_shape=self.frame_shape,
-                                     fps=self.fps, agent=self.agent, metadata=self.metadata)
+        self._writer = EpisodeWriter(path, env_id=self.env_id, env_version=self.env_version, action_spec=self.spec,
+                                     frame_shape=self.frame_shape, fps=self.fps, seed=seed, agent=self.agent,
+                                     metadata=self.metadata)
         self.path = path
         self._gif_frames = []
         self._add_frame(frame)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pygame
 
+from engine.knobs import MAX_GUIDANCE, check_guidance, check_steps
 from play.hud import FrameStats, Hud, HudInfo, percentile
 from play.input import Autopilot, InputState
 from play.keymap import KeyMap
@@ -52,7 +53,8 @@ class WindowConfig:
     fps: float = 0.0                    # cap on model steps per second (the game's speed); 0: as fast as it goes
     pump_hz: float = 250.0              # events are pumped at least this often (input latency, not CPU)
     headless: bool = False              # SDL dummy video driver: no window on screen
-    frames: int = 0                     # stop after this many stepped frames were presented (0: until quit)
+    frames: int = 0                     # show this many stepped frames (the world steps as often), then stop
+                                        # (0: until quit)
     autopilot: bool = False             # post a scripted held-key pattern (headless benchmark)
     seed: int = 0                       # autopilot seed
     lockstep: bool = False              # one model step per presented frame, after that frame's input
@@ -64,7 +66,7 @@ class WindowConfig:
     human_dir: Path | None = None       # record every episode here from the start (`--human`)
     gif: bool = True                    # write a GIF beside each recorded episode
     guidance_step: float = 0.25
-    guidance_range: tuple[float, float] = (0.0, 10.0)
+    guidance_range: tuple[float, float] = (0.0, min(10.0, MAX_GUIDANCE))   # [ and ] stay inside it
     caption: str = "Reverie"
     info: dict[str, Any] = field(default_factory=dict)    # extra facts for the benchmark JSON (device, model, ...)
 
@@ -82,12 +84,13 @@ class Window:
         self.stats = FrameStats(keep_all=cfg.headless or cfg.frames > 0)
         self.autopilot = Autopilot(self.keymap, cfg.seed) if cfg.autopilot else None
         self.worker = Worker(self._advance, self.input.take, fps=cfg.fps, lockstep=cfg.lockstep, threads=cfg.threads,
-                             after=getattr(world, "finish", None))
+                             after=getattr(world, "finish", None), max_steps=cfg.frames)
         human = cfg.human_dir is not None
         env_id = world.env_id if world.kind == "real" else model_env_id(world.spec.game)
         self.recorder = Recorder(cfg.human_dir if human else cfg.record_dir, env_id=env_id, spec=world.spec,
                                  frame_shape=world.frame_shape, fps=world.fps, gif=cfg.gif and not human,
                                  agent="autopilot" if cfg.autopilot else "human",
+                                 env_version=getattr(world, "env_version", "") if world.kind == "real" else "",
                                  metadata={"source": "reverie play", "world": world.kind, "game": world.spec.game})
         h, w, _ = world.frame_shape
         self.scale = cfg.scale or max(1, TARGET_SIDE // max(h, w))
@@ -133,7 +136,7 @@ class Window:
         first = self.world.reset()
         self._last_frame = first.frame
         if self.cfg.human_dir is not None:
-            path = self.recorder.start(first.frame)
+            path = self._start_recording(first.frame)
             self.print(f"recording to {path}")
         self.worker.publish(first, time.perf_counter())
         self.worker.start()
@@ -356,7 +359,7 @@ class Window:
             step = self.world.reset()
             self.frame_index = 0
             if self.cfg.human_dir is not None:
-                self._say(f"recording to {self.recorder.start(step.frame)}")
+                self._say(f"recording to {self._start_recording(step.frame)}")
         self._last_frame = step.frame
         return step, times
 
@@ -367,17 +370,22 @@ class Window:
         self._last_frame = step.frame
         self._say(message)
         if self.cfg.human_dir is not None:
-            self._say(f"recording to {self.recorder.start(step.frame)}")
+            self._say(f"recording to {self._start_recording(step.frame)}")
         self._say("reset")
         return step
 
     def _set_steps(self, steps: int) -> None:
-        self.world.steps = steps
-        self._say(f"sampling steps {steps}")
+        self.world.steps = check_steps(steps, "sampling steps")
+        self._say(f"sampling steps {self.world.steps}")
 
     def _set_guidance(self, delta: float) -> None:
+        """Guidance up or down by `delta`, kept inside guidance_range (and finite: a NaN guidance blacks out every
+        later frame)."""
         lo, hi = self.cfg.guidance_range
-        self.world.guidance = float(np.clip(round(self.world.guidance + delta, 4), lo, hi))
+        current = self.world.guidance
+        if not np.isfinite(current):
+            current = 1.0
+        self.world.guidance = check_guidance(float(np.clip(round(current + delta, 4), lo, hi)))
         self._say(f"guidance {self.world.guidance:.2f}" + (" (off)" if self.world.guidance == 1.0 else ""))
 
     def _save(self) -> None:
@@ -397,7 +405,16 @@ class Window:
         if self.recorder.active:
             self._say(self._stop_recording())
         else:
-            self._say(f"recording to {self.recorder.start(self._last_frame)}")
+            self._say(f"recording to {self._start_recording(self._last_frame)}")
+
+    def _start_recording(self, frame: np.ndarray) -> Path:
+        """Start an episode file from `frame`; the real game's episode seed goes into its header (where the frame
+        is that episode's start), and a folder that cannot be written is a PlayError naming it."""
+        at_start = self.world.kind == "real" and self.frame_index == 0
+        try:
+            return self.recorder.start(frame, seed=getattr(self.world, "episode_seed", None) if at_start else None)
+        except OSError as e:
+            raise PlayError(f"cannot record into {self.recorder.out_dir}: {e.strerror or e}") from None
 
     def _stop_recording(self) -> str | None:
         if not self.recorder.active:

@@ -6,6 +6,11 @@ window's responsiveness. Commands that touch the world (reset, save, load, sampl
 and run on the worker between steps, so the session is only ever used from one thread. Paused, the worker waits
 on a condition variable: no spinning and no model calls. `lockstep` makes it step only when the main thread asks,
 once per presented frame (deterministic replays); `fps` caps its steps per second (the game's speed).
+
+Every frame the worker makes is shown: it hands a frame over only once the window has taken the one before
+(it computes the next step meanwhile), so a world much faster than the screen (the real game with no frame cap)
+is paced by the screen instead of stepping thousands of times per shown frame. `max_steps` ends stepping after
+that many steps, so `reverie play --frames N` shows N frames and steps the world N times.
 """
 
 from __future__ import annotations
@@ -43,8 +48,9 @@ class Worker:
 
     def __init__(self, advance: Callable[[np.ndarray], tuple[Step, Any]],
                  take: Callable[[], tuple[np.ndarray, float]], fps: float = 0.0, lockstep: bool = False,
-                 threads: int | None = None, after: Callable[[], None] | None = None):
+                 threads: int | None = None, after: Callable[[], None] | None = None, max_steps: int = 0):
         self.advance, self.take, self.after = advance, take, after
+        self.max_steps = max_steps    # stop stepping after this many steps (0: no limit); calls still run
         self.period = 1.0 / fps if fps and fps > 0 else 0.0
         self.lockstep = lockstep
         self.threads = threads
@@ -56,6 +62,7 @@ class Worker:
         self._stopping = False
         self._out: Output | None = None
         self._seq = 0
+        self._taken = 0               # the newest output the window has taken (wait_frame)
         self.steps_taken = 0
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="reverie-model", daemon=True)
@@ -104,9 +111,17 @@ class Worker:
         return fut
 
     def publish(self, step: Step, sampled_at: float, step_ms: float = 0.0, action: np.ndarray | None = None,
-                times: Any = None) -> Output:
-        """Hand a frame to the window (used by the worker thread, and by the main thread before start())."""
+                times: Any = None, in_turn: bool = False) -> Output | None:
+        """Hand a frame to the window (used by the worker thread, and by the main thread before start()).
+
+        in_turn: first wait until the window has taken the previous frame, so that none is skipped (the worker's
+        outputs); None if the worker is stopped while it waits.
+        """
         with self.cond:
+            while in_turn and self._out is not None and self._taken < self._out.seq:
+                if self._stopping:
+                    return None
+                self.cond.wait()
             self._seq += 1
             self._out = Output(step, self._seq, sampled_at, time.perf_counter(), step_ms, action, times)
             self.cond.notify_all()
@@ -121,7 +136,11 @@ class Worker:
                 if left <= 0 or self._stopping:
                     return None
                 self.cond.wait(left)
-            return self._out if self._out is not None and self._out.seq > seen else None
+            if self._out is None or self._out.seq <= seen:
+                return None
+            self._taken = self._out.seq
+            self.cond.notify_all()     # the worker may hand over its next frame
+            return self._out
 
     # ---- worker thread -------------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -146,7 +165,7 @@ class Worker:
                 action, sampled_at = self.take()
                 step, times = self.advance(action)
                 self.steps_taken += 1
-                self.publish(step, sampled_at, (time.perf_counter() - start) * 1e3, action, times)
+                self.publish(step, sampled_at, (time.perf_counter() - start) * 1e3, action, times, in_turn=True)
                 if self.after is not None:  # work the frame does not wait for (the model's context update)
                     self.after()
         except BaseException as e:  # shown by the window as one clear line; the window then closes
@@ -163,7 +182,8 @@ class Worker:
                 if self._calls:
                     return self._calls.popleft()
                 may_step = (not self._paused or self._single) and (not self.lockstep or self._requested
-                                                                     or self._single)
+                                                                     or self._single) \
+                    and not (self.max_steps and self.steps_taken >= self.max_steps)
                 if may_step:
                     wait = next_due - time.perf_counter() if self.period and not self._single else 0.0
                     if wait <= 0:
@@ -183,5 +203,5 @@ class Worker:
             fut.set_exception(e)
             return
         if isinstance(result, Step):
-            self.publish(result, time.perf_counter())
+            self.publish(result, time.perf_counter(), in_turn=True)
         fut.set_result(result)

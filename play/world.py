@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 
 from engine.actions import ActionSpec
+from engine.errors import ReverieError
 
 START_FRAMES = 8        # real frames (null action) the model's context starts from, at most its context window
 BLANK_LEVEL = 128       # the mid-grey start frame when the game cannot be made
 
 
-class PlayError(RuntimeError):
+class PlayError(ReverieError, RuntimeError):
     """Something the player should be told in one clear line (bad model, no display, no game)."""
 
 
@@ -57,16 +58,19 @@ class RealWorld:
         self.game = game
         self.spec: ActionSpec = game.action_spec
         self.env_id: str = game.env_id
+        self.env_version: str = str(getattr(game, "env_version", ""))   # written into recorded episodes
         self.fps = float(getattr(game, "fps", 30.0))
         self.seed = seed
         self.resets = 0
+        self.episode_seed: int | None = None    # the seed the running episode started from
         self.frame_shape = tuple(game.reset(seed).shape)
         self.backend = "real game"
         self.steps = None
         self.guidance = None
 
     def reset(self) -> Step:
-        frame = self.game.reset(self.seed + self.resets)
+        self.episode_seed = self.seed + self.resets
+        frame = self.game.reset(self.episode_seed)
         self.resets += 1
         return Step(frame)
 
@@ -99,6 +103,8 @@ class ModelWorld:
         self.spec: ActionSpec = session.spec
         self.frame_shape = tuple(session.frame_shape)
         self.env_id = env_id or self.spec.game
+        self.env_version = ""                   # imagined frames come from no version of the game
+        self.episode_seed: int | None = None
         self.seed = seed
         self.resets = 0
         self.start_frames = max(1, min(start_frames, session.cfg.context_frames))

@@ -15,7 +15,7 @@ import torch
 import reverie_cli
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.session import Session
-from train.evaluate import ssim, windows
+from train.evaluate import reconstruct, ssim, windows
 from train.rollout import psnr, rollout
 
 
@@ -150,9 +150,8 @@ def test_eval_metrics_do_not_depend_on_batch(trained, tmp_path):
 
 
 @pytest.mark.parametrize("extra,needle", [
-    (["--horizon", "0"], "--horizon must be >= 1"),
     (["--horizon", "500"], "no episode has 502 frames"),
-    (["--steps", "0"], "steps must be in 1..4"),
+    (["--data", "/nonexistent/reverie-data"], "--data /nonexistent/reverie-data"),
 ])
 def test_eval_bad_options_give_one_line_errors(trained, tmp_path, capsys, extra, needle):
     capsys.readouterr()
@@ -163,7 +162,98 @@ def test_eval_bad_options_give_one_line_errors(trained, tmp_path, capsys, extra,
     assert cli(*argv) == 1
     err = capsys.readouterr().err
     assert "reverie eval: error:" in err and needle in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o.json").exists()
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("--horizon", "0"), ("--steps", "0"), ("--steps", "5"), ("--guidance", "nan"), ("--guidance", "inf"),
+    ("--guidance", "-1"), ("--context-noise", "nan"), ("--context-noise", "2"), ("--batch", "0"), ("--seed", "-1"),
+    ("--threads", "0"), ("--rollouts-per-episode", "0"), ("--horizon", "x"),
+])
+def test_eval_bad_knobs_are_refused_before_the_run(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as e:     # argparse: exit 2 with the flag named, no traceback
+        cli("eval", "--data", tmp_path, "--json", tmp_path / "o.json", flag, value)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and "error" in err and "Traceback" not in err, err
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_eval_json_into_a_new_folder_and_an_unwritable_one(trained, tmp_path, capsys):
+    out = tmp_path / "new" / "deeper" / "e.json"
+    run_eval(trained, out, "--horizon", "1")
+    assert out.exists() and out.with_suffix(".png").exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    capsys.readouterr()
+    assert cli("eval", "--model", trained.model, "--data", trained.data, "--json", blocker / "e.json",
+               "--threads", "1") == 1
+    err = capsys.readouterr().err
+    assert "--json" in err and str(blocker) in err and "Traceback" not in err, err
+
+
+def test_reconstruct_works_with_a_bfloat16_autoencoder():
+    """What `reverie eval --device cuda` runs: the session casts the decoder (and may cast the encoder) to
+    bfloat16; the ceiling must feed each part its own dtype (fp32 latents into a bf16 decoder used to fail)."""
+    from tiny_model import tiny_models
+
+    ae, _ = tiny_models()
+    ae.eval()
+    frames = images(3, 32, 32)
+    ref = reconstruct(ae, frames, "cpu")
+    assert ref.shape == frames.shape and ref.dtype == np.uint8
+    ae.decoder.to(torch.bfloat16)                       # the session on CUDA
+    half_dec = reconstruct(ae, frames, "cpu")
+    ae.encoder.to(torch.bfloat16)
+    half_all = reconstruct(ae, frames, "cpu")
+    for got in (half_dec, half_all):
+        assert got.shape == frames.shape and got.dtype == np.uint8
+        assert np.abs(got.astype(int) - ref.astype(int)).mean() < 4   # bf16 rounding, not garbage
+
+
+def test_eval_with_a_bfloat16_session_decoder(trained, tmp_path, monkeypatch):
+    """The whole eval path with the session's decoder in bfloat16 on the CPU, as it is on CUDA."""
+    from train import evaluate
+
+    class Bf16Session(Session):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.ae.decoder.to(torch.bfloat16)
+
+    monkeypatch.setattr(evaluate, "Session", Bf16Session)
+    r = run_eval(trained, tmp_path / "bf16.json", "--horizon", "1")
+    assert 0 < r["ae_psnr"] <= 100
+
+
+def test_plot_labels_keep_their_dots_and_spaces(tmp_path):
+    """The plot's text keeps a visible gap for a space and a separate mark for a dot (Pillow's 10 px default
+    font drew "a.b c" as "a.bc" with the dot touching its neighbours)."""
+    from PIL import Image
+
+    from train.visual import line_plot
+
+    def title_ink(title: str) -> list[tuple[int, int]]:
+        """Column runs of ink in the title band of a plot titled `title`: [(first, end), ...]."""
+        path = line_plot(tmp_path / "t.png", {"y": [1.0, 2.0]}, title=title)
+        band = np.asarray(Image.open(path).convert("L"))[:27, 55:] < 160   # above the plot frame, right of the axis
+        cols = band.any(axis=0)
+        runs, start = [], None
+        for x, ink in enumerate([*cols, False]):
+            if ink and start is None:
+                start = x
+            elif not ink and start is not None:
+                runs.append((start, x))
+                start = None
+        return runs
+
+    spaced, joined = title_ink("l l"), title_ink("ll")
+    assert len(spaced) == 2 and len(joined) == 2
+    space_gap, letter_gap = spaced[1][0] - spaced[0][1], joined[1][0] - joined[0][1]
+    assert space_gap >= letter_gap + 3, (space_gap, letter_gap)       # a space is seen as a space
+    dotted = title_ink("l.l")
+    assert len(dotted) == 3, dotted                                    # l, the dot, l: three marks
+    assert all(b - a >= 1 for a, b in dotted)
 
 
 def test_rollout_returns_generated_and_real_side_by_side(trained):

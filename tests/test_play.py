@@ -220,6 +220,16 @@ def test_number_and_bracket_keys_set_steps_and_guidance(ckpt, tmp_path):
         assert win.world.session.steps == 1 and win.world.session.guidance == 1.5
         next_frame(win)                                   # guidance on: the head runs twice, still a frame
         assert "steps 1   guidance 1.50" in " ".join(win.hud.last_lines)
+        lo, hi = win.cfg.guidance_range
+        for _ in range(int((hi - 1.5) / win.cfg.guidance_step) + 3):   # past the top: held at it
+            key(pygame.KEYDOWN, pygame.K_RIGHTBRACKET)
+        settle(win, 0.3)
+        assert win.world.session.guidance == hi
+        for _ in range(int(hi / win.cfg.guidance_step) + 3):           # past the bottom: held at it
+            key(pygame.KEYDOWN, pygame.K_LEFTBRACKET)
+        settle(win, 0.3)
+        assert win.world.session.guidance == lo
+        next_frame(win)                                   # still a frame
     finally:
         win.close()
 
@@ -385,22 +395,39 @@ def test_headless_benchmark_writes_json(ckpt, tmp_path):
     for k in ("fps", "p50_ms", "p99_ms", "step_ms_p50", "latency_ms_p50", "device", "backend", "steps", "frames"):
         assert k in report, k
     assert report["frames"] == 20 and report["fps"] > 0 and report["device"] == "cpu"
+    assert report["model_steps"] == 20                   # one model step per shown frame
+
+
+def test_headless_real_game_steps_once_per_shown_frame(tmp_path):
+    """`--real` with no frame cap used to step the game thousands of times for the frames it showed."""
+    out = tmp_path / "new" / "folder" / "r.json"          # folders are made
+    assert cli.main(["--real", "--env", "builtin:gems", "--headless", "--frames", "100", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["frames"] == 100 and report["model_steps"] == 100, report
 
 
 def test_human_mode_records_the_real_game(tmp_path):
     out = tmp_path / "me"
-    assert cli.main(["--human", "--env", "builtin:gems", "--out", str(out), "--headless", "--frames", "30"]) == 0
+    report_path = tmp_path / "h.json"
+    assert cli.main(["--human", "--env", "builtin:gems", "--out", str(out), "--headless", "--frames", "100",
+                     "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["frames"] == 100 and report["model_steps"] == 100, report
     episodes = sorted(out.glob("*.episode"))  # one per game episode: a fast machine may finish one and start another
     assert episodes and not list(out.glob("*.gif"))
+    game = make_game("builtin:gems")
     total, pressed = 0, False
     for path in episodes:
         with Episode(path) as ep:
             ep.verify()
             assert ep.env_id == "builtin:gems" and ep.num_actions == len(ep) - 1
+            assert ep.header["env_version"] == game.env_version != ""   # as `reverie record` writes it
             pressed |= bool(ep.actions(0, ep.num_actions).any())
             total += ep.num_actions
     # the autopilot pressed keys (a last short episode may fall inside a stretch where it holds none)
-    assert pressed and total >= 30
+    assert pressed and total == 100                        # every step shown, every step recorded
+    with Episode(episodes[0]) as ep:
+        assert ep.header["seed"] == 0                      # the game's start seed (--seed, default 0)
 
 
 def test_real_world_resets_after_the_episode_ends(tmp_path):
@@ -415,11 +442,49 @@ def test_real_world_resets_after_the_episode_ends(tmp_path):
         win.close()
     lengths = sorted(len(Episode(p)) for p in tmp_path.glob("*.episode"))
     assert lengths == [2, 4, 4]               # two whole episodes of 3 steps, then the 7th step began the third
+    seeds = sorted(Episode(p).header["seed"] for p in tmp_path.glob("*.episode"))
+    assert seeds == [0, 1, 2]                 # each episode's own start seed
 
 
 def run_cli(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "reverie_cli", "play", *argv], cwd=ROOT, capture_output=True,
                           text=True, timeout=60, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("--guidance", "nan"), ("--guidance", "inf"), ("--guidance", "-inf"), ("--guidance", "1e9"), ("--steps", "0"),
+    ("--steps", "5"), ("--fps", "0"), ("--fps", "nan"), ("--fps", "-30"), ("--scale", "0"), ("--scale", "1000"),
+    ("--seed", "-1"), ("--threads", "0"), ("--frames", "0"), ("--frames", "-5"), ("--steps", "two"),
+])
+def test_bad_knobs_are_refused_with_the_flag_named(capsys, flag, value):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--headless", flag, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and "error" in err and "Traceback" not in err, err
+    assert len([ln for ln in err.splitlines() if "error" in ln]) == 1, err
+
+
+def test_fps_max_plays_as_fast_as_it_goes():
+    a = cli.build_parser().parse_args(["--fps", "max"])
+    assert a.fps == 0.0
+    assert cli.build_parser().parse_args(["--fps", "24"]).fps == 24.0
+
+
+def test_guidance_nan_through_the_reverie_command():
+    r = run_cli("--guidance", "nan", "--headless", "--frames", "5")
+    assert r.returncode == 2 and "--guidance" in r.stderr and "finite" in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout and not r.stdout
+
+
+def test_unwritable_json_is_refused_before_the_run(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert cli.main(["--real", "--env", "builtin:gems", "--headless", "--frames", "5", "--json",
+                     str(blocker / "p.json")]) == 1
+    captured = capsys.readouterr()
+    assert "--json" in captured.err and str(blocker) in captured.err and "Traceback" not in captured.err
+    assert "frames/s" not in captured.out                  # nothing ran
 
 
 def test_missing_model_is_a_clear_error(tmp_path):

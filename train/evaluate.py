@@ -6,12 +6,14 @@ Metrics (all on frames, against the real game's):
   action_following  exact-match accuracy of an inverse-dynamics model reading the actions back from generated
                     frame pairs vs from real pairs, and their ratio
 A PNG plot of PSNR against horizon is written beside the JSON.
+
+The session may run its models in bfloat16 (the default on CUDA); every direct use of the autoencoder here casts
+its input to the dtype of the module it enters, so the metrics work with any session dtype.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,11 +22,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.autoencoder import frames_to_tensor, tensor_to_frames
-from engine.checkpoint import CheckpointError, atomic_write_text, load_checkpoint
-from engine.session import DEFAULT_MODEL, Session, SessionError
+from engine.autoencoder import Autoencoder, frames_to_tensor, tensor_to_frames
+from engine.checkpoint import CheckpointError, load_checkpoint
+from engine.errors import ReverieError
+from engine.knobs import (
+    arg_type,
+    check_batch,
+    check_context_noise,
+    check_guidance,
+    check_seed,
+    check_steps,
+    check_threads,
+)
+from engine.output import check_count, prepare_output, write_json
+from engine.session import DEFAULT_MODEL, Session
 from train.data import EpisodeSource
 from train.rollout import psnr, rollout
+
+RECON_CHUNK = 256           # frames through the autoencoder at a time for its reconstruction ceiling
+
+
+class EvalError(ReverieError, ValueError):
+    """A bad evaluation request: no usable data, a horizon longer than the episodes, ..."""
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -58,38 +77,77 @@ def windows(src: EpisodeSource, need: int, per_episode: int, max_episodes: int) 
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def module_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype of a module's parameters (float32 for one without any)."""
+    return next((p.dtype for p in module.parameters()), torch.float32)
+
+
+@torch.no_grad()
+def reconstruct(ae: Autoencoder, frames: np.ndarray, device: torch.device | str) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> the autoencoder's reconstruction, (N, H, W, 3) uint8, whatever dtypes its encoder and
+    decoder are in (the session casts the decoder to bfloat16 on CUDA)."""
+    enc_dtype, dec_dtype = module_dtype(ae.encoder), module_dtype(ae.decoder)
+    flat = torch.from_numpy(np.ascontiguousarray(frames))
+    out = []
+    for j in range(0, len(flat), RECON_CHUNK):
+        x = frames_to_tensor(flat[j:j + RECON_CHUNK].to(device)).to(enc_dtype)   # (n, 3, H, W)
+        z = ae.encode(x).to(dec_dtype)                                          # (n, C, h, w)
+        out.append(tensor_to_frames(ae.decode(z).float()).cpu())                # (n, H, W, 3)
+    return torch.cat(out).numpy()
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reverie eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="world-model checkpoint (default: the shipped model)")
     p.add_argument("--data", required=True, help="folder of held-out episodes (not used in training)")
-    p.add_argument("--horizon", type=int, default=16, help="frames generated per rollout (default 16)")
-    p.add_argument("--context", type=int, default=0, help="real frames that prime each rollout (default W/2)")
-    p.add_argument("--json", required=True, help="where to write the metrics")
-    p.add_argument("--plot", default=None, help="PNG of PSNR vs horizon (default: beside --json)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the "
-                                                                  "model's; 1.0 is off)")
-    p.add_argument("--context-noise", type=float, default=None, help="run-time context noise (default: model's)")
+    p.add_argument("--horizon", type=arg_type(check_count(1), "--horizon", int), default=16,
+                   help="frames generated per rollout (default 16)")
+    p.add_argument("--context", type=arg_type(check_count(0), "--context", int), default=0,
+                   help="real frames that prime each rollout (default 0: W/2)")
+    p.add_argument("--json", type=Path, required=True, help="where to write the metrics (folders are made)")
+    p.add_argument("--plot", type=Path, default=None, help="PNG of PSNR vs horizon (default: beside --json)")
+    p.add_argument("--steps", type=arg_type(check_steps, "--steps", int), default=None,
+                   help="sampling steps, 1..4 (default: the model's)")
+    p.add_argument("--guidance", type=arg_type(check_guidance, "--guidance"), default=None,
+                   help="classifier-free guidance scale (default: the model's; 1.0 is off)")
+    p.add_argument("--context-noise", type=arg_type(check_context_noise, "--context-noise"), default=None,
+                   help="run-time context noise, 0..1 (default: the model's)")
     p.add_argument("--idm", default=None, help="inverse-dynamics checkpoint (default: the model's own 'idm' part)")
-    p.add_argument("--idm-steps", type=int, default=150,
+    p.add_argument("--idm-steps", type=arg_type(check_count(1), "--idm-steps", int), default=150,
                    help="if no IDM is given or bundled, train one on --data for this many steps")
-    p.add_argument("--rollouts-per-episode", type=int, default=8,
-                   help="evenly spaced windows per held-out episode (default 8)")
-    p.add_argument("--episodes", type=int, default=0, help="use at most this many episodes (0: all)")
-    p.add_argument("--batch", type=int, default=16, help="rollouts run together")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rollouts-per-episode", type=arg_type(check_count(1), "--rollouts-per-episode", int),
+                   default=8, help="evenly spaced windows per held-out episode (default 8)")
+    p.add_argument("--episodes", type=arg_type(check_count(0), "--episodes", int), default=0,
+                   help="use at most this many episodes (0: all)")
+    p.add_argument("--batch", type=arg_type(check_batch, "--batch", int), default=16, help="rollouts run together")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    p.add_argument("--threads", type=arg_type(check_threads, "--threads", int), default=2)
+    p.add_argument("--seed", type=arg_type(check_seed, "--seed", int), default=0)
     p.add_argument("--write-model", default=None,
                    help="also write the evaluated checkpoint here with these metrics in its metadata (and "
                         "--context-noise, if given, as its run-time default)")
     p.add_argument("--half", action="store_true", help="with --write-model: store float16 weights")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return evaluate(args)
-    except (CheckpointError, SessionError, FileNotFoundError, ValueError) as e:
+    except ReverieError as e:
         print(f"reverie eval: error: {e}", file=sys.stderr)
         return 1
+
+
+def eval_device(name: str) -> torch.device:
+    """The --device flag as a torch device; EvalError naming the flag for a bad or absent one."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise EvalError(f"--device {name!r}: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EvalError(f"--device {name} asked for, but torch sees no CUDA device")
+    return device
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -97,19 +155,28 @@ def evaluate(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
+    device = eval_device(args.device)
+    plot = args.plot or args.json.with_suffix(".png")
+    prepare_output(args.json)                     # before the run, not after it
+    prepare_output(plot, "--plot")
+    if args.write_model:
+        prepare_output(args.write_model, "--write-model")
     ckpt = load_checkpoint(args.model or DEFAULT_MODEL)
-    src = EpisodeSource(args.data)
+    try:
+        src = EpisodeSource(args.data)
+    except FileNotFoundError as e:                 # train.dataset says what is missing
+        raise EvalError(f"--data {e}") from None
+    except ValueError as e:
+        raise EvalError(f"--data {args.data}: {e}") from None
     if not ckpt.action_spec.compatible(src.spec):
         raise CheckpointError(f"{ckpt.path}: a model of {ckpt.action_spec.game!r}, but {args.data} holds "
                               f"{src.spec.game!r} episodes")
-    if args.horizon < 1:
-        raise ValueError("--horizon must be >= 1")
     context = args.context or max(1, ckpt.config.world_model.context_frames // 2)
     need = context + args.horizon
     wins = windows(src, need, args.rollouts_per_episode, args.episodes)
     if not wins:
-        raise ValueError(f"{args.data}: no episode has {need} frames (context {context} + horizon {args.horizon})")
-    device = torch.device(args.device)
+        raise EvalError(f"{args.data}: no episode has {need} frames (context {context} + horizon {args.horizon}); "
+                        "lower --horizon or --context, or record longer episodes")
     gen_all, real_all, acts_all, ctx_last = [], [], [], []
     sess = None
     for i in range(0, len(wins), args.batch):
@@ -130,14 +197,8 @@ def evaluate(args: argparse.Namespace) -> int:
     p, s = psnr(gen, real), ssim(gen, real)                           # (R, H)
 
     # autoencoder ceiling: reconstruct the real frames of the rollouts
-    ae = sess.ae
-    with torch.no_grad():
-        flat = torch.from_numpy(real.reshape(-1, *real.shape[2:]))
-        recon = []
-        for j in range(0, len(flat), 256):
-            x = frames_to_tensor(flat[j:j + 256].to(device))
-            recon.append(tensor_to_frames(ae.decode(ae.encode(x)).float()).cpu())
-        ae_psnr = float(psnr(torch.cat(recon).numpy(), flat.numpy()).mean())
+    flat = real.reshape(-1, *real.shape[2:])                           # (R*H, h, w, 3)
+    ae_psnr = float(psnr(reconstruct(sess.ae, flat, device), flat).mean())
 
     # action following through an inverse-dynamics model
     idm_note = "bundled"
@@ -177,9 +238,7 @@ def evaluate(args: argparse.Namespace) -> int:
         "frames": int(gen.shape[0] * gen.shape[1]), "model": str(ckpt.path), "data": str(args.data),
         "device": str(device), "seconds": time.perf_counter() - t_start,
     }
-    out = Path(args.json)
-    atomic_write_text(out, json.dumps(result, indent=2))
-    plot = Path(args.plot) if args.plot else out.with_suffix(".png")
+    out = write_json(args.json, result)
     try:
         from train.visual import line_plot
 

@@ -1,27 +1,30 @@
 """`reverie bench`: frames/s and frame times of the real-time session, with the machine it ran on.
 
-Cold start (checkpoint load + reset + first frame) is reported apart; warm-up frames are excluded; each timed
-frame is one `Session.step` including the copy of the frame to host memory. A separate profiled pass splits the
-frame into head, decode and backbone time (CUDA events on GPU, so the split costs no host syncs in the timed
-pass; on onnxruntime with `overlap` the timed frames run the backbone beside the decode, the split runs them in
-turn). `--preset NAME` benchmarks random weights of a preset (e.g. oasis) with no checkpoint.
+The backend is made ready first (export.prepare: a first onnxruntime or TensorRT run exports the checkpoint's
+graphs once); that time is reported apart as `export_s`. Cold start (checkpoint load + session + reset + first
+frame) is reported apart too; warm-up frames are excluded; each timed frame is one `Session.step` including the
+copy of the frame to host memory. A separate profiled pass splits the frame into head, decode and backbone time
+(CUDA events on GPU, so the split costs no host syncs in the timed pass; on onnxruntime with `overlap` the timed
+frames run the backbone beside the decode, the split runs them in turn). `--preset NAME` benchmarks random
+weights of a preset (e.g. oasis) with no checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from engine.checkpoint import CheckpointError, atomic_write_text
-from engine.session import DEFAULT_MODEL, Session, SessionError, default_backend
+from engine.knobs import arg_type, check_batch, check_guidance, check_steps, check_threads
+from engine.output import check_count, prepare_output, write_json
+from engine.session import DEFAULT_MODEL, Session, SessionError
+
+SPLIT_FRAMES = 50           # profiled frames for the backbone / head / decode split
 
 
 def machine(device: torch.device, threads: int) -> dict:
@@ -39,7 +42,7 @@ def machine(device: torch.device, threads: int) -> dict:
     return info
 
 
-def random_session(preset: str, device: str, batch: int, steps: int, guidance: float, dtype: str,
+def random_session(preset: str, device: str, batch: int, steps: int | None, guidance: float | None, dtype: str,
                    cuda_graph: bool) -> Session:
     """A session over random weights of a preset (speed work; the frames are noise)."""
     from engine.actions import ActionSpec
@@ -69,65 +72,87 @@ def held_actions(spec, frames: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reverie bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
     p.add_argument("--preset", default=None, help="benchmark random weights of this preset instead of a model")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"],
                    help="auto (default): onnxruntime on CPU where installed, torch on CUDA")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--frames", type=int, default=300, help="timed frames (default 300)")
-    p.add_argument("--warmup", type=int, default=30, help="untimed frames first (default 30)")
-    p.add_argument("--batch", type=int, default=1, help="worlds stepped together")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps per frame, 1..4 (default: the model's)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance, 1.0 is off (default: "
-                                                                  "the model's)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    p.add_argument("--frames", type=arg_type(check_count(1), "--frames", int), default=300,
+                   help="timed frames (default 300)")
+    p.add_argument("--warmup", type=arg_type(check_count(0), "--warmup", int), default=30,
+                   help="untimed frames first (default 30)")
+    p.add_argument("--batch", type=arg_type(check_batch, "--batch", int), default=1, help="worlds stepped together")
+    p.add_argument("--steps", type=arg_type(check_steps, "--steps", int), default=None,
+                   help="sampling steps per frame, 1..4 (default: the model's)")
+    p.add_argument("--guidance", type=arg_type(check_guidance, "--guidance"), default=None,
+                   help="classifier-free guidance, 1.0 is off (default: the model's)")
+    p.add_argument("--threads", type=arg_type(check_threads, "--threads", int), default=None,
                    help="CPU threads (default: 1 for onnxruntime, which runs this small step fastest on one, 2 for "
                         "torch)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="transformer precision (auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--no-cuda-graph", action="store_true", help="run eagerly on CUDA")
-    p.add_argument("--json", default=None, help="write the results here")
-    args = p.parse_args(argv)
-    try:
-        result = bench(args)
-    except (CheckpointError, SessionError, ValueError) as e:
-        print(f"reverie bench: error: {e}", file=sys.stderr)
-        return 1
+    p.add_argument("--json", type=Path, default=None, help="write the results here (folders are made)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.json is not None:
+        prepare_output(args.json)           # before the run, not after it
+    result = bench(args)
     line = (f"{result['fps']:.1f} frames/s  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  "
-            f"cold start {result['cold_start_s']:.2f} s  split: backbone {result['backbone_ms']:.2f} / head "
-            f"{result['head_ms']:.2f} / decode {result['decode_ms']:.2f} ms  ({result['device']}, batch "
-            f"{result['batch']}, {result['steps']} steps)")
+            f"cold start {result['cold_start_s']:.2f} s" +
+            (f" (+ export {result['export_s']:.2f} s)" if result["export_s"] >= 0.01 else "") +
+            f"  split: backbone {result['backbone_ms']:.2f} / head {result['head_ms']:.2f} / decode "
+            f"{result['decode_ms']:.2f} ms  ({result['backend']} {result['device']}, batch {result['batch']}, "
+            f"{result['steps']} steps)")
     print(line)
-    if args.json:
-        atomic_write_text(Path(args.json), json.dumps(result, indent=2))
+    if args.json is not None:
+        write_json(args.json, result)
     return 0
 
 
-def bench(args: argparse.Namespace) -> dict:
-    if args.frames < 1:
-        raise ValueError("--frames must be >= 1")
-    device = torch.device(args.device)
+def check_device(name: str) -> torch.device:
+    """The --device flag as a torch device; SessionError naming the flag for a bad or absent one."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise SessionError(f"--device {name!r}: use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise SessionError(f"--device {name!r}: use cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SessionError("--device cuda asked for, but torch sees no CUDA device")
+        raise SessionError(f"--device {name} asked for, but torch sees no CUDA device")
+    return device
+
+
+def bench(args: argparse.Namespace) -> dict:
+    from export.prepare import prepare_backend
+
+    device = check_device(args.device)
     backend = args.backend
-    if backend == "auto":
-        backend = "torch" if args.preset else default_backend(device)
+    if args.preset and backend == "auto":
+        backend = "torch"
     if backend != "torch" and args.preset:
         raise SessionError(f"--preset runs random weights in memory on the torch backend; --backend {backend} "
                            "needs a checkpoint (--model)")
-    if args.threads is None:
-        args.threads = 1 if backend == "onnxruntime" else 2
-    torch.set_num_threads(args.threads)
-    export_s = 0.0
-    if backend != "torch":  # a first run exports the graphs once; that is not part of the cold start
+    t_load = time.perf_counter()
+    ckpt = None
+    if not args.preset:
         from engine.checkpoint import load_checkpoint
-        from engine.ort_runtime import graphs_for
 
-        t_export = time.perf_counter()
-        graphs_for(load_checkpoint(args.model or DEFAULT_MODEL), args.batch)
-        export_s = time.perf_counter() - t_export
+        ckpt = load_checkpoint(args.model or DEFAULT_MODEL)
+    load_s = time.perf_counter() - t_load
+    # a first run of a checkpoint on onnxruntime / TensorRT exports its graphs once: not part of the cold start
+    t_export = time.perf_counter()
+    graphs = None
+    if ckpt is not None:
+        backend, graphs = prepare_backend(ckpt, backend, args.batch, device)
+    export_s = time.perf_counter() - t_export
+    threads = args.threads or (1 if backend == "onnxruntime" else 2)
+    torch.set_num_threads(threads)
     t0 = time.perf_counter()
     if args.preset:
         sess = random_session(args.preset, args.device, args.batch, args.steps, args.guidance, args.dtype,
@@ -137,14 +162,13 @@ def bench(args: argparse.Namespace) -> dict:
         sess.reset(rng.integers(0, 256, (T, *sess.frame_shape), dtype=np.uint8))
         model_name = f"random {args.preset}"
     else:
-        sess = Session(args.model or DEFAULT_MODEL, backend=backend, device=args.device, batch=args.batch,
-                       steps=args.steps, guidance=args.guidance, dtype=args.dtype, cuda_graph=not args.no_cuda_graph,
-                       threads=args.threads)
+        sess = Session(ckpt, backend=backend, graphs=graphs, device=device, batch=args.batch, steps=args.steps,
+                       guidance=args.guidance, dtype=args.dtype, cuda_graph=not args.no_cuda_graph, threads=threads)
         sess.reset()
-        model_name = str(sess.checkpoint.path)
-    actions = held_actions(sess.spec, args.warmup + args.frames + 50)
+        model_name = str(ckpt.path)
+    actions = held_actions(sess.spec, args.warmup + args.frames + 1)
     sess.step(actions[0])
-    cold = time.perf_counter() - t0
+    cold = load_s + time.perf_counter() - t0
     for t in range(args.warmup):
         sess.step(actions[1 + t])
     times = np.empty(args.frames)
@@ -158,19 +182,24 @@ def bench(args: argparse.Namespace) -> dict:
     # profiled pass for the split (separate so that its syncs do not touch the timed frames)
     sess.profile = True
     split = []
-    for t in range(min(50, args.frames)):
+    for t in range(min(SPLIT_FRAMES, args.frames)):
         sess.step(actions[t])
         split.append((sess.times.backbone_ms, sess.times.head_ms, sess.times.decode_ms))
     bb, hd, dc = np.median(np.array(split), axis=0)
     ms = times * 1e3
-    return {
+    result = {
         "fps": args.frames * args.batch / total, "frames_per_s_per_world": args.frames / total,
         "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
         "mean_ms": float(ms.mean()), "max_ms": float(ms.max()), "cold_start_s": cold,
         "backbone_ms": float(bb), "head_ms": float(hd), "decode_ms": float(dc),
         "device": str(device), "backend": backend, "export_s": export_s, "batch": args.batch, "steps": sess.steps,
         "guidance": sess.guidance, "dtype": str(sess.dtype).replace("torch.", ""),
-        "cuda_graph": sess.use_graphs, "overlap": sess.overlap, "frames": args.frames, "warmup": args.warmup,
+        "cuda_graph": bool(getattr(sess, "use_graphs", False)), "overlap": bool(getattr(sess, "overlap", False)),
+        "frames": args.frames, "warmup": args.warmup,
         "model": model_name,
-        "machine": machine(device, args.threads),
+        "machine": machine(device, threads),
     }
+    close = getattr(sess, "close", None)
+    if callable(close):
+        close()
+    return result
