@@ -1,4 +1,4 @@
-"""The session's numeric knobs, checked once: the Session, `reverie play`, `bench`, `eval` and `serve` all call these.
+"""The session's numeric knobs, checked once: the Session, `reverie play`, `bench` and `eval` all call these.
 
 A knob that is NaN, infinite, out of range or of the wrong type is refused with a message that names it and its
 range: `reverie play --guidance nan` used to be accepted and turned every later frame black. Each check returns the

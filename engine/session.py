@@ -1,4 +1,4 @@
-"""engine.session.Session: the real-time world, one interface for play, serve, eval, bench and the Gymnasium wrapper.
+"""engine.session.Session: the real-time world, one interface for play, eval, bench and the Gymnasium wrapper.
 
     s = Session("model.safetensors", device="cpu", steps=1)
     s.reset(frames, actions)        # prime the context from real frames (T, H, W, 3) uint8
