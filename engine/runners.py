@@ -122,7 +122,7 @@ class TorchRunner:
         self._fp32 = dtype == torch.float32
 
     @contextlib.contextmanager
-    def _context(self):
+    def context(self):
         """On CUDA: the session's device, the chosen attention kernels, and no TF32 when the model runs fp32."""
         if not self.cuda:
             yield
@@ -142,7 +142,7 @@ class TorchRunner:
 
     def run(self, name: str, feeds: dict[str, Any]) -> list[torch.Tensor]:
         args = {k: feeds[k] for k in self.inputs[name] if k in feeds}
-        with self._context():
+        with self.context():
             out = self.modules[name](**args)
         return list(out) if isinstance(out, tuple) else [out]
 
@@ -159,7 +159,7 @@ class TorchRunner:
     def capture(self, fn: Callable[[], None]) -> torch.cuda.CUDAGraph:
         """fn captured as a CUDA graph in the session's pool, after two warm-up runs on a side stream (the caller
         undoes their effect on its state)."""
-        with self._context():
+        with self.context():
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):

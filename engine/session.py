@@ -19,6 +19,7 @@ the model's graphs are exported (`reverie export`; play and bench export first),
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -204,7 +205,8 @@ class Session:
         self._pending = False
         self.kv.clear()
         self.counter.zero_()
-        z = self.ae.encode(frames_to_tensor(fr.reshape(B * T, *self.frame_shape)))  # (B*T, C, h, w) float32
+        with getattr(self.runner, "context", contextlib.nullcontext)():  # the torch runner's: no TF32 in fp32
+            z = self.ae.encode(frames_to_tensor(fr.reshape(B * T, *self.frame_shape)))  # (B*T, C, h, w) float32
         z = z.reshape(B, T, *z.shape[1:])
         for t in range(T):
             self._backbone(z[:, t].contiguous(), acts[:, t].contiguous())

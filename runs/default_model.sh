@@ -11,7 +11,14 @@ W=${1:-runs/default}
 SCALE=${SCALE:-1}                       # multiplies data sizes and time budgets
 DEVICE=${DEVICE:-cuda}
 WORKERS=${WORKERS:-$(nproc)}
-REVERIE=${REVERIE:-reverie}
+if [[ -z "${REVERIE:-}" ]]; then        # the console script where installed, else the module from this tree
+  if command -v reverie >/dev/null 2>&1; then
+    REVERIE=reverie
+  else
+    REVERIE="python3 -m reverie_cli"
+    export PYTHONPATH="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+fi
 THREADS=${THREADS:-2}
 s() { python3 -c "import sys; print(max(int(float(sys.argv[1]) * $SCALE), int(sys.argv[2])))" "$1" "$2"; }
 mkdir -p "$W"
