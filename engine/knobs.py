@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 
 from engine.inputs import SessionError
 
@@ -79,6 +80,19 @@ def check_batch(value: Any, name: str = "batch") -> int:
 def check_threads(value: Any, name: str = "threads") -> int:
     """CPU threads: 1..1024."""
     return _integer(name, value, 1, 1024)
+
+
+def check_device(value: Any, name: str = "--device") -> torch.device:
+    """A device name: cpu, cuda or cuda:N, and CUDA only where torch sees it."""
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError, TypeError):  # torch's answers to a malformed name
+        raise KnobError(f"{name} {value!r}: use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise KnobError(f"{name} {value!r}: use cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise KnobError(f"{name} {value} asked for, but torch sees no CUDA device")
+    return device
 
 
 def check_fps(value: Any, name: str = "fps") -> float:

@@ -50,35 +50,32 @@ def _no_file_above(folder: Path, path: Path, flag: str) -> None:
             return
 
 
-def prepare_output(path: str | os.PathLike, flag: str = "--json") -> Path:
-    """Make the folder of `path` and check that a file can be written there; OutputError naming `flag` if not."""
-    path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{flag} {path}: is a folder; give a file name, e.g. {path / 'out.json'}")
-    _no_file_above(path.parent, path, flag)
+def _probe(folder: Path, path: Path, flag: str) -> None:
+    """Make `folder` and create and remove a file in it; OutputError naming `flag` and `path` if that fails."""
+    _no_file_above(folder, path, flag)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".reverie-", suffix=".probe", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
         raise OutputError(f"{flag} {path}: cannot write there ({e.strerror or e}); choose a writable folder") \
             from None
+
+
+def prepare_output(path: str | os.PathLike, flag: str = "--json") -> Path:
+    """Make the folder of `path` and check that a file can be written there; OutputError naming `flag` if not."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{flag} {path}: is a folder; give a file name, e.g. {path / 'out.json'}")
+    _probe(path.parent, path, flag)
     return path
 
 
 def prepare_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
     """Make the folder `path` and check that files can be written in it; OutputError naming `flag` if not."""
     path = Path(path)
-    _no_file_above(path, path, flag)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".reverie-", suffix=".probe", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise OutputError(f"{flag} {path}: cannot write there ({e.strerror or e}); choose a writable folder") \
-            from None
+    _probe(path, path, flag)
     return path
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.knobs import arg_type, check_batch, check_guidance, check_steps, check_threads
+from engine.knobs import arg_type, check_batch, check_device, check_guidance, check_steps, check_threads
 from engine.output import check_count, prepare_output, write_json
 from engine.session import DEFAULT_MODEL, Session, SessionError
 
@@ -113,19 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         write_json(args.json, result)
     return 0
-
-
-def check_device(name: str) -> torch.device:
-    """The --device flag as a torch device; SessionError naming the flag for a bad or absent one."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise SessionError(f"--device {name!r}: use cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise SessionError(f"--device {name!r}: use cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SessionError(f"--device {name} asked for, but torch sees no CUDA device")
-    return device
 
 
 def bench(args: argparse.Namespace) -> dict:

@@ -29,6 +29,7 @@ from engine.knobs import (
     arg_type,
     check_batch,
     check_context_noise,
+    check_device,
     check_guidance,
     check_seed,
     check_steps,
@@ -139,23 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def eval_device(name: str) -> torch.device:
-    """The --device flag as a torch device; EvalError naming the flag for a bad or absent one."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise EvalError(f"--device {name!r}: use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EvalError(f"--device {name} asked for, but torch sees no CUDA device")
-    return device
-
-
 def evaluate(args: argparse.Namespace) -> int:
     from train.idm import action_accuracy, load_idm, predict
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    device = eval_device(args.device)
+    device = check_device(args.device)
     plot = args.plot or args.json.with_suffix(".png")
     prepare_output(args.json)                     # before the run, not after it
     prepare_output(plot, "--plot")
