@@ -1,0 +1,186 @@
+"""Object probes (train/probes.py) on real frames: they find the avatar, gems, enemies and score of builtin:gems
+where the game state says they are, never see an avatar that is not drawn, scale with the frame size, and find
+Breakout's paddle, bricks and ball where the Atari RAM says they are."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.errors import ReverieError
+from train.games.builtin import BACKGROUND, HUD_HEIGHT, PLAYER_FLASH, GemsGame
+from train.games.registry import make_agent, make_game
+from train.probes import AVATAR, Probe, ProbeError, probes_for
+
+GEMS = probes_for("builtin:gems")
+
+
+def play(seed: int, steps: int, agent: str = "scripted", size: int = 64) -> tuple[list[np.ndarray], list[dict]]:
+    """Frames and the game state of each frame, of one episode played by an agent."""
+    game = make_game("builtin:gems", size=size, seed=seed)
+    bot = make_agent(agent, game, seed)
+    frame = game.reset(seed)
+    bot.reset(seed)
+    frames, states = [frame], [game.state_dict()]
+    for _ in range(steps):
+        frame, done = game.step(bot.act(frame))
+        frames.append(frame)
+        states.append(game.state_dict())
+        if done:
+            break
+    return frames, states
+
+
+def boxes(state: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where the state draws the player, the gems and the enemies (64x64 masks; later sprites cover earlier)."""
+    player, gems, enemies = (np.zeros((64, 64), bool) for _ in range(3))
+    s, g, e = state["config"]["player_size"], state["config"]["gem_size"], state["config"]["enemy_size"]
+    for x, y in state["gems"]:
+        gems[y:y + g, x:x + g] = True
+    for x, y, *_ in state["enemies"]:
+        enemies[y:y + e, x:x + e] = True
+    x, y = state["player"]
+    player[y:y + s, x:x + s] = True
+    return player, gems & ~enemies & ~player, enemies & ~player
+
+
+@pytest.mark.parametrize("seed, agent", [(0, "scripted"), (1, "random"), (2, "scripted"), (3, "random")])
+def test_gems_probes_find_what_the_state_says(seed, agent):
+    frames, states = play(seed, 250, agent)
+    avatar, gems, enemies, score = GEMS[AVATAR], GEMS["gems"], GEMS["enemies"], GEMS["score"]
+    fr = np.stack(frames)
+    centres = avatar.centroid(fr)
+    assert avatar.visible(fr).all() and score.visible(fr).all()
+    for t, st in enumerate(states):
+        player, gem_px, enemy_px = boxes(st)
+        x, y = st["player"]
+        assert np.abs(centres[t] - (x + 3, y + 3)).max() <= 1.0, (t, centres[t], st["player"])
+        assert np.array_equal(avatar.mask(fr[t]), player)
+        assert np.array_equal(gems.mask(fr[t]), gem_px)
+        assert np.array_equal(enemies.mask(fr[t]), enemy_px)
+        assert gems.visible(fr[t]) == (gem_px.sum() >= 8)
+        assert enemies.visible(fr[t]) == (enemy_px.sum() >= 12)
+        # counts: 16 px a gem, 25 an enemy, less what overlaps
+        assert gems.count(fr[t]) <= 16 * len(st["gems"]) and enemies.count(fr[t]) <= 25 * len(st["enemies"])
+        assert score.mask(fr[t])[HUD_HEIGHT:].sum() == 0 and score.count(fr[t]) >= 7   # "7" has 7 pixels
+    # mostly apart: the counts match the sprites
+    gem_counts = gems.count(fr) / np.array([16 * len(s["gems"]) for s in states])
+    assert np.median(gem_counts) == 1.0
+
+
+def test_avatar_found_while_flashing_and_after_a_hit():
+    game = GemsGame(size=64)
+    game.reset(7)
+    seen_flash = 0
+    for k in range(game.config.invulnerable_frames):
+        game.invulnerable = game.config.invulnerable_frames - k
+        frame = game.frame()
+        x, y = game.player
+        if (frame[y:y + 6, x:x + 6] == PLAYER_FLASH).all():
+            seen_flash += 1
+        assert GEMS[AVATAR].visible(frame) and GEMS[AVATAR].count(frame) == 36
+        assert np.allclose(GEMS[AVATAR].centroid(frame), (x + 3, y + 3))
+    assert seen_flash >= 8
+    # drive the player into an enemy: it respawns flashing at the centre, and the probe follows it
+    state = game.state_dict()
+    state["invulnerable"] = 0
+    sx, sy = game.spawn_point()
+    state["enemies"] = [[sx + 8, sy, 0, 0]] + state["enemies"][1:]
+    state["player"] = [sx + 8 - 6, sy]
+    game.load_state_dict(state)
+    lives = game.lives
+    frame, _ = game.step(game.action_spec.encode(["right"]))
+    assert game.lives == lives - 1 and game.invulnerable > 0
+    assert np.allclose(GEMS[AVATAR].centroid(frame), (sx + 3, sy + 3))
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_no_avatar_when_it_is_not_drawn(seed):
+    frames, states = play(seed, 120, "random")
+    for frame, st in zip(frames, states):
+        player, _, _ = boxes(st)
+        for colour in (None, PLAYER_FLASH):   # as drawn, and flashing white
+            f = frame.copy()
+            if colour is not None:
+                f[player] = colour
+                assert GEMS[AVATAR].visible(f)
+            f[player] = BACKGROUND
+            assert GEMS[AVATAR].count(f) == 0 and not GEMS[AVATAR].visible(f)
+            assert np.isnan(GEMS[AVATAR].centroid(f)).all()
+    # a frame of nothing but background, HUD, gems and enemies (the HUD text is near the flash white: the region
+    # keeps it out)
+    hud_only = frames[0].copy()
+    hud_only[HUD_HEIGHT:] = BACKGROUND
+    assert GEMS[AVATAR].count(hud_only) == 0 and GEMS["score"].visible(hud_only)
+
+
+@pytest.mark.parametrize("size", [128, 96, 32])
+def test_probes_scale_with_the_frame_size(size):
+    frames, states = play(3, 60, "scripted", size=size)
+    fr = np.stack(frames)
+    small = np.stack(play(3, 60, "scripted", size=64)[0])
+    avatar = GEMS[AVATAR]
+    c = avatar.centroid(fr) * 64 / size
+    for t, st in enumerate(states):
+        x, y = st["player"]
+        assert np.abs(c[t] - (x + 3, y + 3)).max() <= 1.0
+    for p in GEMS.values():
+        assert np.array_equal(p.visible(fr), p.visible(small)), p.name
+    if size == 128:   # an exact 2x upscale: four times the pixels, twice the coordinates
+        assert np.array_equal(avatar.count(fr), 4 * avatar.count(small))
+        assert np.allclose(avatar.centroid(fr), 2 * avatar.centroid(small))
+        assert avatar.region_at(128, 128) == (16, 128, 0, 128) and avatar.min_pixels_at(128, 128) == 36
+
+
+def test_shapes_and_errors():
+    avatar = GEMS[AVATAR]
+    batch = np.zeros((2, 3, 64, 64, 3), np.uint8)
+    assert avatar.mask(batch).shape == (2, 3, 64, 64) and avatar.count(batch).shape == (2, 3)
+    assert avatar.visible(batch).shape == (2, 3) and avatar.centroid(batch).shape == (2, 3, 2)
+    with pytest.raises(ProbeError):
+        avatar.count(np.zeros((64, 64, 3), np.float32))
+    with pytest.raises(ReverieError):
+        Probe("bad", ((0, 0, 300),), 1)
+    with pytest.raises(ReverieError):
+        Probe("bad", ((0, 0, 0),), 1, region=(8, 4, 0, 64))
+    assert probes_for("gym:CartPole-v1") == {}
+    assert set(GEMS) == {"avatar", "gems", "enemies", "score"}
+    assert set(probes_for("ale:Breakout")) == {"paddle", "ball", "bricks"}
+
+
+# ---- Breakout --------------------------------------------------------------------------------------------------
+BALL_X, BALL_Y = 99, 101       # Breakout RAM: ball column and row
+RAW_DX, RAW_DY = -49, 9        # measured: the ball's top-left pixel in the 210x160 screen is (x - 49, y + 9)
+
+
+def test_breakout_paddle_bricks_and_ball():
+    pytest.importorskip("gymnasium")
+    pytest.importorskip("ale_py")
+    game = make_game("ale:Breakout", size=64, seed=0)
+    try:
+        ale = game.env.unwrapped.ale
+        agent = make_agent("random", game, seed=1)
+        frames, rams = [game.reset(1)], [ale.getRAM().copy()]
+        fire = game.action_spec.encode(["fire"])
+        for t in range(150):
+            frame, done = game.step(fire if t % 40 == 0 else agent.act(frames[-1]))
+            frames.append(frame)
+            rams.append(ale.getRAM().copy())
+            if done:
+                break
+    finally:
+        game.close()
+    fr, ram = np.stack(frames), np.stack(rams).astype(int)
+    p = probes_for("ale:Breakout")
+    assert p["paddle"].visible(fr).all()
+    assert p["bricks"].visible(fr[0]) and p["bricks"].count(fr[0]) > 400
+    top, left = ram[:, BALL_Y] + RAW_DY, ram[:, BALL_X] + RAW_DX      # the ball's rows top..top+3, columns left..+1
+    in_play = (ram[:, BALL_Y] > 0) & (top >= 96) & (top + 3 <= 186)  # between the bricks and the paddle
+    off_screen = (ram[:, BALL_Y] == 0) | (top >= 196)
+    assert in_play.sum() >= 30 and off_screen.sum() >= 1
+    seen = p["ball"].visible(fr)
+    assert seen[in_play].mean() >= 0.95
+    assert not seen[off_screen].any()
+    c = p["ball"].centroid(fr[in_play & seen])
+    expected = np.stack([(left + 1) * 64 / 160, (top + 2) * 64 / 210], axis=-1)[in_play & seen]
+    assert np.abs(c - expected).max() <= 1.5
