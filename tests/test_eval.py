@@ -83,6 +83,14 @@ def test_eval_writes_complete_finite_metrics_and_a_plot(trained, default_result)
     assert all(math.isfinite(x) for x in finite_numbers(r))
     plot = trained.root / "eval.png"
     assert plot.exists() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the long-horizon report, for a short horizon: one bucket, probes and control from the real starts
+    (bucket,) = r["horizon_buckets"]
+    assert (bucket["first"], bucket["last"], bucket["frames"]) == (1, 2, 4) and bucket["psnr"] == r["psnr_mean"]
+    avatar = r["objects"]["avatar"]
+    assert isinstance(avatar["visible_real"], float) and len(avatar["visible_dream"]) == 1
+    assert all({"real_px", "dream_px"} <= set(r["control"][d]) for d in ("up", "down", "left", "right"))
+    assert r["control_after_dream"] is None                      # not a long dream
+    assert Path(r["video"]) == trained.root / "eval_dream.gif" and Path(r["video"]).exists()
 
 
 def test_eval_is_reproducible(trained, default_result):
@@ -150,7 +158,7 @@ def test_eval_metrics_do_not_depend_on_batch(trained, tmp_path):
 
 
 @pytest.mark.parametrize("extra,needle", [
-    (["--horizon", "500"], "no episode has 502 frames"),
+    (["--context", "41"], "no episode has 42 frames"),
     (["--data", "/nonexistent/reverie-data"], "--data /nonexistent/reverie-data"),
 ])
 def test_eval_bad_options_give_one_line_errors(trained, tmp_path, capsys, extra, needle):

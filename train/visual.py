@@ -7,6 +7,7 @@ a space or a dot to 2 px, so "model.safetensors: PSNR vs horizon" came out as "m
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from functools import lru_cache
@@ -88,9 +89,11 @@ def label_font(size: int = LABEL_FONT_PX) -> Any:
         return ImageFont.load_default()               # an old Pillow: its fixed-width bitmap font
 
 
-def line_plot(path: str | os.PathLike, series: dict[str, Sequence[float]], title: str = "", xlabel: str = "",
-              hlines: dict[str, float] | None = None, size: tuple[int, int] = (640, 400)) -> Path:
-    """A small line plot (x = 1..n) drawn with Pillow, so no plotting library is needed."""
+def line_plot(path: str | os.PathLike, series: dict[str, Sequence[float | None]], title: str = "", xlabel: str = "",
+              hlines: dict[str, float] | None = None, size: tuple[int, int] = (640, 400),
+              xticks: Sequence[str] | None = None) -> Path:
+    """A small line plot (x = 1..n) drawn with Pillow, so no plotting library is needed. A None or NaN value is a
+    gap in its line; `xticks` labels x = 1..n (default: the numbers)."""
     from PIL import Image, ImageDraw
 
     colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
@@ -110,7 +113,11 @@ def line_plot(path: str | os.PathLike, series: dict[str, Sequence[float]], title
             dy = {"a": 0, "m": line_h / 2, "b": line_h, "d": line_h}.get(anchor[1], 0)
             d.text((xy[0] - dx, xy[1] - dy), label, fill=fill, font=font)
 
-    values = [v for s in series.values() for v in s] + list((hlines or {}).values())
+    def finite(v: float | None) -> bool:
+        return v is not None and math.isfinite(v)
+
+    values = [v for s in series.values() for v in s if finite(v)] + list((hlines or {}).values())
+    values = values or [0.0]
     lo, hi = min(values), max(values)
     lo, hi = (lo - 1, hi + 1) if hi - lo < 1e-6 else (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
     n = max(len(s) for s in series.values())
@@ -125,21 +132,28 @@ def line_plot(path: str | os.PathLike, series: dict[str, Sequence[float]], title
         _, y = xy(1, v)
         d.line([left - 4, y, left, y], fill=(0, 0, 0))
         text((left - 6, y), f"{v:.2f}" if hi - lo < 4 else f"{v:.1f}", (0, 0, 0), "rm")
-    for i in range(1, n + 1, max(1, n // 8)):
+    for i in range(1, n + 1, 1 if xticks else max(1, n // 8)):
         x, _ = xy(i, lo)
         d.line([x, H - bottom, x, H - bottom + 4], fill=(0, 0, 0))
-        text((x, H - bottom + 6), str(i), (0, 0, 0), "ma")
+        last = bool(xticks) and i == n > 1           # a long last label ends at the frame, not past the image
+        text((x, H - bottom + 6), xticks[i - 1] if xticks else str(i), (0, 0, 0), "ra" if last else "ma")
     for name, v in (hlines or {}).items():
         _, y = xy(1, v)
         d.line([left, y, W - right, y], fill=(150, 150, 150), width=1)
         text((W - right - 4, y - 2), f"{name} {v:.1f}", (110, 110, 110), "rb")
     for j, (name, ys) in enumerate(series.items()):
         c = colors[j % len(colors)]
-        pts = [xy(i + 1, v) for i, v in enumerate(ys)]
-        if len(pts) > 1:
-            d.line(pts, fill=c, width=2)
-        for x, y in pts:
-            d.ellipse([x - 2, y - 2, x + 2, y + 2], fill=c)
+        runs: list[list[tuple[float, float]]] = [[]]   # the finite stretches of the series
+        for i, v in enumerate(ys):
+            if finite(v):
+                runs[-1].append(xy(i + 1, v))
+            elif runs[-1]:
+                runs.append([])
+        for pts in runs:
+            if len(pts) > 1:
+                d.line(pts, fill=c, width=2)
+            for x, y in pts:
+                d.ellipse([x - 2, y - 2, x + 2, y + 2], fill=c)
         text((left + 8, top + 6 + line_h * j), name, c)
     text((left, top - 6), title, (0, 0, 0), "lb")
     text((left + (W - left - right) / 2, H - 4), xlabel, (0, 0, 0), "md")

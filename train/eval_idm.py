@@ -1,0 +1,113 @@
+"""Action following for `reverie eval`: an inverse-dynamics model (train.idm) reads the actions back from frame pairs.
+
+If the world model follows the actions, the IDM reads them from dream frame pairs about as well as from the real
+game's pairs under the same actions. The score is reported only beside the IDM's own accuracy on real frames and the
+chance level (the commonest action's share among the evaluated actions), overall, per horizon step and per time
+bucket. The IDM is --idm, else the one bundled in the checkpoint, else one trained on --data for --idm-steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.autoencoder import frames_to_tensor
+from engine.checkpoint import Checkpoint, load_checkpoint
+from train.data import EpisodeSource
+from train.eval_long import Rollouts
+
+IDM_CHUNK = 512          # frame pairs through the IDM at a time
+
+
+def load_or_train_idm(args: argparse.Namespace, ckpt: Checkpoint, src: EpisodeSource) -> tuple[Any, str]:
+    """The IDM to score with and how it was obtained."""
+    from train.idm import load_idm
+
+    if args.idm:
+        return load_idm(load_checkpoint(args.idm)), str(args.idm)
+    if ckpt.has("idm"):
+        return load_idm(ckpt), "bundled"
+    return quick_idm(args, src), f"trained on --data for {args.idm_steps} steps (no IDM was given or bundled)"
+
+
+def quick_idm(args: argparse.Namespace, src: EpisodeSource) -> Any:
+    """Train a small IDM on the evaluation data in-process (only when none is available)."""
+    from train.idm import InverseDynamics, idm_loss
+    from train.loop import step_generator
+
+    print(f"reverie eval: no inverse-dynamics model given; training one on {args.data} for {args.idm_steps} "
+          "steps (pass --idm or bundle one with 'reverie train wm --idm' for a fixed instrument)", file=sys.stderr)
+    torch.manual_seed(args.seed)
+    idm = InverseDynamics(src.spec.size)
+    opt = torch.optim.AdamW(idm.parameters(), lr=1e-3)
+    nb = len(src.spec.buttons)
+    for step in range(args.idm_steps):
+        win = src.sample(step_generator(args.seed + 7, step), 32, 2)
+        fr = frames_to_tensor(win.frames)
+        loss = idm_loss(idm(fr[:, 0], fr[:, 1]), win.actions[:, 1], nb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return idm.eval()
+
+
+@torch.no_grad()
+def read_actions(idm: Any, frames: np.ndarray, first: np.ndarray, pairs: np.ndarray, n_buttons: int) -> torch.Tensor:
+    """The IDM's actions for frame pairs (r, t): frames[r, t - 1] (first[r] for t = 0) -> frames[r, t].
+    frames (R, H, h, w, 3), first (R, h, w, 3), pairs (k, 2) -> (k, A)."""
+    from train.idm import predict
+
+    out = []
+    for j in range(0, len(pairs), IDM_CHUNK):
+        r, t = pairs[j:j + IDM_CHUNK].T
+        after = frames[r, t]                                                      # (n, h, w, 3)
+        before = np.where((t == 0)[:, None, None, None], first[r], frames[r, np.maximum(t - 1, 0)])
+        out.append(predict(idm, torch.from_numpy(before), torch.from_numpy(after), n_buttons))
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def chance_level(actions: np.ndarray) -> float:
+    """The commonest action's share among (N, A) actions."""
+    _, counts = np.unique(actions, axis=0, return_counts=True)
+    return float(counts.max() / counts.sum())
+
+
+def action_following(idm: Any, note: str, roll: Rollouts, n_buttons: int,
+                     slices: Sequence[slice]) -> tuple[dict[str, Any], list[dict[str, float | None]]]:
+    """action_following (overall and per horizon step) and, per bucket, idm_accuracy_dream / idm_accuracy_real."""
+    from train.idm import action_accuracy
+
+    R, H, A = roll.actions.shape
+    ok_pair = roll.real_ok & np.concatenate([np.ones((R, 1), bool), roll.real_ok[:, :-1]], axis=1)  # (R, H)
+    every = np.argwhere(np.ones((R, H), bool))                                   # (R*H, 2), rollout-major
+    real_pairs = np.argwhere(ok_pair)
+    target = torch.from_numpy(roll.actions)                                       # (R, H, A)
+    dream = read_actions(idm, roll.dream, roll.last_context, every, n_buttons).reshape(R, H, A)
+    real = torch.full((R, H, A), float("nan"))
+    if len(real_pairs):
+        real[tuple(torch.from_numpy(real_pairs).T)] = read_actions(idm, roll.real, roll.last_context, real_pairs,
+                                                                   n_buttons)
+    ok = torch.from_numpy(ok_pair)
+
+    def accuracy(pred: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor | None = None) -> float | None:
+        if mask is not None:
+            pred, tgt = pred[mask], tgt[mask]
+        pred, tgt = pred.reshape(-1, A), tgt.reshape(-1, A)
+        return action_accuracy(pred, tgt, n_buttons) if len(pred) else None
+
+    acc_gen, acc_real = accuracy(dream, target), accuracy(real, target, ok)
+    summary = {
+        "generated": acc_gen, "real": acc_real,
+        "ratio": acc_gen / acc_real if acc_real else 0.0, "idm": note,
+        "idm_real_accuracy": acc_real, "chance": chance_level(roll.actions.reshape(-1, A)),
+        "generated_by_step": [accuracy(dream[:, k], target[:, k]) for k in range(H)],
+        "real_by_step": [accuracy(real[:, k], target[:, k], ok[:, k]) for k in range(H)],
+    }
+    buckets = [{"idm_accuracy_dream": accuracy(dream[:, sl], target[:, sl]),
+                "idm_accuracy_real": accuracy(real[:, sl], target[:, sl], ok[:, sl])} for sl in slices]
+    return summary, buckets

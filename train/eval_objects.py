@@ -1,0 +1,129 @@
+"""What a player sees, for `reverie eval`: object probes per time bucket and the control test.
+
+Object probes (train.probes) are detectors a game declares on its own frames (builtin:gems: avatar, gems, enemies,
+score; ale:Breakout: paddle, ball, bricks). A lost 6x6 avatar or a 1-pixel ball costs almost nothing in PSNR, so
+eval reports for each probe the share of frames where it is visible, in the real game and in the dream, per bucket
+of a long rollout, their ratio, and for the avatar the share of rollouts that end without it.
+
+Control (games with an avatar probe; train.control): from real starts, hold each direction for N frames in the real
+game and on forks of dreams primed from the same frames (one batch), and compare how far the avatar moved; then the
+same at the end of every rollout's dream (for horizons past the first bucket), where there is no real game to compare
+with: how far the avatar moves and how often it is missing after a long dream.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from engine.session import Session
+from train.data import EpisodeSource
+from train.eval_long import Rollouts, episode_info, masked_mean, replay_game
+
+END_FRAMES = 4          # the avatar is gone at the end when no one of the last this many frames shows it (it flashes)
+CONTROL_STARTS = 8      # real starts the control test runs from, as one batch: 4 directions x N steps of it
+
+
+def visibility(probe: Any, frames: np.ndarray) -> np.ndarray:
+    """(R, H, h, w, 3) uint8 -> (R, H) bool, one rollout at a time (the probe's masks are frame-sized)."""
+    return np.stack([np.asarray(probe.visible(f), bool) for f in frames])
+
+
+def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice]) -> dict[str, dict]:
+    """objects.<name>: the share of frames where each probe sees its object, real and dream, overall and per bucket,
+    their ratio, and (for the avatar) how many rollouts end without it."""
+    from train.probes import AVATAR
+
+    out = {}
+    for name, probe in probes.items():
+        dream = visibility(probe, roll.dream)                                  # (R, H)
+        real = visibility(probe, roll.real) & roll.real_ok                     # (R, H)
+        real_share, dream_share = masked_mean(real, roll.real_ok), masked_mean(dream)
+        entry = {
+            "visible_real": real_share,
+            "visible_dream": [masked_mean(dream[:, sl]) for sl in slices],
+            "visible_real_buckets": [masked_mean(real[:, sl], roll.real_ok[:, sl]) for sl in slices],
+            "visible_dream_all": dream_share,
+            "ratio": dream_share / real_share if real_share else None,
+        }
+        if name == AVATAR:
+            end = slice(max(0, roll.horizon - END_FRAMES), roll.horizon)
+            entry["gone_at_end"] = masked_mean(~dream[:, end].any(axis=1))
+            seen_to_end = roll.real_ok[:, end].all(axis=1)                     # rollouts with a real game to the end
+            entry["gone_at_end_real"] = masked_mean(~real[:, end].any(axis=1), seen_to_end)
+            entry["end_frames"] = END_FRAMES
+        out[name] = entry
+    return out
+
+
+def _mean(values: Sequence[Any], weights: Sequence[float] | None = None) -> float | None:
+    """Weighted mean of the finite numbers among `values` (None, NaN left out); None where there are none."""
+    weights = [1.0] * len(values) if weights is None else weights
+    pairs = [(float(x), w) for x, w in zip(values, weights) if x is not None and math.isfinite(float(x))]
+    total = sum(w for _, w in pairs)
+    return sum(x * w for x, w in pairs) / total if total else None
+
+
+def summarize(results: Sequence[dict[str, dict]], keys: Sequence[str],
+              weights: Sequence[float] | None = None) -> dict[str, dict]:
+    """Per button: the (weighted) mean of each of `keys` over measure_control results."""
+    buttons = results[0] if results else {}
+    return {b: {k: _mean([r[b].get(k) for r in results], weights) for k in keys} for b in buttons}
+
+
+def control_from_starts(make_session: Callable[[int], Session], src: EpisodeSource, roll: Rollouts, context: int,
+                        probe: Any, n: int, rollouts: Sequence[int]) -> dict[str, Any]:
+    """control.<direction>: real_px, dream_px, dream_missing, ratio, from the real starts of `rollouts`: the dreams
+    primed from their contexts as one batch (held on forks), the real game replayed to the same frames (where it can
+    be) and held from each; ratio = dream_px / real_px of the means."""
+    from train.control import DIRECTIONS, control_real, displacement, measure_control
+
+    sess = make_session(len(rollouts))
+    fr = np.stack([src.episode_frames(e)[s:s + context] for e, s in (roll.starts[r] for r in rollouts)])
+    ac = np.stack([src.actions[e][s:s + context] for e, s in (roll.starts[r] for r in rollouts)])
+    sess.reset(fr, ac, seed=[roll.seeds[r] for r in rollouts])          # (S, context, h, w, 3)
+    dream = measure_control(sess, None, probe, n)                      # means over the S worlds
+    real: dict[str, list[float]] = {b: [] for b in dream}
+    infos, unreplayable = {}, {}
+    for r in rollouts:
+        e, s = roll.starts[r]
+        info = infos.setdefault(e, episode_info(src, e))
+        frames, actions = src.episode_frames(e), src.actions[e]
+        game, _ = replay_game(info.env_id, info.seed, frames[:s + context], actions[:s + context], unreplayable)
+        if game is None:
+            continue
+        try:
+            for b in dream:                                            # control_real restores the game each time
+                real[b].append(displacement(control_real(game, b, n), probe, DIRECTIONS[b]))
+        finally:
+            game.close()
+    out: dict[str, Any] = {"frames": n, "starts": len(rollouts)}
+    for b, d in dream.items():
+        real_px, dream_px = _mean(real[b]), _mean([d["dream_px"]])
+        out[b] = {"real_px": real_px, "dream_px": dream_px, "dream_missing": d["dream_missing"],
+                  "ratio": dream_px / real_px if real_px and dream_px is not None else None}
+    return out
+
+
+class AfterDream:
+    """control_after_dream: measure_control on each batch of long dreams after their last frame (forks: the dreams
+    are untouched), with no real game to compare with. Pass it to run_rollouts as `at_end`."""
+
+    def __init__(self, probe: Any, n: int):
+        self.probe, self.n = probe, n
+        self.results: list[dict] = []
+        self.rollouts: list[int] = []
+
+    def __call__(self, session: Session, rollouts: list[int]) -> None:
+        from train.control import measure_control
+
+        self.results.append(measure_control(session, None, self.probe, self.n))
+        self.rollouts.append(len(rollouts))
+
+    def report(self, horizon: int) -> dict[str, Any]:
+        """control_after_dream.<direction>: dream_px and dream_missing, averaged over every rollout."""
+        return {"after_frames": horizon, "frames": self.n, "rollouts": sum(self.rollouts),
+                **summarize(self.results, ("dream_px", "dream_missing"), self.rollouts)}
