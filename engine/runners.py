@@ -142,7 +142,10 @@ class TorchRunner:
 
     def run(self, name: str, feeds: dict[str, Any]) -> list[torch.Tensor]:
         args = {k: feeds[k] for k in self.inputs[name] if k in feeds}
-        with self.context():
+        if self.cuda:  # the device, attention kernels and TF32 settings; nothing to set on the CPU's hot path
+            with self.context():
+                out = self.modules[name](**args)
+        else:
             out = self.modules[name](**args)
         return list(out) if isinstance(out, tuple) else [out]
 
