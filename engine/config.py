@@ -89,6 +89,7 @@ class WorldModelConfig:
     shortcut_fraction: float = 0.25     # share of each batch trained on the self-consistency target
     rollout_iters: int = 0              # training: Jacobi passes that replace context with the model's own frames
     rollout_fraction: float = 0.5       # training: share of windows whose context is the model's own rollout
+    change_weight: float = 0.0          # training: extra loss weight on tokens that change from the last frame
 
     @property
     def tokens_per_frame(self) -> int:
@@ -116,6 +117,8 @@ class WorldModelConfig:
         if self.rollout_iters < 0 or not 0.0 <= self.rollout_fraction <= 1.0:
             raise ConfigError(f"world model: rollout_iters={self.rollout_iters} must be >= 0 and "
                               f"rollout_fraction={self.rollout_fraction} in [0, 1]")
+        if not 0.0 <= self.change_weight <= 100.0:
+            raise ConfigError(f"world model: change_weight={self.change_weight} must be in [0, 100]")
 
 
 @dataclass

@@ -150,6 +150,21 @@ class WorldModel(nn.Module):
             cur = torch.cat([z[:, :1], self.unpatchify(nxt.to(z.dtype)).reshape(B, T - 1, *z.shape[2:])], dim=1)
         return cur
 
+    def change_weights(self, z: torch.Tensor) -> torch.Tensor:
+        """Per-token loss weights (B * (T - 1), N) of the next frames of windows z (B, T, C, h, w), mean 1.
+
+        A token's weight grows with how much it changes from the frame before, relative to the batch's mean change:
+        w = 1 + change_weight * min(change / mean change, 8), then scaled to mean 1. On a game frame most tokens are
+        static background that the model copies forward; the few that move (the avatar, a ball, enemies) decide
+        whether the dream is still a game but carry a small share of a uniform loss, so a model can leave them
+        blurred, and a blurred sprite fades a little more with every frame it is fed back.
+        """
+        tok = self.patchify(z.float())                                 # (B, T, N, Dt)
+        change = (tok[:, 1:] - tok[:, :-1]).pow(2).mean(dim=-1)        # (B, T-1, N)
+        rel = (change / change.mean().clamp_min(1e-8)).clamp(max=8.0)
+        w = 1.0 + self.cfg.change_weight * rel
+        return (w / w.mean()).reshape(-1, w.shape[-1]).detach()
+
     def loss(self, z: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Shortcut rectified-flow loss over a batch of windows.
 
@@ -198,7 +213,10 @@ class WorldModel(nn.Module):
                 v2 = self.velocity(x_mid, hs, tau[:n_sc] + d / 2, half, as_, ds)
                 target = torch.cat([((v1 + v2) / 2).to(target.dtype), target[n_sc:]])
         pred = self.velocity(x_tau, h, tau, step_idx, act, drop)
-        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2))  # (M,)
+        err = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=2)  # (M, N)
+        if cfg.change_weight > 0:
+            err = err * self.change_weights(z)
+        per_sample = err.mean(dim=1)  # (M,)
         is_sc = torch.zeros(M, dtype=torch.bool, device=dev)
         is_sc[:n_sc] = True
         return per_sample.mean(), {"tau": tau.detach(), "loss": per_sample.detach(), "shortcut": is_sc}

@@ -197,6 +197,34 @@ def test_loss_with_own_rollout_context_is_finite_and_backpropagates():
     assert all(torch.isfinite(p.grad).all() for p in wm.parameters() if p.grad is not None)
 
 
+def test_change_weights_favour_the_tokens_that_move():
+    # a static background with one sprite that moves by a token each frame: its tokens weigh more, the mean stays 1
+    wm = make_wm(change_weight=1.0)
+    c = wm.cfg
+    z = torch.zeros(2, 4, c.latent_channels, c.latent_height, c.latent_width)
+    for t in range(4):
+        z[:, t, :, 0:2, (t % 2) * 2:(t % 2) * 2 + 2] = 3.0  # the sprite hops between two token columns
+    w = wm.change_weights(z).reshape(2, 3, -1)              # (B, T-1, N)
+    assert torch.allclose(w.mean(), torch.tensor(1.0))
+    moved = torch.zeros(c.tokens_per_frame, dtype=torch.bool)
+    moved[[0, 1]] = True                                    # tokens (0, 0) and (0, 1) change every frame
+    assert (w[..., moved].min() > 2 * w[..., ~moved].max()).item()
+    # no change anywhere: every token weighs the same
+    still = torch.randn(1, 3, c.latent_channels, c.latent_height, c.latent_width)[:, :1].expand(1, 3, -1, -1, -1)
+    assert torch.allclose(wm.change_weights(still.contiguous()), torch.ones(2, c.tokens_per_frame))
+
+
+def test_loss_with_change_weights_is_finite_and_backpropagates():
+    wm = make_wm(change_weight=2.0).train()
+    z, actions, _ = window_inputs(wm, B=4, T=4)
+    loss, _ = wm.loss(z, actions)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in wm.parameters() if p.grad is not None)
+    with pytest.raises(Exception, match="change_weight"):
+        tiny_wm_cfg(change_weight=-1.0).validate()
+
+
 def test_rollout_config_is_checked():
     from engine.config import ConfigError
 

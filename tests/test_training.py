@@ -360,21 +360,21 @@ def test_two_process_ddp_through_the_cli(tmp_path, recorded):
 
 
 def test_two_process_wm_on_its_own_rollouts_through_the_cli(tmp_path, recorded, ae_run):
-    """2 gloo ranks train the world model with own-rollout context and a backbone without actions (its frozen
-    action weights must not stall DDP's gradient reduction): rank 0 alone encodes the latent cache (the other rank
-    waits and reads it), and both settings are kept in the model's config."""
+    """2 gloo ranks train the world model with own-rollout context, a change-weighted loss and a backbone without
+    actions (its frozen action weights must not stall DDP's gradient reduction): rank 0 alone encodes the latent
+    cache (the other rank waits and reads it), and the settings are kept in the model's config."""
     out = tmp_path / "wm2"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            "-m", "reverie_cli", *stage_argv("wm", recorded, ae_run, out, 2), "--rollout-iters", "2",
-                           "--backbone-actions", "off"],
+                           "--backbone-actions", "off", "--change-weight", "1.5"],
                           capture_output=True, text=True, timeout=180, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("wrote ") == 1
     assert (proc.stdout + proc.stderr).count("encode:   0%") == 1  # one encoding pass, not one per rank
     ck = load_checkpoint(out / "model.safetensors")
     assert ck.config.world_model.rollout_iters == 2 and (out / "latents.cache").is_file()
-    assert ck.config.world_model.backbone_actions is False
+    assert ck.config.world_model.backbone_actions is False and ck.config.world_model.change_weight == 1.5
 
 
 def test_two_process_fsdp_through_the_cli_resumes(tmp_path, recorded):

@@ -58,6 +58,9 @@ def add_flags(p: argparse.ArgumentParser) -> None:
                         "preset's)")
     p.add_argument("--rollout-fraction", type=float, default=None,
                    help="share of windows whose context is the model's own rollout (default: the preset's, 0.5)")
+    p.add_argument("--change-weight", type=float, default=None,
+                   help="extra loss weight on the tokens that change from the previous frame (moving sprites), "
+                        "relative to the batch's mean change; 0: every token weighs the same (default: the preset's)")
     p.add_argument("--backbone-actions", choices=("on", "off"), default=None,
                    help="whether the backbone also reads the action that led to each frame (off: the head alone "
                         "reads actions; default: the preset's, on)")
@@ -182,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
         cfg.world_model.backbone_actions = args.backbone_actions == "on"
     if args.rollout_fraction is not None:
         cfg.world_model.rollout_fraction = args.rollout_fraction
+    if args.change_weight is not None:
+        cfg.world_model.change_weight = args.change_weight
     cfg.validate()
     window = cfg.world_model.context_frames
     started = start_run(args.out, tcfg, {"stage": "wm", "flags": flags, "model": cfg.to_dict(),
