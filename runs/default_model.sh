@@ -45,11 +45,12 @@ $REVERIE train ae --data "$W/data/train" --out "$W/ae" --preset tiny --steps 100
 wait $idm_pid || { cat "$W/idm.log"; exit 1; }
 tail -n 1 "$W/idm.log"
 
-log "train wm (latents cached once, then windows of 16 frames; the action enters at the head only)"
+log "train wm (latents cached once, then windows of 16 frames; the action enters at the head only; against drift the"
+log "loss weighs the tokens that change more, and half the windows see the model's own 2-pass rollout as context)"
 $REVERIE train wm --data "$W/data/mix" --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" \
   --out "$W/wm" --preset tiny --steps 1000000 --batch 32 --lr 4e-4 --time-limit "$(s 230 15)" \
   --device "$DEVICE" --threads "$THREADS" --log-every 200 --save-every 1000000 --sample-every 0 --half \
-  --rollout-iters "${ROLLOUT_ITERS:-0}" --backbone-actions off
+  --rollout-iters "${ROLLOUT_ITERS:-2}" --change-weight "${CHANGE_WEIGHT:-1}" --backbone-actions off
 
 log "eval on held-out episodes"
 $REVERIE eval --model "$W/wm/model.safetensors" --data "$W/data/heldout" --horizon 16 --steps 2 \

@@ -6,9 +6,10 @@
 # Stages: record (train: seeds 0..39, more scripted play from seed 3000, held out: seeds from 1000000), autoencoder
 # and inverse-dynamics model side by side on one core each, world model (time-limited), a fine-tune of it on
 # scripted + random-agent play, a second, third and fourth with the action read by the head only
-# (--backbone-actions off), a fifth that adds the second scripted set, eval on the held-out episodes, which also
-# writes the shipped file WORKDIR/default.safetensors (float16 weights, eval metrics and the evaluated sampling
-# steps / guidance in its metadata). About 7 hours on 2 cores.
+# (--backbone-actions off), a fifth that adds the second scripted set, then two against long-horizon drift (the loss
+# weighted toward the tokens that change, half the windows on the model's own rollouts), eval on the held-out episodes,
+# which also writes the shipped file WORKDIR/default.safetensors (float16 weights, eval metrics and the evaluated
+# sampling steps / guidance in its metadata). About 8.5 hours on 2 cores.
 set -euo pipefail
 W=${1:-runs/default_cpu}
 WM_MINUTES=${WM_MINUTES:-65}
@@ -17,6 +18,8 @@ FINAL_MINUTES=${FINAL_MINUTES:-60}
 POLISH_MINUTES=${POLISH_MINUTES:-40}
 POLISH2_MINUTES=${POLISH2_MINUTES:-70}
 POLISH3_MINUTES=${POLISH3_MINUTES:-75}
+DRIFT_MINUTES=${DRIFT_MINUTES:-22}
+DRIFT2_MINUTES=${DRIFT2_MINUTES:-60}
 ROLLOUT_ITERS=${ROLLOUT_ITERS:-0}   # > 0: also train on the model's own rollouts (see README)
 STEPS=${STEPS:-1}
 GUIDANCE=${GUIDANCE:-1.75}
@@ -77,7 +80,19 @@ log "and a warm restart with 40 more scripted episodes in the mix (training samp
 log "sets: more data against that gap)"
 MIX=mix2 fine_tune "$W/wm_polish3" "$W/wm_polish2/state" 1e-4 20 "$POLISH3_MINUTES" --backbone-actions off
 
+log "against drift in long play: the loss weighted toward the tokens that change from the last frame (the avatar, the"
+log "enemies, a gem that is taken) and half the windows on the model's own 2-pass rollout as context; first one process"
+log "(batch 8, as in the ablation that chose it), then data-parallel"
+DRIFT_FLAGS=(--backbone-actions off --rollout-iters 2 --change-weight 1)
+reverie train wm --data "$W/data/mix" --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" --out "$W/wm_drift" \
+  --preset tiny --steps 3000 --batch 8 --lr 1e-4 --warmup 20 --time-limit $((DRIFT_MINUTES * 60)) --threads 1 \
+  --log-every 25 --save-every 250 --sample-every 0 --half --init "$W/wm_polish3/model.safetensors" "${DRIFT_FLAGS[@]}"
+OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 -m reverie_cli train wm --data "$W/data/mix" \
+  --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" --out "$W/wm_drift2" --preset tiny --steps 6000 \
+  --batch 16 --lr 1e-4 --warmup 20 --time-limit $((DRIFT2_MINUTES * 60)) --threads 1 --log-every 25 \
+  --save-every 250 --sample-every 0 --half --init "$W/wm_drift/model.safetensors" "${DRIFT_FLAGS[@]}"
+
 log "eval at the shipped settings (written into the model as its run-time defaults)"
-reverie eval --model "$W/wm_polish3/model.safetensors" --data "$W/data/heldout" --horizon 16 --steps "$STEPS" \
+reverie eval --model "$W/wm_drift2/model.safetensors" --data "$W/data/heldout" --horizon 16 --steps "$STEPS" \
   --guidance "$GUIDANCE" --threads 2 --json "$W/eval.json" --write-model "$W/default.safetensors" --half
 log "done"
