@@ -100,7 +100,11 @@ def test_long_eval_reports_objects_and_control(long_run):
         assert len(o["visible_dream"]) == len(o["visible_real_buckets"]) == n_buckets
         assert all(is_share(v) for v in o["visible_dream"] + o["visible_real_buckets"])
         assert o["ratio"] is None or o["ratio"] >= 0
+        assert len(o["area_real"]) == len(o["area_dream"]) == n_buckets
+        assert all(v is None or v >= 0 for v in o["area_real"] + o["area_dream"])
+        assert o["area_ratio"] is None or o["area_ratio"] >= 0
     assert objects["avatar"]["visible_real"] > 0.9                      # the real game shows its avatar
+    assert 25 <= objects["avatar"]["area_real"][0] <= 45                # its 6x6 sprite, less what overlaps
     assert is_share(objects["avatar"]["gone_at_end"])
     control = r["control"]
     assert control["frames"] == 12 and control["starts"] == 2
@@ -374,3 +378,21 @@ def test_line_plot_draws_gaps_and_bucket_labels(tmp_path):
     path = line_plot(tmp_path / "p.png", {"a": [1.0, None, 2.0, float("nan"), 3.0], "b": [None] * 5},
                      xticks=["1-16", "17-100", "101-250", "251-500", "501-1000"])
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_object_area_counts_pixels_at_64x64_so_fewer_gems_read_as_less():
+    """'Visible' holds with one gem of three; the area sees the other two missing, at any frame size."""
+    from train.eval_objects import areas
+    from train.games import builtin
+    from train.probes import probes_for
+
+    gems = probes_for(builtin.ENV_ID)["gems"]
+    real = np.zeros((1, 1, 64, 64, 3), np.uint8)
+    for x in (10, 30, 50):
+        real[0, 0, 30:34, x:x + 4] = builtin.GEM
+    dream = real.copy()
+    dream[0, 0, :, 25:] = 0                                            # two of the three gems are gone
+    assert gems.visible(real[0]).all() and gems.visible(dream[0]).all()
+    assert areas(gems, real)[0, 0] == 48 and areas(gems, dream)[0, 0] == 16
+    small = real[:, :, ::2, ::2]                                       # the same frame at 32x32
+    assert areas(gems, small)[0, 0] == 48

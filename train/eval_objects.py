@@ -3,7 +3,9 @@
 Object probes (train.probes) are detectors a game declares on its own frames (builtin:gems: avatar, gems, enemies,
 score; ale:Breakout: paddle, ball, bricks). A lost 6x6 avatar or a 1-pixel ball costs almost nothing in PSNR, so
 eval reports for each probe the share of frames where it is visible, in the real game and in the dream, per bucket
-of a long rollout, their ratio, and for the avatar the share of rollouts that end without it.
+of a long rollout, their ratio, and for the avatar the share of rollouts that end without it. "Visible" is met by one
+gem of six or by a dimmed avatar, so eval also reports each probe's area (matched pixels per frame, at 64x64), real and
+dream, per bucket: a dream that shows two gems where the game shows six has a third of the area.
 
 Control (games with an avatar probe; train.control): from real starts, hold each direction for N frames in the real
 game and on forks of dreams primed from the same frames (one batch), and compare how far the avatar moved; then the
@@ -32,9 +34,16 @@ def visibility(probe: Any, frames: np.ndarray) -> np.ndarray:
     return np.stack([np.asarray(probe.visible(f), bool) for f in frames])
 
 
+def areas(probe: Any, frames: np.ndarray) -> np.ndarray:
+    """(R, H, h, w, 3) uint8 -> (R, H) float: matched pixels per frame, scaled to a 64x64 frame."""
+    scale = 64 * 64 / (frames.shape[-3] * frames.shape[-2])
+    return np.stack([np.asarray(probe.count(f), np.float64) * scale for f in frames])
+
+
 def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice]) -> dict[str, dict]:
     """objects.<name>: the share of frames where each probe sees its object, real and dream, overall and per bucket,
-    their ratio, and (for the avatar) how many rollouts end without it."""
+    their ratio, the object's area (pixels per frame at 64x64) real and dream per bucket with its overall ratio, and
+    (for the avatar) how many rollouts end without it."""
     from train.probes import AVATAR
 
     out = {}
@@ -49,6 +58,13 @@ def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice
             "visible_dream_all": dream_share,
             "ratio": dream_share / real_share if real_share else None,
         }
+        area_dream, area_real = areas(probe, roll.dream), areas(probe, roll.real)
+        real_area, dream_area = masked_mean(area_real, roll.real_ok), masked_mean(area_dream)
+        entry.update({
+            "area_real": [masked_mean(area_real[:, sl], roll.real_ok[:, sl]) for sl in slices],
+            "area_dream": [masked_mean(area_dream[:, sl]) for sl in slices],
+            "area_ratio": dream_area / real_area if real_area else None,
+        })
         if name == AVATAR:
             end = slice(max(0, roll.horizon - END_FRAMES), roll.horizon)
             entry["gone_at_end"] = masked_mean(~dream[:, end].any(axis=1))

@@ -266,7 +266,8 @@ def evaluate(args: argparse.Namespace) -> int:
             "recorded_actions": masked_mean(roll.recorded[:, sl]),
             "psnr": masked_mean(p[:, sl], ok[:, sl]), "ssim": masked_mean(s[:, sl], ok[:, sl]),
             **fd_buckets[i], **idm_buckets[i],
-            "objects": {k: {"visible_real": o["visible_real_buckets"][i], "visible_dream": o["visible_dream"][i]}
+            "objects": {k: {"visible_real": o["visible_real_buckets"][i], "visible_dream": o["visible_dream"][i],
+                            "area_real": o["area_real"][i], "area_dream": o["area_dream"][i]}
                         for k, o in objects.items()},
         })
     replayed = roll.replay_notes.get("replayed", 0)
