@@ -29,15 +29,20 @@ END_FRAMES = 4          # the avatar is gone at the end when no one of the last 
 CONTROL_STARTS = 8      # real starts the control test runs from, as one batch: 4 directions x N steps of it
 
 
-def visibility(probe: Any, frames: np.ndarray) -> np.ndarray:
-    """(R, H, h, w, 3) uint8 -> (R, H) bool, one rollout at a time (the probe's masks are frame-sized)."""
-    return np.stack([np.asarray(probe.visible(f), bool) for f in frames])
+def pixel_counts(probe: Any, frames: np.ndarray) -> np.ndarray:
+    """(R, H, h, w, 3) uint8 -> (R, H) int: the probe's matched pixels per frame, one rollout at a time (the
+    probe's masks are frame-sized)."""
+    return np.stack([np.asarray(probe.count(f)) for f in frames])
+
+
+def area_scale(frames: np.ndarray) -> float:
+    """The factor that turns pixel counts on these frames into counts on a 64x64 frame."""
+    return 64 * 64 / (frames.shape[-3] * frames.shape[-2])
 
 
 def areas(probe: Any, frames: np.ndarray) -> np.ndarray:
     """(R, H, h, w, 3) uint8 -> (R, H) float: matched pixels per frame, scaled to a 64x64 frame."""
-    scale = 64 * 64 / (frames.shape[-3] * frames.shape[-2])
-    return np.stack([np.asarray(probe.count(f), np.float64) * scale for f in frames])
+    return pixel_counts(probe, frames) * area_scale(frames)
 
 
 def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice]) -> dict[str, dict]:
@@ -48,8 +53,11 @@ def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice
 
     out = {}
     for name, probe in probes.items():
-        dream = visibility(probe, roll.dream)                                  # (R, H)
-        real = visibility(probe, roll.real) & roll.real_ok                     # (R, H)
+        # one mask per frame serves both measures: visible is "at least min_pixels matched", area is the count
+        count_dream, count_real = pixel_counts(probe, roll.dream), pixel_counts(probe, roll.real)   # (R, H)
+        need = probe.min_pixels_at(*roll.dream.shape[-3:-1])
+        dream = count_dream >= need
+        real = (count_real >= need) & roll.real_ok
         real_share, dream_share = masked_mean(real, roll.real_ok), masked_mean(dream)
         entry = {
             "visible_real": real_share,
@@ -58,7 +66,7 @@ def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice
             "visible_dream_all": dream_share,
             "ratio": dream_share / real_share if real_share else None,
         }
-        area_dream, area_real = areas(probe, roll.dream), areas(probe, roll.real)
+        area_dream, area_real = count_dream * area_scale(roll.dream), count_real * area_scale(roll.real)
         real_area, dream_area = masked_mean(area_real, roll.real_ok), masked_mean(area_dream)
         entry.update({
             "area_real": [masked_mean(area_real[:, sl], roll.real_ok[:, sl]) for sl in slices],
