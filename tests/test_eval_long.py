@@ -88,6 +88,13 @@ def test_long_eval_reports_every_metric_per_bucket(long_run):
     af = r["action_following"]
     assert is_share(af["idm_real_accuracy"]) and is_share(af["chance"]) and af["idm_real_accuracy"] == af["real"]
     assert len(af["generated_by_step"]) == len(af["real_by_step"]) == 1000
+    # the real game ran alongside the whole horizon, so every step is also scored by what the read action does; a
+    # read action that is right by keys is right by effect, so the score by effect is never below the one by keys
+    assert af["by_effect_steps"] > 0.9 and is_share(af["real_by_effect"]) and is_share(af["generated_by_effect"])
+    assert af["real_by_effect"] >= af["real"] and af["generated_by_effect"] >= af["generated"]
+    for b in buckets:
+        assert is_share(b["idm_accuracy_dream_by_effect"]) and is_share(b["idm_accuracy_real_by_effect"])
+        assert b["idm_accuracy_dream_by_effect"] >= b["idm_accuracy_dream"]
     assert isinstance(r["fd_floor"], float) and r["fd_floor"] >= 0
 
 
@@ -290,6 +297,69 @@ def test_track_plays_the_recording_then_the_agent_on_the_real_game_then_the_fall
     assert (tr.advance(a) == 7).all() and game.closed and tr.game is None   # game over: the last real frame
     a, recorded = tr.next_action(dream)
     assert not recorded and (a == 0.0).all() and tr.advance(a) is None      # the fallback; no real frame
+
+
+def gems_at(x: int, y: int):
+    """A builtin:gems game with its avatar moved to world position (x, y), away from everything else."""
+    from train.games.registry import make_game
+
+    game = make_game("builtin:gems", size=64, seed=5)
+    game.reset(5)
+    state = game.state_dict()
+    state["player"], state["enemies"], state["gems"] = [x, y], [], []
+    game.load_state_dict(state)
+    return game
+
+
+def button_set(*pressed: str) -> int:
+    """The index Track.effects gives the set of pressed buttons (bit i: button i of up, down, left, right)."""
+    return sum(1 << DIRECTIONS.index(b) for b in pressed)
+
+
+def test_track_effects_group_the_button_sets_that_do_the_same_thing():
+    from train.games.builtin import WORLD
+
+    def effects(game):
+        tr = Track(np.zeros((0, 64, 64, 3), np.uint8), np.zeros((0, 4), np.float32), 0, game, None, None)
+        before = game.state_dict()
+        eff = tr.effects(np.zeros(4, np.float32))
+        assert game.state_dict() == before                     # the real game is left as it was
+        return eff
+
+    eff = effects(gems_at(30, 30))                             # in the open
+    none, right = eff[button_set()], eff[button_set("right")]
+    assert eff.shape == (16,) and right != none and eff[button_set("left")] not in (none, right)
+    assert eff[button_set("up", "down")] == none               # opposite buttons cancel
+    assert eff[button_set("right", "up", "down")] == right
+    assert eff[button_set("up", "right")] not in (none, right, eff[button_set("up")])
+    assert len(set(eff.tolist())) == 9                         # 3 x 3 moves
+
+    eff = effects(gems_at(WORLD - 6, 30))                      # against the right wall
+    assert eff[button_set("right")] == eff[button_set()]       # pushing into the wall looks like standing still
+    assert eff[button_set("up", "right")] == eff[button_set("up")]
+    assert len(set(eff.tolist())) == 6
+
+    game = gems_at(30, 30)
+    game.done = True
+    assert effects(game) is None                               # no next frame to compare
+    tr = Track(np.zeros((0, 64, 64, 3), np.uint8), np.zeros((0, 4), np.float32), 0, None, None, None)
+    assert tr.effects(np.zeros(4, np.float32)) is None         # no real game
+
+
+def test_same_effect_scores_a_read_action_by_what_it_does():
+    from train.eval_idm import same_effect
+
+    eff = torch.zeros(1, 2, 16, dtype=torch.long)
+    eff[0, 0] = torch.arange(16)                                  # step 0: every button set does something else
+    eff[0, 1, button_set("right")] = 0                            # step 1: "right" does what nothing pressed does
+    eff[0, 1, button_set("left")] = 1
+    target = torch.zeros(1, 2, 4)                                 # nothing pressed, both steps
+    pred = torch.zeros(1, 2, 4)
+    pred[0, :, DIRECTIONS.index("right")] = 1.0                   # the judge reads "right" both times
+    assert same_effect(eff, pred, target, 4).tolist() == [[False, True]]
+    pred[0, :, DIRECTIONS.index("left")] = 1.0                    # "left + right": its own class at step 0, 0 at 1
+    pred[0, :, DIRECTIONS.index("right")] = 0.0
+    assert same_effect(eff, pred, target, 4).tolist() == [[False, False]]
 
 
 def test_frechet_distance_of_known_gaussians():

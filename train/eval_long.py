@@ -13,7 +13,10 @@ ends the real reference there, and the dream goes on under the random agent. Whe
 (Atari, Doom, imported video), there is no real frame past the recording.
 
 All rollouts have the same length, the horizon, and run `batch` worlds to a Session; the `real_ok` mask says where a
-real frame exists. Every metric is then reported per time bucket of horizon steps (bucket_edges).
+real frame exists. Where the real game runs alongside and can save its state, each step also records which button
+sets would have done the same thing there (led the real game to the same next frame: pushing into a wall looks like
+standing still), so that an action judge can be scored by what an action does, not by which keys made it.
+Every metric is then reported per time bucket of horizon steps (bucket_edges).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from train.data import EpisodeSource
 
 BUCKETS = ((1, 16), (17, 100), (101, 250), (251, 500), (501, 1000))  # horizon steps; past 1000 they double
 NO_TIME_LIMIT = sys.maxsize   # the replayed real game's time limit: only a game over ends it
+MAX_IDENTIFY_BUTTONS = 8      # Track.effects tries every button set: 2^buttons real steps per frame
 
 
 def bucket_edges(horizon: int) -> list[tuple[int, int]]:
@@ -143,6 +147,32 @@ class Track:
             return np.asarray(self.agent.act(self.last_real), np.float32), False
         return np.asarray(self.fallback.act(dream_frame), np.float32), False
 
+    def effects(self, action: np.ndarray) -> np.ndarray | None:
+        """Which button sets do the same thing from here: (2^buttons,) int, entry k the class of button set k (bit i:
+        button i pressed; the axes as in `action`), equal where the real game's next frame is the same (into a wall,
+        "right" does what nothing pressed does; up + down cancel). None where it cannot be told: no real game, one
+        that cannot save and restore its state, or more than MAX_IDENTIFY_BUTTONS buttons. The game is left as it
+        was."""
+        game = self.game
+        if game is None or getattr(game, "done", False) or not (
+                callable(getattr(game, "state_dict", None)) and callable(getattr(game, "load_state_dict", None))):
+            return None
+        nb = len(game.action_spec.buttons)
+        if not 0 < nb <= MAX_IDENTIFY_BUTTONS:
+            return None
+        state, seen = game.state_dict(), {}
+        classes = np.zeros(2 ** nb, np.int64)
+        try:
+            for k in range(2 ** nb):
+                other = np.asarray(action, np.float32).copy()
+                other[:nb] = [(k >> i) & 1 for i in range(nb)]
+                game.load_state_dict(state)
+                frame, _ = game.step(other)
+                classes[k] = seen.setdefault(np.ascontiguousarray(frame).tobytes(), len(seen))
+        finally:
+            game.load_state_dict(state)
+        return classes
+
     def advance(self, action: np.ndarray) -> np.ndarray | None:
         """Step the real side with `action`: the real frame it leads to, or None where there is none."""
         i, frame = self.index, None
@@ -176,6 +206,7 @@ class Rollouts:
     recorded: np.ndarray              # (R, H) bool: that action is the recording's
     last_context: np.ndarray          # (R, h, w, 3) the last real context frame
     replay_notes: dict[str, int]      # how the real reference was made: "replayed" or why not -> rollouts
+    effects: np.ndarray | None = None        # (R, H, 2^buttons) int: Track.effects of each step, -1 where unknown
 
     @property
     def horizon(self) -> int:
@@ -230,6 +261,8 @@ def run_rollouts(make_session: Callable[[int], Session], src: EpisodeSource, sta
     real_ok = np.zeros((R, horizon), bool)
     acts = np.zeros((R, horizon, A), np.float32)
     recorded = np.zeros((R, horizon), bool)
+    nb = len(src.spec.buttons)
+    effects = np.full((R, horizon, 2 ** nb), -1, np.int64) if 0 < nb <= MAX_IDENTIFY_BUTTONS else None
     last_ctx = np.zeros((R, h, w, 3), np.uint8)
     infos = {e: episode_info(src, e) for e in sorted({e for e, _ in starts})}
     notes: dict[str, int] = {}
@@ -256,6 +289,9 @@ def run_rollouts(make_session: Callable[[int], Session], src: EpisodeSource, sta
                 dream[idx, t], acts[idx, t] = prev, a
                 recorded[idx, t] = [c[1] for c in chosen]
                 for j, (r, tr) in enumerate(zip(idx, tracks)):
+                    eff = None if effects is None else tr.effects(a[j])
+                    if eff is not None:
+                        effects[r, t] = eff
                     frame = tr.advance(a[j])
                     if frame is not None:
                         real[r, t], real_ok[r, t] = frame, True
@@ -264,4 +300,4 @@ def run_rollouts(make_session: Callable[[int], Session], src: EpisodeSource, sta
                 tr.close()
             if at_end is not None:
                 at_end(sess, idx)
-    return Rollouts(list(starts), list(seeds), dream, real, real_ok, acts, recorded, last_ctx, notes)
+    return Rollouts(list(starts), list(seeds), dream, real, real_ok, acts, recorded, last_ctx, notes, effects)

@@ -309,7 +309,10 @@ def evaluate(args: argparse.Namespace) -> int:
     af = result["action_following"]
     print(f"psnr step 1 {result['psnr_step1']:.2f} dB, mean over {H} {_num(result['psnr_mean'], '.2f')} dB, "
           f"ssim {_num(result['ssim_mean'], '.3f')}, ae {ae_psnr:.2f} dB, action following {af['generated']:.3f} vs "
-          f"real {_num(af['real'], '.3f')} (ratio {af['ratio']:.2f}, chance {af['chance']:.3f}), fd floor "
+          f"real {_num(af['real'], '.3f')} (ratio {af['ratio']:.2f}, chance {af['chance']:.3f}"
+          + (f"; by effect {_num(af['generated_by_effect'], '.3f')} vs {_num(af['real_by_effect'], '.3f')}, ratio "
+             f"{_num(af['ratio_by_effect'], '.2f')}" if "ratio_by_effect" in af else "")
+          + f"), fd floor "
           f"{_num(fd_floor, '.3g')}, {len(horizon_buckets)} buckets -> {out}"
           + "".join(f", {f}" for f in result["plots"]) + (f", {result['video']}" if result["video"] else ""))
     return 0
