@@ -110,7 +110,13 @@ def test_long_eval_reports_objects_and_control(long_run):
         assert len(o["area_real"]) == len(o["area_dream"]) == n_buckets
         assert all(v is None or v >= 0 for v in o["area_real"] + o["area_dream"])
         assert o["area_ratio"] is None or o["area_ratio"] >= 0
+        assert len(o["count_real"]) == len(o["count_dream"]) == n_buckets
+        assert all(v is None or v >= 0 for v in o["count_real"] + o["count_dream"])
+        assert is_share(o["more_than_real"]) and (o["count_ratio"] is None or o["count_ratio"] >= 0)
     assert objects["avatar"]["visible_real"] > 0.9                      # the real game shows its avatar
+    assert all(0.9 <= n <= 1 for n in objects["avatar"]["count_real"])  # one avatar (rarely none while it flashes)
+    for b, real_n in zip(r["horizon_buckets"], objects["gems"]["count_real"]):
+        assert b["objects"]["gems"]["count_real"] == real_n and 1 <= real_n <= 3   # three gems, some touching
     assert 25 <= objects["avatar"]["area_real"][0] <= 45                # its 6x6 sprite, less what overlaps
     assert is_share(objects["avatar"]["gone_at_end"])
     control = r["control"]

@@ -10,7 +10,7 @@ import pytest
 from engine.errors import ReverieError
 from train.games.builtin import BACKGROUND, HUD_HEIGHT, PLAYER_FLASH, GemsGame
 from train.games.registry import make_agent, make_game
-from train.probes import AVATAR, Probe, ProbeError, probes_for
+from train.probes import AVATAR, Probe, ProbeError, blob_counts, probes_for
 
 GEMS = probes_for("builtin:gems")
 
@@ -66,6 +66,34 @@ def test_gems_probes_find_what_the_state_says(seed, agent):
     # mostly apart: the counts match the sprites
     gem_counts = gems.count(fr) / np.array([16 * len(s["gems"]) for s in states])
     assert np.median(gem_counts) == 1.0
+    # one avatar in every frame; as many gems as the state holds where they lie apart (two that touch are one group)
+    # and none is hidden under another sprite
+    assert (avatar.blobs(fr) == 1).all()
+    n_gems = gems.blobs(fr)
+    for t, st in enumerate(states):
+        g = st["config"]["gem_size"]
+        apart = all(max(abs(a[0] - b[0]), abs(a[1] - b[1])) > g for i, a in enumerate(st["gems"])
+                    for b in st["gems"][i + 1:])
+        _, gem_px, _ = boxes(st)
+        whole = all(gem_px[y:y + g, x:x + g].all() for x, y in st["gems"])
+        assert n_gems[t] <= len(st["gems"])
+        if apart and whole:
+            assert n_gems[t] == len(st["gems"]), (t, st["gems"])
+
+
+def test_blob_counts_count_touching_groups_of_enough_pixels():
+    m = np.zeros((4, 10, 10), bool)
+    m[0, 1:3, 1:3] = m[0, 6:9, 6:9] = True        # two squares apart: 4 and 9 pixels
+    m[1, 2, 2] = m[1, 3, 3] = m[1, 4, 4] = True    # a diagonal chain touches (8-neighbour): one group of 3
+    m[2, 0, :] = m[2, 9, :] = True                 # two rows at the edges
+    m[2, :, 0] = True                              # joined by a column: one U-shaped group
+    assert blob_counts(m, 1).tolist() == [2, 1, 1, 0]
+    assert blob_counts(m, 5).tolist() == [1, 0, 1, 0]    # the 4-pixel square and the chain are too small
+    assert blob_counts(m.reshape(2, 2, 10, 10), 1).tolist() == [[2, 1], [1, 0]]   # leading axes kept
+    two = np.zeros((64, 64, 3), np.uint8)
+    two[...] = BACKGROUND
+    two[20:26, 10:16] = two[40:46, 40:46] = GEMS[AVATAR].colours[0]   # two avatars: visible, twice the area, 2
+    assert GEMS[AVATAR].visible(two) and GEMS[AVATAR].blobs(two) == 2
 
 
 def test_avatar_found_while_flashing_and_after_a_hit():

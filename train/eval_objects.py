@@ -4,8 +4,9 @@ Object probes (train.probes) are detectors a game declares on its own frames (bu
 score; ale:Breakout: paddle, ball, bricks). A lost 6x6 avatar or a 1-pixel ball costs almost nothing in PSNR, so
 eval reports for each probe the share of frames where it is visible, in the real game and in the dream, per bucket
 of a long rollout, their ratio, and for the avatar the share of rollouts that end without it. "Visible" is met by one
-gem of six or by a dimmed avatar, so eval also reports each probe's area (matched pixels per frame, at 64x64), real and
-dream, per bucket: a dream that shows two gems where the game shows six has a third of the area.
+gem of three or by a dimmed avatar, so eval also reports each probe's area (matched pixels per frame, at 64x64), real and
+dream, per bucket: a dream that shows one gem where the game shows three has a third of the area. And it counts them
+(separate groups of matched pixels, `count_real`, `count_dream`): two avatars pass "visible" and double the area.
 
 Control (games with an avatar probe; train.control): from real starts, hold each direction for N frames in the real
 game and on forks of dreams primed from the same frames (one batch), and compare how far the avatar moved; then the
@@ -45,6 +46,12 @@ def areas(probe: Any, frames: np.ndarray) -> np.ndarray:
     return pixel_counts(probe, frames) * area_scale(frames)
 
 
+def blob_counts_per_rollout(probe: Any, frames: np.ndarray) -> np.ndarray:
+    """(R, H, h, w, 3) uint8 -> (R, H) int: the separate objects the probe sees per frame (Probe.blobs), one rollout
+    at a time."""
+    return np.stack([np.asarray(probe.blobs(f)) for f in frames])
+
+
 def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice]) -> dict[str, dict]:
     """objects.<name>: the share of frames where each probe sees its object, real and dream, overall and per bucket,
     their ratio, the object's area (pixels per frame at 64x64) real and dream per bucket with its overall ratio, and
@@ -72,6 +79,15 @@ def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice
             "area_real": [masked_mean(area_real[:, sl], roll.real_ok[:, sl]) for sl in slices],
             "area_dream": [masked_mean(area_dream[:, sl]) for sl in slices],
             "area_ratio": dream_area / real_area if real_area else None,
+        })
+        # how many: two avatars, or one gem of three, pass "visible" and can pass the area; the count sees them
+        n_dream, n_real = blob_counts_per_rollout(probe, roll.dream), blob_counts_per_rollout(probe, roll.real)
+        real_n, dream_n = masked_mean(n_real, roll.real_ok), masked_mean(n_dream)
+        entry.update({
+            "count_real": [masked_mean(n_real[:, sl], roll.real_ok[:, sl]) for sl in slices],
+            "count_dream": [masked_mean(n_dream[:, sl]) for sl in slices],
+            "count_ratio": dream_n / real_n if real_n else None,
+            "more_than_real": masked_mean(n_dream > n_real, roll.real_ok),
         })
         if name == AVATAR:
             end = slice(max(0, roll.horizon - END_FRAMES), roll.horizon)

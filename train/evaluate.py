@@ -267,7 +267,8 @@ def evaluate(args: argparse.Namespace) -> int:
             "psnr": masked_mean(p[:, sl], ok[:, sl]), "ssim": masked_mean(s[:, sl], ok[:, sl]),
             **fd_buckets[i], **idm_buckets[i],
             "objects": {k: {"visible_real": o["visible_real_buckets"][i], "visible_dream": o["visible_dream"][i],
-                            "area_real": o["area_real"][i], "area_dream": o["area_dream"][i]}
+                            "area_real": o["area_real"][i], "area_dream": o["area_dream"][i],
+                            "count_real": o["count_real"][i], "count_dream": o["count_dream"][i]}
                         for k, o in objects.items()},
         })
     replayed = roll.replay_notes.get("replayed", 0)

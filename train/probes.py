@@ -105,6 +105,13 @@ class Probe:
         frames = _check_frames(frames, self.name)
         return self.count(frames) >= self.min_pixels_at(*frames.shape[-3:-1])
 
+    def blobs(self, frames: np.ndarray) -> np.ndarray:
+        """(...,) int: how many separate objects the probe sees per frame: groups of touching matched pixels
+        (8-neighbour) with at least min_pixels each (scaled to the frame size). "Visible" holds with one gem of
+        three or with two avatars; the count does not."""
+        frames = _check_frames(frames, self.name)
+        return blob_counts(self.mask(frames), self.min_pixels_at(*frames.shape[-3:-1]))
+
     def centroid(self, frames: np.ndarray) -> np.ndarray:
         """(..., 2) float (x, y): mean position of the matched pixels in the frame's pixel coordinates, pixel i
         spanning [i, i + 1) (a sprite covering columns x..x+5 has centre x + 3); NaN where not visible."""
@@ -118,6 +125,31 @@ class Probe:
             c = np.stack([xs / n, ys / n], axis=-1).astype(np.float64)
         c[~(n >= self.min_pixels_at(h, w))] = np.nan
         return c
+
+
+def blob_counts(mask: np.ndarray, min_pixels: int) -> np.ndarray:
+    """(..., H, W) bool -> (...,) int: the groups of touching True pixels (8-neighbour) with at least `min_pixels`
+    pixels each, per image. Labels spread as a running max over each pixel's neighbourhood until nothing changes, so
+    every group ends up carrying its largest pixel index; the group sizes are then one bincount."""
+    mask = np.asarray(mask, bool)
+    lead, (h, w) = mask.shape[:-2], mask.shape[-2:]
+    m = mask.reshape(-1, h, w)
+    n, hw = m.shape[0], h * w
+    label = np.where(m, np.arange(1, hw + 1, dtype=np.int32).reshape(1, h, w), 0)
+    while True:
+        pad = np.pad(label, ((0, 0), (1, 1), (1, 1)))
+        spread = label.copy()
+        for dy in range(3):
+            for dx in range(3):
+                np.maximum(spread, pad[:, dy:dy + h, dx:dx + w], out=spread)
+        spread[~m] = 0
+        if np.array_equal(spread, label):
+            break
+        label = spread
+    flat = label.reshape(n, hw).astype(np.int64)
+    keys = (flat + np.arange(n)[:, None] * (hw + 1))[flat > 0]
+    sizes = np.bincount(keys, minlength=n * (hw + 1)).reshape(n, hw + 1)[:, 1:]
+    return (sizes >= min_pixels).sum(axis=1).reshape(lead)
 
 
 def _check_frames(frames: np.ndarray, name: str) -> np.ndarray:
