@@ -4,9 +4,9 @@ Object probes (train.probes) are detectors a game declares on its own frames (bu
 score; ale:Breakout: paddle, ball, bricks). A lost 6x6 avatar or a 1-pixel ball costs almost nothing in PSNR, so
 eval reports for each probe the share of frames where it is visible, in the real game and in the dream, per bucket
 of a long rollout, their ratio, and for the avatar the share of rollouts that end without it. "Visible" is met by one
-gem of three or by a dimmed avatar, so eval also reports each probe's area (matched pixels per frame, at 64x64), real and
-dream, per bucket: a dream that shows one gem where the game shows three has a third of the area. And it counts them
-(separate groups of matched pixels, `count_real`, `count_dream`): two avatars pass "visible" and double the area.
+gem of three or by a dimmed avatar, so eval also reports each probe's area (matched pixels per frame, at 64x64), real
+and dream, per bucket: a dream that shows one gem where the game shows three has a third of the area. And it counts
+them (separate groups of matched pixels, `count_real`, `count_dream`): two avatars pass "visible" and double the area.
 
 Control (games with an avatar probe; train.control): from real starts, hold each direction for N frames in the real
 game and on forks of dreams primed from the same frames (one batch), and compare how far the avatar moved; then the
