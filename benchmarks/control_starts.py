@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         if out is not None:
             write_json(Path(out), result)
             print(f"saved {out}")
-    except ReverieError as e:
+    except (ReverieError, OSError, ValueError) as e:   # a missing or unreadable --data folder included
         print(f"control_starts: {e}", file=sys.stderr)
         return 2
     return 0
