@@ -46,10 +46,15 @@ def areas(probe: Any, frames: np.ndarray) -> np.ndarray:
     return pixel_counts(probe, frames) * area_scale(frames)
 
 
-def blob_counts_per_rollout(probe: Any, frames: np.ndarray) -> np.ndarray:
-    """(R, H, h, w, 3) uint8 -> (R, H) int: the separate objects the probe sees per frame (Probe.blobs), one rollout
-    at a time."""
-    return np.stack([np.asarray(probe.blobs(f)) for f in frames])
+def mask_counts(probe: Any, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(R, H, h, w, 3) uint8 -> the probe's matched pixels (R, H) and the separate objects it sees (R, H) per frame
+    (Probe.blobs), from one mask per frame, one rollout at a time."""
+    from train.probes import blob_counts
+
+    need = probe.min_pixels_at(*frames.shape[-3:-1])
+    masks = (probe.mask(f) for f in frames)                                    # (H, h, w) each
+    pixels, objects = zip(*((m.sum(axis=(-2, -1)), blob_counts(m, need)) for m in masks))
+    return np.stack(pixels), np.stack(objects)
 
 
 def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice]) -> dict[str, dict]:
@@ -60,8 +65,10 @@ def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice
 
     out = {}
     for name, probe in probes.items():
-        # one mask per frame serves both measures: visible is "at least min_pixels matched", area is the count
-        count_dream, count_real = pixel_counts(probe, roll.dream), pixel_counts(probe, roll.real)   # (R, H)
+        # one mask per frame serves every measure: visible is "at least min_pixels matched", area the matched pixels,
+        # count the separate groups of them
+        count_dream, n_dream = mask_counts(probe, roll.dream)                 # (R, H) each
+        count_real, n_real = mask_counts(probe, roll.real)
         need = probe.min_pixels_at(*roll.dream.shape[-3:-1])
         dream = count_dream >= need
         real = (count_real >= need) & roll.real_ok
@@ -81,7 +88,6 @@ def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice
             "area_ratio": dream_area / real_area if real_area else None,
         })
         # how many: two avatars, or one gem of three, pass "visible" and can pass the area; the count sees them
-        n_dream, n_real = blob_counts_per_rollout(probe, roll.dream), blob_counts_per_rollout(probe, roll.real)
         real_n, dream_n = masked_mean(n_real, roll.real_ok), masked_mean(n_dream)
         entry.update({
             "count_real": [masked_mean(n_real[:, sl], roll.real_ok[:, sl]) for sl in slices],
