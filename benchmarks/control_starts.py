@@ -23,31 +23,14 @@ from engine.errors import ReverieError
 from engine.knobs import arg_type, check_guidance, check_threads
 from engine.output import prepare_output, write_json
 from engine.session import Session
-from train.control import DIRECTIONS, control_dream, control_frames, control_real, displacement
+from train.control import DIRECTIONS, control_dream, control_frames, displacement
 from train.data import EpisodeSource
-from train.eval_long import episode_info, replay_game
+from train.eval_objects import real_moves
 from train.probes import AVATAR, probes_for
 
 ENV_ID = "builtin:gems"
 CONTEXT, STARTS, FIRST, STRIDE = 8, 8, 100, 37
 FREE_MOVE = 23.0   # px: a real move this long went unblocked (12 frames x 2 px, less a pixel of rounding)
-
-
-def real_moves(src: EpisodeSource, starts: list[tuple[int, int]], probe, n: int) -> dict[str, list[float]]:
-    """Per direction, the real avatar's move from each start."""
-    out: dict[str, list[float]] = {d: [] for d in DIRECTIONS}
-    for e, s in starts:
-        info = episode_info(src, e)
-        game, note = replay_game(info.env_id, info.seed, src.episode_frames(e)[:s + CONTEXT],
-                                 src.actions[e][:s + CONTEXT], {})
-        if game is None:
-            raise ReverieError(f"episode {e}: the real game cannot be replayed ({note})")
-        try:
-            for d in DIRECTIONS:
-                out[d].append(float(displacement(control_real(game, d, n), probe, DIRECTIONS[d])))
-        finally:
-            game.close()
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ReverieError(f"--data {args.data}: needs {STARTS} episodes, episode e longer than "
                                f"{FIRST + CONTEXT} + {STRIDE} e frames")
         probe, n = probes_for(ENV_ID)[AVATAR], control_frames(ENV_ID)
-        real = real_moves(src, starts, probe, n)
+        real = real_moves(src, starts, CONTEXT, probe, n, list(DIRECTIONS))
+        if any(m is None for moves in real.values() for m in moves):
+            raise ReverieError(f"--data {args.data}: the real game of some episode cannot be replayed from its seed")
         frames = np.stack([src.episode_frames(e)[s:s + CONTEXT] for e, s in starts])
         actions = np.stack([src.actions[e][s:s + CONTEXT] for e, s in starts])
         runs = []

@@ -120,32 +120,44 @@ def summarize(results: Sequence[dict[str, dict]], keys: Sequence[str],
     return {b: {k: _mean([r[b].get(k) for r in results], weights) for k in keys} for b in buttons}
 
 
+def real_moves(src: EpisodeSource, starts: Sequence[tuple[int, int]], context: int, probe: Any, n: int,
+               buttons: Sequence[str]) -> dict[str, list[float | None]]:
+    """Per direction button, how far the real avatar moves in n held frames from each start (episode, first context
+    frame): the real game replayed to the start's last context frame, restored after each hold; None for a start
+    whose game cannot be replayed, NaN where the avatar is not visible at both ends."""
+    from train.control import DIRECTIONS, control_real, displacement
+
+    real: dict[str, list[float | None]] = {b: [] for b in buttons}
+    infos, unreplayable = {}, {}
+    for e, s in starts:
+        info = infos.setdefault(e, episode_info(src, e))
+        frames, actions = src.episode_frames(e), src.actions[e]
+        game, _ = replay_game(info.env_id, info.seed, frames[:s + context], actions[:s + context], unreplayable)
+        if game is None:
+            for b in buttons:
+                real[b].append(None)
+            continue
+        try:
+            for b in buttons:                                          # control_real restores the game each time
+                real[b].append(float(displacement(control_real(game, b, n), probe, DIRECTIONS[b])))
+        finally:
+            game.close()
+    return real
+
+
 def control_from_starts(make_session: Callable[[int], Session], src: EpisodeSource, roll: Rollouts, context: int,
                         probe: Any, n: int, rollouts: Sequence[int]) -> dict[str, Any]:
     """control.<direction>: real_px, dream_px, dream_missing, ratio, from the real starts of `rollouts`: the dreams
     primed from their contexts as one batch (held on forks), the real game replayed to the same frames (where it can
     be) and held from each; ratio = dream_px / real_px of the means."""
-    from train.control import DIRECTIONS, control_real, displacement, measure_control
+    from train.control import measure_control
 
     sess = make_session(len(rollouts))
     fr = np.stack([src.episode_frames(e)[s:s + context] for e, s in (roll.starts[r] for r in rollouts)])
     ac = np.stack([src.actions[e][s:s + context] for e, s in (roll.starts[r] for r in rollouts)])
     sess.reset(fr, ac, seed=[roll.seeds[r] for r in rollouts])          # (S, context, h, w, 3)
     dream = measure_control(sess, None, probe, n)                      # means over the S worlds
-    real: dict[str, list[float]] = {b: [] for b in dream}
-    infos, unreplayable = {}, {}
-    for r in rollouts:
-        e, s = roll.starts[r]
-        info = infos.setdefault(e, episode_info(src, e))
-        frames, actions = src.episode_frames(e), src.actions[e]
-        game, _ = replay_game(info.env_id, info.seed, frames[:s + context], actions[:s + context], unreplayable)
-        if game is None:
-            continue
-        try:
-            for b in dream:                                            # control_real restores the game each time
-                real[b].append(displacement(control_real(game, b, n), probe, DIRECTIONS[b]))
-        finally:
-            game.close()
+    real = real_moves(src, [roll.starts[r] for r in rollouts], context, probe, n, list(dream))
     out: dict[str, Any] = {"frames": n, "starts": len(rollouts)}
     for b, d in dream.items():
         real_px, dream_px = _mean(real[b]), _mean([d["dream_px"]])
