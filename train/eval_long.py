@@ -35,7 +35,7 @@ from train.data import EpisodeSource
 
 BUCKETS = ((1, 16), (17, 100), (101, 250), (251, 500), (501, 1000))  # horizon steps; past 1000 they double
 NO_TIME_LIMIT = sys.maxsize   # the replayed real game's time limit: only a game over ends it
-MAX_IDENTIFY_BUTTONS = 8      # Track.effects tries every button set: 2^buttons real steps per frame
+MAX_EFFECT_BUTTONS = 8      # Track.effects tries every button set: 2^buttons real steps per frame
 
 
 def bucket_edges(horizon: int) -> list[tuple[int, int]]:
@@ -151,14 +151,14 @@ class Track:
         """Which button sets do the same thing from here: (2^buttons,) int, entry k the class of button set k (bit i:
         button i pressed; the axes as in `action`), equal where the real game's next frame is the same (into a wall,
         "right" does what nothing pressed does; up + down cancel). None where it cannot be told: no real game, one
-        that cannot save and restore its state, or more than MAX_IDENTIFY_BUTTONS buttons. The game is left as it
+        that cannot save and restore its state, or more than MAX_EFFECT_BUTTONS buttons. The game is left as it
         was."""
         game = self.game
         if game is None or getattr(game, "done", False) or not (
                 callable(getattr(game, "state_dict", None)) and callable(getattr(game, "load_state_dict", None))):
             return None
         nb = len(game.action_spec.buttons)
-        if not 0 < nb <= MAX_IDENTIFY_BUTTONS:
+        if not 0 < nb <= MAX_EFFECT_BUTTONS:
             return None
         state, seen = game.state_dict(), {}
         classes = np.zeros(2 ** nb, np.int64)
@@ -262,7 +262,7 @@ def run_rollouts(make_session: Callable[[int], Session], src: EpisodeSource, sta
     acts = np.zeros((R, horizon, A), np.float32)
     recorded = np.zeros((R, horizon), bool)
     nb = len(src.spec.buttons)
-    effects = np.full((R, horizon, 2 ** nb), -1, np.int64) if 0 < nb <= MAX_IDENTIFY_BUTTONS else None
+    effects = np.full((R, horizon, 2 ** nb), -1, np.int64) if 0 < nb <= MAX_EFFECT_BUTTONS else None
     last_ctx = np.zeros((R, h, w, 3), np.uint8)
     infos = {e: episode_info(src, e) for e in sorted({e for e, _ in starts})}
     notes: dict[str, int] = {}
