@@ -9,7 +9,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "play": ("play.cli", "play inside a world model in a pygame window (default: the shipped model)"),
     "record": ("train.record", "record episodes of play from a game into episode files"),
-    "data": ("train.data_cli", "inspect and verify episode files (info, check)"),
+    "data": ("train.data_cli", "inspect, verify, import (video + input log) and label episode files "
+                               "(info, check, import, label)"),
     "train": ("train.cli", "train the autoencoder (ae), world model (wm) or inverse-dynamics model (idm)"),
     "eval": ("train.evaluate", "score a checkpoint on held-out episodes (PSNR, SSIM, action following)"),
     "bench": ("play.bench", "measure frames/s and frame times of the real-time session"),
