@@ -1,4 +1,6 @@
-"""`reverie data`: inspect (info) and verify (check) a directory of episode files (train/episodes.py)."""
+"""`reverie data`: inspect (info) and verify (check) a directory of episode files (train/episodes.py), turn gameplay
+video plus an input log into episode files (import: train/importer.py), and fill in the actions of episodes
+recorded without inputs with an inverse-dynamics model (label: train/label.py)."""
 
 from __future__ import annotations
 
@@ -26,11 +28,15 @@ def _summary(values: list[int]) -> dict:
 
 
 def info(target: Path, as_json: bool) -> int:
-    """Print counts, env ids, shapes, action specs, bytes and lengths of the episodes under target."""
+    """Print counts, env ids, shapes, action specs, bytes, lengths and label sources of the episodes under target.
+
+    The label source is the metadata's "labels" ("recorded" where it has none: the inputs were logged); the mean
+    confidence is that of the IDM-labeled episodes (their metadata's, weighted by actions: no chunk is read)."""
     files, tmps = _files(target)
     lengths, envs, shapes, specs, bad = [], Counter(), Counter(), {}, []
     total_bytes = 0
-    compressions = Counter()
+    compressions, labels, versions = Counter(), Counter(), Counter()
+    confidence_sum, confidence_actions = 0.0, 0
     for path in files:
         try:
             with Episode(path) as ep:
@@ -40,12 +46,20 @@ def info(target: Path, as_json: bool) -> int:
                 specs[json.dumps(ep.spec.to_dict(), sort_keys=True)] = ep.spec.to_dict()
                 compressions[ep.compression] += 1
                 total_bytes += ep.file_size
+                labels[str(ep.metadata.get("labels", "recorded"))] += 1
+                versions[f"v{ep.version}"] += 1
+                mean = ep.metadata.get("mean_confidence")
+                if ep.has_confidence and isinstance(mean, (int, float)) and not isinstance(mean, bool):
+                    confidence_sum += float(mean) * ep.num_actions
+                    confidence_actions += ep.num_actions
         except (EpisodeError, OSError) as e:
             bad.append({"file": path.name, "error": str(e)})
     report = {"path": str(target), "episodes": len(lengths), "frames": sum(lengths),
               "actions": sum(lengths) - len(lengths), "env_ids": dict(envs), "frame_shapes": dict(shapes),
               "action_specs": list(specs.values()), "compression": dict(compressions), "bytes": total_bytes,
-              "episode_frames": _summary(lengths), "bad_files": bad, "incomplete_files": [p.name for p in tmps]}
+              "episode_frames": _summary(lengths), "labels": dict(labels),
+              "mean_label_confidence": confidence_sum / confidence_actions if confidence_actions else None,
+              "format_versions": dict(versions), "bad_files": bad, "incomplete_files": [p.name for p in tmps]}
     if as_json:
         print(json.dumps(report, indent=2))
     else:
@@ -57,6 +71,9 @@ def info(target: Path, as_json: bool) -> int:
             axes = f", axes {spec['axes']}" if spec["axes"] else ""
             print(f"  action spec:  {spec['game']} v{spec['version']}: buttons {spec['buttons']}{axes}")
         print(f"  compression:  {', '.join(f'{k} x{v}' for k, v in compressions.items()) or '-'}")
+        sure = (f" (mean confidence {report['mean_label_confidence']:.3f} over {confidence_actions} IDM-read actions)"
+                if confidence_actions else "")
+        print(f"  labels:       {', '.join(f'{k} x{v}' for k, v in labels.items()) or '-'}{sure}")
         s = report["episode_frames"]
         if s:
             print(f"  frames/episode: min {s['min']}, median {s['median']}, mean {s['mean']}, max {s['max']}")
@@ -100,19 +117,33 @@ def check(target: Path, quiet: bool) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="reverie data", description="Inspect and verify episode files.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{info,check}")
+    from train import importer, label
+
+    p = argparse.ArgumentParser(prog="reverie data", description="Inspect, verify, import and label episode files.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{info,check,import,label}")
     i = sub.add_parser("info", help="counts, env ids, frame shape, action spec, bytes, episode lengths")
     i.add_argument("path", type=Path, help=f"directory of *{SUFFIX} files, or one file")
     i.add_argument("--json", action="store_true", help="print the report as JSON")
     c = sub.add_parser("check", help="verify every checksum; non-zero exit if any file is bad or incomplete")
     c.add_argument("path", type=Path, help=f"directory of *{SUFFIX} files, or one file")
     c.add_argument("-q", "--quiet", action="store_true", help="print only bad files and the summary")
+    importer.add_flags(sub.add_parser("import", help=importer.HELP, description=importer.__doc__,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter))
+    label.add_flags(sub.add_parser("label", help=label.HELP, description=label.__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter))
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    if a.command == "import":
+        from train import importer
+
+        return importer.run(a)
+    if a.command == "label":
+        from train import label
+
+        return label.run(a)
     if not a.path.exists():
         print(f"reverie data {a.command}: error: {a.path}: no such file or directory", file=sys.stderr)
         return 2

@@ -1,8 +1,9 @@
 """Windows of consecutive frames over a directory of episode files, for training (a torch-compatible Dataset).
 
 Item i is a window of ``window`` consecutive frames of one episode (windows never cross episodes) with, for each
-frame, the action that led to it; an episode's first frame gets the null (zero) action, which is also the action
-dropped for classifier-free guidance. Files are opened lazily and a few readers are kept open (LRU); a copy of the
+frame, the action that led to it and that action's confidence (1 for recorded actions; see train/label.py); an
+episode's first frame gets the null (zero) action, with confidence 1, which is also the action dropped for
+classifier-free guidance. Files are opened lazily and a few readers are kept open (LRU); a copy of the
 dataset in a DataLoader worker opens its own.
 """
 
@@ -55,9 +56,10 @@ def episode_files(root_or_files: str | os.PathLike | Iterable[str | os.PathLike]
 class WindowDataset:
     """Random access to every window of ``window`` consecutive frames of every episode.
 
-    ``ds[i]`` -> dict(frames=(window, H, W, 3) uint8, actions=(window, A) float32, episode=file name, start=int),
-    where ``actions[k]`` led to ``frames[k]``. Bad files raise EpisodeError, or with ``skip_bad`` are skipped with a
-    warning; ``verify`` checks every checksum up front (else a chunk is checked when first read).
+    ``ds[i]`` -> dict(frames=(window, H, W, 3) uint8, actions=(window, A) float32, confidence=(window,) float32,
+    episode=file name, start=int), where ``actions[k]`` (sure to ``confidence[k]``) led to ``frames[k]``. Bad files
+    raise EpisodeError, or with ``skip_bad`` are skipped with a warning; ``verify`` checks every checksum up front
+    (else a chunk is checked when first read).
     """
 
     def __init__(self, root_or_files: str | os.PathLike | Iterable[str | os.PathLike], window: int,
@@ -135,7 +137,10 @@ class WindowDataset:
         actions = np.zeros((self.window, self.spec.size), np.float32)              # (W, A)
         lo = max(start, 1)                                                          # frame 0 keeps the null action
         actions[lo - start:] = ep.actions(lo - 1, stop - 1)
-        return {"frames": frames, "actions": actions, "episode": self.episodes[e].name, "start": start}
+        confidence = np.ones(self.window, np.float32)                              # (W,)
+        confidence[lo - start:] = ep.confidence(lo - 1, stop - 1)
+        return {"frames": frames, "actions": actions, "confidence": confidence, "episode": self.episodes[e].name,
+                "start": start}
 
     def close(self) -> None:
         for ep in self._readers.values():

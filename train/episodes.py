@@ -8,9 +8,14 @@ frame t+1. On disk (all integers little-endian):
              checksum and compression names, created time, user metadata
     chunks   msgpack maps, one per ``chunk_frames`` consecutive frames: index, first frame, count, the frame bytes
              (uint8, optionally zlib), the bytes of the actions that led to those frames (float32; frame 0 has
-             none) and the crc32 of frame bytes + action bytes
+             none), in files whose header says ``"confidence": true`` the confidence of each of those actions
+             (float32 in [0, 1]), and the crc32 of frame bytes + action bytes (+ confidence bytes)
     footer   msgpack map: frame and action totals, each chunk's byte offset and frame count, crc32 of the header
     trailer  footer offset (u64), crc32 of the footer (u32), b"RVEP"
+
+Version 2 added the optional per-action confidence (labels filled in by an inverse-dynamics model carry how sure
+it was; see train/label.py); a version-2 file without it differs from a version-1 file only in the version number,
+and readers read both. Recorded actions have no confidence field and read as confidence 1.
 
 Every byte is covered by a check: the header by the footer's crc, chunks by their own, the footer by the trailer's.
 Readers seek to the chunks a request needs and never load the whole file; every length is bounded by the header's
@@ -35,7 +40,8 @@ import numpy as np
 from engine.actions import ActionSpec, ActionSpecError
 from engine.errors import ReverieError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2                       # what the writer writes
+READ_VERSIONS = (1, 2)                   # what readers read
 SUFFIX = ".episode"
 TMP_SUFFIX = ".tmp"
 MAGIC = b"RVEP"
@@ -58,6 +64,7 @@ ZLIB_SLACK = 1024                        # compressed data may exceed its raw si
 HEADER_KEYS = {"format", "env_id", "env_version", "seed", "frame_shape", "fps", "action_spec", "agent",
                "chunk_frames", "checksum", "compression", "created", "metadata"}
 CHUNK_KEYS = {"index", "first", "count", "frames", "actions", "crc"}
+CONFIDENCE = "confidence"                # header flag (version 2) and chunk field of the per-action confidence
 FOOTER_KEYS = {"frames", "actions", "chunk_offsets", "chunk_counts", "header_crc"}
 
 
@@ -92,16 +99,17 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _check_header(h: Any, path: str | os.PathLike, offset: int | None) -> tuple[tuple[int, int, int], ActionSpec]:
-    """Validate every field of a decoded header; return its frame shape and action spec."""
+def _check_header(h: Any, path: str | os.PathLike, offset: int | None,
+                  version: int = FORMAT_VERSION) -> tuple[tuple[int, int, int], ActionSpec]:
+    """Validate every field of a decoded header of a file of format `version`; return its frame shape and spec."""
     _need(isinstance(h, dict), path, f"header is a {type(h).__name__}, not a map", offset)
     missing = sorted({"format", "env_id", "frame_shape", "action_spec", "chunk_frames", "checksum",
                       "compression"} - set(h))
     _need(not missing, path, f"header lacks keys {missing}", offset)
-    unknown = sorted(set(map(str, h)) - HEADER_KEYS)
+    unknown = sorted(set(map(str, h)) - (HEADER_KEYS | ({CONFIDENCE} if version >= 2 else set())))
     _need(not unknown, path, f"header has unknown keys {unknown}", offset)
-    _need(h["format"] == FORMAT_VERSION, path, f"header says format {h['format']!r} but the prefix says "
-          f"{FORMAT_VERSION}", offset)
+    _need(h["format"] == version, path, f"header says format {h['format']!r} but the prefix says {version}", offset)
+    _need(isinstance(h.get(CONFIDENCE, False), bool), path, f"header {CONFIDENCE!r} must be true or false", offset)
     for key in ("env_id", "env_version", "agent", "created"):
         _need(h.get(key) is None or isinstance(h.get(key), str), path, f"header {key!r} must be a string", offset)
     _need(isinstance(h["env_id"], str) and h["env_id"] != "", path, "header 'env_id' is empty", offset)
@@ -138,13 +146,15 @@ def _check_header(h: Any, path: str | os.PathLike, offset: int | None) -> tuple[
 class EpisodeWriter:
     """Write one episode: ``append(frame)`` the reset frame, then ``append(frame, action)`` per step.
 
+    With ``confidence=True`` every action carries its confidence in [0, 1]: ``append(frame, action, confidence)``.
     A context manager; the file appears under ``path`` only on a clean close with at least one frame.
     """
 
     def __init__(self, path: str | os.PathLike, *, env_id: str, action_spec: ActionSpec,
                  frame_shape: tuple[int, int, int], env_version: str = "", fps: float = 30.0,
                  seed: int | None = None, agent: str = "", metadata: dict | None = None,
-                 chunk_frames: int = DEFAULT_CHUNK_FRAMES, compression: str = DEFAULT_COMPRESSION):
+                 chunk_frames: int = DEFAULT_CHUNK_FRAMES, compression: str = DEFAULT_COMPRESSION,
+                 confidence: bool = False):
         self.path = Path(path)
         self.tmp_path = Path(str(path) + TMP_SUFFIX)
         self.spec = action_spec
@@ -157,6 +167,9 @@ class EpisodeWriter:
                        "fps": float(fps), "action_spec": action_spec.to_dict(), "agent": str(agent),
                        "chunk_frames": int(chunk_frames), "checksum": CHECKSUM, "compression": compression,
                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "metadata": dict(metadata or {})}
+        self.with_confidence = bool(confidence)
+        if self.with_confidence:  # absent otherwise: a recording's header is the same as in version 1
+            self.header[CONFIDENCE] = True
         header_bytes = _pack(self.header)
         if len(header_bytes) > MAX_HEADER_BYTES:
             raise ValueError(f"episode header is {len(header_bytes)} bytes (metadata too large); the cap is "
@@ -168,6 +181,7 @@ class EpisodeWriter:
         self._header_crc = _crc(header_bytes)
         self._frames: list[np.ndarray] = []
         self._actions: list[np.ndarray] = []
+        self._confidence: list[float] = []
         self._offsets: list[int] = []
         self._counts: list[int] = []
         self.num_frames = 0
@@ -179,8 +193,9 @@ class EpisodeWriter:
         self._file.write(data)
         self.bytes_written += len(data)
 
-    def append(self, frame: np.ndarray, action: np.ndarray | None = None) -> None:
-        """Add the next frame and the action that led to it (None for the reset frame only)."""
+    def append(self, frame: np.ndarray, action: np.ndarray | None = None, confidence: float | None = None) -> None:
+        """Add the next frame and the action that led to it (None for the reset frame only), with the action's
+        confidence in [0, 1] if this writer was made with ``confidence=True`` (and only then)."""
         frame = np.asarray(frame)
         if frame.shape != self.frame_shape or frame.dtype != np.uint8:
             raise ValueError(f"{self.path}: frame {self.num_frames} is {frame.dtype} {frame.shape}, "
@@ -190,22 +205,39 @@ class EpisodeWriter:
                              + ("is the reset frame and takes no action" if self.num_frames == 0
                                 else "needs the action that led to it"))
         if action is not None:
-            self._actions.append(self.spec.check(action, where=f"{self.path}: action {self.num_frames - 1}"))
+            where = f"{self.path}: action {self.num_frames - 1}"
+            checked = self.spec.check(action, where=where)
+            if (confidence is None) == self.with_confidence:
+                raise ValueError(f"{where}: " + ("this writer carries a confidence for every action; pass one"
+                                                 if self.with_confidence else "this writer was made without "
+                                                 "confidence=True, so its actions carry no confidence"))
+            if confidence is not None:
+                c = float(confidence)
+                if not 0.0 <= c <= 1.0:  # NaN fails too
+                    raise ValueError(f"{where}: confidence must be in [0, 1], got {confidence!r}")
+                self._confidence.append(c)
+            self._actions.append(checked)
+        elif confidence is not None:
+            raise ValueError(f"{self.path}: the reset frame has no action, so no confidence")
         self._frames.append(frame)
         self.num_frames += 1
         if len(self._frames) == self.header["chunk_frames"]:
             self._flush_chunk()
 
-    def extend(self, frames: np.ndarray, actions: np.ndarray) -> None:
-        """Append many frames; ``actions[k]`` led to ``frames[k]`` (pass len(frames) - 1 actions when starting)."""
+    def extend(self, frames: np.ndarray, actions: np.ndarray, confidence: np.ndarray | None = None) -> None:
+        """Append many frames; ``actions[k]`` (and ``confidence[k]``) led to ``frames[k]`` (pass len(frames) - 1
+        actions when starting)."""
         skip = 1 if self.num_frames == 0 else 0
         if len(actions) != len(frames) - skip:
             raise ValueError(f"{self.path}: {len(frames)} frames need {len(frames) - skip} actions, got "
                              f"{len(actions)}")
+        if confidence is not None and len(confidence) != len(actions):
+            raise ValueError(f"{self.path}: {len(actions)} actions need {len(actions)} confidences, got "
+                             f"{len(confidence)}")
         if skip and len(frames):
             self.append(frames[0])
-        for f, a in zip(frames[skip:], actions):
-            self.append(f, a)
+        for k, (f, a) in enumerate(zip(frames[skip:], actions)):
+            self.append(f, a, None if confidence is None else confidence[k])
 
     def _flush_chunk(self) -> None:
         if not self._frames:
@@ -218,11 +250,16 @@ class EpisodeWriter:
         action_bytes = (np.stack(self._actions).astype("<f4").tobytes() if self._actions else b"")  # (n, A)
         record = {"index": len(self._offsets), "first": first, "count": count, "frames": frame_bytes,
                   "actions": action_bytes, "crc": _crc(frame_bytes, action_bytes)}
+        if self.with_confidence:
+            confidence_bytes = np.asarray(self._confidence, "<f4").tobytes()                   # (n,)
+            record[CONFIDENCE] = confidence_bytes
+            record["crc"] = _crc(frame_bytes, action_bytes, confidence_bytes)
         self._offsets.append(self.bytes_written)
         self._counts.append(count)
         self._write(_pack(record))
         self._frames.clear()
         self._actions.clear()
+        self._confidence.clear()
 
     def close(self) -> None:
         """Finish the file: last chunk, footer, trailer, fsync, then rename into place."""
@@ -277,15 +314,16 @@ def _fsync_dir(path: Path) -> None:
 class Episode:
     """Random-access reader of one episode file: header and footer on open, chunks on demand.
 
-    ``len(ep)`` frames, ``ep.num_actions`` actions; ``frames(a, b)`` is (n, H, W, 3) uint8 and ``actions(a, b)``
-    (n, A) float32, where ``actions[t]`` leads from frame t to frame t+1. Each chunk's checksum is checked the first
-    time it is read; ``verify()`` checks them all.
+    ``len(ep)`` frames, ``ep.num_actions`` actions; ``frames(a, b)`` is (n, H, W, 3) uint8, ``actions(a, b)``
+    (n, A) float32, where ``actions[t]`` leads from frame t to frame t+1, and ``confidence(a, b)`` (n,) float32 the
+    confidence of those actions (ones where the file has none: ``ep.has_confidence``). Reads format versions 1 and 2.
+    Each chunk's checksum is checked the first time it is read; ``verify()`` checks them all.
     """
 
     def __init__(self, path: str | os.PathLike, chunk_cache: int = 2):
         self.path = Path(path)
         self._fd: int | None = None
-        self._chunk_cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._chunk_cache: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = OrderedDict()
         self._chunk_cache_size = chunk_cache
         self._checked: set[int] = set()
         try:
@@ -335,11 +373,12 @@ class Episode:
                                todo=f"move it out of the episode directory, or give it another suffix than {SUFFIX}")
         _need(len(head) == PREFIX.size, p, f"file is truncated: {size} bytes, shorter than the prefix", 0)
         _, version, header_len = PREFIX.unpack(head)
-        if version != FORMAT_VERSION:
-            newer = version > FORMAT_VERSION
-            raise EpisodeError(p, f"episode format version {version}, but this Reverie reads version "
-                               f"{FORMAT_VERSION}", 4, todo="upgrade Reverie to read it" if newer
+        if version not in READ_VERSIONS:
+            newer = version > max(READ_VERSIONS)
+            raise EpisodeError(p, f"episode format version {version}, but this Reverie reads versions "
+                               f"{', '.join(map(str, READ_VERSIONS))}", 4, todo="upgrade Reverie to read it" if newer
                                else "re-record it with this Reverie")
+        self.version = version
         _need(header_len <= MAX_HEADER_BYTES, p, f"header claims {header_len} bytes, more than the cap "
               f"{MAX_HEADER_BYTES}", 5)
         _need(size >= PREFIX.size + header_len + TRAILER.size, p,
@@ -365,8 +404,10 @@ class Episode:
         self.header = h = self._unpack(header_bytes, PREFIX.size, "header", max_str_len=MAX_HEADER_BYTES,
                                        max_bin_len=MAX_HEADER_BYTES, max_array_len=MAX_HEADER_BYTES,
                                        max_map_len=MAX_HEADER_BYTES)
-        self.frame_shape, self.spec = _check_header(h, p, PREFIX.size)
+        self.frame_shape, self.spec = _check_header(h, p, PREFIX.size, version)
         self.chunk_frames, self.compression = h["chunk_frames"], h["compression"]
+        self.has_confidence: bool = h.get(CONFIDENCE, False)
+        self._chunk_keys = CHUNK_KEYS | ({CONFIDENCE} if self.has_confidence else set())
         self._check_footer(f, footer_offset, header_end)
 
     def _check_footer(self, f: dict, offset: int, header_end: int) -> None:
@@ -402,11 +443,13 @@ class Episode:
         raw = count * self._frame_bytes
         if self.compression == "zlib":
             raw += raw // 1000 + ZLIB_SLACK
-        return raw + count * self._action_bytes + CHUNK_OVERHEAD
+        confidence = count * 4 if self.has_confidence else 0  # float32 per action
+        return raw + count * self._action_bytes + confidence + CHUNK_OVERHEAD
 
     # ---- chunks -------------------------------------------------------------------------------------------------
-    def _chunk(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Frames (count, H, W, 3) and incoming actions (count or count-1, A) of chunk i, checked."""
+    def _chunk(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Frames (count, H, W, 3), incoming actions (n = count or count-1, A) and their confidence (n,) or None of
+        chunk i, checked."""
         hit = self._chunk_cache.get(i)
         if hit is not None:
             self._chunk_cache.move_to_end(i)
@@ -414,21 +457,30 @@ class Episode:
         p, offset, count, first = self.path, self._offsets[i], self._counts[i], self._firsts[i]
         limit = self._max_chunk_bytes(count)
         data = self._read(offset, self._ends[i] - offset)
+        keys = self._chunk_keys
         rec = self._unpack(data, offset, f"chunk {i}", max_str_len=16, max_bin_len=limit, max_array_len=0,
-                           max_map_len=len(CHUNK_KEYS))
-        _need(isinstance(rec, dict) and set(rec) == CHUNK_KEYS, p, f"chunk {i} must be a map with keys "
-              f"{sorted(CHUNK_KEYS)}", offset)
+                           max_map_len=len(keys))
+        _need(isinstance(rec, dict) and set(rec) == keys, p, f"chunk {i} must be a map with keys {sorted(keys)}",
+              offset)
         _need((rec["index"], rec["first"], rec["count"]) == (i, first, count), p,
               f"chunk {i} says it is chunk {rec['index']!r} holding {rec['count']!r} frames from {rec['first']!r}, "
               f"but the footer says {count} frames from {first}", offset)
-        fb, ab = rec["frames"], rec["actions"]
-        _need(isinstance(fb, bytes) and isinstance(ab, bytes), p, f"chunk {i}'s frames and actions must be bytes",
-              offset)
+        fb, ab, cb = rec["frames"], rec["actions"], rec.get(CONFIDENCE, b"")
+        _need(isinstance(fb, bytes) and isinstance(ab, bytes) and isinstance(cb, bytes), p,
+              f"chunk {i}'s frames, actions and confidence must be bytes", offset)
         if i not in self._checked:
-            _need(rec["crc"] == _crc(fb, ab), p, f"chunk {i} checksum mismatch (a byte was changed)", offset)
+            crc = _crc(fb, ab, cb) if self.has_confidence else _crc(fb, ab)
+            _need(rec["crc"] == crc, p, f"chunk {i} checksum mismatch (a byte was changed)", offset)
         n_actions = count - 1 if first == 0 else count
         _need(len(ab) == n_actions * self._action_bytes, p, f"chunk {i} has {len(ab)} action bytes, expected "
               f"{n_actions} x {self._action_bytes}", offset)
+        confidence = None
+        if self.has_confidence:
+            _need(len(cb) == n_actions * 4, p, f"chunk {i} has {len(cb)} confidence bytes, expected {n_actions} x 4",
+                  offset)
+            confidence = np.frombuffer(cb, "<f4")                                        # (n,)
+            _need(bool(np.all((confidence >= 0) & (confidence <= 1))), p,
+                  f"chunk {i} has confidence values outside [0, 1]", offset)
         if self.compression == "zlib":
             try:
                 d = zlib.decompressobj()
@@ -442,29 +494,26 @@ class Episode:
         self._checked.add(i)
         frames = np.frombuffer(fb, np.uint8).reshape(count, *self.frame_shape)          # (count, H, W, 3)
         actions = np.frombuffer(ab, "<f4").reshape(n_actions, self.spec.size)          # (n, A)
-        self._chunk_cache[i] = (frames, actions)
+        self._chunk_cache[i] = (frames, actions, confidence)
         while len(self._chunk_cache) > self._chunk_cache_size:
             self._chunk_cache.popitem(last=False)
-        return frames, actions
+        return frames, actions, confidence
 
     @staticmethod
     def _range(start: int | None, stop: int | None, n: int) -> tuple[int, int]:
         start, stop, _ = slice(start, stop).indices(n)
         return start, max(start, stop)
 
-    def _gather(self, start: int, stop: int, out: np.ndarray, use_actions: bool) -> np.ndarray:
-        """Copy frames [start, stop) (or the actions that led to them) into out."""
+    def _gather(self, start: int, stop: int, out: np.ndarray, part: int) -> np.ndarray:
+        """Copy part 0 (frames [start, stop)), 1 (the actions that led to them) or 2 (their confidence) into out."""
         i = int(np.searchsorted(self._firsts, start, side="right")) - 1
         pos = start
         while pos < stop:
             first, count = self._firsts[i], self._counts[i]
-            frames, actions = self._chunk(i)
+            chunk = self._chunk(i)
             end = min(stop, first + count)
-            if use_actions:  # actions of chunk i led to frames max(first, 1) ..
-                lo = max(first, 1)
-                out[pos - start:end - start] = actions[pos - lo:end - lo]
-            else:
-                out[pos - start:end - start] = frames[pos - first:end - first]
+            lo = max(first, 1) if part else first  # actions of chunk i led to frames max(first, 1) ..
+            out[pos - start:end - start] = chunk[part][pos - lo:end - lo]
             pos, i = end, i + 1
         return out
 
@@ -475,13 +524,26 @@ class Episode:
     def frames(self, start: int | None = None, stop: int | None = None) -> np.ndarray:
         """Frames [start, stop) as (n, H, W, 3) uint8 (slice semantics)."""
         start, stop = self._range(start, stop, self.num_frames)
-        return self._gather(start, stop, np.empty((stop - start, *self.frame_shape), np.uint8), False)
+        return self._gather(start, stop, np.empty((stop - start, *self.frame_shape), np.uint8), 0)
 
     def actions(self, start: int | None = None, stop: int | None = None) -> np.ndarray:
         """Actions [start, stop) as (n, A) float32; actions[t] leads from frame t to frame t+1."""
         start, stop = self._range(start, stop, self.num_actions)
         out = np.empty((stop - start, self.spec.size), np.float32)
-        return self._gather(start + 1, stop + 1, out, True)
+        return self._gather(start + 1, stop + 1, out, 1)
+
+    def confidence(self, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        """Confidence of actions [start, stop) as (n,) float32 in [0, 1]; ones where the file has none (recorded
+        actions, and every version-1 file)."""
+        start, stop = self._range(start, stop, self.num_actions)
+        if not self.has_confidence:
+            return np.ones(stop - start, np.float32)
+        return self._gather(start + 1, stop + 1, np.empty(stop - start, np.float32), 2)
+
+    @property
+    def metadata(self) -> dict:
+        """The header's user metadata (a label source in "labels" and friends, see train/label.py)."""
+        return self.header.get("metadata") or {}
 
     def verify(self) -> None:
         """Check every chunk's checksum and structure; raise EpisodeError at the first bad one."""

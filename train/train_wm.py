@@ -3,6 +3,10 @@
 The dataset is encoded by the (frozen) autoencoder once and cached in RUN/latents.cache (safetensors format), keyed by a
 fingerprint of the episode files and the autoencoder, so later runs and resumes skip the encoding. Writes
 RUN/model.safetensors: autoencoder + world model (+ the inverse-dynamics model when --idm is given).
+
+Actions filled in by `reverie data label` carry the labeling model's confidence; `--min-label-confidence X` trains
+only on windows whose every action is at least X sure (recorded actions count as sure), so a wrongly read action
+does not teach the model that the avatar ignored it. The default, 0, trains on every window exactly as before.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from train.config import (
     seed_for,
     step_generator,
 )
-from train.data import EpisodeSource
+from train.data import EpisodeSource, pick_windows
 from train.loop import Dist, fit, start_run, trained_weights
 from train.run_dir import RunDir, check_out
 
@@ -64,6 +68,39 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone-actions", choices=("on", "off"), default=None,
                    help="whether the backbone also reads the action that led to each frame (off: the head alone "
                         "reads actions; default: the preset's, on)")
+    p.add_argument("--min-label-confidence", type=label_confidence, default=0.0,
+                   help="train only on windows whose every action has at least this confidence, 0..1: actions "
+                        "filled in by 'reverie data label' carry the inverse-dynamics model's confidence (the "
+                        "probability of the button set it chose), recorded ones count as 1 (default 0: every window)")
+
+
+def label_confidence(text: str) -> float:
+    """`--min-label-confidence`: a number in 0..1 (argparse names the flag in its message)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes a number in 0..1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be in 0..1, got {text!r}")
+    return value
+
+
+def confident_windows(src: EpisodeSource, data: str, window: int, min_confidence: float) -> list:
+    """Per episode, the first frames of the windows to train on (every window when min_confidence is 0); a
+    TrainingError when there is none."""
+    longest = max(src.lengths)
+    if longest < window:
+        raise TrainingError(f"--data {data}: the longest episode has {longest} frames, fewer than the window of "
+                            f"{window}; record longer episodes or pass --window")
+    starts = src.window_starts(window, min_confidence)
+    if min_confidence > 0:
+        kept, total = sum(map(len, starts)), sum(max(0, n - window + 1) for n in src.lengths)
+        if not kept:
+            raise TrainingError(f"--min-label-confidence {min_confidence}: no window of {window} frames has every "
+                                "action that sure; lower it (see 'reverie data info' for the data's mean confidence)")
+        print(f"--min-label-confidence {min_confidence}: training on {kept} of {total} windows "
+              f"({100 * kept / total:.1f}%)")
+    return starts
 
 
 def encode_dataset(src: EpisodeSource, ae: Autoencoder, device: torch.device, cache: Path,
@@ -189,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
         cfg.world_model.change_weight = args.change_weight
     cfg.validate()
     window = cfg.world_model.context_frames
+    starts = confident_windows(src, args.data, window, args.min_label_confidence)
     started = start_run(args.out, tcfg, {"stage": "wm", "flags": flags, "model": cfg.to_dict(),
                                          "data": src.summary(), "ae": str(ae_path), "window": window},
                         args.dry_run, args.no_resume)
@@ -218,21 +256,13 @@ def run(args: argparse.Namespace) -> int:
         if unexpected:
             raise CheckpointError(f"--init {args.init}: weights that this model does not have: {unexpected[:5]}")
         print(f"warm start from {args.init}" + (f"; new (freshly initialised) weights: {missing}" if missing else ""))
-    lengths = torch.tensor([len(z) for z in latents], dtype=torch.float64)
-    if int(lengths.max()) < window:
-        raise TrainingError(f"--data {args.data}: the longest episode has {int(lengths.max())} frames, fewer than "
-                            f"the window of {window}; record longer episodes or pass --window")
-    weights = torch.where(lengths >= window, lengths - window + 1, torch.zeros_like(lengths))
     latents_dev = [z.to(device) for z in latents]
     actions_dev = [torch.from_numpy(a).to(device) for a in src.actions]
 
     def batch_fn(step: int, d: Dist):
         """This rank's slice of the (normalised latent, action) windows of `step`."""
-        gen = step_generator(tcfg.seed, step)
-        eps = torch.multinomial(weights, tcfg.batch, replacement=True, generator=gen).tolist()
-        starts = [int(torch.randint(0, len(latents[e]) - window + 1, (1,), generator=gen)) for e in eps]
         per = tcfg.batch // d.world
-        sel = list(zip(eps, starts))[d.rank * per:(d.rank + 1) * per]
+        sel = pick_windows(step_generator(tcfg.seed, step), starts, tcfg.batch)[d.rank * per:(d.rank + 1) * per]
         z = torch.stack([latents_dev[e][s:s + window] for e, s in sel]).float()   # (b, W, C, h, w)
         a = torch.stack([actions_dev[e][s:s + window] for e, s in sel])            # (b, W, A)
         return model.normalize(z), a
