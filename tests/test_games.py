@@ -216,7 +216,7 @@ def test_scripted_agent_refuses_other_games():
     class Other:
         env_id = "gym:Other-v0"
         action_spec = SPEC
-    with pytest.raises(ValueError, match="scripted agent plays builtin:gems"):
+    with pytest.raises(ValueError, match="scripted agent plays builtin:gems and ale:Breakout"):
         make_agent("scripted", Other())
     with pytest.raises(ValueError, match="random"):
         make_agent("greedy", make_game("builtin:gems"))

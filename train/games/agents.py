@@ -1,9 +1,12 @@
-"""Agents that play games to record training data: a random agent for any game, a scripted one for builtin:gems.
+"""Agents that play games to record training data: a random agent for any game, scripted ones for builtin:gems and
+Atari Breakout.
 
-A world model learns controls only from data where actions have visible, lasting effects, so neither agent
-changes its action every frame: the random agent holds each choice for a few frames, and the scripted agent
-follows modes (chase a gem, wander, flee, idle, zig-zag) that last many frames. Both are deterministic given the
-seed passed to `reset`. Agents implement train.games.base.Agent: reset(seed), act(frame) -> action vector.
+A world model learns controls only from data where actions have visible, lasting effects, so no agent changes its
+action every frame: the random agent holds each choice for a few frames, the gems agent follows modes (chase a gem,
+wander, flee, idle, zig-zag) that last many frames, and the Breakout agent tracks the ball so that the data shows
+what a player sees (the ball in flight, bricks breaking, the score and lives changing), with random detours and
+misses. All are deterministic given the seed passed to `reset`. Agents implement train.games.base.Agent:
+reset(seed), act(frame) -> action vector.
 """
 
 from __future__ import annotations
@@ -215,4 +218,92 @@ class ScriptedAgent:
         action = self.game.action_spec.null()  # (up, down, left, right): never two opposite buttons
         action[0], action[1] = dy < 0, dy > 0
         action[2], action[3] = dx < 0, dx > 0
+        return action
+
+
+# ale:Breakout RAM (the 128 bytes of the Atari's memory): paddle x, ball x, ball y (0 while no ball is in play).
+BREAKOUT_PADDLE_X, BREAKOUT_BALL_X, BREAKOUT_BALL_Y = 72, 99, 101
+BREAKOUT_AIM = 10    # ball x - paddle x (RAM units) with the ball over the paddle's centre (measured at 64x64)
+
+
+@dataclass
+class BreakoutConfig:
+    """How the Breakout agent aims, wanders and misses (RAM x units are about 2.56 per 64x64 pixel)."""
+
+    aim_jitter: tuple[int, int] = (-6, 6)    # per rally, where on the paddle it tries to hit (varies the angles)
+    deadband: int = 3                        # no move while the ball is this close to the aim point
+    detour_prob: float = 0.03                # per frame, the chance of a random move held for detour_frames
+    detour_frames: tuple[int, int] = (2, 8)
+    miss_prob: float = 0.15                  # per rally, the chance it stops tracking (a lost life; ends episodes)
+    serve_wait: tuple[int, int] = (0, 12)    # frames it waits (moving at random) before serving a new ball
+
+
+class BreakoutAgent:
+    """Plays ale:Breakout by reading the paddle and ball positions from the console's RAM (not its pixels).
+
+    It serves (FIRE) when no ball is in play, then moves the paddle under the ball, aiming at a point that changes
+    every rally, with short random detours and, now and then, a rally where it gives up (so lives are lost and
+    served again). Buttons are exclusive (one of fire, right, left, or none), as in the Atari's action set.
+    """
+
+    def __init__(self, game, seed: int | None = None, config: BreakoutConfig | None = None):
+        env_id = getattr(game, "env_id", None)
+        ale = getattr(getattr(getattr(game, "env", None), "unwrapped", None), "ale", None)
+        if env_id != "ale:Breakout" or ale is None:
+            raise TypeError(f"BreakoutAgent plays ale:Breakout only, got {env_id or type(game)!r}")
+        names = game.action_spec.buttons
+        missing = {"fire", "right", "left"} - set(names)
+        if missing:
+            raise TypeError(f"ale:Breakout's buttons are {names}, missing {sorted(missing)}")
+        self.game, self.ale, self.config = game, ale, config or BreakoutConfig()
+        self._button = {n: i for i, n in enumerate(names)}
+        self.reset(seed)
+
+    def reset(self, seed: int | None = None) -> None:
+        self.rng = np.random.default_rng(seed)
+        self._in_play = False
+        self._aim, self._give_up, self._wait = BREAKOUT_AIM, False, 0
+        self._detour, self._detour_left = None, 0
+
+    def _int(self, bounds: tuple[int, int]) -> int:
+        return int(self.rng.integers(bounds[0], bounds[1] + 1))
+
+    def _new_rally(self) -> None:
+        c = self.config
+        self._aim = BREAKOUT_AIM + self._int(c.aim_jitter)
+        self._give_up = bool(self.rng.random() < c.miss_prob)
+        self._wait = self._int(c.serve_wait)
+
+    def act(self, frame: np.ndarray) -> np.ndarray:
+        c = self.config
+        ram = self.ale.getRAM()
+        paddle, ball_x, ball_y = int(ram[BREAKOUT_PADDLE_X]), int(ram[BREAKOUT_BALL_X]), int(ram[BREAKOUT_BALL_Y])
+        action = self.game.action_spec.null()
+        in_play = ball_y != 0
+        if in_play and not self._in_play:
+            self._new_rally()
+        if not in_play and self._in_play:
+            self._wait = self._int(c.serve_wait)
+        self._in_play = in_play
+        if self._detour_left <= 0 and self.rng.random() < c.detour_prob:
+            self._detour = ("right", "left", None)[int(self.rng.integers(3))]
+            self._detour_left = self._int(c.detour_frames)
+        if self._detour_left > 0:
+            self._detour_left -= 1
+            if self._detour is not None:
+                action[self._button[self._detour]] = 1.0
+            return action
+        if not in_play:
+            if self._wait > 0:
+                self._wait -= 1
+            else:
+                action[self._button["fire"]] = 1.0
+            return action
+        if self._give_up:
+            return action
+        d = ball_x - (paddle + self._aim)
+        if d > c.deadband:
+            action[self._button["right"]] = 1.0
+        elif d < -c.deadband:
+            action[self._button["left"]] = 1.0
         return action

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from train.games.agents import RandomAgent, ScriptedAgent
+from train.games.agents import BreakoutAgent, RandomAgent, ScriptedAgent
 from train.games.base import Agent, Game
 from train.games.builtin import ENV_ID as GEMS_ID
 from train.games.builtin import GemsGame
@@ -18,7 +18,8 @@ ADAPTER_PREFIXES = {
     "gym": "any Gymnasium env with image observations or rgb_array rendering, e.g. gym:CartPole-v1",
 }
 EXAMPLE_IDS = ("ale:Breakout", "ale:Pong", "vizdoom:basic", "vizdoom:health_gathering", "gym:<EnvId>")
-AGENTS = {"scripted": "persistent modes (chase, wander, flee, idle, zig-zag); builtin:gems only",
+AGENTS = {"scripted": "builtin:gems: persistent modes (chase, wander, flee, idle, zig-zag); ale:Breakout: serves, "
+                      "tracks the ball (aim varied per rally), random detours and misses",
           "random": "uniformly random controls, each held for a few frames; any game"}
 
 
@@ -64,7 +65,10 @@ def make_agent(name: str, game: Game, seed: int | None = None) -> Agent:
     if name == "random":
         return RandomAgent(game.action_spec, seed, exclusive=bool(getattr(game, "exclusive_buttons", False)))
     if name == "scripted":
-        if not isinstance(game, GemsGame):
-            raise ValueError(f"the scripted agent plays {GEMS_ID} only, not {game.env_id!r}; use the 'random' agent")
-        return ScriptedAgent(game, seed)
+        if isinstance(game, GemsGame):
+            return ScriptedAgent(game, seed)
+        if getattr(game, "env_id", None) == "ale:Breakout":
+            return BreakoutAgent(game, seed)
+        raise ValueError(f"the scripted agent plays {GEMS_ID} and ale:Breakout only, not {game.env_id!r}; use the "
+                         "'random' agent")
     raise ValueError(f"unknown agent {name!r}; known: {', '.join(AGENTS)}")
