@@ -36,6 +36,8 @@ class AutoencoderConfig:
     mse_loss_weight: float = 1.0
     l1_loss_weight: float = 0.05
     freq_loss_weight: float = 0.05              # weight of the FFT-magnitude term
+    change_weight: float = 0.0                  # training: extra loss weight on pixels that changed from the last
+                                                # frame (a ball, a cursor), so small moving things are not erased
 
     @property
     def factor(self) -> int:
@@ -59,6 +61,8 @@ class AutoencoderConfig:
             raise ConfigError(f"autoencoder: frame {self.height}x{self.width} is not divisible by f={self.factor}")
         if not 1 <= self.latent_channels <= 64:
             raise ConfigError(f"autoencoder: latent_channels={self.latent_channels} out of range 1..64")
+        if not 0.0 <= self.change_weight <= 1000.0:
+            raise ConfigError(f"autoencoder: change_weight={self.change_weight} must be in [0, 1000]")
 
 
 @dataclass

@@ -1,0 +1,88 @@
+"""Compare autoencoders on what small moving things need: plain PSNR, PSNR and recall over the pixels that changed
+from the previous frame, and per object probe the share of real frames showing the object whose reconstruction shows
+it too (the Breakout ball: a model cannot dream what its autoencoder erases).
+
+    python benchmarks/ae_small_objects.py --data HELDOUT --ae run_a/ae.safetensors run_b/ae.safetensors \
+        --json benchmarks/results/ae_small_objects.json
+
+Frames: every consecutive pair of the held-out episodes (at most --pairs, evenly spaced). Writes the JSON and prints
+one line per autoencoder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.autoencoder import Autoencoder, frames_to_tensor, small_object_metrics
+from engine.checkpoint import load_checkpoint, load_into
+from engine.output import write_json
+from train.data import EpisodeSource
+from train.eval_long import evenly_spaced
+from train.evaluate import reconstruct
+from train.probes import probes_for
+from train.rollout import psnr
+
+
+def pairs_of(src: EpisodeSource, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """(before, after) uint8 frames of up to `limit` consecutive pairs, evenly spaced over the episodes."""
+    before, after = [], []
+    for e in range(len(src.env_ids)):
+        f = src.episode_frames(e)
+        before.append(f[:-1])
+        after.append(f[1:])
+    b, a = np.concatenate(before), np.concatenate(after)
+    keep = evenly_spaced(len(a), limit)
+    return b[keep], a[keep]
+
+
+def score(ae: Autoencoder, before: np.ndarray, after: np.ndarray, probes: dict) -> dict:
+    recon = reconstruct(ae, after, "cpu")
+    m = small_object_metrics(frames_to_tensor(torch.from_numpy(recon)), frames_to_tensor(torch.from_numpy(after)),
+                             frames_to_tensor(torch.from_numpy(before)))
+    out = {"psnr": float(psnr(recon, after).mean()), "pairs": len(after),
+           **{k: (None if math.isnan(float(v)) else float(v)) for k, v in m.items()}, "objects": {}}
+    for name, probe in probes.items():
+        seen = np.asarray(probe.visible(after), bool)
+        kept = np.asarray(probe.visible(recon), bool) & seen
+        out["objects"][name] = {"visible_real_frames": int(seen.sum()),
+                                "visible_recon": float(kept.sum() / seen.sum()) if seen.any() else None}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="held-out episodes")
+    p.add_argument("--ae", nargs="+", required=True, help="autoencoder checkpoints (or models with an ae part)")
+    p.add_argument("--pairs", type=int, default=2048, help="frame pairs at most (default 2048)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path, required=True)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    src = EpisodeSource(a.data)
+    env_id = src.env_ids[0]
+    probes = probes_for(env_id)
+    before, after = pairs_of(src, a.pairs)
+    results = {}
+    for path in a.ae:
+        ckpt = load_checkpoint(path)
+        ae = load_into(Autoencoder(ckpt.config.autoencoder), ckpt, "ae").eval()
+        with torch.no_grad():
+            r = score(ae, before, after, probes)
+        r["change_weight"] = ckpt.config.autoencoder.change_weight
+        results[str(path)] = r
+        objs = ", ".join(f"{k} {v['visible_recon']:.3f}" for k, v in r["objects"].items()
+                         if v["visible_recon"] is not None)
+        print(f"{path}: psnr {r['psnr']:.2f} dB, changed pixels {r['changed_psnr']:.2f} dB, recall "
+              f"{r['changed_recall']:.3f}; kept in the reconstruction: {objs}")
+    write_json(a.json, {"data": str(a.data), "env_id": env_id, "autoencoders": results})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
