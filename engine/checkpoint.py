@@ -106,12 +106,31 @@ def save_checkpoint(path: str | os.PathLike, *, kind: str, config: ModelConfig, 
     return path
 
 
+SHIPPED = Path(__file__).resolve().parent / "assets"   # the models that ship with Reverie, by name
+
+
+def shipped_models() -> list[str]:
+    """Names of the shipped models (`reverie play --model breakout`): engine/assets/<name>.safetensors."""
+    return sorted(p.stem for p in SHIPPED.glob("*.safetensors"))
+
+
+def resolve_model(path: str | os.PathLike) -> Path:
+    """A checkpoint path, or a shipped model's file for a bare name ("default", "breakout") that is not a file here."""
+    p = Path(path)
+    if p.exists() or p.suffix or len(p.parts) != 1:
+        return p
+    shipped = SHIPPED / f"{p.name}.safetensors"
+    return shipped if shipped.exists() else p
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
-    """Read and validate a checkpoint; raise CheckpointError saying what is wrong and what to do."""
-    path = Path(path)
+    """Read and validate a checkpoint (a path, or a shipped model's name); raise CheckpointError saying what is wrong
+    and what to do."""
+    path = resolve_model(path)
     if not path.exists():
+        names = ", ".join(shipped_models()) or "none installed"
         raise CheckpointError(f"{path}: no such checkpoint file (train one with 'reverie train', or pass "
-                              "--model with the path of a .safetensors file)")
+                              f"--model with the path of a .safetensors file or a shipped model's name: {names})")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder; pass the .safetensors file inside it")
     try:

@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                "get letter keys (listed at start)")
     m = p.add_argument_group("model")
     m.add_argument("--model", type=Path, default=None, metavar="CKPT",
-                   help="world-model checkpoint (.safetensors from 'reverie train wm'; default: the shipped model)")
+                   help="world-model checkpoint (.safetensors from 'reverie train wm') or a shipped model's name "
+                        "(default, breakout; default: the default model)")
     m.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
                    help="runtime backend (default auto: onnxruntime on CPU where installed, torch on CUDA)")
     m.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default: cuda where available)")

@@ -3,7 +3,9 @@
 If the world model follows the actions, the IDM reads them from dream frame pairs about as well as from the real
 game's pairs under the same actions. The score is reported only beside the IDM's own accuracy on real frames and the
 chance level (the commonest action's share among the evaluated actions), overall, per horizon step and per time
-bucket. The IDM is --idm, else the one bundled in the checkpoint, else one trained on --data for --idm-steps.
+bucket. The IDM is --idm, else the one bundled in the checkpoint, else one trained on --data for --idm-steps. When the
+IDM does not read real frames clearly above chance (`judge_needs`), the ratio is null, `available` false and
+`unavailable_because` says why: the ratio of two chance-level accuracies is near 1 whatever the dream does.
 
 Where the real game ran alongside and could tell (train.eval_long: Track.effects), the same scores are also reported
 by effect (`*_by_effect`): a read action counts as right when it would have done in the real game what the taken one
@@ -29,6 +31,11 @@ from train.data import EpisodeSource
 from train.eval_long import Rollouts
 
 IDM_CHUNK = 512          # frame pairs through the IDM at a time
+# A judge is usable when it reads real transitions clearly above chance: by at least this share of what chance leaves
+# (and at least JUDGE_MIN_LEAD in absolute terms). Below that, a ratio of two near-chance accuracies says nothing:
+# an IDM that guesses reads generated and real frames equally badly, and their ratio comes out near 1.
+JUDGE_LEAD_FRACTION = 0.25
+JUDGE_MIN_LEAD = 0.1
 
 
 def load_or_train_idm(args: argparse.Namespace, ckpt: Checkpoint, src: EpisodeSource) -> tuple[Any, str]:
@@ -84,6 +91,26 @@ def chance_level(actions: np.ndarray) -> float:
     return float(counts.max() / counts.sum())
 
 
+def judge_needs(chance: float) -> float:
+    """The real-frame accuracy a judge needs before its ratio means anything, given the chance level."""
+    return min(1.0, chance + max(JUDGE_MIN_LEAD, JUDGE_LEAD_FRACTION * (1.0 - chance)))
+
+
+def judge_problem(real_accuracy: float | None, chance: float, note: str) -> str | None:
+    """Why the action-following measure is unavailable for this judge and data, or None when it is usable."""
+    if real_accuracy is None:
+        return ("no real frame pairs to score the judge on (the real game could not be replayed beside the dream), "
+                "so its accuracy, and with it the measure, is unknown")
+    need = judge_needs(chance)
+    if real_accuracy < need:
+        return (f"the inverse-dynamics model ({note}) reads {real_accuracy:.3f} of real transitions, against a chance "
+                f"level of {chance:.3f} (always guessing the commonest action); it needs at least {need:.3f} to tell "
+                "a dream that follows the actions from one that does not. Train it longer on this game "
+                "('reverie train idm', then pass --idm or bundle it with 'reverie train wm --idm'), or evaluate on "
+                "more episodes")
+    return None
+
+
 def same_effect(effects: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, n_buttons: int) -> torch.Tensor:
     """(R, H) bool: whether each read action `pred` (R, H, A) would have done what `target` did, by the per-step classes
     of button sets `effects` (R, H, 2^buttons) (train.eval_long.Track.effects); the axes must be within 0.25 as in
@@ -123,10 +150,13 @@ def action_following(idm: Any, note: str, roll: Rollouts, n_buttons: int,
         return action_accuracy(pred, tgt, n_buttons) if len(pred) else None
 
     acc_gen, acc_real = accuracy(dream, target), accuracy(real, target, ok)
+    chance = chance_level(roll.actions.reshape(-1, A))
+    problem = judge_problem(acc_real, chance, note)
     summary = {
         "generated": acc_gen, "real": acc_real,
-        "ratio": acc_gen / acc_real if acc_real else 0.0, "idm": note,
-        "idm_real_accuracy": acc_real, "chance": chance_level(roll.actions.reshape(-1, A)),
+        "ratio": acc_gen / acc_real if problem is None and acc_gen is not None else None, "idm": note,
+        "idm_real_accuracy": acc_real, "chance": chance, "judge_needs": judge_needs(chance),
+        "available": problem is None, "unavailable_because": problem,
         "generated_by_step": [accuracy(dream[:, k], target[:, k]) for k in range(H)],
         "real_by_step": [accuracy(real[:, k], target[:, k], ok[:, k]) for k in range(H)],
     }
@@ -143,7 +173,8 @@ def action_following(idm: Any, note: str, roll: Rollouts, n_buttons: int,
 
         gen_e, real_e = share(same_dream, known), share(same_real, known & ok)
         summary.update({"generated_by_effect": gen_e, "real_by_effect": real_e,
-                        "ratio_by_effect": gen_e / real_e if gen_e is not None and real_e else None,
+                        "ratio_by_effect": (gen_e / real_e if problem is None and gen_e is not None and real_e
+                                            else None),
                         "by_effect_steps": float(known.float().mean())})
         for bk, sl in zip(buckets, slices):
             bk["idm_accuracy_dream_by_effect"] = share(same_dream[:, sl], known[:, sl])

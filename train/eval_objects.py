@@ -7,6 +7,9 @@ of a long rollout, their ratio, and for the avatar the share of rollouts that en
 gem of three or by a dimmed avatar, so eval also reports each probe's area (matched pixels per frame, at 64x64), real
 and dream, per bucket: a dream that shows one gem where the game shows three has a third of the area. And it counts
 them (separate groups of matched pixels, `count_real`, `count_dream`): two avatars pass "visible" and double the area.
+Where both show an object, `position_error_px` is the median distance between the dream's and the real one per
+bucket (a paddle a few pixels off); `area_lost_real` / `area_lost_dream` is how much of its area went between the
+first and the last frames of a rollout (bricks that break, gems that are taken).
 
 Control (games with an avatar probe; train.control): from real starts, hold each direction for N frames in the real
 game and on forks of dreams primed from the same frames (one batch), and compare how far the avatar moved; then the
@@ -46,15 +49,31 @@ def areas(probe: Any, frames: np.ndarray) -> np.ndarray:
     return pixel_counts(probe, frames) * area_scale(frames)
 
 
-def mask_counts(probe: Any, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(R, H, h, w, 3) uint8 -> the probe's matched pixels (R, H) and the separate objects it sees (R, H) per frame
-    (Probe.blobs), from one mask per frame, one rollout at a time."""
+def mask_counts(probe: Any, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(R, H, h, w, 3) uint8 -> the probe's matched pixels (R, H), the separate objects it sees (R, H) and the centroid
+    of its matched pixels (R, H, 2) as (x, y) in 64x64 pixels (NaN where nothing matched) per frame (Probe.blobs,
+    Probe.centroid), from one mask per frame, one rollout at a time."""
     from train.probes import blob_counts
 
-    need = probe.min_pixels_at(*frames.shape[-3:-1])
-    masks = (probe.mask(f) for f in frames)                                    # (H, h, w) each
-    pixels, objects = zip(*((m.sum(axis=(-2, -1)), blob_counts(m, need)) for m in masks))
-    return np.stack(pixels), np.stack(objects)
+    h, w = frames.shape[-3:-1]
+    need = probe.min_pixels_at(h, w)
+    px, py = (np.arange(w) + 0.5) * 64 / w, (np.arange(h) + 0.5) * 64 / h
+
+    def measure(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:   # m: (H, h, w) bool
+        n = m.sum(axis=(-2, -1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            c = np.stack([(m.sum(axis=-2) * px).sum(-1) / n, (m.sum(axis=-1) * py).sum(-1) / n], axis=-1)
+        return n, blob_counts(m, need), c
+
+    pixels, objects, centres = zip(*(measure(probe.mask(f)) for f in frames))
+    return np.stack(pixels), np.stack(objects), np.stack(centres)
+
+
+def position_error(c_dream: np.ndarray, c_real: np.ndarray, both: np.ndarray) -> float | None:
+    """Median distance (64x64 px) between the dream's and the real object's centroids over frames where both show
+    it; None where there is no such frame."""
+    d = np.linalg.norm(c_dream - c_real, axis=-1)[both]
+    return float(np.median(d)) if d.size else None
 
 
 def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice]) -> dict[str, dict]:
@@ -67,8 +86,8 @@ def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice
     for name, probe in probes.items():
         # one mask per frame serves every measure: visible is "at least min_pixels matched", area the matched pixels,
         # count the separate groups of them
-        count_dream, n_dream = mask_counts(probe, roll.dream)                 # (R, H) each
-        count_real, n_real = mask_counts(probe, roll.real)
+        count_dream, n_dream, c_dream = mask_counts(probe, roll.dream)      # (R, H), (R, H), (R, H, 2)
+        count_real, n_real, c_real = mask_counts(probe, roll.real)
         need = probe.min_pixels_at(*roll.dream.shape[-3:-1])
         dream = count_dream >= need
         real = (count_real >= need) & roll.real_ok
@@ -94,6 +113,17 @@ def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice
             "count_dream": [masked_mean(n_dream[:, sl]) for sl in slices],
             "count_ratio": dream_n / real_n if real_n else None,
             "more_than_real": masked_mean(n_dream > n_real, roll.real_ok),
+        })
+        # where: the median distance between the dream's object and the real one (a paddle a few pixels off), and
+        # how much of it went between the first and the last frames (bricks that break, gems that are taken)
+        both = dream & real
+        end = slice(max(0, roll.horizon - END_FRAMES), roll.horizon)
+        seen = roll.real_ok[:, :END_FRAMES].all(axis=1) & roll.real_ok[:, end].all(axis=1)
+        lost_real = area_real[:, :END_FRAMES].mean(axis=1) - area_real[:, end].mean(axis=1)
+        lost_dream = area_dream[:, :END_FRAMES].mean(axis=1) - area_dream[:, end].mean(axis=1)
+        entry.update({
+            "position_error_px": [position_error(c_dream[:, sl], c_real[:, sl], both[:, sl]) for sl in slices],
+            "area_lost_real": masked_mean(lost_real, seen), "area_lost_dream": masked_mean(lost_dream, seen),
         })
         if name == AVATAR:
             end = slice(max(0, roll.horizon - END_FRAMES), roll.horizon)

@@ -5,6 +5,9 @@ episode's recorded actions, then (past the end of the recording) an agent's, bes
 actions where it can be replayed (train.eval_long). Metrics, against the real frames where there are some:
   psnr, ssim        per horizon step 1..H, mean over rollouts (SSIM: Wang et al. 2004, 11x11 Gaussian window)
   ae_psnr           autoencoder reconstruction PSNR of the real frames (the ceiling of the above)
+  ae_small_objects  the reconstruction where the frame changed from the one before (PSNR and recall of those pixels,
+                    where a ball or a cursor is), and per probe the share of real frames showing the object whose
+                    reconstruction shows it too: a model cannot dream what its autoencoder erases
   action_following  an inverse-dynamics model reading the actions back from dream vs real frame pairs, beside its
                     accuracy on real frames and the chance level (train.eval_idm)
   fd_floor          Fréchet distance of autoencoder latents, real vs real (train.frechet)
@@ -103,6 +106,34 @@ def _ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
+def ae_small_objects(ae: Autoencoder, roll: Any, probes: dict[str, Any], device: torch.device | str) -> dict:
+    """The autoencoder on what small moving things need, from up to AE_FRAMES consecutive real frame pairs of the
+    rollouts: `changed_psnr`, `changed_recall`, `changed_share` (engine.autoencoder.small_object_metrics) and, per
+    probe, `objects.<name>.visible_real_frames` (frames of the pairs showing it) and `.visible_recon` (the share of
+    those whose reconstruction shows it too; None where no real frame shows it)."""
+    from engine.autoencoder import small_object_metrics
+
+    ok = roll.real_ok[:, 1:] & roll.real_ok[:, :-1]                                    # (R, H - 1)
+    pairs = np.argwhere(ok)
+    pairs = pairs[evenly_spaced(len(pairs), AE_FRAMES)] if len(pairs) else pairs
+    out: dict[str, Any] = {"pairs": len(pairs), "changed_psnr": None, "changed_recall": None, "changed_share": None,
+                           "objects": {}}
+    if not len(pairs):
+        return out
+    r, t = pairs.T
+    after, before = roll.real[r, t + 1], roll.real[r, t]                               # (n, h, w, 3)
+    recon = reconstruct(ae, after, device)
+    m = small_object_metrics(frames_to_tensor(torch.from_numpy(recon)), frames_to_tensor(torch.from_numpy(after)),
+                             frames_to_tensor(torch.from_numpy(before)))
+    out.update({k: (None if math.isnan(float(v)) else float(v)) for k, v in m.items()})
+    for name, probe in probes.items():
+        seen = np.asarray(probe.visible(after), bool)
+        kept = np.asarray(probe.visible(recon), bool) & seen
+        out["objects"][name] = {"visible_real_frames": int(seen.sum()),
+                                "visible_recon": float(kept.sum() / seen.sum()) if seen.any() else None}
+    return out
+
+
 def reconstruct(ae: Autoencoder, frames: np.ndarray, device: torch.device | str) -> np.ndarray:
     """(N, H, W, 3) uint8 -> the autoencoder's reconstruction, (N, H, W, 3) uint8, whatever dtypes its encoder and
     decoder are in (the session casts the decoder to bfloat16 on CUDA)."""
@@ -242,6 +273,7 @@ def evaluate(args: argparse.Namespace) -> int:
     real_frames = roll.real[ok]                                                        # (n, h, w, 3)
     ceiling = real_frames[evenly_spaced(len(real_frames), AE_FRAMES)]
     ae_psnr = float(psnr(reconstruct(sess.ae, ceiling, device), ceiling).mean())
+    ae_small = ae_small_objects(sess.ae, roll, probes, device)
 
     # action following, drift (Fréchet distance), objects and control
     idm, idm_note = load_or_train_idm(args, ckpt, src)
@@ -268,7 +300,8 @@ def evaluate(args: argparse.Namespace) -> int:
             **fd_buckets[i], **idm_buckets[i],
             "objects": {k: {"visible_real": o["visible_real_buckets"][i], "visible_dream": o["visible_dream"][i],
                             "area_real": o["area_real"][i], "area_dream": o["area_dream"][i],
-                            "count_real": o["count_real"][i], "count_dream": o["count_dream"][i]}
+                            "count_real": o["count_real"][i], "count_dream": o["count_dream"][i],
+                            "position_error_px": o["position_error_px"][i]}
                         for k, o in objects.items()},
         })
     replayed = roll.replay_notes.get("replayed", 0)
@@ -278,6 +311,7 @@ def evaluate(args: argparse.Namespace) -> int:
         "ssim": [masked_mean(s[:, k], ok[:, k]) for k in range(H)],
         "psnr_step1": masked_mean(p[:, 0], ok[:, 0]), "psnr_mean": masked_mean(p, ok), "ssim_mean": masked_mean(s, ok),
         "ae_psnr": ae_psnr,
+        "ae_small_objects": ae_small,
         "action_following": following,
         "fd_floor": fd_floor,
         "horizon_buckets": horizon_buckets,
@@ -308,9 +342,11 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.write_model:
         _write_model(args, ckpt, sess, result)
     af = result["action_following"]
+    if not af["available"]:
+        print(f"reverie eval: action following unavailable: {af['unavailable_because']}", file=sys.stderr)
     print(f"psnr step 1 {result['psnr_step1']:.2f} dB, mean over {H} {_num(result['psnr_mean'], '.2f')} dB, "
           f"ssim {_num(result['ssim_mean'], '.3f')}, ae {ae_psnr:.2f} dB, action following {af['generated']:.3f} vs "
-          f"real {_num(af['real'], '.3f')} (ratio {af['ratio']:.2f}, chance {af['chance']:.3f}"
+          f"real {_num(af['real'], '.3f')} (ratio {_num(af['ratio'], '.2f')}, chance {af['chance']:.3f}"
           + (f"; by effect {_num(af['generated_by_effect'], '.3f')} vs {_num(af['real_by_effect'], '.3f')}, ratio "
              f"{_num(af['ratio_by_effect'], '.2f')}" if "ratio_by_effect" in af else "")
           + f"), fd floor "

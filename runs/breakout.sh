@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# A Breakout world model on a 2-core CPU, about two hours: record, autoencoder, inverse-dynamics model, world model,
+# eval (how the shipped engine/assets/breakout.safetensors was made; `reverie play --model breakout` plays it).
+#
+#   bash runs/breakout.sh [WORKDIR]
+#
+# Data: ale:Breakout played by the scripted Breakout agent (it serves, tracks the ball from the console's RAM with an
+# aim point that changes every rally, takes random detours and now and then gives up a rally, so the data shows the
+# ball in flight, bricks breaking, the score counting and lives lost) plus random play; held-out episodes recorded
+# with seeds never trained on.
+#
+# The autoencoder weighs the pixels that changed from the previous frame (--change-weight): Breakout's ball is 2x4
+# pixels of a 210x160 frame, blended into one or two dim pixels at 64x64, and an autoencoder trained on a plain
+# loss erases it (README: "Breakout"). WM_MINUTES sets the world model's time budget.
+set -euo pipefail
+W=${1:-runs/breakout_cpu}
+AE_CHANGE_WEIGHT=${AE_CHANGE_WEIGHT:-16}
+WM_MINUTES=${WM_MINUTES:-75}
+STEPS=${STEPS:-1}
+GUIDANCE=${GUIDANCE:-1.5}
+mkdir -p "$W"
+t0=$(date +%s)
+log() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
+
+log "record: 60 scripted + 20 random episodes of 500 steps (train), 8 scripted (held out)"
+reverie record --env ale:Breakout --agent scripted --episodes 60 --steps 500 --size 64 --out "$W/data/train" \
+  --seed 0 --workers 2 --no-progress --overwrite
+reverie record --env ale:Breakout --agent random --episodes 20 --steps 500 --size 64 --out "$W/data/train" \
+  --seed 1000 --workers 2 --no-progress --overwrite
+reverie record --env ale:Breakout --agent scripted --episodes 8 --steps 500 --size 64 --out "$W/data/heldout" \
+  --seed 500000 --workers 2 --no-progress --overwrite
+
+log "train ae (32x32 crops, changed pixels weighted) and idm, one thread each"
+reverie train idm --data "$W/data/train" --out "$W/idm" --steps 1000 --batch 64 --lr 1e-3 --threads 1 \
+  --log-every 50 --save-every 250 > "$W/idm.log" 2>&1 &
+idm_pid=$!
+reverie train ae --data "$W/data/train" --out "$W/ae" --preset tiny --crop 32 --steps 3000 --batch 32 --lr 1e-3 \
+  --threads 1 --log-every 50 --save-every 500 --change-weight "$AE_CHANGE_WEIGHT"
+wait $idm_pid
+tail -n 1 "$W/idm.log"
+
+log "train wm: data-parallel over the 2 cores (2 processes x 1 thread, gloo), batch 8 per rank"
+OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 -m reverie_cli train wm --data "$W/data/train" \
+  --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" --out "$W/wm" --preset tiny --steps 20000 --batch 16 \
+  --lr 5e-4 --time-limit $((WM_MINUTES * 60)) --threads 1 --log-every 50 --save-every 250 --sample-every 1000 --half \
+  --backbone-actions off --change-weight 1
+
+log "eval: 100-frame dreams on the held-out episodes (written into the model as its run-time defaults)"
+reverie eval --model "$W/wm/model.safetensors" --data "$W/data/heldout" --horizon 100 --steps "$STEPS" \
+  --guidance "$GUIDANCE" --threads 2 --json "$W/eval.json" --write-model "$W/breakout.safetensors" --half
+log "done: $W/breakout.safetensors (cp it to engine/assets/breakout.safetensors to ship it)"

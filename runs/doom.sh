@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# A Doom world model (vizdoom:basic) on a 2-core CPU, about two hours: record, autoencoder, inverse-dynamics model,
+# world model, eval.
+#
+#   bash runs/doom.sh [WORKDIR]
+#
+# vizdoom:basic: one room, a monster on the far wall, buttons move_left / move_right / attack; an episode ends when
+# the monster dies or after 300 tics (about 150 frames at frame skip 2). The random agent holds each button set for
+# 2-10 frames, which strafes, shoots and kills the monster often enough that the data shows the shot, the monster's
+# death and the next episode's start. Doom has no object probes in Reverie: eval reports PSNR, the drift measure (the
+# Fréchet distance of latents per time bucket against its real-vs-real floor) and action following.
+#
+# Not yet run end to end on the project's machines (the sessions' CPU time went to the Breakout model); a one-minute
+# smoke of every stage runs with SMOKE=1.
+set -euo pipefail
+W=${1:-runs/doom_cpu}
+SMOKE=${SMOKE:-0}
+AE_CHANGE_WEIGHT=${AE_CHANGE_WEIGHT:-4}
+WM_MINUTES=${WM_MINUTES:-75}
+if [ "$SMOKE" = 1 ]; then EPISODES=4; HELD=2; AE_STEPS=5; IDM_STEPS=5; WM_STEPS=5; HORIZON=4; WORKERS=1
+else EPISODES=300; HELD=16; AE_STEPS=3000; IDM_STEPS=1000; WM_STEPS=20000; HORIZON=50; WORKERS=2; fi
+mkdir -p "$W"
+t0=$(date +%s)
+log() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
+
+log "record: $EPISODES random-agent episodes (train), $HELD held out"
+reverie record --env vizdoom:basic --agent random --episodes "$EPISODES" --steps 300 --size 64 --out "$W/data/train" \
+  --seed 0 --workers "$WORKERS" --no-progress --overwrite
+reverie record --env vizdoom:basic --agent random --episodes "$HELD" --steps 300 --size 64 --out "$W/data/heldout" \
+  --seed 700000 --workers "$WORKERS" --no-progress --overwrite
+
+log "train ae (32x32 crops, changed pixels weighted) and idm, one thread each"
+reverie train idm --data "$W/data/train" --out "$W/idm" --steps "$IDM_STEPS" --batch 64 --lr 1e-3 --threads 1 \
+  --log-every 50 --save-every 250 > "$W/idm.log" 2>&1 &
+idm_pid=$!
+reverie train ae --data "$W/data/train" --out "$W/ae" --preset tiny --crop 32 --steps "$AE_STEPS" --batch 32 \
+  --lr 1e-3 --threads 1 --log-every 50 --save-every 500 --change-weight "$AE_CHANGE_WEIGHT"
+wait $idm_pid
+tail -n 1 "$W/idm.log"
+
+log "train wm: data-parallel over the 2 cores (2 processes x 1 thread, gloo), batch 8 per rank"
+OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 -m reverie_cli train wm --data "$W/data/train" \
+  --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" --out "$W/wm" --preset tiny --steps "$WM_STEPS" \
+  --batch 16 --lr 5e-4 --time-limit $((WM_MINUTES * 60)) --threads 1 --log-every 50 --save-every 250 \
+  --sample-every 1000 --half --backbone-actions off --change-weight 1
+
+log "eval: $HORIZON-frame dreams on the held-out episodes"
+reverie eval --model "$W/wm/model.safetensors" --data "$W/data/heldout" --horizon "$HORIZON" --steps 1 \
+  --guidance 1.5 --threads 2 --json "$W/eval.json" --write-model "$W/doom.safetensors" --half
+log "done: $W/doom.safetensors; play it with: reverie play --model $W/doom.safetensors"
