@@ -61,6 +61,8 @@ class AutoencoderConfig:
             raise ConfigError(f"autoencoder: frame {self.height}x{self.width} is not divisible by f={self.factor}")
         if not 1 <= self.latent_channels <= 64:
             raise ConfigError(f"autoencoder: latent_channels={self.latent_channels} out of range 1..64")
+        if not 0.0 <= self.decoder_noise <= 10.0:
+            raise ConfigError(f"autoencoder: decoder_noise={self.decoder_noise} must be in [0, 10]")
         if not 0.0 <= self.change_weight <= 1000.0:
             raise ConfigError(f"autoencoder: change_weight={self.change_weight} must be in [0, 1000]")
 

@@ -212,3 +212,17 @@ def test_breakout_paddle_bricks_and_ball():
     c = p["ball"].centroid(fr[in_play & seen])
     expected = np.stack([(left + 1) * 64 / 160, (top + 2) * 64 / 210], axis=-1)[in_play & seen]
     assert np.abs(c - expected).max() <= 1.5
+
+
+def test_breakout_ball_is_not_decoder_noise():
+    """A reconstruction without the ball has dark, faintly warm noise at the wall edges; the ball probe once took it
+    for the ball in every reconstructed frame. The dim ball blends it must still find."""
+    ball = probes_for("ale:Breakout")["ball"]
+    frame = np.zeros((64, 64, 3), np.uint8)
+    frame[53:57, 3] = frame[53:57, 60] = (37, 26, 20)           # decoder noise beside the side walls
+    frame[40, 30] = (38, 35, 40)
+    assert not ball.visible(frame)
+    for blend in ((111, 40, 40), (160, 58, 58), (68, 43, 43), (70, 25, 25)):   # measured ball pixels at 64x64
+        f = frame.copy()
+        f[45, 20] = blend
+        assert ball.visible(f), blend

@@ -26,6 +26,10 @@ def add_flags(p: argparse.ArgumentParser) -> None:
                    help="extra loss weight on the pixels that changed from the previous frame, where small moving "
                         "things (a ball, a cursor) are: each such pixel weighs 1 + this (default: the preset's, 0). "
                         "Try 8-32 for games with tiny moving objects; the run logs changed_recall either way")
+    p.add_argument("--decoder-noise", type=float, default=None,
+                   help="max std of the noise added to latents while training the decoder, relative to their std "
+                        "(default: the preset's, 0.25): it makes the decoder robust to a world model's imperfect "
+                        "latents, and also teaches it to ignore the faint latent trace of a tiny object")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = ModelConfig.from_name(args.preset, action_dim=src.spec.size)
     if args.change_weight is not None:
         cfg.autoencoder.change_weight = args.change_weight
-        cfg.autoencoder.validate()
+    if args.decoder_noise is not None:
+        cfg.autoencoder.decoder_noise = args.decoder_noise
+    cfg.autoencoder.validate()
     H, W = cfg.autoencoder.height, cfg.autoencoder.width
     if tuple(src.frame_shape) != (H, W, 3):
         raise TrainingError(f"--data {args.data}: frames are {src.frame_shape}, preset {args.preset!r} expects "
