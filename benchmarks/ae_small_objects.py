@@ -1,6 +1,7 @@
 """Compare autoencoders on what small moving things need: plain PSNR, PSNR and recall over the pixels that changed
 from the previous frame, and per object probe the share of real frames showing the object whose reconstruction shows
-it too (the Breakout ball: a model cannot dream what its autoencoder erases).
+it too where it is (the Breakout ball: a model cannot dream what its autoencoder erases), and how often the
+reconstruction shows one where the frame has none (decoder speckle).
 
     python benchmarks/ae_small_objects.py --data HELDOUT --ae run_a/ae.safetensors run_b/ae.safetensors \
         --json benchmarks/results/ae_small_objects.json
@@ -12,19 +13,18 @@ one line per autoencoder.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from engine.autoencoder import Autoencoder, frames_to_tensor, small_object_metrics
+from engine.autoencoder import Autoencoder
 from engine.checkpoint import load_checkpoint, load_into
 from engine.output import write_json
 from train.data import EpisodeSource
 from train.eval_long import evenly_spaced
-from train.evaluate import reconstruct
+from train.evaluate import autoencoder_on_pairs, reconstruct
 from train.probes import probes_for
 from train.rollout import psnr
 
@@ -39,20 +39,6 @@ def pairs_of(src: EpisodeSource, limit: int) -> tuple[np.ndarray, np.ndarray]:
     b, a = np.concatenate(before), np.concatenate(after)
     keep = evenly_spaced(len(a), limit)
     return b[keep], a[keep]
-
-
-def score(ae: Autoencoder, before: np.ndarray, after: np.ndarray, probes: dict) -> dict:
-    recon = reconstruct(ae, after, "cpu")
-    m = small_object_metrics(frames_to_tensor(torch.from_numpy(recon)), frames_to_tensor(torch.from_numpy(after)),
-                             frames_to_tensor(torch.from_numpy(before)))
-    out = {"psnr": float(psnr(recon, after).mean()), "pairs": len(after),
-           **{k: (None if math.isnan(float(v)) else float(v)) for k, v in m.items()}, "objects": {}}
-    for name, probe in probes.items():
-        seen = np.asarray(probe.visible(after), bool)
-        kept = np.asarray(probe.visible(recon), bool) & seen
-        out["objects"][name] = {"visible_real_frames": int(seen.sum()),
-                                "visible_recon": float(kept.sum() / seen.sum()) if seen.any() else None}
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,11 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = load_checkpoint(path)
         ae = load_into(Autoencoder(ckpt.config.autoencoder), ckpt, "ae").eval()
         with torch.no_grad():
-            r = score(ae, before, after, probes)
+            r = autoencoder_on_pairs(ae, before, after, probes, "cpu")
+        r["psnr"] = float(psnr(reconstruct(ae, after, "cpu"), after).mean())
         r["change_weight"] = ckpt.config.autoencoder.change_weight
         results[str(path)] = r
-        objs = ", ".join(f"{k} {v['visible_recon']:.3f}" for k, v in r["objects"].items()
-                         if v["visible_recon"] is not None)
+        objs = ", ".join(f"{k} {v['kept_recon']:.3f} (anywhere {v['visible_recon']:.3f}, without it "
+                         f"{v['false_recon'] if v['false_recon'] is not None else float('nan'):.3f})"
+                         for k, v in r["objects"].items() if v["kept_recon"] is not None)
         print(f"{path}: psnr {r['psnr']:.2f} dB, changed pixels {r['changed_psnr']:.2f} dB, recall "
               f"{r['changed_recall']:.3f}; kept in the reconstruction: {objs}")
     write_json(a.json, {"data": str(a.data), "env_id": env_id, "autoencoders": results})

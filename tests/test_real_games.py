@@ -3,6 +3,8 @@ change-weighted loss see a 1-pixel ball, and eval refuses an action judge that r
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -131,3 +133,27 @@ def test_breakout_agent_is_deterministic_and_refuses_other_games():
     with pytest.raises(ValueError, match="scripted agent plays builtin:gems and ale:Breakout"):
         make_agent("scripted", pong)
     pong.close()
+
+
+def test_kept_means_where_the_object_is():
+    from train.eval_objects import near
+
+    real = np.zeros((3, 16, 16), bool)
+    real[:, 8, 8] = True                                          # the ball
+    recon = np.zeros_like(real)
+    recon[0, 9, 10] = True                                        # 2 px away: kept
+    recon[1, 8, 12] = True                                        # 4 px away: speckle, not the ball
+    assert near(recon, real, 2).tolist() == [True, False, False]
+    assert near(recon, real, 4).tolist() == [True, True, False]
+
+
+def test_shipped_models_load_by_name(tmp_path, monkeypatch):
+    from engine.checkpoint import CheckpointError, load_checkpoint, resolve_model, shipped_models
+
+    assert "default" in shipped_models()
+    assert load_checkpoint("default").path == resolve_model("default")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default").write_text("a local file of that name wins")
+    assert resolve_model("default") == Path("default")
+    with pytest.raises(CheckpointError, match="shipped model's name: .*default"):
+        load_checkpoint("no_such_model")

@@ -69,6 +69,17 @@ def mask_counts(probe: Any, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return np.stack(pixels), np.stack(objects), np.stack(centres)
 
 
+def near(a: np.ndarray, b: np.ndarray, radius: int) -> np.ndarray:
+    """(...,) bool: whether mask `a` (..., h, w) has a pixel within `radius` (Chebyshev) of a pixel of mask `b`."""
+    grown = np.zeros_like(b)
+    h, w = b.shape[-2:]
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            grown[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] |= \
+                b[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return (a & grown).any(axis=(-2, -1))
+
+
 def position_error(c_dream: np.ndarray, c_real: np.ndarray, both: np.ndarray) -> float | None:
     """Median distance (64x64 px) between the dream's and the real object's centroids over frames where both show
     it; None where there is no such frame."""

@@ -69,6 +69,7 @@ __all__ = ["EvalError", "evaluate", "main", "module_dtype", "reconstruct", "ssim
 
 RECON_CHUNK = 256           # frames through the autoencoder at a time for its reconstruction ceiling
 AE_FRAMES = 1024            # real frames (evenly spaced) whose reconstruction gives the ceiling
+KEPT_RADIUS = 2             # px (at the frame's size): a reconstructed object this close to the real one is kept
 SSIM_CHUNK = 256            # frame pairs through SSIM at a time
 MAX_FRAMES_GB = 8.0         # dream + real frames kept in memory for the metrics
 
@@ -107,30 +108,43 @@ def _ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def ae_small_objects(ae: Autoencoder, roll: Any, probes: dict[str, Any], device: torch.device | str) -> dict:
-    """The autoencoder on what small moving things need, from up to AE_FRAMES consecutive real frame pairs of the
-    rollouts: `changed_psnr`, `changed_recall`, `changed_share` (engine.autoencoder.small_object_metrics) and, per
-    probe, `objects.<name>.visible_real_frames` (frames of the pairs showing it) and `.visible_recon` (the share of
-    those whose reconstruction shows it too; None where no real frame shows it)."""
-    from engine.autoencoder import small_object_metrics
-
+    """The autoencoder on what small moving things need (`autoencoder_on_pairs`), from up to AE_FRAMES consecutive
+    real frame pairs of the rollouts."""
     ok = roll.real_ok[:, 1:] & roll.real_ok[:, :-1]                                    # (R, H - 1)
     pairs = np.argwhere(ok)
     pairs = pairs[evenly_spaced(len(pairs), AE_FRAMES)] if len(pairs) else pairs
-    out: dict[str, Any] = {"pairs": len(pairs), "changed_psnr": None, "changed_recall": None, "changed_share": None,
+    r, t = pairs.T if len(pairs) else (np.zeros(0, int), np.zeros(0, int))
+    return autoencoder_on_pairs(ae, roll.real[r, t], roll.real[r, t + 1], probes, device)
+
+
+def autoencoder_on_pairs(ae: Autoencoder, before: np.ndarray, after: np.ndarray, probes: dict[str, Any],
+                         device: torch.device | str) -> dict:
+    """How the autoencoder reconstructs the frames `after` (n, h, w, 3) uint8 where they changed from `before`:
+    `changed_psnr`, `changed_recall`, `changed_share` (engine.autoencoder.small_object_metrics), and per probe
+    `objects.<name>`: `visible_real_frames` (frames showing it), `visible_recon` (the share of those whose
+    reconstruction shows it anywhere), `kept_recon` (... shows it within KEPT_RADIUS px of where it is: what
+    counts, since a decoder's speckle can pass for a ball) and `false_recon` (the share of frames without it whose
+    reconstruction shows it); None where there are no such frames."""
+    from engine.autoencoder import small_object_metrics
+    from train.eval_objects import near
+
+    out: dict[str, Any] = {"pairs": len(after), "changed_psnr": None, "changed_recall": None, "changed_share": None,
                            "objects": {}}
-    if not len(pairs):
+    if not len(after):
         return out
-    r, t = pairs.T
-    after, before = roll.real[r, t + 1], roll.real[r, t]                               # (n, h, w, 3)
     recon = reconstruct(ae, after, device)
     m = small_object_metrics(frames_to_tensor(torch.from_numpy(recon)), frames_to_tensor(torch.from_numpy(after)),
                              frames_to_tensor(torch.from_numpy(before)))
     out.update({k: (None if math.isnan(float(v)) else float(v)) for k, v in m.items()})
     for name, probe in probes.items():
-        seen = np.asarray(probe.visible(after), bool)
-        kept = np.asarray(probe.visible(recon), bool) & seen
-        out["objects"][name] = {"visible_real_frames": int(seen.sum()),
-                                "visible_recon": float(kept.sum() / seen.sum()) if seen.any() else None}
+        seen, shown = np.asarray(probe.visible(after), bool), np.asarray(probe.visible(recon), bool)
+        kept = shown & near(probe.mask(recon), probe.mask(after), KEPT_RADIUS)
+
+        def share(x: np.ndarray, where: np.ndarray) -> float | None:
+            return float(x[where].mean()) if where.any() else None
+
+        out["objects"][name] = {"visible_real_frames": int(seen.sum()), "visible_recon": share(shown, seen),
+                                "kept_recon": share(kept, seen), "false_recon": share(shown, ~seen)}
     return out
 
 
