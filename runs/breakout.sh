@@ -11,11 +11,12 @@
 #
 # The autoencoder weighs the pixels that changed from the previous frame (--change-weight): Breakout's ball is 2x4
 # pixels of a 210x160 frame, blended into one or two dim pixels at 64x64, and an autoencoder trained on a plain
-# loss erases it (README: "Breakout"). WM_MINUTES sets the world model's time budget.
+# loss erases it: at change weight 0 and 16 it kept the ball in 0% and 3% of held-out frames, at 256 in 81% (README:
+# "Breakout"). WM_MINUTES sets the world model's time budget.
 set -euo pipefail
 W=${1:-runs/breakout_cpu}
-AE_CHANGE_WEIGHT=${AE_CHANGE_WEIGHT:-16}
-WM_MINUTES=${WM_MINUTES:-75}
+AE_CHANGE_WEIGHT=${AE_CHANGE_WEIGHT:-256}
+WM_MINUTES=${WM_MINUTES:-65}
 STEPS=${STEPS:-1}
 GUIDANCE=${GUIDANCE:-1.5}
 mkdir -p "$W"
@@ -34,7 +35,7 @@ log "train ae (32x32 crops, changed pixels weighted) and idm, one thread each"
 reverie train idm --data "$W/data/train" --out "$W/idm" --steps 1000 --batch 64 --lr 1e-3 --threads 1 \
   --log-every 50 --save-every 250 > "$W/idm.log" 2>&1 &
 idm_pid=$!
-reverie train ae --data "$W/data/train" --out "$W/ae" --preset tiny --crop 32 --steps 3000 --batch 32 --lr 1e-3 \
+reverie train ae --data "$W/data/train" --out "$W/ae" --preset tiny --crop 32 --steps 2000 --batch 32 --lr 1e-3 \
   --threads 1 --log-every 50 --save-every 500 --change-weight "$AE_CHANGE_WEIGHT"
 wait $idm_pid
 tail -n 1 "$W/idm.log"
