@@ -157,3 +157,17 @@ def test_shipped_models_load_by_name(tmp_path, monkeypatch):
     assert resolve_model("default") == Path("default")
     with pytest.raises(CheckpointError, match="shipped model's name: .*default"):
         load_checkpoint("no_such_model")
+
+
+def test_the_shipped_breakout_model_plays():
+    from engine.checkpoint import load_checkpoint
+    from engine.session import Session
+
+    ckpt = load_checkpoint("breakout")
+    assert ckpt.action_spec.game == "ale:Breakout" and set(ckpt.action_spec.buttons) == {"fire", "right", "left"}
+    assert ckpt.has("idm") and ckpt.start_state() is not None          # eval's judge and play's first frames
+    session = Session(ckpt, backend="torch", device="cpu", threads=1)
+    first = session.reset()
+    frames = [session.step(["fire"] if t == 0 else ["left"]) for t in range(4)]
+    assert first.shape == frames[-1].shape == (64, 64, 3)
+    assert session.steps == 1 and session.guidance == 1.5             # the evaluated settings are its defaults
