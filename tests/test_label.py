@@ -12,6 +12,8 @@ import msgpack
 import numpy as np
 import pytest
 import torch
+from test_episodes import SPEC
+from test_episodes import make_data as episode_data
 
 import reverie_cli
 from engine.actions import ActionSpec
@@ -20,7 +22,6 @@ from engine.config import ModelConfig
 from train.data import EpisodeSource, pick_windows
 from train.episodes import MAGIC, PREFIX, TRAILER, Episode, EpisodeError, EpisodeWriter
 
-SPEC = ActionSpec(game="test:fake", buttons=("up", "fire"), axes=("dx",))
 GEMS = "builtin:gems"
 SIZE = 32                   # 32x32 frames: the IDM trains 4x faster than at 64 and still reads the moves
 IDM_STEPS = 450             # batch 32, lr 2e-3: ~30 s on one thread; 0.75-0.8 exact-key accuracy (3 seeds)
@@ -30,13 +31,10 @@ MIN_PER_BUTTON = 0.8
 
 
 def make_data(n_actions: int, shape=(6, 5, 3), spec: ActionSpec = SPEC, seed: int = 0):
-    """Random frames (n + 1, *shape), valid actions (n, A) and confidences (n,) in [0, 1]."""
-    rng = np.random.default_rng(seed)
-    frames = rng.integers(0, 256, (n_actions + 1, *shape), dtype=np.uint8)
-    actions = np.zeros((n_actions, spec.size), np.float32)
-    nb = len(spec.buttons)
-    actions[:, :nb] = rng.integers(0, 2, (n_actions, nb))
-    actions[:, nb:] = rng.uniform(-1, 1, (n_actions, spec.size - nb))
+    """test_episodes.make_data's random frames (n + 1, *shape) and valid actions (n, A), and confidences (n,) in
+    [0, 1]."""
+    frames, actions = episode_data(n_actions, shape, spec, seed)
+    rng = np.random.default_rng(seed + 1)
     return frames, actions, rng.uniform(0, 1, n_actions).astype(np.float32)
 
 

@@ -14,12 +14,7 @@ JSON line leaves its key out). Any other column or key is an error. Fields:
   name   the key or button, e.g. w, space, mouse_left (compared in lower case)
   dx dy  numbers, for `move` only
 
-  time,event,name,dx,dy                 {"time": 0.0, "event": "start"}
-  0.0,start,,,                          {"time": 0.5, "event": "down", "name": "space"}
-  0.5,down,space,,                      {"time": 0.75, "event": "up", "name": "space"}
-  0.75,up,space,,                       {"time": 0.8, "event": "move", "dx": 12, "dy": -3}
-  0.8,move,,12,-3                       {"time": 4.0, "event": "end"}
-  4.0,end,,,
+An example of both forms is in `reverie data import --help` (train/importer.py), a worked one in docs/IMPORT.md.
 
 HELD KEYS. A key is held from its `down` to its next `up` (or to the end of the log); a repeated `down` of a held
 key (key repeat) changes nothing; an `up` of a key that is not down is an error (add a `down` on the first line for
