@@ -17,7 +17,7 @@ set -euo pipefail
 W=${1:-runs/breakout_cpu}
 AE_CHANGE_WEIGHT=${AE_CHANGE_WEIGHT:-256}
 WM_MINUTES=${WM_MINUTES:-65}
-STEPS=${STEPS:-1}
+STEPS=${STEPS:-2}
 GUIDANCE=${GUIDANCE:-1.5}
 mkdir -p "$W"
 t0=$(date +%s)

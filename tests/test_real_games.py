@@ -170,4 +170,4 @@ def test_the_shipped_breakout_model_plays():
     first = session.reset()
     frames = [session.step(["fire"] if t == 0 else ["left"]) for t in range(4)]
     assert first.shape == frames[-1].shape == (64, 64, 3)
-    assert session.steps == 1 and session.guidance == 1.5             # the evaluated settings are its defaults
+    assert session.steps == 2 and session.guidance == 1.5             # the evaluated settings are its defaults
