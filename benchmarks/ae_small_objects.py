@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = load_checkpoint(path)
         ae = load_into(Autoencoder(ckpt.config.autoencoder), ckpt, "ae").eval()
         with torch.no_grad():
-            r = autoencoder_on_pairs(ae, before, after, probes, "cpu")
-        r["psnr"] = float(psnr(reconstruct(ae, after, "cpu"), after).mean())
+            recon = reconstruct(ae, after, "cpu")
+            r = autoencoder_on_pairs(ae, before, after, probes, "cpu", recon=recon)
+        r["psnr"] = float(psnr(recon, after).mean())
         r["change_weight"] = ckpt.config.autoencoder.change_weight
         results[str(path)] = r
         objs = ", ".join(f"{k} {v['kept_recon']:.3f} (anywhere {v['visible_recon']:.3f}, without it "

@@ -53,17 +53,14 @@ def mask_counts(probe: Any, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     """(R, H, h, w, 3) uint8 -> the probe's matched pixels (R, H), the separate objects it sees (R, H) and the centroid
     of its matched pixels (R, H, 2) as (x, y) in 64x64 pixels (NaN where nothing matched) per frame (Probe.blobs,
     Probe.centroid), from one mask per frame, one rollout at a time."""
-    from train.probes import blob_counts
+    from train.probes import blob_counts, mask_centroids
 
     h, w = frames.shape[-3:-1]
     need = probe.min_pixels_at(h, w)
-    px, py = (np.arange(w) + 0.5) * 64 / w, (np.arange(h) + 0.5) * 64 / h
+    to_64 = np.array([64 / w, 64 / h])
 
     def measure(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:   # m: (H, h, w) bool
-        n = m.sum(axis=(-2, -1))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            c = np.stack([(m.sum(axis=-2) * px).sum(-1) / n, (m.sum(axis=-1) * py).sum(-1) / n], axis=-1)
-        return n, blob_counts(m, need), c
+        return m.sum(axis=(-2, -1)), blob_counts(m, need), mask_centroids(m) * to_64
 
     pixels, objects, centres = zip(*(measure(probe.mask(f)) for f in frames))
     return np.stack(pixels), np.stack(objects), np.stack(centres)

@@ -112,13 +112,13 @@ def ae_small_objects(ae: Autoencoder, roll: Any, probes: dict[str, Any], device:
     real frame pairs of the rollouts."""
     ok = roll.real_ok[:, 1:] & roll.real_ok[:, :-1]                                    # (R, H - 1)
     pairs = np.argwhere(ok)
-    pairs = pairs[evenly_spaced(len(pairs), AE_FRAMES)] if len(pairs) else pairs
-    r, t = pairs.T if len(pairs) else (np.zeros(0, int), np.zeros(0, int))
+    pairs = pairs[evenly_spaced(len(pairs), AE_FRAMES)]
+    r, t = pairs.T
     return autoencoder_on_pairs(ae, roll.real[r, t], roll.real[r, t + 1], probes, device)
 
 
 def autoencoder_on_pairs(ae: Autoencoder, before: np.ndarray, after: np.ndarray, probes: dict[str, Any],
-                         device: torch.device | str) -> dict:
+                         device: torch.device | str, recon: np.ndarray | None = None) -> dict:
     """How the autoencoder reconstructs the frames `after` (n, h, w, 3) uint8 where they changed from `before`:
     `changed_psnr`, `changed_recall`, `changed_share` (engine.autoencoder.small_object_metrics), and per probe
     `objects.<name>`: `visible_real_frames` (frames showing it), `visible_recon` (the share of those whose
@@ -132,7 +132,7 @@ def autoencoder_on_pairs(ae: Autoencoder, before: np.ndarray, after: np.ndarray,
                            "objects": {}}
     if not len(after):
         return out
-    recon = reconstruct(ae, after, device)
+    recon = reconstruct(ae, after, device) if recon is None else recon   # `recon`: the caller's, already made
     m = small_object_metrics(frames_to_tensor(torch.from_numpy(recon)), frames_to_tensor(torch.from_numpy(after)),
                              frames_to_tensor(torch.from_numpy(before)))
     out.update({k: (None if math.isnan(float(v)) else float(v)) for k, v in m.items()})

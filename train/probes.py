@@ -123,13 +123,20 @@ class Probe:
         frames = _check_frames(frames, self.name)
         h, w = frames.shape[-3:-1]
         m = self.mask(frames)
-        n = m.sum(axis=(-2, -1))
-        xs = (m.sum(axis=-2) * (np.arange(w) + 0.5)).sum(axis=-1)
-        ys = (m.sum(axis=-1) * (np.arange(h) + 0.5)).sum(axis=-1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            c = np.stack([xs / n, ys / n], axis=-1).astype(np.float64)
-        c[~(n >= self.min_pixels_at(h, w))] = np.nan
+        c = mask_centroids(m)
+        c[~(m.sum(axis=(-2, -1)) >= self.min_pixels_at(h, w))] = np.nan
         return c
+
+
+def mask_centroids(mask: np.ndarray) -> np.ndarray:
+    """(..., h, w) bool -> (..., 2) float64 (x, y): the mean position of the set pixels, pixel i spanning [i, i + 1);
+    NaN where none is set."""
+    h, w = mask.shape[-2:]
+    n = mask.sum(axis=(-2, -1))
+    xs = (mask.sum(axis=-2) * (np.arange(w) + 0.5)).sum(axis=-1)
+    ys = (mask.sum(axis=-1) * (np.arange(h) + 0.5)).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.stack([xs / n, ys / n], axis=-1).astype(np.float64)
 
 
 def blob_counts(mask: np.ndarray, min_pixels: int) -> np.ndarray:
