@@ -2,7 +2,8 @@
 measure what that costs (builtin:gems).
 
     python benchmarks/label_fraction.py [--episodes 40] [--steps 500] [--fraction 0.1] [--idm-steps 600]
-        [--ae-steps 2000] [--wm-steps 3000] [--heldout 8] [--horizon 16] [--labels-only] [--work DIR] [--json OUT]
+        [--ae-steps 2000 | --ae FILE] [--wm-steps 3000] [--unsure-actions weight drop] [--heldout 8] [--horizon 16]
+        [--labels-only] [--jobs 2 --threads 1] [--work DIR] [--json OUT]
 
 1. Record --episodes episodes with the scripted agent (seeds 0..) and --heldout more (seeds 100000..) for eval.
 2. Keep the true actions of the first --fraction of them (at least one episode) and train an IDM on those alone
@@ -10,11 +11,12 @@ measure what that costs (builtin:gems).
    inputs writes them) and label them with 'reverie data label'.
 3. (a) Label accuracy against the true actions: the whole key set exactly and each button, beside the chance level
    (always answering the commonest key set) and the mean confidence of right and wrong labels.
-4. (b) Unless --labels-only: one autoencoder on every training frame (it reads no actions), then world models at the
-   same budget (--wm-steps, --wm-batch): on the relabeled data (the kept episodes with their own actions plus the
-   IDM-labeled rest) and on the fully labeled data (and, with --min-label-confidence X, on the relabeled data
-   trained with that threshold). Each is scored by 'reverie eval' on the held-out episodes; action following is
-   read by one judge IDM trained on the fully labeled data (--judge-steps), the same instrument for every model.
+4. (b) Unless --labels-only: one autoencoder on every training frame (it reads no actions; or --ae), then world
+   models at the same budget (--wm-steps, --wm-batch): on the relabeled data (the kept episodes with their own
+   actions plus the IDM-labeled rest) and on the fully labeled data (and, with --min-label-confidence X or
+   --unsure-actions MODE.., on the relabeled data trained with that threshold or mode). Each is scored by 'reverie
+   eval' on the held-out episodes; action following is read by one judge IDM trained on the fully labeled data
+   (--judge-steps), the same instrument for every model, and reported also as a share of the fully labeled model's.
 
 Every step leaves its output in --work and is skipped when run again with the same --work (a long run can be
 resumed; the training commands resume their own runs). Writes JSON (default benchmarks/results/label_fraction_<date>
@@ -25,10 +27,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +57,38 @@ def reverie(*argv: str) -> None:
     rc = reverie_cli.main(list(argv))
     if rc != 0:
         raise ReverieError(f"'reverie {' '.join(argv)}' failed (exit {rc})")
+
+
+def run_chains(chains: list[list[list[str]]], jobs: int, threads: int, logs: Path) -> None:
+    """Run chains of `reverie` commands; the commands of a chain in order, up to `jobs` chains at a time.
+
+    jobs 1: every command in this process, one after another. jobs > 1: each command in a child process with its
+    output in logs/<chain index>.log (two trainings on a 2-core machine: --jobs 2 --threads 1). The first failure
+    is raised once every running chain has ended."""
+    chains = [c for c in chains if c]
+    if jobs <= 1 or len(chains) <= 1:
+        for chain in chains:
+            for argv in chain:
+                reverie(*argv)
+        return
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def run(i: int, chain: list[list[str]]) -> None:
+        log = logs / f"chain{i}.log"
+        with open(log, "a") as f:
+            for argv in chain:
+                print(f"$ reverie {' '.join(argv)}  (output: {log})", flush=True)
+                f.write(f"$ reverie {' '.join(argv)}\n")
+                f.flush()
+                rc = subprocess.run([sys.executable, "-m", "reverie_cli", *argv], stdout=f, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "OMP_NUM_THREADS": str(threads)}).returncode
+                if rc != 0:
+                    raise ReverieError(f"'reverie {' '.join(argv)}' failed (exit {rc}); its output: {log}")
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(run, i, chain) for i, chain in enumerate(chains)]
+    for f in futures:
+        f.result()
 
 
 def episodes(folder: Path) -> list[Path]:
@@ -116,23 +153,31 @@ def train_flags(args: argparse.Namespace) -> list[str]:
     return ["--threads", str(args.threads), "--device", args.device, "--seed", str(args.seed)]
 
 
-def world_model(args: argparse.Namespace, name: str, data: Path, ae: Path, extra: list[str]) -> dict:
-    """Train a world model on `data` at the benchmark's budget and score it on the held-out episodes."""
+def world_model_chain(args: argparse.Namespace, name: str, data: Path, ae: Path, extra: list[str]) -> list[list[str]]:
+    """The commands that train a world model on `data` at the benchmark's budget and score it on the held-out
+    episodes (none when its report is already there)."""
     run, report = args.work / name, args.work / f"eval_{name}.json"
-    if not report.exists():
-        budget = ["--steps", str(args.wm_steps), "--batch", str(args.wm_batch)]
-        if args.wm_time_limit:
-            budget += ["--time-limit", str(args.wm_time_limit)]
-        reverie("train", "wm", "--data", str(data), "--ae", str(ae), "--out", str(run), *budget, *train_flags(args),
-                *extra)
-        reverie("eval", "--model", str(run / "model.safetensors"), "--data", str(args.work / "heldout"),
-                "--horizon", str(args.horizon), "--idm", str(args.work / "judge" / "idm.safetensors"), "--json",
-                str(report), "--threads", str(args.threads), "--device", args.device, "--no-progress")
+    if report.exists():
+        return []
+    budget = ["--steps", str(args.wm_steps), "--batch", str(args.wm_batch)]
+    if args.wm_time_limit:
+        budget += ["--time-limit", str(args.wm_time_limit)]
+    return [["train", "wm", "--data", str(data), "--ae", str(ae), "--out", str(run), *budget, *train_flags(args),
+             *extra],
+            ["eval", "--model", str(run / "model.safetensors"), "--data", str(args.work / "heldout"),
+             "--horizon", str(args.horizon), "--idm", str(args.work / "judge" / "idm.safetensors"), "--json",
+             str(report), "--threads", str(args.threads), "--device", args.device, "--no-progress"]]
+
+
+def world_model_result(args: argparse.Namespace, name: str, data: Path, extra: list[str]) -> dict:
+    report = args.work / f"eval_{name}.json"
     result = json.loads(report.read_text())
     af = result.get("action_following", {})
     return {"data": str(data), "flags": extra, "action_following_ratio": af.get("ratio"),
-            "action_following": {k: af.get(k) for k in ("generated", "real", "ratio", "chance", "ratio_by_effect")},
-            "psnr_mean": result.get("psnr_mean"), "ssim_mean": result.get("ssim_mean"), "eval_json": str(report)}
+            "action_following": {k: af.get(k) for k in ("available", "generated", "real", "ratio", "chance",
+                                                         "ratio_by_effect")},
+            "psnr_mean": result.get("psnr_mean"), "psnr_step1": result.get("psnr_step1"),
+            "ssim_mean": result.get("ssim_mean"), "eval_json": str(report)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,17 +192,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--judge-steps", type=count, default=600,
                    help="steps of eval's judge IDM, trained on the fully labeled data (default 600)")
     p.add_argument("--ae-steps", type=count, default=2000, help="autoencoder steps (default 2000)")
+    p.add_argument("--ae", type=Path, default=None,
+                   help="use this builtin:gems autoencoder instead of training one: an ae.safetensors, or a model file "
+                        "(its bundled one, e.g. engine/assets/default.safetensors); it reads no actions, so every "
+                        "world model shares it whichever labels they train on")
     p.add_argument("--wm-steps", type=count, default=3000, help="world-model steps, the same for each (default 3000)")
     p.add_argument("--wm-batch", type=count, default=8, help="world-model batch (default 8)")
     p.add_argument("--wm-time-limit", type=float, default=0.0,
                    help="also stop each world model after this many seconds (0: steps only)")
     p.add_argument("--min-label-confidence", type=float, default=None,
                    help="also train a world model on the relabeled data with this --min-label-confidence")
+    p.add_argument("--unsure-actions", nargs="+", choices=("weight", "drop"), default=[],
+                   help="also train a world model on the relabeled data with each of these --unsure-actions modes")
     p.add_argument("--horizon", type=count, default=16, help="eval horizon (default 16)")
     p.add_argument("--labels-only", action="store_true", help="measure the labels only (no world models)")
     p.add_argument("--threads", type=arg_type(check_threads, "--threads", int), default=2)
     p.add_argument("--device", default="cpu", help="cpu | cuda (training and eval)")
     p.add_argument("--workers", type=count, default=1, help="recording processes (default 1)")
+    p.add_argument("--jobs", type=count, default=1,
+                   help="trainings side by side, each a child process with --threads threads and its output in "
+                        "WORK/logs (2-core machine: --jobs 2 --threads 1; default 1: one after another, here)")
     p.add_argument("--seed", type=int, default=0, help="training seed of every model (default 0)")
     p.add_argument("--work", type=Path, default=None,
                    help="folder for the data and runs (kept; re-running skips what is done; default: a temporary "
@@ -166,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     temporary = args.work is None
     try:
+        if args.ae is not None and not args.ae.is_file():
+            raise ReverieError(f"--ae {args.ae}: no such file")
         if not 0 < args.fraction < 1:
             raise ReverieError(f"--fraction must be between 0 and 1, got {args.fraction}")
         if args.min_label_confidence is not None and not 0 < args.min_label_confidence <= 1:
@@ -184,14 +240,24 @@ def main(argv: list[str] | None = None) -> int:
         kept, rest = files[:n_keep], files[n_keep:]
         copy_into(kept, w / "kept")
         strip_labels(rest, w / "unlabeled")
+        ae, judge = args.ae or w / "ae" / "ae.safetensors", w / "judge" / "idm.safetensors"
+        labeling, models = [], []     # chains: IDM -> labels (-> judge), and the autoencoder beside them
         if not (w / "idm" / "idm.safetensors").exists():
-            reverie("train", "idm", "--data", str(w / "kept"), "--out", str(w / "idm"), "--steps",
-                    str(args.idm_steps), "--batch", str(args.idm_batch), *train_flags(args))
-        times["idm_s"] = time.perf_counter() - t0
+            labeling.append(["train", "idm", "--data", str(w / "kept"), "--out", str(w / "idm"), "--steps",
+                             str(args.idm_steps), "--batch", str(args.idm_batch), *train_flags(args)])
         if len(episodes(w / "relabeled")) != len(rest):
-            reverie("data", "label", str(w / "unlabeled"), "--idm", str(w / "idm" / "idm.safetensors"), "--out",
-                    str(w / "relabeled"), "--threads", str(args.threads), "--device", args.device, "--overwrite",
-                    "--no-progress")
+            labeling.append(["data", "label", str(w / "unlabeled"), "--idm", str(w / "idm" / "idm.safetensors"),
+                             "--out", str(w / "relabeled"), "--threads", str(args.threads), "--device", args.device,
+                             "--overwrite", "--no-progress"])
+        if not args.labels_only:
+            record(w / "heldout", args.heldout, args.steps, HELDOUT_SEED, args.workers)
+            if not judge.exists():
+                labeling.append(["train", "idm", "--data", str(w / "episodes"), "--out", str(w / "judge"),
+                                 "--steps", str(args.judge_steps), *train_flags(args)])
+            if not ae.exists():
+                models.append(["train", "ae", "--data", str(w / "episodes"), "--out", str(w / "ae"), "--steps",
+                               str(args.ae_steps), *train_flags(args)])
+        run_chains([labeling, models], args.jobs, args.threads, w / "logs")
         labels = label_accuracy(w / "relabeled", w / "episodes")
         times["labels_s"] = time.perf_counter() - t0
         print(f"labels: {labels['exact_keys']:.3f} of {labels['actions']} actions exactly right (chance "
@@ -204,26 +270,25 @@ def main(argv: list[str] | None = None) -> int:
                   "labels": labels, "times": times}
 
         if not args.labels_only:
-            record(w / "heldout", args.heldout, args.steps, HELDOUT_SEED, args.workers)
             copy_into(kept + episodes(w / "relabeled"), w / "mixed")
-            if not (w / "ae" / "ae.safetensors").exists():
-                reverie("train", "ae", "--data", str(w / "episodes"), "--out", str(w / "ae"), "--steps",
-                        str(args.ae_steps), *train_flags(args))
-            if not (w / "judge" / "idm.safetensors").exists():
-                reverie("train", "idm", "--data", str(w / "episodes"), "--out", str(w / "judge"), "--steps",
-                        str(args.judge_steps), *train_flags(args))
-            ae = w / "ae" / "ae.safetensors"
-            wm = {"full": world_model(args, "wm_full", w / "episodes", ae, []),
-                  "relabeled": world_model(args, "wm_relabeled", w / "mixed", ae, [])}
+            runs = {"full": ("wm_full", w / "episodes", []), "relabeled": ("wm_relabeled", w / "mixed", [])}
             if args.min_label_confidence is not None:
-                x = str(args.min_label_confidence)
-                wm["relabeled_min_confidence"] = world_model(args, "wm_relabeled_min", w / "mixed", ae,
-                                                             ["--min-label-confidence", x])
+                runs["relabeled_min_confidence"] = ("wm_relabeled_min", w / "mixed",
+                                                    ["--min-label-confidence", str(args.min_label_confidence)])
+            for mode in args.unsure_actions:
+                runs[f"relabeled_{mode}"] = (f"wm_relabeled_{mode}", w / "mixed", ["--unsure-actions", mode])
+            run_chains([world_model_chain(args, name, data, ae, extra) for name, data, extra in runs.values()],
+                       args.jobs, args.threads, w / "logs")
+            wm = {key: world_model_result(args, name, data, extra) for key, (name, data, extra) in runs.items()}
             result["world_models"] = wm
+            full = wm["full"]["action_following_ratio"]
+            for r in wm.values():
+                r["action_following_vs_full"] = (r["action_following_ratio"] / full
+                                                 if full and r["action_following_ratio"] is not None else None)
             times["total_s"] = time.perf_counter() - t0
             for name, r in wm.items():
-                print(f"world model on {name} data: action following ratio {r['action_following_ratio']}, "
-                      f"psnr {r['psnr_mean']}")
+                print(f"world model on {name} data: action following ratio {r['action_following_ratio']} "
+                      f"({r['action_following_vs_full']} of the fully labeled model's), psnr {r['psnr_mean']}")
         write_json(out, result)
         print(f"saved {out}")
     except ReverieError as e:

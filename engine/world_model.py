@@ -29,6 +29,9 @@ from torch import nn
 from engine.config import WorldModelConfig
 from engine.transformer import Backbone, Head, Rope3D
 
+# how training treats actions an inverse-dynamics model filled in, by their confidence (WorldModel.loss)
+UNSURE_ACTIONS = ("keep", "weight", "drop")
+
 
 def step_schedule(steps: int, levels: int) -> list[int]:
     """Shortcut level index per Euler step for `steps` steps summing to 1 (level j means d = 2^-j).
@@ -129,8 +132,9 @@ class WorldModel(nn.Module):
         lv = level.reshape(*level.shape, 1, 1, 1).to(z.dtype)
         return (1 - lv) * z + lv * noise
 
-    def forward(self, z: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.loss(z, actions)
+    def forward(self, z: torch.Tensor, actions: torch.Tensor, confidence: torch.Tensor | None = None,
+                unsure: str = "keep") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.loss(z, actions, confidence, unsure)
 
     @torch.no_grad()
     def own_rollout(self, z: torch.Tensor, actions: torch.Tensor, iters: int) -> torch.Tensor:
@@ -165,12 +169,24 @@ class WorldModel(nn.Module):
         w = 1.0 + self.cfg.change_weight * rel
         return (w / w.mean()).reshape(-1, w.shape[-1]).detach()
 
-    def loss(self, z: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, z: torch.Tensor, actions: torch.Tensor, confidence: torch.Tensor | None = None,
+             unsure: str = "keep") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Shortcut rectified-flow loss over a batch of windows.
 
         z: (B, T, C, h, w) normalised latents; actions: (B, T, A). Returns the scalar loss and per-sample
         diagnostics (tau, per-sample loss, whether it was a self-consistency sample).
+
+        confidence (B, T): how sure each action is (1 for recorded actions, the labeling IDM's for labels that
+        `reverie data label` filled in), used as `unsure` says: "keep" ignores it; "weight" weighs each predicted
+        frame's loss by the confidence of the action that led to it (a normalised mean); "drop" hides the action
+        from the model with probability 1 - confidence, as guidance dropout does, so the frame still teaches the
+        dynamics but an unsure label does not teach that the avatar ignored a key.
         """
+        if unsure not in UNSURE_ACTIONS:
+            raise ValueError(f"unsure must be one of {UNSURE_ACTIONS}, got {unsure!r}")
+        if unsure != "keep" and (confidence is None or confidence.shape != actions.shape[:2]):
+            raise ValueError(f"unsure={unsure!r} needs a confidence of shape {tuple(actions.shape[:2])}, got "
+                             f"{None if confidence is None else tuple(confidence.shape)}")
         cfg = self.cfg
         B, T = z.shape[:2]
         dev = z.device
@@ -188,6 +204,9 @@ class WorldModel(nn.Module):
         data = self.patchify(z[:, 1:]).reshape(M, -1, cfg.token_dim)  # (M, N, Dt)
         act = actions[:, 1:].reshape(M, -1)                          # (M, A)
         drop = torch.rand(M, device=dev) < cfg.action_dropout
+        sure = confidence[:, 1:].reshape(M).float() if unsure != "keep" else None   # (M,)
+        if unsure == "drop":
+            drop = drop | (torch.rand(M, device=dev) >= sure)
         noise = torch.randn_like(data)
 
         L = cfg.shortcut_levels
@@ -219,4 +238,5 @@ class WorldModel(nn.Module):
         per_sample = err.mean(dim=1)  # (M,)
         is_sc = torch.zeros(M, dtype=torch.bool, device=dev)
         is_sc[:n_sc] = True
-        return per_sample.mean(), {"tau": tau.detach(), "loss": per_sample.detach(), "shortcut": is_sc}
+        total = (per_sample * sure).sum() / sure.sum().clamp_min(1e-6) if unsure == "weight" else per_sample.mean()
+        return total, {"tau": tau.detach(), "loss": per_sample.detach(), "shortcut": is_sc}

@@ -7,6 +7,8 @@ RUN/model.safetensors: autoencoder + world model (+ the inverse-dynamics model w
 Actions filled in by `reverie data label` carry the labeling model's confidence; `--min-label-confidence X` trains
 only on windows whose every action is at least X sure (recorded actions count as sure), so a wrongly read action
 does not teach the model that the avatar ignored it. The default, 0, trains on every window exactly as before.
+`--unsure-actions weight` weighs each frame's loss by its action's confidence instead, and `--unsure-actions drop`
+hides an action from the model with probability 1 - confidence (the frame still teaches the dynamics).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from tqdm import tqdm
 from engine.autoencoder import Autoencoder, frames_to_tensor
 from engine.checkpoint import CheckpointError, atomic_target, load_checkpoint, load_into, save_checkpoint
 from engine.config import ModelConfig
-from engine.world_model import WorldModel
+from engine.world_model import UNSURE_ACTIONS, WorldModel
 from train.config import (
     RESUMABLE,
     TrainingError,
@@ -72,6 +74,10 @@ def add_flags(p: argparse.ArgumentParser) -> None:
                    help="train only on windows whose every action has at least this confidence, 0..1: actions "
                         "filled in by 'reverie data label' carry the inverse-dynamics model's confidence (the "
                         "probability of the button set it chose), recorded ones count as 1 (default 0: every window)")
+    p.add_argument("--unsure-actions", choices=UNSURE_ACTIONS, default="keep",
+                   help="how the loss treats labeled actions by their confidence: keep (as if sure; default), "
+                        "weight (each frame's loss times its action's confidence), drop (the model does not see "
+                        "the action, with probability 1 - confidence, as in guidance dropout)")
 
 
 def label_confidence(text: str) -> float:
@@ -258,6 +264,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warm start from {args.init}" + (f"; new (freshly initialised) weights: {missing}" if missing else ""))
     latents_dev = [z.to(device) for z in latents]
     actions_dev = [torch.from_numpy(a).to(device) for a in src.actions]
+    confidence_dev = [torch.from_numpy(c).to(device) for c in src.confidence]
 
     def batch_fn(step: int, d: Dist):
         """This rank's slice of the (normalised latent, action) windows of `step`."""
@@ -265,7 +272,10 @@ def run(args: argparse.Namespace) -> int:
         sel = pick_windows(step_generator(tcfg.seed, step), starts, tcfg.batch)[d.rank * per:(d.rank + 1) * per]
         z = torch.stack([latents_dev[e][s:s + window] for e, s in sel]).float()   # (b, W, C, h, w)
         a = torch.stack([actions_dev[e][s:s + window] for e, s in sel])            # (b, W, A)
-        return model.normalize(z), a
+        if args.unsure_actions == "keep":
+            return model.normalize(z), a
+        c = torch.stack([confidence_dev[e][s:s + window] for e, s in sel])         # (b, W)
+        return model.normalize(z), a, c, args.unsure_actions
 
     def loss_fn(m, batch):
         """The world model's loss and its per-tau-bin diagnostics (device tensors)."""
