@@ -28,10 +28,14 @@ import numpy as np
 import torch
 
 from engine.autoencoder import Autoencoder
+from engine.fused_step import fused_modules
 from engine.graphs import GRAPHS, INPUTS, MANIFEST, file_sha256, graph_folder, graph_modules, graphs_complete
 from engine.inputs import SessionError
 from engine.noise import counter_normal, counter_normal_np
 from engine.world_model import WorldModel
+from kernels import KernelError
+from kernels import ops as kernel_ops
+from kernels import resolve as resolve_kernels
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 # Scaled-dot-product attention kernels the torch runner may use on CUDA, in order of preference. cuDNN attention
@@ -105,15 +109,24 @@ class TorchRunner:
     in_place_cache = True
 
     def __init__(self, wm: WorldModel, ae: Autoencoder, device: torch.device, dtype: torch.dtype,
-                 attention: tuple[str, ...] = CUDA_ATTENTION):
+                 attention: tuple[str, ...] = CUDA_ATTENTION, kernels: str = "auto"):
         self.device, self.cache_dtype = device, dtype
+        self.kernels = resolve_kernels(kernels, device)      # "triton" or "reference"; KernelError if impossible
         self.modules = graph_modules(wm, ae, channels_last=device.type == "cpu")
         self.inputs = {name: [*INPUTS[name], "write_index"] if name == "backbone" else list(INPUTS[name])
                        for name in GRAPHS}
         self.cuda = device.type == "cuda"
         self.pool = None
         self._fused_noise: Callable[..., torch.Tensor] | None = None
-        if self.cuda:
+        self._kernel_noise: Callable[..., torch.Tensor] | None = None
+        if self.kernels == "triton":   # the fused step (engine.fused_step) over the Triton kernels
+            table = kernel_ops("triton")
+            self.modules.update(fused_modules(wm, table))
+            self.inputs["backbone"] += ["valid", "slot"]
+            from kernels.noise import counter_normal as kernel_noise
+
+            self._kernel_noise = kernel_noise
+        elif self.cuda:
             self.pool = torch.cuda.graph_pool_handle()
             # ~110 tiny integer kernels a draw eagerly, twice a frame; compiled, one fused kernel (compiled lazily:
             # the first draw runs in a capture's warm-up, never inside the capture)
@@ -150,6 +163,8 @@ class TorchRunner:
         return list(out) if isinstance(out, tuple) else [out]
 
     def noise(self, seed: torch.Tensor, counter: torch.Tensor, shape: tuple[int, ...], stream: int) -> torch.Tensor:
+        if self._kernel_noise is not None:
+            return self._kernel_noise(seed, counter, shape, stream)
         if self._fused_noise is not None:
             try:
                 return self._fused_noise(seed, counter, shape, stream)
@@ -219,10 +234,17 @@ class OrtRunner:
 
 
 def make_runner(backend: str, wm: WorldModel, ae: Autoencoder, device: torch.device, dtype: torch.dtype,
-                graphs: Path | None, threads: int) -> Any:
-    """The runner of a backend; graph backends need the folder their graphs were exported (and built) into."""
+                graphs: Path | None, threads: int, kernels: str = "auto") -> Any:
+    """The runner of a backend; graph backends need the folder their graphs were exported (and built) into. `kernels`
+    (auto, triton, reference) is the torch runner's: the graph backends fuse their own kernels."""
     if backend == "torch":
-        return TorchRunner(wm, ae, device, dtype)
+        try:
+            return TorchRunner(wm, ae, device, dtype, kernels=kernels)
+        except KernelError as e:
+            raise RunnerError(str(e)) from None
+    if kernels == "triton":
+        raise RunnerError(f"kernels 'triton' are the torch backend's; backend {backend!r} runs its own fused "
+                          "graphs (use backend 'torch', or kernels 'auto')")
     if graphs is None or not (Path(graphs) / MANIFEST).is_file():
         raise RunnerError(f"backend {backend!r} runs the model's exported graphs, and none were found"
                           + (f" in {graphs}" if graphs else "") + ": export them first with 'reverie export' (or "

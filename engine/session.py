@@ -14,7 +14,9 @@ The session owns what lies between them, once for every runner: the ring, counte
 world its own seed and counter, so a batch of B equals B single runs), the Euler loop, guidance, save-games, forks.
 
 The default backend, "auto", is the fastest one ready for the device: onnxruntime on CPU where it is installed and
-the model's graphs are exported (`reverie export`; play and bench export first), torch otherwise.
+the model's graphs are exported (`reverie export`; play and bench export first), torch otherwise. The torch runner's
+`kernels` ("auto": the fused Triton kernels of kernels/ on CUDA where Triton imports, the PyTorch graph modules
+elsewhere; "triton"; "reference") choose how its step is computed; the frames agree within float tolerance.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class Session:
                  guidance: float | None = None, context_noise: float | None = None, seed: int = 0, dtype: str = "auto",
                  cuda_graph: bool = True, threads: int | None = None, profile: bool = False, game: str | None = None,
                  models: tuple[Autoencoder, WorldModel, ActionSpec] | None = None,
-                 graphs: str | os.PathLike | None = None):
+                 graphs: str | os.PathLike | None = None, kernels: str = "auto"):
         self.batch, seed = knobs.check_batch(batch), knobs.check_seed(seed)
         if threads is not None:
             torch.set_num_threads(knobs.check_threads(threads))
@@ -69,6 +71,8 @@ class Session:
             (ae, wm, spec), self.checkpoint = models, None
         if game is not None and game != spec.game:
             raise SessionError(f"the model was trained on {spec.game!r}, not {game!r}")
+        if kernels == "triton" and backend == "auto":
+            backend = "torch"   # the kernels are the torch runner's
         self.backend, graphs = resolve_backend(backend, self.device, getattr(self.checkpoint, 'path', None),
                                                self.batch, graphs)
         self.dtype = resolve_dtype(dtype, self.backend, self.device)
@@ -77,7 +81,7 @@ class Session:
         self.ae, self.wm = place_models(ae, wm, self.device, self.dtype)
         self.frame_shape = (ae.cfg.height, ae.cfg.width, 3)
         self.runner = make_runner(self.backend, self.wm, self.ae, self.device, self.dtype, graphs,
-                                  threads or torch.get_num_threads())
+                                  threads or torch.get_num_threads(), kernels)
         self.use_graphs = cuda_graph and self.backend == "torch" and self.device.type == "cuda"
         # onnxruntime releases the GIL: the backbone pass can run on a second core while this thread decodes
         self.overlap = self.backend == "onnxruntime" and usable_cores() > 1
@@ -132,8 +136,9 @@ class Session:
         mask = kv.mask(with_next=run.in_place_cache, full=kv.full if full is None else full)
         feeds = {"z": z, "noise": noise, "actions": actions, "level": self.level_buf, "cos": cos[0], "sin": sin[0],
                  "k_cache": kv.k, "v_cache": kv.v, "mask": mask}
-        if run.in_place_cache:
-            feeds["write_index"] = kv.write_index()
+        if run.in_place_cache:   # the fused step reads the ring's state itself (kernels.ring_attention)
+            feeds.update(write_index=kv.write_index(), valid=None if mask is None else kv.valid,
+                         slot=None if mask is None else kv.slot())
         h, k_new, v_new = run.run("backbone", feeds)
         kv.append(*((None, None) if run.in_place_cache else (k_new, v_new)))
         self.h_last.copy_(h)

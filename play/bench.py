@@ -43,7 +43,7 @@ def machine(device: torch.device, threads: int) -> dict:
 
 
 def random_session(preset: str, device: str, batch: int, steps: int | None, guidance: float | None, dtype: str,
-                   cuda_graph: bool) -> Session:
+                   cuda_graph: bool, kernels: str = "auto") -> Session:
     """A session over random weights of a preset (speed work; the frames are noise)."""
     from engine.actions import ActionSpec
     from engine.autoencoder import Autoencoder
@@ -54,7 +54,7 @@ def random_session(preset: str, device: str, batch: int, steps: int | None, guid
     spec = ActionSpec(game="bench:random", buttons=tuple(f"b{i}" for i in range(8)))
     torch.manual_seed(0)
     return Session(models=(Autoencoder(cfg.autoencoder), WorldModel(cfg.world_model), spec), device=device,
-                   batch=batch, steps=steps, guidance=guidance, dtype=dtype, cuda_graph=cuda_graph)
+                   batch=batch, steps=steps, guidance=guidance, dtype=dtype, cuda_graph=cuda_graph, kernels=kernels)
 
 
 def held_actions(spec, frames: int, seed: int = 0) -> np.ndarray:
@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="transformer precision (auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--no-cuda-graph", action="store_true", help="run eagerly on CUDA")
+    p.add_argument("--kernels", default="auto", choices=["auto", "triton", "reference"],
+                   help="the torch backend's step: triton (the fused kernels of kernels/), reference (PyTorch), auto "
+                        "(triton on CUDA where it imports; default)")
     p.add_argument("--json", type=Path, default=None, help="write the results here (folders are made)")
     return p
 
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             (f" (+ export {result['export_s']:.2f} s)" if result["export_s"] >= 0.01 else "") +
             f"  split: backbone {result['backbone_ms']:.2f} / head {result['head_ms']:.2f} / decode "
             f"{result['decode_ms']:.2f} ms  ({result['backend']} {result['device']}, batch {result['batch']}, "
-            f"{result['steps']} steps)")
+            f"{result['steps']} steps" + (f", kernels {result['kernels']}" if result["kernels"] else "") + ")")
     print(line)
     if args.json is not None:
         write_json(args.json, result)
@@ -120,8 +123,8 @@ def bench(args: argparse.Namespace) -> dict:
 
     device = check_device(args.device)
     backend = args.backend
-    if args.preset and backend == "auto":
-        backend = "torch"
+    if (args.preset or args.kernels == "triton") and backend == "auto":
+        backend = "torch"   # random weights live in memory; Triton kernels are the torch runner's
     if backend != "torch" and args.preset:
         raise SessionError(f"--preset runs random weights in memory on the torch backend; --backend {backend} "
                            "needs a checkpoint (--model)")
@@ -143,14 +146,15 @@ def bench(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     if args.preset:
         sess = random_session(args.preset, args.device, args.batch, args.steps, args.guidance, args.dtype,
-                              not args.no_cuda_graph)
+                              not args.no_cuda_graph, args.kernels)
         rng = np.random.default_rng(0)
         T = max(1, sess.cfg.context_frames // 2)
         sess.reset(rng.integers(0, 256, (T, *sess.frame_shape), dtype=np.uint8))
         model_name = f"random {args.preset}"
     else:
         sess = Session(ckpt, backend=backend, graphs=graphs, device=device, batch=args.batch, steps=args.steps,
-                       guidance=args.guidance, dtype=args.dtype, cuda_graph=not args.no_cuda_graph, threads=threads)
+                       guidance=args.guidance, dtype=args.dtype, cuda_graph=not args.no_cuda_graph, threads=threads,
+                       kernels=args.kernels)
         sess.reset()
         model_name = str(ckpt.path)
     actions = held_actions(sess.spec, args.warmup + args.frames + 1)
@@ -182,6 +186,7 @@ def bench(args: argparse.Namespace) -> dict:
         "device": str(device), "backend": backend, "export_s": export_s, "batch": args.batch, "steps": sess.steps,
         "guidance": sess.guidance, "dtype": str(sess.dtype).replace("torch.", ""),
         "cuda_graph": bool(getattr(sess, "use_graphs", False)), "overlap": bool(getattr(sess, "overlap", False)),
+        "kernels": getattr(sess.runner, "kernels", None),
         "frames": args.frames, "warmup": args.warmup,
         "model": model_name,
         "machine": machine(device, threads),

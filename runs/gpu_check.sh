@@ -5,6 +5,7 @@
 #   bash runs/gpu_check.sh                 results in results/gpu (or in $OUT where that is set, e.g. the device tool)
 #   BUDGET=360 bash runs/gpu_check.sh      seconds for the whole script (runs/gpu_check.py skips parts past it)
 #   RECIPE=1 bash runs/gpu_check.sh        then also train the default model (runs/default_model.sh, ~8 min more)
+# The fused Triton kernels have their own check of under 5 minutes: python3 runs/kernels_gpu.py (writes kernels.json).
 #
 # 1. the machine: nvidia-smi, torch / CUDA / Triton versions
 # 2. the CUDA-marked tests: python -m pytest -m gpu (JUnit XML; each skips without CUDA)

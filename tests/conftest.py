@@ -12,3 +12,7 @@ os.environ.setdefault("REVERIE_CACHE", tempfile.mkdtemp(prefix="reverie-test-cac
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+# Triton kernels run on a CPU only in Triton's interpreter, which must be on before any kernel is defined
+# (kernels/ defines them when first imported); on a GPU machine they compile for it
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
