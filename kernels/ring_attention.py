@@ -99,7 +99,7 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: tor
         valid = valid.contiguous().to(torch.int8)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = torch.empty_like(q)
-    block_m = block(N)
+    block_m = min(64, block(N))      # a block of queries; 64 keeps the scores and accumulator in registers
     if q.numel():
         _ring_attention_kernel[(B * H, triton.cdiv(N, block_m))](
             q, k, v, valid if valid is not None else q, slot if slot is not None else q, out, H, N, S, W, hd,

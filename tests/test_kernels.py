@@ -109,7 +109,7 @@ def test_norm_kernels_refuse_a_shift_of_the_wrong_shape():
 
 
 # ---- RoPE + ring write, attention over the ring ----------------------------------------------------------------------
-RING = [(1, 1, 1, 4, 1), (2, 5, 3, 10, 3), (2, 16, 2, 32, 5)]   # (B, N tokens, heads, head size, ring frames W)
+RING = [(1, 1, 1, 4, 1), (2, 5, 3, 10, 3), (2, 16, 2, 32, 5), (1, 70, 1, 16, 2)]  # (B, N, heads, head size, W)
 
 
 @needs_triton
