@@ -13,15 +13,44 @@
 # pixels of a 210x160 frame, blended into one or two dim pixels at 64x64, and an autoencoder trained on a plain
 # loss erases it: at change weight 0 and 16 it kept the ball in 0% and 3% of held-out frames, at 256 in 81% (README:
 # "Breakout"). WM_MINUTES sets the world model's time budget.
+#
+# DEVICE=cuda runs the same stages on one GPU (single process, bigger batches, AE_STEPS / IDM_STEPS / WM_STEPS to
+# spend it on). A GPU machine without ale-py (the device tool's has none) uses episodes already in WORKDIR/data:
+# recording is skipped when WORKDIR/data/train and WORKDIR/data/heldout hold episode files.
 set -euo pipefail
 W=${1:-runs/breakout_cpu}
+DEVICE=${DEVICE:-cpu}
 AE_CHANGE_WEIGHT=${AE_CHANGE_WEIGHT:-256}
 WM_MINUTES=${WM_MINUTES:-65}
 STEPS=${STEPS:-2}
 GUIDANCE=${GUIDANCE:-1.5}
+REVERIE=${REVERIE:-reverie}
 mkdir -p "$W"
 t0=$(date +%s)
 log() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
+
+if [ "$DEVICE" != cpu ]; then
+  log "on $DEVICE: autoencoder, inverse-dynamics model and world model one after another, one process"
+  for d in train heldout; do
+    if ! ls "$W/data/$d"/*.episode >/dev/null 2>&1; then
+      echo "no episodes in $W/data/$d: record them where ale-py is installed (the three 'reverie record' lines" \
+        "below) and copy them there" >&2
+      exit 1
+    fi
+  done
+  $REVERIE train ae --data "$W/data/train" --out "$W/ae" --preset tiny --crop 32 --steps "${AE_STEPS:-8000}" \
+    --batch 64 --lr 1e-3 --device "$DEVICE" --log-every 100 --save-every 1000 --change-weight "$AE_CHANGE_WEIGHT"
+  $REVERIE train idm --data "$W/data/train" --out "$W/idm" --steps "${IDM_STEPS:-3000}" --batch 256 --lr 1e-3 \
+    --device "$DEVICE" --log-every 100 --save-every 1000
+  $REVERIE train wm --data "$W/data/train" --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" --out "$W/wm" \
+    --preset tiny --steps "${WM_STEPS:-20000}" --batch 64 --lr 5e-4 --time-limit $((WM_MINUTES * 60)) \
+    --device "$DEVICE" --log-every 100 --save-every 1000 --sample-every 5000 --half --backbone-actions off \
+    --change-weight 1
+  $REVERIE eval --model "$W/wm/model.safetensors" --data "$W/data/heldout" --horizon 100 --steps "$STEPS" \
+    --guidance "$GUIDANCE" --device "$DEVICE" --json "$W/eval.json" --write-model "$W/breakout.safetensors" --half
+  log "done: $W/breakout.safetensors"
+  exit 0
+fi
 
 log "record: 60 scripted + 20 random episodes of 500 steps (train), 8 scripted (held out)"
 reverie record --env ale:Breakout --agent scripted --episodes 60 --steps 500 --size 64 --out "$W/data/train" \
