@@ -9,11 +9,11 @@ machine's own torch and Triton.
 2. correct   every kernel against its reference in bfloat16, float16 and float32 at the session's shapes (default
              model and `oasis` preset): max abs difference against the tolerance of its dtype; the noise kernel's
              normals against engine.noise's on the same GPU, bit for bit (libdevice logf/cosf, sqrt_rn)
-3. ops       each kernel timed against torch eager and torch.compile of the same reference, per call, as a CUDA
-             graph replay (how the session runs them) and as plain launches
-4. step      a whole session step, kernels on and off, both under CUDA graphs: ms a frame and the frames' difference
-5. bench     `reverie bench` of the default model (batch 1 and 16) and of the oasis preset (4 steps, guidance 2),
+3. step      a whole session step, kernels on and off, both under CUDA graphs: ms a frame and the frames' difference
+4. bench     `reverie bench` of the default model (batch 1 and 16) and of the oasis preset (4 steps, guidance 2),
              kernels triton and reference
+5. ops       each kernel timed against torch eager and torch.compile of the same reference, per call, as a CUDA
+             graph replay (how the session runs them) and as plain launches (last: the compiles are slow)
 Writes OUT/kernels.json (every number, the bars of the kernels issue with pass/fail) and prints a summary. Parts run
 in that order, each wrapped (a failure is recorded, the rest runs), and none starts after --budget seconds. With no
 CUDA device, `--device cpu --quick` under TRITON_INTERPRET=1 runs every code path at toy sizes (a smoke test; its
@@ -329,7 +329,9 @@ class Ctx:
         return quick if self.quick else full
 
 
-PARTS = (("env", part_env), ("correct", part_correct), ("ops", part_ops), ("step", part_step), ("bench", part_bench))
+# the per-op timings last: torch.compile of every reference takes most of the time, and what is left of the budget
+# then goes to them op by op
+PARTS = (("env", part_env), ("correct", part_correct), ("step", part_step), ("bench", part_bench), ("ops", part_ops))
 
 
 def main(argv: list[str] | None = None) -> int:
