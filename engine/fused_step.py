@@ -22,20 +22,20 @@ from kernels import Ops
 
 
 class FusedBackboneStep(nn.Module):
-    """engine.graphs.BackboneStep with the in-place ring cache, over fused ops. Extra inputs: `valid` (B, W) and
-    `slot` () of the ring (None once the ring is full: every column counts). k_new and v_new come back None: the
-    keys are already in the cache."""
+    """engine.graphs.BackboneStep with the in-place ring cache, over fused ops. Extra input: the ring's `valid`
+    (B, W) (None once the ring is full: every column counts); the slot being written is the one `write_index`
+    points at. k_new and v_new come back None: the keys are already in the cache."""
 
     def __init__(self, wm: WorldModel, ops: Ops):
         super().__init__()
         self.wm, self.ops = wm, ops
 
-    def forward(self, z, noise, actions, level, cos, sin, k_cache, v_cache, mask=None, write_index=None, valid=None,
-                slot=None):
+    def forward(self, z, noise, actions, level, cos, sin, k_cache, v_cache, mask=None, write_index=None, valid=None):
         wm, bb, ops = self.wm, self.wm.backbone, self.ops
         ctx = wm.corrupt(wm.normalize(z.float()), level.float(), noise.float())          # (B, C, h, w) fp32
         x = bb.embed(wm.patchify(ctx)[:, None], actions[:, None], level[:, None])[:, 0]  # (B, N, D)
         N = x.shape[1]
+        slot = None if valid is None else write_index[:1] // N                         # (1,) the new frame's slot
         blocks = list(bb.blocks)
         norms = [blk.norm1 for blk in blocks[1:]] + [bb.norm_out]   # the norm after each block's MLP
         first = blocks[0].norm1

@@ -122,7 +122,7 @@ class TorchRunner:
         if self.kernels == "triton":   # the fused step (engine.fused_step) over the Triton kernels
             table = kernel_ops("triton")
             self.modules.update(fused_modules(wm, table))
-            self.inputs["backbone"] += ["valid", "slot"]
+            self.inputs["backbone"] += ["valid"]
             from kernels.noise import counter_normal as kernel_noise
 
             self._kernel_noise = kernel_noise

@@ -136,9 +136,8 @@ class Session:
         mask = kv.mask(with_next=run.in_place_cache, full=kv.full if full is None else full)
         feeds = {"z": z, "noise": noise, "actions": actions, "level": self.level_buf, "cos": cos[0], "sin": sin[0],
                  "k_cache": kv.k, "v_cache": kv.v, "mask": mask}
-        if run.in_place_cache:   # the fused step reads the ring's state itself (kernels.ring_attention)
-            feeds.update(write_index=kv.write_index(), valid=None if mask is None else kv.valid,
-                         slot=None if mask is None else kv.slot())
+        if run.in_place_cache:   # the fused step reads the ring's validity itself (kernels.ring_attention)
+            feeds.update(write_index=kv.write_index(), valid=None if mask is None else kv.valid)
         h, k_new, v_new = run.run("backbone", feeds)
         kv.append(*((None, None) if run.in_place_cache else (k_new, v_new)))
         self.h_last.copy_(h)

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import torch
 
 MODES = ("auto", "triton", "reference")
-OPS = ("modulated_norm", "gated_residual_norm", "rope_qkv", "ring_attention", "flow_step")
-_FILES = {"modulated_norm": "modulated_norm", "gated_residual_norm": "gated_residual", "rope_qkv": "rope_qkv",
-          "ring_attention": "ring_attention", "flow_step": "flow_step"}
+# op -> the file (kernels/<file>.py) that holds its kernel (named like the op) and its `reference`
+OPS = {"modulated_norm": "modulated_norm", "gated_residual_norm": "gated_residual", "rope_qkv": "rope_qkv",
+       "ring_attention": "ring_attention", "flow_step": "flow_step"}
 
 
 class KernelError(RuntimeError):
@@ -75,7 +75,7 @@ def ops(mode: str) -> Ops:
     if mode not in ("triton", "reference"):
         raise KernelError(f"ops() takes a resolved mode, 'triton' or 'reference'; got {mode!r} (see resolve())")
     table = {}
-    for name in OPS:
-        module = importlib.import_module(f"kernels.{_FILES[name]}")
+    for name, file in OPS.items():
+        module = importlib.import_module(f"kernels.{file}")
         table[name] = module.reference if mode == "reference" else getattr(module, name)
     return Ops(mode=mode, **table)

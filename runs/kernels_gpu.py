@@ -28,7 +28,6 @@ import os
 import platform
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,8 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from runs.gpu_check import sub  # noqa: E402  (a part's sub-check that fails records its error, the rest runs)
 
 TOL = {"bfloat16": 3e-2, "float16": 4e-3, "float32": 1e-4}   # max abs difference / max(1, |reference|)
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -51,18 +52,6 @@ BARS = {  # name: (what, comparison, bar)
     "oasis_p99_ms_4steps": ("oasis preset, 4 steps, guidance 2, kernels on: p99 ms", "<=", 4.0),
     "batch16_over_batch1": ("default model, kernels on: frames/s of 16 worlds over 1", ">=", 8.0),
 }
-
-
-def short_error(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}\n" + "".join(traceback.format_exception(e)[-4:])
-
-
-def sub(res: dict, name: str, fn: Callable[[], Any]) -> None:
-    try:
-        res[name] = fn()
-    except Exception as e:  # noqa: BLE001 - one failing measurement must not stop the rest
-        res[name] = {"error": short_error(e)}
-        print(f"kernels_gpu: {name} failed: {type(e).__name__}: {e}", flush=True)
 
 
 def time_ms(fn: Callable[[], Any], dev: torch.device, graph: bool, reps: int) -> float:
@@ -357,9 +346,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"[{elapsed:5.0f}s] kernels_gpu: {name}", flush=True)
         t0 = time.perf_counter()
-        sub(results["parts"], name, lambda fn=fn: fn(ctx))
-        if isinstance(results["parts"][name], dict):
-            results["parts"][name]["seconds"] = time.perf_counter() - t0
+        part = sub(results["parts"], name, lambda fn=fn: fn(ctx))
+        if isinstance(part, dict):
+            part["seconds"] = time.perf_counter() - t0
+            if "error" in part:
+                print(f"kernels_gpu: {name} failed: {part['error'].splitlines()[0]}", flush=True)
     results["bars"] = bars(results["parts"])
     results["seconds"] = time.perf_counter() - ctx.t0
     path = args.out / "kernels.json"

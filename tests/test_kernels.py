@@ -238,7 +238,7 @@ def test_the_fused_step_over_reference_ops_is_the_graph_modules_step(monkeypatch
     def with_fused_reference(self, wm, ae, *a, **kw):
         original(self, wm, ae, *a, **kw)
         self.modules.update(fused_modules(wm, kernels.ops("reference")))
-        self.inputs["backbone"] += ["valid", "slot"]
+        self.inputs["backbone"] += ["valid"]
 
     monkeypatch.setattr(runners.TorchRunner, "__init__", with_fused_reference)
     s, fused = run_session("reference", frames=6)
