@@ -11,17 +11,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from cli_main import cli
 
-import reverie_cli
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.session import Session
 from train.evaluate import reconstruct, ssim, windows
 from train.rollout import psnr, rollout
-
-
-def cli(*argv: str) -> int:
-    torch.manual_seed(0)
-    return reverie_cli.main([str(a) for a in argv])
 
 
 @pytest.fixture(scope="module")
@@ -327,3 +322,32 @@ def test_eval_windows_are_evenly_spaced_and_non_overlapping():
         assert all(b - a >= 6 for a, b in zip(starts, starts[1:]))
     assert windows(src, need=6, per_episode=10, max_episodes=1) == [(0, 7 * i) for i in range(6)]  # capped: 41 // 6
     assert windows(src, need=50, per_episode=1, max_episodes=0) == []
+
+
+def test_eval_with_a_decoder_trained_for_the_models_latents(trained, tmp_path, capsys):
+    """`train ae --init MODEL --freeze-encoder` then `eval --ae`: the model is scored and written with the new
+    decoder, its encoder and world model untouched; a decoder from another encoder is refused, nothing written."""
+    new = tmp_path / "dec"
+    common = ["--data", trained.data, "--steps", "2", "--batch", "2", "--threads", "1", "--lr", "0.01"]
+    assert cli("train", "ae", "--out", new, "--init", trained.model, "--freeze-encoder", *common) == 0
+    r = run_eval(trained, tmp_path / "e.json", "--ae", new / "ae.safetensors", "--write-model",
+                 tmp_path / "m.safetensors")
+    assert r["decoder_from"] == str(new / "ae.safetensors")
+    model, dec, written = (load_checkpoint(p) for p in (trained.model, new / "ae.safetensors",
+                                                         tmp_path / "m.safetensors"))
+    for k, v in written.tensors["ae"].items():
+        want = (dec if k.startswith("decoder.") else model).tensors["ae"][k]
+        assert torch.equal(v, want), k
+    assert any(not torch.equal(dec.tensors["ae"][k], model.tensors["ae"][k]) for k in dec.tensors["ae"]
+               if k.startswith("decoder."))
+    assert all(torch.equal(v, model.tensors["wm"][k]) for k, v in written.tensors["wm"].items())
+
+    # an autoencoder whose encoder moved: the world model would read latents it never saw
+    moved = tmp_path / "both"
+    assert cli("train", "ae", "--out", moved, "--init", trained.model, *common) == 0
+    capsys.readouterr()
+    rc = cli("eval", "--model", trained.model, "--data", trained.data, "--json", tmp_path / "x.json", "--ae",
+             moved / "ae.safetensors", "--horizon", "2", "--threads", "1")
+    err = capsys.readouterr().err
+    assert rc == 1 and "--ae" in err and "encoder differs" in err and "--freeze-encoder" in err, err
+    assert not (tmp_path / "x.json").exists()

@@ -12,19 +12,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_main import cli
 
-import reverie_cli
 from train.eval_long import Track, bucket_edges, evenly_spaced, plan_starts
 from train.frechet import FrechetReference
 from train.video import side_by_side, video_frames, video_stride
 
 DIRECTIONS = ("up", "down", "left", "right")
 EDGES_1000 = [(1, 16), (17, 100), (101, 250), (251, 500), (501, 1000)]
-
-
-def cli(*argv) -> int:
-    torch.manual_seed(0)
-    return reverie_cli.main([str(a) for a in argv])
 
 
 def no_nan(text: str) -> dict:

@@ -12,10 +12,10 @@ import msgpack
 import numpy as np
 import pytest
 import torch
+from cli_main import cli
 from test_episodes import SPEC
 from test_episodes import make_data as episode_data
 
-import reverie_cli
 from engine.actions import ActionSpec
 from engine.checkpoint import save_checkpoint
 from engine.config import ModelConfig
@@ -65,11 +65,6 @@ def write_v1(path: Path, frames, actions, chunk_frames: int = 4) -> Path:
                             "chunk_counts": counts, "header_crc": zlib.crc32(hb)}, use_bin_type=True)
     path.write_bytes(body + footer + TRAILER.pack(len(body), zlib.crc32(footer), MAGIC))
     return path
-
-
-def cli(*argv: str) -> int:
-    torch.manual_seed(0)
-    return reverie_cli.main(list(argv))
 
 
 def digest(folder: Path) -> dict[str, str]:

@@ -293,3 +293,47 @@ def test_device_guard_stops_after_too_many_bad_steps_in_a_row(tmp_path):
             batch_fn=batch_fn, loss_fn=loss_fn, sync_guard=False)
     assert max(snaps) == 4  # read at every step here (log_every=1): stopped at the third bad step
     assert all(torch.equal(snaps[2][k], v) for k, v in model.state_dict().items())  # never stepped on NaN
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A new decoder for the latents a world model already reads
+# ---------------------------------------------------------------------------------------------------------------
+def ae_parts(path: Path) -> tuple[dict, dict]:
+    """(encoder, decoder) tensors of an autoencoder checkpoint, as float32."""
+    from engine.checkpoint import load_checkpoint
+
+    ae = {k: v.float() for k, v in load_checkpoint(path).tensors["ae"].items()}
+    return ({k: v for k, v in ae.items() if k.startswith("encoder.")},
+            {k: v for k, v in ae.items() if k.startswith("decoder.")})
+
+
+def test_decoder_only_training_keeps_the_encoder_bit_for_bit(tmp_path, recorded, ae_run, capsys):
+    start = ae_run / "ae.safetensors"
+    out = tmp_path / "dec"
+    rc, err = reverie(capsys, *ae_argv(recorded, out, "--init", str(start), "--freeze-encoder", "--lr", "0.01"))
+    assert rc == 0, err
+    enc0, dec0 = ae_parts(start)
+    enc1, dec1 = ae_parts(out / "ae.safetensors")
+    assert all(torch.equal(enc0[k], enc1[k]) for k in enc0)
+    assert sum(not torch.equal(dec0[k], dec1[k]) for k in dec0) > len(dec0) // 2   # the decoder did train
+
+    # without --freeze-encoder the same start trains both halves
+    rc, _ = reverie(capsys, *ae_argv(recorded, tmp_path / "both", "--init", str(start), "--lr", "0.01"))
+    assert rc == 0
+    enc2, _ = ae_parts(tmp_path / "both" / "ae.safetensors")
+    assert any(not torch.equal(enc0[k], enc2[k]) for k in enc0)
+
+
+@pytest.mark.parametrize("case", ["no_init", "missing", "not_a_checkpoint"])
+def test_bad_init_is_one_line_naming_the_flag(tmp_path, recorded, ae_run, capsys, case):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a checkpoint")
+    argv = {"no_init": ["--freeze-encoder"],
+            "missing": ["--init", str(tmp_path / "none.safetensors")],
+            "not_a_checkpoint": ["--init", str(junk)]}[case]
+    out = tmp_path / "r"
+    rc, err = reverie(capsys, *ae_argv(recorded, out, *argv))
+    assert rc == 1
+    line = one_line_error(err, "ae")
+    assert "--init" in line, line
+    assert not (out / "ae.safetensors").exists()

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_main import cli
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-import reverie_cli
 import train.run_dir as run_dir_module
 from engine.checkpoint import load_checkpoint
 from engine.config import WorldModelConfig
@@ -404,12 +404,6 @@ def test_two_process_fsdp_through_the_cli_resumes(tmp_path, recorded):
 # ---------------------------------------------------------------------------------------------------------------
 # `reverie train` end to end (tiny preset, a few steps)
 # ---------------------------------------------------------------------------------------------------------------
-def cli(*argv: str, seed_torch: bool = True) -> int:
-    if seed_torch:  # the CLI builds its model before seeding (see test_cli_seed_sets_initial_weights)
-        torch.manual_seed(0)
-    return reverie_cli.main(list(argv))
-
-
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("rec") / "d"

@@ -180,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifier-free guidance scale (default: the model's; 1.0 is off)")
     p.add_argument("--context-noise", type=arg_type(check_context_noise, "--context-noise"), default=None,
                    help="run-time context noise, 0..1 (default: the model's)")
+    p.add_argument("--ae", default=None,
+                   help="score the model with this autoencoder's decoder instead of its own (and write it into "
+                        "--write-model): one trained with `reverie train ae --init MODEL --freeze-encoder`, whose "
+                        "encoder, and so the latents the world model reads, is the model's")
     p.add_argument("--idm", default=None, help="inverse-dynamics checkpoint (default: the model's own 'idm' part)")
     p.add_argument("--idm-steps", type=arg_type(check_count(1), "--idm-steps", int), default=150,
                    help="if no IDM is given or bundled, train one on --data for this many steps")
@@ -239,6 +243,8 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.write_model:
         prepare_output(args.write_model, "--write-model")
     ckpt = load_checkpoint(args.model or DEFAULT_MODEL)
+    if args.ae:
+        swap_decoder(ckpt, args.ae)
     try:
         src = EpisodeSource(args.data)
     except FileNotFoundError as e:                 # train.dataset says what is missing
@@ -336,7 +342,8 @@ def evaluate(args: argparse.Namespace) -> int:
         "context_noise": sess.context_noise, "episodes": len({e for e, _ in starts}), "rollouts": R,
         "frames": R * H, "real_frames": int(ok.sum()), "recorded_actions": masked_mean(roll.recorded),
         "real_reference": {"replayed_rollouts": replayed, "not_replayed_because": why_not},
-        "env_id": env_id, "model": str(ckpt.path), "data": str(args.data), "device": str(device),
+        "env_id": env_id, "model": str(ckpt.path), "decoder_from": args.ae, "data": str(args.data),
+        "device": str(device),
         "video": None, "plots": [],
     }
     result = finite_json(result)
@@ -389,6 +396,27 @@ def _bucket_plot(path: Path, result: dict, name: str, line_plot: Any) -> None:
         line_plot(path, {"FD dream": [b["fd"] for b in result["horizon_buckets"]],
                          "FD floor (real vs real)": [b["fd_floor"] for b in result["horizon_buckets"]]},
                   title=f"{name}: Fréchet distance of latents", xlabel="horizon steps", xticks=ticks)
+
+
+def swap_decoder(ckpt: Any, path: str) -> None:
+    """Put the autoencoder of checkpoint `path` into `ckpt` in place of its own, after checking that its encoder is
+    the model's (equal at float16, the precision models are shipped in): a new decoder for the same latents."""
+    ae = load_checkpoint(path)
+    if not ae.has("ae"):
+        raise EvalError(f"--ae {path}: holds no autoencoder weights (parts: {sorted(ae.tensors)})")
+    mine, theirs = ckpt.tensors["ae"], ae.tensors["ae"]
+    if set(mine) != set(theirs) or any(mine[k].shape != theirs[k].shape for k in mine):
+        raise EvalError(f"--ae {path}: an autoencoder of another shape than the model's ({ckpt.path}); it must "
+                        "be trained from the model's with `reverie train ae --init MODEL --freeze-encoder`")
+    changed = [k for k in mine if k.startswith("encoder.")
+               and not torch.equal(mine[k].to(torch.float16), theirs[k].to(torch.float16))]
+    if changed:
+        raise EvalError(f"--ae {path}: its encoder differs from the model's ({len(changed)} tensors, e.g. "
+                        f"{changed[0]}), so the world model would read latents it was not trained on; train the "
+                        "decoder alone (`reverie train ae --init MODEL --freeze-encoder`) or retrain the world "
+                        "model on this autoencoder (`reverie train wm --ae`)")
+    ckpt.tensors["ae"] = {k: theirs[k] if k.startswith("decoder.") else v for k, v in mine.items()}
+    ckpt.metrics = {**ckpt.metrics, "decoder_from": str(path)}
 
 
 def _write_model(args: argparse.Namespace, ckpt: Any, sess: Session, result: dict) -> None:

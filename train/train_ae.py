@@ -7,7 +7,7 @@ import argparse
 import torch
 
 from engine.autoencoder import Autoencoder, frames_to_tensor
-from engine.checkpoint import save_checkpoint
+from engine.checkpoint import CheckpointError, load_checkpoint, resolve_model, save_checkpoint
 from engine.config import ModelConfig
 from train.config import TrainingError, add_train_flags, config_from_args, data_path, open_episodes, step_generator
 from train.loop import Dist, fit, start_run, trained_weights
@@ -30,6 +30,24 @@ def add_flags(p: argparse.ArgumentParser) -> None:
                    help="max std of the noise added to latents while training the decoder, relative to their std "
                         "(default: the preset's, 0.25): it makes the decoder robust to a world model's imperfect "
                         "latents, and also teaches it to ignore the faint latent trace of a tiny object")
+    p.add_argument("--init", default=None,
+                   help="start from this autoencoder's weights: an autoencoder checkpoint or a model file (its "
+                        "'ae' part); same preset")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="with --init: train the decoder only. The latents stay exactly as they were, so a world "
+                        "model trained on them keeps working with the new decoder (`reverie eval --ae` scores "
+                        "and writes the model with it)")
+
+
+def init_weights(path: str) -> dict[str, torch.Tensor]:
+    """The autoencoder weights of a checkpoint (an autoencoder's, or a model file's 'ae' part), as float32."""
+    try:
+        ck = load_checkpoint(resolve_model(path))
+    except (CheckpointError, OSError) as e:
+        raise TrainingError(f"--init {path}: {e}") from None
+    if not ck.has("ae"):
+        raise TrainingError(f"--init {path}: holds no autoencoder weights (parts: {sorted(ck.tensors)})")
+    return {k: v.float() if v.is_floating_point() else v for k, v in ck.tensors["ae"].items()}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
     if args.decoder_noise is not None:
         cfg.autoencoder.decoder_noise = args.decoder_noise
     cfg.autoencoder.validate()
+    if args.freeze_encoder and not args.init:
+        raise TrainingError("--freeze-encoder: needs --init, the autoencoder whose encoder to keep")
+    init = init_weights(args.init) if args.init else None
     H, W = cfg.autoencoder.height, cfg.autoencoder.width
     if tuple(src.frame_shape) != (H, W, 3):
         raise TrainingError(f"--data {args.data}: frames are {src.frame_shape}, preset {args.preset!r} expects "
@@ -60,6 +81,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     run_dir, device, dist_info = started
     model = Autoencoder(cfg.autoencoder).to(device)
+    if init is not None:
+        try:
+            model.load_state_dict(init)
+        except RuntimeError as e:
+            raise TrainingError(f"--init {args.init}: its autoencoder does not fit preset {args.preset!r} "
+                                f"({str(e).splitlines()[0]}); pass the preset it was trained with") from None
+    if args.freeze_encoder:
+        model.encoder.requires_grad_(False)
 
     def batch_fn(step: int, d: Dist) -> torch.Tensor:
         """This rank's slice of the frame pairs of `step` (cropped when --crop): (b, 2, 3, h, w), previous then
