@@ -92,7 +92,13 @@ OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 -m reverie_cli train 
   --batch 16 --lr 1e-4 --warmup 20 --time-limit $((DRIFT2_MINUTES * 60)) --threads 1 --log-every 25 \
   --save-every 250 --sample-every 0 --half --init "$W/wm_drift/model.safetensors" "${DRIFT_FLAGS[@]}"
 
-log "eval at the shipped settings (written into the model as its run-time defaults)"
-reverie eval --model "$W/wm_drift2/model.safetensors" --data "$W/data/heldout" --horizon 16 --steps "$STEPS" \
-  --guidance "$GUIDANCE" --threads 2 --json "$W/eval.json" --write-model "$W/default.safetensors" --half
+log "the decoder trained again, alone, on whole frames (the encoder, and so every latent, stays as it is): the"
+log "autoencoder above trained on 32x32 crops, whose decoder draws small sprites with a halo (README: 'Long play')"
+reverie train ae --data "$W/data/mix" --out "$W/ae_decoder" --preset tiny --crop 0 --steps 2000 --batch 32 \
+  --lr 1e-3 --threads 2 --log-every 50 --save-every 500 --init "$W/ae/ae.safetensors" --freeze-encoder
+
+log "eval at the shipped settings with that decoder (written into the model with its run-time defaults)"
+reverie eval --model "$W/wm_drift2/model.safetensors" --ae "$W/ae_decoder/ae.safetensors" --data "$W/data/heldout" \
+  --horizon 16 --steps "$STEPS" --guidance "$GUIDANCE" --threads 2 --json "$W/eval.json" \
+  --write-model "$W/default.safetensors" --half
 log "done"

@@ -43,7 +43,7 @@ RECIPES = [  # recipe, environment, the commands it must run at least
     ("breakout.sh", {"DEVICE": "cuda"}, {"train": 3, "eval": 1}),
     ("doom.sh", {}, {"record": 2, "train": 3, "eval": 1}),
     ("default_model.sh", {}, {"record": 3, "train": 3, "eval": 1}),
-    ("default_model_cpu.sh", {}, {"record": 4, "train": 9, "eval": 1}),
+    ("default_model_cpu.sh", {}, {"record": 4, "train": 10, "eval": 1}),
 ]
 
 
