@@ -40,14 +40,15 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 
 
 def init_weights(path: str) -> dict[str, torch.Tensor]:
-    """The autoencoder weights of a checkpoint (an autoencoder's, or a model file's 'ae' part), as float32."""
+    """The autoencoder weights of a checkpoint (an autoencoder's, or a model file's 'ae' part; load_checkpoint gives
+    float16 weights back as float32)."""
     try:
         ck = load_checkpoint(resolve_model(path))
     except (CheckpointError, OSError) as e:
         raise TrainingError(f"--init {path}: {e}") from None
     if not ck.has("ae"):
         raise TrainingError(f"--init {path}: holds no autoencoder weights (parts: {sorted(ck.tensors)})")
-    return {k: v.float() if v.is_floating_point() else v for k, v in ck.tensors["ae"].items()}
+    return ck.tensors["ae"]
 
 
 def run(args: argparse.Namespace) -> int:
