@@ -4,6 +4,9 @@
 #   bash runs/default_model.sh [WORKDIR]       on a CUDA machine (about 8 minutes on one H200)
 #   SCALE=0.01 DEVICE=cpu bash runs/default_model.sh /tmp/rv   a smoke run of the same steps on a CPU
 #
+# PATCH=1 gives every latent cell a token of its own (64 a frame instead of 16): the dream loses the avatar where
+# an enemy comes within a token of it (README "Long play"), and that is the lever to try with a GPU.
+#
 # Outputs in WORKDIR: data/train, data/heldout, ae/, idm/, wm/model.safetensors (the model, with its IDM and a
 # start state bundled), eval*.json/png, and default.safetensors (the shipped file: float16 weights + eval metrics).
 set -euo pipefail
@@ -50,7 +53,8 @@ log "loss weighs the tokens that change more, and half the windows see the model
 $REVERIE train wm --data "$W/data/mix" --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" \
   --out "$W/wm" --preset tiny --steps 1000000 --batch 32 --lr 4e-4 --time-limit "$(s 230 15)" \
   --device "$DEVICE" --threads "$THREADS" --log-every 200 --save-every 1000000 --sample-every 0 --half \
-  --rollout-iters "${ROLLOUT_ITERS:-2}" --change-weight "${CHANGE_WEIGHT:-1}" --backbone-actions off
+  --rollout-iters "${ROLLOUT_ITERS:-2}" --change-weight "${CHANGE_WEIGHT:-1}" --backbone-actions off \
+  --patch "${PATCH:-2}"
 
 log "eval on held-out episodes"
 $REVERIE eval --model "$W/wm/model.safetensors" --data "$W/data/heldout" --horizon 16 --steps 2 \
@@ -60,4 +64,7 @@ $REVERIE eval --model "$W/wm/model.safetensors" --data "$W/data/heldout" --horiz
   --json "$W/eval_s1.json" --device "$DEVICE" --threads "$THREADS" --rollouts-per-episode 8
 $REVERIE eval --model "$W/wm/model.safetensors" --data "$W/data/heldout" --horizon 16 --steps 4 \
   --json "$W/eval_s4.json" --device "$DEVICE" --threads "$THREADS" --rollouts-per-episode 8
+log "eval: 1,000-frame dreams, what a player sees (objects per time bucket, control)"
+$REVERIE eval --model "$W/default.safetensors" --data "$W/data/heldout" --horizon "$(s 1000 16)" \
+  --json "$W/eval_long.json" --device "$DEVICE" --threads "$THREADS" --rollouts-per-episode 1
 log "done"

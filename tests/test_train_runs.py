@@ -337,3 +337,43 @@ def test_bad_init_is_one_line_naming_the_flag(tmp_path, recorded, ae_run, capsys
     line = one_line_error(err, "ae")
     assert "--init" in line, line
     assert not (out / "ae.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --patch: tokens per frame
+# ---------------------------------------------------------------------------------------------------------------
+def test_patch_1_trains_a_model_with_a_token_per_latent_cell_that_plays(tmp_path, recorded, ae_run, capsys):
+    import numpy as np
+
+    from engine.checkpoint import load_checkpoint
+    from engine.session import Session
+
+    out = tmp_path / "wm"
+    rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out", str(out),
+                      "--steps", "1", "--batch", "2", "--threads", "1", "--window", "4", "--patch", "1")
+    assert rc == 0, err
+    wm = load_checkpoint(out / "model.safetensors").config.world_model
+    assert (wm.patch, wm.tokens_per_frame, wm.token_dim) == (1, 64, 16)
+    sess = Session(out / "model.safetensors", backend="torch", threads=1)
+    frames = np.zeros((2, 64, 64, 3), np.uint8)
+    sess.reset(frames, np.zeros((2, sess.spec.size), np.float32))
+    frame = sess.step(sess.spec.encode(["right"]))
+    assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8
+
+    # a patch-2 model cannot warm-start a patch-1 one: one line naming --init
+    rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out",
+                      str(tmp_path / "wm2"), "--steps", "1", "--batch", "2", "--threads", "1", "--window", "4",
+                      "--init", str(out / "model.safetensors"))
+    assert rc == 1
+    line = one_line_error(err, "wm")
+    assert "--init" in line and "--patch 2" in line and "16 latent values" in line, line
+    assert not (tmp_path / "wm2").exists()
+
+
+def test_a_patch_that_does_not_split_the_latent_grid_is_refused(tmp_path, recorded, ae_run, capsys):
+    rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out",
+                      str(tmp_path / "wm"), "--steps", "1", "--batch", "2", "--threads", "1", "--patch", "3")
+    assert rc == 1
+    line = one_line_error(err, "wm")
+    assert "--patch 3" in line and "1, 2, 4, 8" in line, line
+    assert not (tmp_path / "wm").exists()

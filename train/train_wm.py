@@ -55,6 +55,10 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ae", required=True, help="autoencoder checkpoint (.safetensors from 'reverie train ae')")
     p.add_argument("--idm", help="inverse-dynamics checkpoint to bundle into the model file, for eval")
     p.add_argument("--window", type=int, default=0, help="frames per training window (default: the preset's)")
+    p.add_argument("--patch", type=int, default=None,
+                   help="latent cells per token side (default: the preset's, 2): 1 gives every 8x8-pixel cell a token "
+                        "of its own, 4x the tokens a frame (64 for tiny), for sprites smaller than a 2x2 token; the "
+                        "sequence and so the step cost grow about 4x")
     p.add_argument("--init", default=None,
                    help="warm start: world-model weights from a checkpoint or a training state folder (new weights "
                         "the model has since gained start fresh); the run itself starts at step 0")
@@ -107,6 +111,24 @@ def confident_windows(src: EpisodeSource, data: str, window: int, min_confidence
         print(f"--min-label-confidence {min_confidence}: training on {kept} of {total} windows "
               f"({100 * kept / total:.1f}%)")
     return starts
+
+
+def warm_start(model: WorldModel, init: dict[str, torch.Tensor], path: str) -> list[str]:
+    """Load `--init` weights into model (names and shapes must fit; weights the model has gained since start
+    fresh); the names of those fresh weights."""
+    try:
+        missing, unexpected = model.load_state_dict(init, strict=False)
+    except RuntimeError as e:  # a weight of another shape (another preset, another --patch)
+        c, hint = model.cfg, ""
+        theirs = init.get("head.out.bias")
+        if theirs is not None and theirs.numel() != c.token_dim:
+            hint = (f"; its tokens hold {theirs.numel()} latent values, this model's {c.token_dim} (--patch "
+                    f"{c.patch}): train with the --patch it was trained with, or without --init")
+        raise CheckpointError(f"--init {path}: its weights do not fit this model "
+                              f"({str(e).strip().splitlines()[-1].strip()}){hint}") from None
+    if unexpected:
+        raise CheckpointError(f"--init {path}: weights that this model does not have: {unexpected[:5]}")
+    return missing
 
 
 def encode_dataset(src: EpisodeSource, ae: Autoencoder, device: torch.device, cache: Path,
@@ -222,6 +244,15 @@ def run(args: argparse.Namespace) -> int:
     cfg.autoencoder = ae_ckpt.config.autoencoder
     if args.window:
         cfg.world_model.context_frames = args.window
+    if args.patch is not None:
+        wm = cfg.world_model
+        fits = [p for p in range(1, min(wm.latent_height, wm.latent_width) + 1)
+                if wm.latent_height % p == 0 and wm.latent_width % p == 0]
+        if args.patch not in fits:
+            raise TrainingError(f"--patch {args.patch}: the {wm.latent_height}x{wm.latent_width} latent grid of "
+                                f"preset {args.preset!r} does not split into {args.patch}x{args.patch} cells; use "
+                                f"one of {', '.join(map(str, fits))}")
+        wm.patch = args.patch
     if args.rollout_iters is not None:
         cfg.world_model.rollout_iters = args.rollout_iters
     if args.backbone_actions is not None:
@@ -231,6 +262,8 @@ def run(args: argparse.Namespace) -> int:
     if args.change_weight is not None:
         cfg.world_model.change_weight = args.change_weight
     cfg.validate()
+    if init is not None:   # weights of another shape are refused before any encoding
+        warm_start(WorldModel(cfg.world_model), init, args.init)
     window = cfg.world_model.context_frames
     starts = confident_windows(src, args.data, window, args.min_label_confidence)
     started = start_run(args.out, tcfg, {"stage": "wm", "flags": flags, "model": cfg.to_dict(),
@@ -254,13 +287,7 @@ def run(args: argparse.Namespace) -> int:
     model.latent_std.copy_(allz.std(dim=(0, 2, 3)).clamp_min(1e-3))
     del allz
     if init is not None:
-        try:
-            missing, unexpected = model.load_state_dict(init, strict=False)
-        except RuntimeError as e:  # a weight of another shape (another preset)
-            raise CheckpointError(f"--init {args.init}: its weights do not fit this model "
-                                  f"({str(e).strip().splitlines()[-1].strip()})") from None
-        if unexpected:
-            raise CheckpointError(f"--init {args.init}: weights that this model does not have: {unexpected[:5]}")
+        missing = warm_start(model, init, args.init)
         print(f"warm start from {args.init}" + (f"; new (freshly initialised) weights: {missing}" if missing else ""))
     latents_dev = [z.to(device) for z in latents]
     actions_dev = [torch.from_numpy(a).to(device) for a in src.actions]
