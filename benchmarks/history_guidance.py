@@ -31,6 +31,8 @@ import numpy as np
 import torch
 
 from engine.errors import ReverieError
+from engine.knobs import arg_type, check_threads
+from engine.output import check_count, prepare_output, write_json
 from engine.session import Session
 from train.control import DIRECTIONS, control_frames, displacement
 from train.data import EpisodeSource
@@ -156,15 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="held-out builtin:gems episodes (8 at least horizon + 8 frames long)")
     p.add_argument("--model", default=None, help="world-model checkpoint (default: the shipped model)")
-    p.add_argument("--horizon", type=int, default=500)
+    p.add_argument("--horizon", type=arg_type(check_count(1), "--horizon", int), default=500)
     p.add_argument("--run", type=parse_run, action="append", required=True, help="guidance,weight[,noise:L|short:k]")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=arg_type(check_threads, "--threads", int), default=2)
     p.add_argument("--no-control", action="store_true", help="skip the control measure")
     p.add_argument("--json", default=None, help="where to save the results")
     args = p.parse_args(argv)
     try:
-        from engine.output import prepare_output, write_json
-
         out = prepare_output(args.json) if args.json else None
         torch.set_num_threads(args.threads)
         src = EpisodeSource(args.data)
