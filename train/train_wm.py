@@ -58,7 +58,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch", type=int, default=None,
                    help="latent cells per token side (default: the preset's, 2): 1 gives every 8x8-pixel cell a token "
                         "of its own, 4x the tokens a frame (64 for tiny), for sprites smaller than a 2x2 token; the "
-                        "sequence and so the step cost grow about 4x")
+                        "step costs more (2.5x as long on a 2-core CPU)")
     p.add_argument("--init", default=None,
                    help="warm start: world-model weights from a checkpoint or a training state folder (new weights "
                         "the model has since gained start fresh); the run itself starts at step 0")
