@@ -113,11 +113,11 @@ def confident_windows(src: EpisodeSource, data: str, window: int, min_confidence
     return starts
 
 
-def warm_start(model: WorldModel, init: dict[str, torch.Tensor], path: str) -> list[str]:
+def warm_start(model: WorldModel, init: dict[str, torch.Tensor], path: str, assign: bool = False) -> list[str]:
     """Load `--init` weights into model (names and shapes must fit; weights the model has gained since start
-    fresh); the names of those fresh weights."""
+    fresh); the names of those fresh weights. `assign` for a model on the meta device (a check of names and shapes)."""
     try:
-        missing, unexpected = model.load_state_dict(init, strict=False)
+        missing, unexpected = model.load_state_dict(init, strict=False, assign=assign)
     except RuntimeError as e:  # a weight of another shape (another preset, another --patch)
         c, hint = model.cfg, ""
         theirs = init.get("head.out.bias")
@@ -263,7 +263,9 @@ def run(args: argparse.Namespace) -> int:
         cfg.world_model.change_weight = args.change_weight
     cfg.validate()
     if init is not None:   # weights of another shape are refused before any encoding
-        warm_start(WorldModel(cfg.world_model), init, args.init)
+        with torch.device("meta"):   # shapes only: no memory, no random init
+            shape_only = WorldModel(cfg.world_model)
+        warm_start(shape_only, init, args.init, assign=True)
     window = cfg.world_model.context_frames
     starts = confident_windows(src, args.data, window, args.min_label_confidence)
     started = start_run(args.out, tcfg, {"stage": "wm", "flags": flags, "model": cfg.to_dict(),
