@@ -32,6 +32,7 @@ import torch
 
 from engine.errors import ReverieError
 from engine.knobs import arg_type, check_threads
+from engine.kv_cache import NEG_INF, RingKVCache
 from engine.output import check_count, prepare_output, write_json
 from engine.session import Session
 from train.control import DIRECTIONS, control_frames, displacement
@@ -46,14 +47,33 @@ BUCKETS = ((0, 16), (16, 100), (100, 250), (250, 500), (500, 1000), (1000, 2000)
 WEAK_SEED = 777   # the weak copy of world b draws its context noise from seed b + WEAK_SEED
 
 
+class RecentRing(RingKVCache):
+    """The session's ring, with worlds `first`.. attending only the last `frames_seen` frames (the new one included)."""
+
+    def __init__(self, ring: RingKVCache, first: int, frames_seen: int):
+        self.__dict__.update(ring.__dict__)
+        self.first, self.frames_seen = first, frames_seen
+
+    def mask(self, with_next: bool, full: bool | None = None) -> torch.Tensor:
+        """RingKVCache.mask for the in-place (torch) backbone, never None: the copies are masked with a full ring."""
+        slots = torch.arange(self.frames, device=self.valid.device)
+        keep = self.valid | (slots == self.slot())                                    # (B, W)
+        keep[self.first:] &= (self.slot() - slots).remainder(self.frames) < self.frames_seen
+        keep = keep.repeat_interleave(self.tokens, dim=1)
+        return torch.zeros(keep.shape, device=keep.device).masked_fill(~keep, NEG_INF)[:, None, None]
+
+
 class HistoryGuidedSession(Session):
     """B worlds, each with a weak-history copy (worlds B..2B-1 of a batch-2B session); see the module docstring."""
 
     def __init__(self, model: str | None, worlds: int, guidance: float, weight: float, weak: tuple[str, float],
                  threads: int = 1):
+        # the PyTorch modules read the ring's mask (the fused Triton step reads slot validity instead)
         super().__init__(model, backend="torch", batch=2 * worlds, steps=1, guidance=guidance, threads=threads,
-                         cuda_graph=False)
+                         cuda_graph=False, kernels="reference")
         self.worlds, self.weight, (self.weak_kind, self.weak_value) = worlds, weight, weak
+        if self.weak_kind == "short":
+            self.kv = RecentRing(self.kv, worlds, int(self.weak_value))
         self._weak_level()
 
     def _weak_level(self) -> None:
@@ -69,24 +89,6 @@ class HistoryGuidedSession(Session):
     def step(self, action, defer_update=False):  # noqa: D102 - Session.step; the copies take the same action
         a = np.broadcast_to(np.asarray(action, np.float32), (self.worlds, self.spec.size))
         return super().step(np.concatenate([a, a]), defer_update)[:self.worlds]
-
-    def _backbone(self, z, actions, full=None):
-        if self.weak_kind != "short":
-            return super()._backbone(z, actions, full)
-        kv, run, B = self.kv, self.runner, self.worlds   # the torch runner writes keys in place: pass a mask always
-        slot = kv.slot()
-        keep = kv.valid | (torch.arange(kv.frames) == slot)
-        keep[B:] &= (slot - torch.arange(kv.frames)).remainder(kv.frames) < int(self.weak_value)
-        keep = keep.repeat_interleave(kv.tokens, dim=1)
-        mask = torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))[:, None, None]
-        cos, sin = self.wm.rope.frames(kv.count.reshape(1))
-        h, _, _ = run.run("backbone", {
-            "z": z, "noise": run.noise(self.seed, self.counter, tuple(z.shape[1:]), 1), "actions": actions,
-            "level": self.level_buf, "cos": cos[0], "sin": sin[0], "k_cache": kv.k, "v_cache": kv.v, "mask": mask,
-            "write_index": kv.write_index(), "valid": None})
-        kv.append()
-        self.h_last.copy_(h)
-        self.counter.add_(1)
 
     def _head(self, steps, cfg_on):
         c, B, wm, g = self.cfg, self.worlds, self.wm, float(self.guidance)
