@@ -31,6 +31,11 @@ from engine.transformer import Backbone, Head, Rope3D
 
 # how training treats actions an inverse-dynamics model filled in, by their confidence (WorldModel.loss)
 UNSURE_ACTIONS = ("keep", "weight", "drop")
+# the weights that read the action: a warm start with fresh actions (`reverie train wm --init M --fresh-actions`)
+# starts these from zero and keeps the rest, so a model pretrained on a game's frames learns what its actions do anew
+ACTION_INPUTS = ("backbone.action_in.weight", "backbone.action_in.bias", "head.action_in.weight",
+                 "head.action_in.bias", "head.null_action", "head.action_tokens.weight", "head.action_tokens.bias",
+                 "head.null_action_tokens")
 
 
 def step_schedule(steps: int, levels: int) -> list[int]:

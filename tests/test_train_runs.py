@@ -377,3 +377,54 @@ def test_a_patch_that_does_not_split_the_latent_grid_is_refused(tmp_path, record
     line = one_line_error(err, "wm")
     assert "--patch 3" in line and "1, 2, 4, 8" in line, line
     assert not (tmp_path / "wm").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --fresh-actions: a warm start that learns the actions anew
+# ---------------------------------------------------------------------------------------------------------------
+def test_fresh_actions_keeps_the_pretrained_frames_and_starts_the_action_inputs_from_zero(tmp_path, recorded, ae_run,
+                                                                                        capsys):
+    from safetensors.torch import save_file
+
+    from engine.checkpoint import load_checkpoint
+    from engine.world_model import ACTION_INPUTS
+
+    base = ["train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--batch", "2", "--threads", "1",
+            "--window", "4"]
+    rc, err = reverie(capsys, *base, "--out", str(tmp_path / "pre"), "--steps", "2", "--lr", "0.01")
+    assert rc == 0, err
+    pre = {k: v.float() for k, v in load_checkpoint(tmp_path / "pre" / "model.safetensors").tensors["wm"].items()}
+    assert pre["head.action_in.weight"].abs().max() > 0.05     # the pretrained model reads its actions
+
+    rc, err = reverie(capsys, *base, "--out", str(tmp_path / "fresh"), "--steps", "1", "--lr", "1e-6", "--init",
+                      str(tmp_path / "pre" / "model.safetensors"), "--fresh-actions")
+    assert rc == 0, err
+    fresh = {k: v.float() for k, v in load_checkpoint(tmp_path / "fresh" / "model.safetensors").tensors["wm"].items()}
+    for name in ACTION_INPUTS:       # one step of lr 1e-6 away from zero
+        assert fresh[name].abs().max() < 1e-4, name
+    others = [k for k in pre if k not in ACTION_INPUTS and k not in ("latent_mean", "latent_std")]
+    assert others and all((fresh[k] - pre[k]).abs().max() < 1e-4 for k in others)
+
+    # a model that reads actions of another size: refused with the way out named, then taken with --fresh-actions
+    wider = dict(pre)
+    for name in ("backbone.action_in.weight", "head.action_in.weight", "head.action_tokens.weight"):
+        wider[name] = torch.cat([pre[name], pre[name][:, :2]], dim=1)
+    save_file(wider, str(tmp_path / "six_buttons.state"))
+    rc, err = reverie(capsys, *base, "--out", str(tmp_path / "six"), "--steps", "1", "--init",
+                      str(tmp_path / "six_buttons.state"))
+    assert rc == 1
+    line = one_line_error(err, "wm")
+    assert "--init" in line and "6 values" in line and "--fresh-actions" in line, line
+    assert not (tmp_path / "six").exists()
+    rc, err = reverie(capsys, *base, "--out", str(tmp_path / "six"), "--steps", "1", "--init",
+                      str(tmp_path / "six_buttons.state"), "--fresh-actions")
+    assert rc == 0, err
+
+
+def test_fresh_actions_without_init_is_refused(tmp_path, recorded, ae_run, capsys):
+    rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out",
+                      str(tmp_path / "wm"), "--steps", "1", "--batch", "2", "--threads", "1", "--fresh-actions")
+    assert rc == 1
+    line = one_line_error(err, "wm")
+    assert "--fresh-actions" in line and "--init" in line, line
+    assert not (tmp_path / "wm").exists()

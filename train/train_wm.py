@@ -26,7 +26,7 @@ from tqdm import tqdm
 from engine.autoencoder import Autoencoder, frames_to_tensor
 from engine.checkpoint import CheckpointError, atomic_target, load_checkpoint, load_into, save_checkpoint
 from engine.config import ModelConfig
-from engine.world_model import UNSURE_ACTIONS, WorldModel
+from engine.world_model import ACTION_INPUTS, UNSURE_ACTIONS, WorldModel
 from train.config import (
     RESUMABLE,
     TrainingError,
@@ -62,6 +62,10 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", default=None,
                    help="warm start: world-model weights from a checkpoint or a training state folder (new weights "
                         "the model has since gained start fresh); the run itself starts at step 0")
+    p.add_argument("--fresh-actions", action="store_true",
+                   help="with --init: the weights that read the action start from zero, the rest from --init, so the "
+                        "model learns what the actions do from this data alone (actions of another spec or count, "
+                        "labels to compare on one pretrained model)")
     p.add_argument("--half", action="store_true", help="store the final model's weights as float16 (half size)")
     p.add_argument("--rollout-iters", type=int, default=None,
                    help="train on the model's own rollouts against drift: Jacobi passes K (0: off; default: the "
@@ -120,10 +124,13 @@ def warm_start(model: WorldModel, init: dict[str, torch.Tensor], path: str, assi
         missing, unexpected = model.load_state_dict(init, strict=False, assign=assign)
     except RuntimeError as e:  # a weight of another shape (another preset, another --patch)
         c, hint = model.cfg, ""
-        theirs = init.get("head.out.bias")
+        theirs, acts = init.get("head.out.bias"), init.get("head.action_in.weight")
         if theirs is not None and theirs.numel() != c.token_dim:
             hint = (f"; its tokens hold {theirs.numel()} latent values, this model's {c.token_dim} (--patch "
                     f"{c.patch}): train with the --patch it was trained with, or without --init")
+        elif acts is not None and acts.ndim == 2 and acts.shape[1] != c.action_dim:
+            hint = (f"; it reads actions of {acts.shape[1]} values, this data's have {c.action_dim}: add "
+                    "--fresh-actions to learn the action inputs anew on this data")
         raise CheckpointError(f"--init {path}: its weights do not fit this model "
                               f"({str(e).strip().splitlines()[-1].strip()}){hint}") from None
     if unexpected:
@@ -224,6 +231,9 @@ def run(args: argparse.Namespace) -> int:
     idm_path = checkpoint_path("--idm", args.idm, "idm.safetensors", "reverie train idm") if args.idm else None
     if args.init:
         init_path(args.init)
+    elif args.fresh_actions:
+        raise TrainingError("--fresh-actions: starts the action inputs of a warm-started model afresh; it needs "
+                            "--init MODEL (without --init every weight starts fresh anyway)")
     flags = check_out(args, "wm", WM_RESUMABLE)
     ae_ckpt = load_flag_checkpoint("--ae", ae_path)
     idm_weights = load_flag_checkpoint("--idm", idm_path).tensors.get("idm") if idm_path else None
@@ -236,6 +246,8 @@ def run(args: argparse.Namespace) -> int:
             init = warm_start_weights(args.init)
         except (CheckpointError, TrainingError) as e:
             raise CheckpointError(f"--init: {e}") from None
+        if args.fresh_actions:
+            init = {k: v for k, v in init.items() if k not in ACTION_INPUTS}
     src = open_episodes(args)
     if not ae_ckpt.action_spec.compatible(src.spec):
         raise CheckpointError(f"--ae {ae_path}: trained on {ae_ckpt.action_spec.game!r}, but --data {args.data} "
@@ -290,6 +302,13 @@ def run(args: argparse.Namespace) -> int:
     del allz
     if init is not None:
         missing = warm_start(model, init, args.init)
+        if args.fresh_actions:
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if name in ACTION_INPUTS:
+                        param.zero_()
+            missing = [m for m in missing if m not in ACTION_INPUTS]
+            print(f"warm start from {args.init} with fresh actions: the action inputs start from zero")
         print(f"warm start from {args.init}" + (f"; new (freshly initialised) weights: {missing}" if missing else ""))
     latents_dev = [z.to(device) for z in latents]
     actions_dev = [torch.from_numpy(a).to(device) for a in src.actions]
