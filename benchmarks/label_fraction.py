@@ -2,8 +2,8 @@
 measure what that costs (builtin:gems).
 
     python benchmarks/label_fraction.py [--episodes 40] [--steps 500] [--fraction 0.1] [--idm-steps 600]
-        [--ae-steps 2000 | --ae FILE] [--wm-steps 3000] [--unsure-actions weight drop] [--heldout 8] [--horizon 16]
-        [--labels-only] [--jobs 2 --threads 1] [--work DIR] [--json OUT]
+        [--ae-steps 2000 | --ae FILE] [--wm-steps 3000] [--init-wm MODEL] [--unsure-actions weight drop] [--heldout 8]
+        [--horizon 16] [--labels-only] [--jobs 2 --threads 1] [--work DIR] [--json OUT]
 
 1. Record --episodes episodes with the scripted agent (seeds 0..) and --heldout more (seeds 100000..) for eval.
 2. Keep the true actions of the first --fraction of them (at least one episode) and train an IDM on those alone
@@ -13,9 +13,12 @@ measure what that costs (builtin:gems).
    (always answering the commonest key set) and the mean confidence of right and wrong labels.
 4. (b) Unless --labels-only: one autoencoder on every training frame (it reads no actions; or --ae), then world
    models at the same budget (--wm-steps, --wm-batch): on the relabeled data (the kept episodes with their own
-   actions plus the IDM-labeled rest) and on the fully labeled data (and, with --min-label-confidence X or
-   --unsure-actions MODE.., on the relabeled data trained with that threshold or mode). Each is scored by 'reverie
-   eval' on the held-out episodes; action following is read by one judge IDM trained on the fully labeled data
+   actions plus the IDM-labeled rest), on the fully labeled data and on the kept episodes alone (and, with
+   --min-label-confidence X or --unsure-actions MODE.., on the relabeled data trained with that threshold or mode).
+   From scratch by default; with --init-wm MODEL each starts from MODEL's world model with its action inputs at
+   zero ('reverie train wm --init MODEL --fresh-actions'): the Dreamer 4 setting, where a model that already knows
+   the game's frames learns from the labels what the actions do, at a budget a CPU can afford. Each is scored by
+   'reverie eval' on the held-out episodes; action following is read by one judge IDM trained on the fully labeled data
    (--judge-steps), the same instrument for every model, and reported also as a share of the fully labeled model's.
 
 Every step leaves its output in --work and is skipped when run again with the same --work (a long run can be
@@ -162,11 +165,27 @@ def world_model_chain(args: argparse.Namespace, name: str, data: Path, ae: Path,
     budget = ["--steps", str(args.wm_steps), "--batch", str(args.wm_batch)]
     if args.wm_time_limit:
         budget += ["--time-limit", str(args.wm_time_limit)]
+    if args.wm_lr:
+        budget += ["--lr", str(args.wm_lr)]
+    if args.init_wm:
+        budget += init_flags(args.init_wm)
     return [["train", "wm", "--data", str(data), "--ae", str(ae), "--out", str(run), *budget, *train_flags(args),
              *extra],
             ["eval", "--model", str(run / "model.safetensors"), "--data", str(args.work / "heldout"),
              "--horizon", str(args.horizon), "--idm", str(args.work / "judge" / "idm.safetensors"), "--json",
              str(report), "--threads", str(args.threads), "--device", args.device, "--no-progress"]]
+
+
+def init_flags(model: Path) -> list[str]:
+    """The flags that start a world model from `model`'s with fresh action inputs, and its backbone's way with
+    actions (the layout must match)."""
+    from engine.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(model)
+    if not ck.has("wm"):
+        raise ReverieError(f"--init-wm {model}: holds no world model to start from")
+    on = ck.config.world_model.backbone_actions
+    return ["--init", str(model), "--fresh-actions", "--backbone-actions", "on" if on else "off"]
 
 
 def world_model_result(args: argparse.Namespace, name: str, data: Path, extra: list[str]) -> dict:
@@ -198,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
                         "world model shares it whichever labels they train on")
     p.add_argument("--wm-steps", type=count, default=3000, help="world-model steps, the same for each (default 3000)")
     p.add_argument("--wm-batch", type=count, default=8, help="world-model batch (default 8)")
+    p.add_argument("--wm-lr", type=float, default=0.0, help="world-model learning rate (default: the trainer's)")
+    p.add_argument("--init-wm", type=Path, default=None,
+                   help="start every world model from this model's (its action inputs at zero, 'reverie train wm "
+                        "--fresh-actions'): a model pretrained on the game's frames that learns the actions from "
+                        "each arm's labels")
     p.add_argument("--wm-time-limit", type=float, default=0.0,
                    help="also stop each world model after this many seconds (0: steps only)")
     p.add_argument("--min-label-confidence", type=float, default=None,
@@ -222,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.ae is not None and not args.ae.is_file():
             raise ReverieError(f"--ae {args.ae}: no such file")
+        if args.init_wm is not None and not args.init_wm.is_file():
+            raise ReverieError(f"--init-wm {args.init_wm}: no such file")
         if not 0 < args.fraction < 1:
             raise ReverieError(f"--fraction must be between 0 and 1, got {args.fraction}")
         if args.min_label_confidence is not None and not 0 < args.min_label_confidence <= 1:
@@ -271,12 +297,16 @@ def main(argv: list[str] | None = None) -> int:
 
         if not args.labels_only:
             copy_into(kept + episodes(w / "relabeled"), w / "mixed")
-            runs = {"full": ("wm_full", w / "episodes", []), "relabeled": ("wm_relabeled", w / "mixed", [])}
+            # fine-tunes, models from scratch and other seeds can share one --work (seed 0 keeps the old names)
+            tag = ("_ft" if args.init_wm else "") + (f"_s{args.seed}" if args.seed else "")
+            runs = {"full": (f"wm_full{tag}", w / "episodes", []),
+                    "relabeled": (f"wm_relabeled{tag}", w / "mixed", []),
+                    "kept_only": (f"wm_kept{tag}", w / "kept", [])}
             if args.min_label_confidence is not None:
-                runs["relabeled_min_confidence"] = ("wm_relabeled_min", w / "mixed",
+                runs["relabeled_min_confidence"] = (f"wm_relabeled_min{tag}", w / "mixed",
                                                     ["--min-label-confidence", str(args.min_label_confidence)])
             for mode in args.unsure_actions:
-                runs[f"relabeled_{mode}"] = (f"wm_relabeled_{mode}", w / "mixed", ["--unsure-actions", mode])
+                runs[f"relabeled_{mode}"] = (f"wm_relabeled_{mode}{tag}", w / "mixed", ["--unsure-actions", mode])
             run_chains([world_model_chain(args, name, data, ae, extra) for name, data, extra in runs.values()],
                        args.jobs, args.threads, w / "logs")
             wm = {key: world_model_result(args, name, data, extra) for key, (name, data, extra) in runs.items()}
