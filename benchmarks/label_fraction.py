@@ -177,8 +177,8 @@ def world_model_chain(args: argparse.Namespace, name: str, data: Path, ae: Path,
 
 
 def init_flags(model: Path) -> list[str]:
-    """The flags that start a world model from `model`'s with fresh action inputs, and its backbone's way with
-    actions (the layout must match)."""
+    """The flags that start a world model from `model`'s with fresh action inputs, keeping its backbone's way with
+    actions (for the default model: the head alone reads them) rather than the preset's."""
     from engine.checkpoint import load_checkpoint
 
     ck = load_checkpoint(model)

@@ -301,15 +301,11 @@ def run(args: argparse.Namespace) -> int:
     model.latent_std.copy_(allz.std(dim=(0, 2, 3)).clamp_min(1e-3))
     del allz
     if init is not None:
+        if args.fresh_actions:   # loaded as zeros, whatever --init's action inputs were (they were left out above)
+            init.update({k: torch.zeros_like(v) for k, v in model.state_dict().items() if k in ACTION_INPUTS})
         missing = warm_start(model, init, args.init)
-        if args.fresh_actions:
-            with torch.no_grad():
-                for name, param in model.named_parameters():
-                    if name in ACTION_INPUTS:
-                        param.zero_()
-            missing = [m for m in missing if m not in ACTION_INPUTS]
-            print(f"warm start from {args.init} with fresh actions: the action inputs start from zero")
-        print(f"warm start from {args.init}" + (f"; new (freshly initialised) weights: {missing}" if missing else ""))
+        print(f"warm start from {args.init}" + (", the action inputs at zero" if args.fresh_actions else "")
+              + (f"; new (freshly initialised) weights: {missing}" if missing else ""))
     latents_dev = [z.to(device) for z in latents]
     actions_dev = [torch.from_numpy(a).to(device) for a in src.actions]
     confidence_dev = [torch.from_numpy(c).to(device) for c in src.confidence]
