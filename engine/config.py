@@ -93,6 +93,8 @@ class WorldModelConfig:
                                         # action enters at the head only, where the frame it leads to is made
     shortcut_levels: int = 6            # step sizes d = 1, 1/2, ..., 1/2^(levels-1); index `levels` means d=0
     shortcut_fraction: float = 0.25     # share of each batch trained on the self-consistency target
+    shortcut_decay: float = 1.0         # self-consistency level j is drawn with weight decay^j: 1 = uniform over
+                                        # d = 1 .. 1/32; < 1 trains the coarse steps that sampling uses more often
     rollout_iters: int = 0              # training: Jacobi passes that replace context with the model's own frames
     rollout_fraction: float = 0.5       # training: share of windows whose context is the model's own rollout
     change_weight: float = 0.0          # training: extra loss weight on tokens that change from the last frame
@@ -125,6 +127,9 @@ class WorldModelConfig:
                               f"rollout_fraction={self.rollout_fraction} in [0, 1]")
         if not 0.0 <= self.change_weight <= 100.0:
             raise ConfigError(f"world model: change_weight={self.change_weight} must be in [0, 100]")
+        if not 0.0 < self.shortcut_decay <= 1.0:
+            raise ConfigError(f"world model: shortcut_decay={self.shortcut_decay} must be in (0, 1] (1: every "
+                              "step size as often)")
 
 
 @dataclass

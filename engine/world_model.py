@@ -221,7 +221,11 @@ class WorldModel(nn.Module):
         tau = torch.rand(M, device=dev)
         # self-consistency part: level j in [0, L-1], tau on the grid of d = 2^-j
         if n_sc:
-            j = torch.randint(0, L, (n_sc,), device=dev)
+            if cfg.shortcut_decay == 1.0:
+                j = torch.randint(0, L, (n_sc,), device=dev)
+            else:  # weight decay^j: more of the coarse steps (d = 1, 1/2) that 1- and 2-step sampling runs
+                p_j = cfg.shortcut_decay ** torch.arange(L, device=dev, dtype=torch.float32)
+                j = torch.multinomial(p_j / p_j.sum(), n_sc, replacement=True)
             d = 2.0 ** -j.float()
             k = torch.floor(torch.rand(n_sc, device=dev) * (2.0 ** j.float()))
             step_idx[:n_sc] = j
@@ -244,4 +248,4 @@ class WorldModel(nn.Module):
         is_sc = torch.zeros(M, dtype=torch.bool, device=dev)
         is_sc[:n_sc] = True
         total = (per_sample * sure).sum() / sure.sum().clamp_min(1e-6) if unsure == "weight" else per_sample.mean()
-        return total, {"tau": tau.detach(), "loss": per_sample.detach(), "shortcut": is_sc}
+        return total, {"tau": tau.detach(), "loss": per_sample.detach(), "shortcut": is_sc, "level": step_idx}

@@ -225,6 +225,25 @@ def test_loss_with_change_weights_is_finite_and_backpropagates():
         tiny_wm_cfg(change_weight=-1.0).validate()
 
 
+def test_shortcut_decay_trains_the_coarse_steps_more():
+    # uniform (decay 1): each level about as often; decay 0.5: d = 1 (level 0) far more often than the finest level
+    def level_counts(decay: float) -> torch.Tensor:
+        wm = make_wm(shortcut_levels=4, shortcut_fraction=1.0, shortcut_decay=decay).train()
+        z, actions, _ = window_inputs(wm, B=64, T=4)
+        torch.manual_seed(0)
+        loss, stats = wm.loss(z, actions)
+        assert torch.isfinite(loss) and stats["shortcut"].all()
+        return torch.bincount(stats["level"], minlength=5)[:4].float()
+
+    uniform, decayed = level_counts(1.0), level_counts(0.5)
+    assert uniform.sum() == decayed.sum() == 64 * 3
+    assert uniform.min() > 0.6 * uniform.mean()                 # 48 each in expectation
+    assert decayed[0] > 2.5 * decayed[3] and decayed[0] > uniform[0] * 1.4   # 102 and 13 in expectation
+    for bad in (0.0, 1.5):
+        with pytest.raises(Exception, match="shortcut_decay"):
+            tiny_wm_cfg(shortcut_decay=bad).validate()
+
+
 def test_rollout_config_is_checked():
     from engine.config import ConfigError
 

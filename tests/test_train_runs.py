@@ -219,8 +219,9 @@ def test_stage_stats_are_tensors_and_empty_bins_are_left_out():
     from train.train_wm import tau_bin_stats
 
     stats = {"tau": torch.tensor([0.1, 0.15, 0.9, 0.5]), "loss": torch.tensor([1.0, 3.0, 5.0, 7.0]),
-             "shortcut": torch.tensor([False, False, False, True])}
+             "shortcut": torch.tensor([False, False, False, True]), "level": torch.tensor([6, 6, 6, 0])}
     out = tau_bin_stats(stats)
+    assert out["loss_d1"].item() == 7.0  # the self-consistency loss at d = 1, the step 1-step sampling takes
     assert all(torch.is_tensor(v) and v.dim() == 0 for v in out.values())
     assert out["loss_tau0"].item() == 2.0 and out["loss_tau3"].item() == 5.0 and out["loss_shortcut"].item() == 7.0
     assert torch.isnan(out["loss_tau1"]) and torch.isnan(out["loss_tau2"])  # no sample in these bins

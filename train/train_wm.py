@@ -75,6 +75,10 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--change-weight", type=float, default=None,
                    help="extra loss weight on the tokens that change from the previous frame (moving sprites), "
                         "relative to the batch's mean change; 0: every token weighs the same (default: the preset's)")
+    p.add_argument("--shortcut-decay", type=float, default=None,
+                   help="self-consistency step sizes d = 1, 1/2, ..., 1/32 drawn with weight DECAY^j (1: uniform, "
+                        "the preset's default; 0.5: each finer step half as often, so the 1- and 2-step sampling "
+                        "that play uses gets more of the training); in (0, 1]")
     p.add_argument("--backbone-actions", choices=("on", "off"), default=None,
                    help="whether the backbone also reads the action that led to each frame (off: the head alone "
                         "reads actions; default: the preset's, on)")
@@ -211,6 +215,9 @@ def tau_bin_stats(stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         sel = ~sc & (tau >= b / TAU_BINS) & (tau < (b + 1) / TAU_BINS)
         out[f"loss_tau{b}"] = torch.where(sel, loss, 0.0).sum() / sel.sum()  # 0 / 0: NaN, "no sample"
     out["loss_shortcut"] = torch.where(sc, loss, 0.0).sum() / sc.sum()
+    if "level" in stats:  # the one-step size d = 1 (level 0), the step 1-step sampling takes
+        one = sc & (stats["level"] == 0)
+        out["loss_d1"] = torch.where(one, loss, 0.0).sum() / one.sum()
     return out
 
 
@@ -273,6 +280,8 @@ def run(args: argparse.Namespace) -> int:
         cfg.world_model.rollout_fraction = args.rollout_fraction
     if args.change_weight is not None:
         cfg.world_model.change_weight = args.change_weight
+    if args.shortcut_decay is not None:
+        cfg.world_model.shortcut_decay = args.shortcut_decay
     cfg.validate()
     if init is not None:   # weights of another shape are refused before any encoding
         with torch.device("meta"):   # shapes only: no memory, no random init
