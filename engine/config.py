@@ -98,6 +98,8 @@ class WorldModelConfig:
     rollout_iters: int = 0              # training: Jacobi passes that replace context with the model's own frames
     rollout_fraction: float = 0.5       # training: share of windows whose context is the model's own rollout
     change_weight: float = 0.0          # training: extra loss weight on tokens that change from the last frame
+    object_weight: float = 0.0          # training: extra loss weight on tokens that hold an object the game's
+                                        # probes find in the target frame (the avatar, a ball)
 
     @property
     def tokens_per_frame(self) -> int:
@@ -127,6 +129,8 @@ class WorldModelConfig:
                               f"rollout_fraction={self.rollout_fraction} in [0, 1]")
         if not 0.0 <= self.change_weight <= 100.0:
             raise ConfigError(f"world model: change_weight={self.change_weight} must be in [0, 100]")
+        if not 0.0 <= self.object_weight <= 100.0:
+            raise ConfigError(f"world model: object_weight={self.object_weight} must be in [0, 100]")
         if not 0.0 < self.shortcut_decay <= 1.0:
             raise ConfigError(f"world model: shortcut_decay={self.shortcut_decay} must be in (0, 1] (1: every "
                               "step size as often)")

@@ -434,3 +434,21 @@ def test_world_model_loss_ignores_memory_layout():
     torch.manual_seed(5)
     b, _ = wm.loss(z_channels_last, actions)
     assert torch.equal(a, b)
+
+
+def test_object_weights_favour_the_object_tokens_and_the_loss_needs_the_masks():
+    wm = make_wm(object_weight=3.0).train()
+    c = wm.cfg
+    z, actions, _ = window_inputs(wm, B=2, T=4)
+    objects = torch.zeros(2, 4, c.tokens_per_frame, dtype=torch.bool)
+    objects[:, :, 0] = True                                    # one token holds the avatar in every frame
+    w = wm.object_weights(objects)
+    assert w.shape == (2 * 3, c.tokens_per_frame) and torch.allclose(w.mean(), torch.tensor(1.0))
+    assert torch.allclose(w[:, 0], 4 * w[:, 1])                # 1 + 3 against 1
+    loss, _ = wm.loss(z, actions, objects=objects)
+    assert torch.isfinite(loss)
+    loss.backward()
+    with pytest.raises(ValueError, match="object masks"):
+        wm.loss(z, actions)
+    with pytest.raises(Exception, match="object_weight"):
+        tiny_wm_cfg(object_weight=-1.0).validate()

@@ -226,3 +226,22 @@ def test_breakout_ball_is_not_decoder_noise():
         f = frame.copy()
         f[45, 20] = blend
         assert ball.visible(f), blend
+
+
+def test_token_masks_mark_the_tokens_the_state_draws_objects_in():
+    # the world model's 4x4 tokens of 16x16 px (tiny: 8x8 latent, patch 2), row-major as patchify orders them
+    from train.probes import token_masks
+
+    frames, states = play(5, 120)
+    fr = np.stack(frames)
+    got = token_masks(fr, [GEMS[AVATAR]], (4, 4))
+    both = token_masks(fr, [GEMS[AVATAR], GEMS["enemies"]], (4, 4))
+    assert got.shape == (len(frames), 16) and got.dtype == bool
+    for t, st in enumerate(states):
+        player, _, enemy_px = boxes(st)
+        want = player.reshape(4, 16, 4, 16).any(axis=(1, 3)).reshape(16)
+        assert np.array_equal(got[t], want), t
+        assert np.array_equal(both[t], want | enemy_px.reshape(4, 16, 4, 16).any(axis=(1, 3)).reshape(16)), t
+    assert 1 <= got.sum(axis=1).min() and got.sum(axis=1).max() <= 4   # a 6x6 avatar spans one to four tokens
+    with pytest.raises(ProbeError, match="token grid"):
+        token_masks(fr[:2], [GEMS[AVATAR]], (3, 3))

@@ -429,3 +429,49 @@ def test_fresh_actions_without_init_is_refused(tmp_path, recorded, ae_run, capsy
     line = one_line_error(err, "wm")
     assert "--fresh-actions" in line and "--init" in line, line
     assert not (tmp_path / "wm").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --object-weight: the loss weighs the tokens that hold what a player looks at
+# ---------------------------------------------------------------------------------------------------------------
+def test_object_weight_trains_on_a_game_with_probes_and_records_it(tmp_path, recorded, ae_run, capsys):
+    from engine.checkpoint import load_checkpoint
+
+    out = tmp_path / "wm"
+    rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out", str(out),
+                      "--steps", "2", "--batch", "2", "--threads", "1", "--window", "4", "--object-weight", "2",
+                      "--objects", "avatar,enemies")
+    assert rc == 0, err
+    assert load_checkpoint(out / "model.safetensors").config.world_model.object_weight == 2.0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if "loss" in r)
+
+
+@pytest.mark.parametrize("case", ["unknown_object", "objects_alone", "no_probes"])
+def test_object_weight_refusals_are_one_line_and_touch_nothing(tmp_path, recorded, ae_run, capsys, case):
+    data = recorded
+    if case == "no_probes":  # the same episodes, said to be from a game that declares no probes
+        from train.episodes import Episode, EpisodeWriter
+
+        data = tmp_path / "other"
+        data.mkdir()
+        for f in sorted(recorded.glob("*.episode")):
+            with Episode.open(f) as ep:
+                frames, actions, spec = ep.frames(), ep.actions(), ep.spec
+            with EpisodeWriter(data / f.name, env_id="gym:CartPole-v1", action_spec=spec,
+                               frame_shape=frames.shape[1:]) as w:
+                w.append(frames[0])
+                for frame, action in zip(frames[1:], actions):
+                    w.append(frame, action)
+    flags = {"unknown_object": ["--object-weight", "1", "--objects", "avatar,ghost"],
+             "objects_alone": ["--objects", "avatar"],
+             "no_probes": ["--object-weight", "1"]}[case]
+    rc, err = reverie(capsys, "train", "wm", "--data", str(data), "--ae", str(ae_run), "--out", str(tmp_path / "wm"),
+                      "--steps", "1", "--batch", "2", "--threads", "1", "--window", "4", *flags)
+    assert rc == 1
+    line = one_line_error(err, "wm")
+    want = {"unknown_object": ("--objects", "ghost", "avatar, gems, enemies, score"),
+            "objects_alone": ("--objects", "--object-weight"),
+            "no_probes": ("--object-weight", "gym:CartPole-v1", "builtin:gems")}[case]
+    assert all(w in line for w in want), line
+    assert not (tmp_path / "wm").exists()

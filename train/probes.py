@@ -36,6 +36,7 @@ reconstructions of the same frames, which (looked at) show no ball (2026-12-01).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -210,3 +211,17 @@ _PROBES = {builtin.ENV_ID: GEMS_PROBES, "ale:Breakout": BREAKOUT_PROBES}
 def probes_for(env_id: str) -> dict[str, Probe]:
     """The probes of a game by name ({} for a game without probes)."""
     return {p.name: p for p in _PROBES.get(env_id, ())}
+
+
+def token_masks(frames: np.ndarray, probes: Sequence[Probe], grid: tuple[int, int]) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames -> (T, gh * gw) bool: which cells of a gh x gw grid over the frame (a world
+    model's tokens, row-major as it patchifies them) hold a pixel that one of `probes` matches."""
+    frames = _check_frames(frames, "token masks")
+    gh, gw = grid
+    t, h, w = frames.shape[:3]
+    if h % gh or w % gw:
+        raise ProbeError(f"token masks: a {h}x{w} frame does not split into a {gh}x{gw} token grid")
+    hit = np.zeros((t, h, w), bool)
+    for p in probes:
+        hit |= p.mask(frames)
+    return hit.reshape(t, gh, h // gh, gw, w // gw).any(axis=(2, 4)).reshape(t, gh * gw)

@@ -41,6 +41,7 @@ from train.config import (
 )
 from train.data import EpisodeSource, pick_windows
 from train.loop import Dist, fit, start_run, trained_weights
+from train.probes import Probe, probes_for, token_masks
 from train.run_dir import RunDir, check_out
 
 HELP = "the world model (causal backbone + diffusion head) on cached latents"
@@ -75,6 +76,13 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--change-weight", type=float, default=None,
                    help="extra loss weight on the tokens that change from the previous frame (moving sprites), "
                         "relative to the batch's mean change; 0: every token weighs the same (default: the preset's)")
+    p.add_argument("--object-weight", type=float, default=None,
+                   help="extra loss weight (1 + W, then scaled to mean 1) on the tokens that hold an object the "
+                        "game's probes find in the frame to predict (builtin:gems: avatar, gems, enemies, score; "
+                        "ale:Breakout: paddle, ball, bricks), moving or not; needs a game with probes (default: the "
+                        "preset's, 0)")
+    p.add_argument("--objects", default=None,
+                   help="with --object-weight: which of the game's probes weigh, comma-separated (default: all)")
     p.add_argument("--shortcut-decay", type=float, default=None,
                    help="self-consistency step sizes d = 1, 1/2, ..., 1/32 drawn with weight DECAY^j (1: uniform, "
                         "the preset's default; 0.5: each finer step half as often, so the 1- and 2-step sampling "
@@ -90,6 +98,24 @@ def add_flags(p: argparse.ArgumentParser) -> None:
                    help="how the loss treats labeled actions by their confidence: keep (as if sure; default), "
                         "weight (each frame's loss times its action's confidence), drop (the model does not see "
                         "the action, with probability 1 - confidence, as in guidance dropout)")
+
+
+def object_probes(src: EpisodeSource, names: str | None) -> list[Probe]:
+    """The probes `--object-weight` weighs: the data's game's (all, or those `--objects` names)."""
+    games = sorted(set(src.env_ids))
+    if len(games) != 1 or not probes_for(games[0]):
+        with_probes = ", ".join(sorted(k for k in ("builtin:gems", "ale:Breakout") if probes_for(k)))
+        raise TrainingError(f"--object-weight: needs data of one game that declares object probes ({with_probes}); "
+                            f"this data is from {', '.join(games) or 'no game'}")
+    known = probes_for(games[0])
+    if names is None:
+        return list(known.values())
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in known]
+    if unknown or not wanted:
+        raise TrainingError(f"--objects {names!r}: {games[0]} has the probes {', '.join(known)}; name some of them"
+                            + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    return [known[n] for n in wanted]
 
 
 def label_confidence(text: str) -> float:
@@ -282,7 +308,12 @@ def run(args: argparse.Namespace) -> int:
         cfg.world_model.change_weight = args.change_weight
     if args.shortcut_decay is not None:
         cfg.world_model.shortcut_decay = args.shortcut_decay
+    if args.object_weight is not None:
+        cfg.world_model.object_weight = args.object_weight
     cfg.validate()
+    probes = object_probes(src, args.objects) if cfg.world_model.object_weight > 0 else None
+    if args.objects is not None and probes is None:
+        raise TrainingError("--objects: names the probes that --object-weight weighs; give --object-weight W > 0")
     if init is not None:   # weights of another shape are refused before any encoding
         with torch.device("meta"):   # shapes only: no memory, no random init
             shape_only = WorldModel(cfg.world_model)
@@ -318,6 +349,16 @@ def run(args: argparse.Namespace) -> int:
     latents_dev = [z.to(device) for z in latents]
     actions_dev = [torch.from_numpy(a).to(device) for a in src.actions]
     confidence_dev = [torch.from_numpy(c).to(device) for c in src.confidence]
+    objects_dev = None
+    if probes is not None:
+        wm = cfg.world_model
+        grid = (wm.latent_height // wm.patch, wm.latent_width // wm.patch)
+        objects_dev = [torch.from_numpy(token_masks(src.episode_frames(e), probes, grid)).to(device)
+                       for e in tqdm(range(len(src.lengths)), desc="object masks", unit="episode",
+                                     disable=not dist_info.main)]
+        share = sum(int(m.sum()) for m in objects_dev) / sum(m.numel() for m in objects_dev)
+        if dist_info.main:
+            print(f"object weight {wm.object_weight}: {', '.join(p.name for p in probes)} in {share:.1%} of tokens")
 
     def batch_fn(step: int, d: Dist):
         """This rank's slice of the (normalised latent, action) windows of `step`."""
@@ -325,10 +366,11 @@ def run(args: argparse.Namespace) -> int:
         sel = pick_windows(step_generator(tcfg.seed, step), starts, tcfg.batch)[d.rank * per:(d.rank + 1) * per]
         z = torch.stack([latents_dev[e][s:s + window] for e, s in sel]).float()   # (b, W, C, h, w)
         a = torch.stack([actions_dev[e][s:s + window] for e, s in sel])            # (b, W, A)
-        if args.unsure_actions == "keep":
-            return model.normalize(z), a
-        c = torch.stack([confidence_dev[e][s:s + window] for e, s in sel])         # (b, W)
-        return model.normalize(z), a, c, args.unsure_actions
+        c = None
+        if args.unsure_actions != "keep":
+            c = torch.stack([confidence_dev[e][s:s + window] for e, s in sel])     # (b, W)
+        o = None if objects_dev is None else torch.stack([objects_dev[e][s:s + window] for e, s in sel])  # (b, W, N)
+        return model.normalize(z), a, c, args.unsure_actions, o
 
     def loss_fn(m, batch):
         """The world model's loss and its per-tau-bin diagnostics (device tensors)."""
