@@ -576,11 +576,11 @@ def test_train_wm_unsure_actions_passes_each_windows_confidence(tmp_path, monkey
         with pytest.raises(Seen) as info:
             cli(*argv, "--out", str(tmp_path / f"wm_{mode}"), "--unsure-actions", mode)
         batches = info.value.args[0]
-        assert all(len(b) == 4 and b[3] == mode for b in batches)
+        assert all(len(b) == 5 and b[3] == mode and b[4] is None for b in batches)   # no object masks asked
         actions, conf = torch.cat([b[1] for b in batches]), torch.cat([b[2] for b in batches])
         marked = (actions == torch.from_numpy(marker)).all(dim=-1)          # (30 B, W): the unsure labels
         assert marked.any() and torch.allclose(conf[marked], torch.tensor(0.1))
         assert bool((conf[~marked] > 0.5).all())
     with pytest.raises(Seen) as info:
         cli(*argv, "--out", str(tmp_path / "wm_keep"))
-    assert all(len(b) == 2 for b in info.value.args[0])                # the default batch is as before
+    assert all(b[2] is None and b[3] == "keep" for b in info.value.args[0])   # the default: no confidence
