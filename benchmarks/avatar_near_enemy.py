@@ -28,12 +28,13 @@ from engine.output import prepare_output, write_json
 from engine.session import Session
 from train.data import EpisodeSource
 from train.games.builtin import PLAYER_FLASH
-from train.probes import AVATAR, probes_for
+from train.probes import AVATAR, Probe, probes_for
 
 ENV_ID = "builtin:gems"
 CONTEXT = 8          # real frames each step starts from
 NEAR, FAR = 10.0, 16.0   # px from the avatar's centre to the nearest enemy pixel
 JUMP = 8.0           # px: a real avatar that moves further in one frame was hit and respawned
+FLASH = Probe("flash", (PLAYER_FLASH,), min_pixels=9)   # the avatar's white while it flashes after a hit
 
 
 def starts_by_distance(src: EpisodeSource, rng: np.random.Generator, far_per_near: float = 1.0,
@@ -50,7 +51,7 @@ def starts_by_distance(src: EpisodeSource, rng: np.random.Generator, far_per_nea
             raise ReverieError(f"episode {e}: frames of {frames.shape[1]}x{frames.shape[2]}; this measure reads "
                                "64x64 frames")
         centre, enemy = avatar.centroid(frames), enemies.mask(frames)
-        flashing = (np.abs(frames.astype(np.int16) - np.asarray(PLAYER_FLASH, np.int16)).max(-1) <= 48).sum((1, 2)) >= 9
+        flashing = FLASH.visible(frames)
         for t in range(CONTEXT - 1, n - 1):
             if np.isnan(centre[t]).any():
                 continue

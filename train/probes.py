@@ -213,6 +213,11 @@ def probes_for(env_id: str) -> dict[str, Probe]:
     return {p.name: p for p in _PROBES.get(env_id, ())}
 
 
+def probe_games() -> list[str]:
+    """The games that declare probes."""
+    return sorted(_PROBES)
+
+
 def token_masks(frames: np.ndarray, probes: Sequence[Probe], grid: tuple[int, int]) -> np.ndarray:
     """(T, H, W, 3) uint8 frames -> (T, gh * gw) bool: which cells of a gh x gw grid over the frame (a world
     model's tokens, row-major as it patchifies them) hold a pixel that one of `probes` matches."""

@@ -41,7 +41,7 @@ from train.config import (
 )
 from train.data import EpisodeSource, pick_windows
 from train.loop import Dist, fit, start_run, trained_weights
-from train.probes import Probe, probes_for, token_masks
+from train.probes import Probe, probe_games, probes_for, token_masks
 from train.run_dir import RunDir, check_out
 
 HELP = "the world model (causal backbone + diffusion head) on cached latents"
@@ -104,8 +104,8 @@ def object_probes(src: EpisodeSource, names: str | None) -> list[Probe]:
     """The probes `--object-weight` weighs: the data's game's (all, or those `--objects` names)."""
     games = sorted(set(src.env_ids))
     if len(games) != 1 or not probes_for(games[0]):
-        with_probes = ", ".join(sorted(k for k in ("builtin:gems", "ale:Breakout") if probes_for(k)))
-        raise TrainingError(f"--object-weight: needs data of one game that declares object probes ({with_probes}); "
+        raise TrainingError(f"--object-weight: needs data of one game that declares object probes "
+                            f"({', '.join(probe_games())}); "
                             f"this data is from {', '.join(games) or 'no game'}")
     known = probes_for(games[0])
     if names is None:
@@ -241,9 +241,8 @@ def tau_bin_stats(stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         sel = ~sc & (tau >= b / TAU_BINS) & (tau < (b + 1) / TAU_BINS)
         out[f"loss_tau{b}"] = torch.where(sel, loss, 0.0).sum() / sel.sum()  # 0 / 0: NaN, "no sample"
     out["loss_shortcut"] = torch.where(sc, loss, 0.0).sum() / sc.sum()
-    if "level" in stats:  # the one-step size d = 1 (level 0), the step 1-step sampling takes
-        one = sc & (stats["level"] == 0)
-        out["loss_d1"] = torch.where(one, loss, 0.0).sum() / one.sum()
+    one = sc & (stats["level"] == 0)   # the step size d = 1 (level 0), the step 1-step sampling takes
+    out["loss_d1"] = torch.where(one, loss, 0.0).sum() / one.sum()
     return out
 
 
@@ -361,7 +360,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"object weight {wm.object_weight}: {', '.join(p.name for p in probes)} in {share:.1%} of tokens")
 
     def batch_fn(step: int, d: Dist):
-        """This rank's slice of the (normalised latent, action) windows of `step`."""
+        """This rank's slice of the windows of `step`: (normalised latents, actions, their confidence or None,
+        the --unsure-actions mode, object token masks or None), as WorldModel.loss takes them."""
         per = tcfg.batch // d.world
         sel = pick_windows(step_generator(tcfg.seed, step), starts, tcfg.batch)[d.rank * per:(d.rank + 1) * per]
         z = torch.stack([latents_dev[e][s:s + window] for e, s in sel]).float()   # (b, W, C, h, w)
