@@ -422,6 +422,22 @@ def test_fresh_actions_keeps_the_pretrained_frames_and_starts_the_action_inputs_
     assert rc == 0, err
 
 
+def test_a_model_file_as_ae_passes_on_the_autoencoders_metrics_not_its_own_losses(tmp_path, recorded, ae_run, capsys):
+    """A fine-tune reads its autoencoder from the model it refines (`--ae MODEL --init MODEL`): the new model file
+    carries that autoencoder's PSNR, not the old world model's training losses under the autoencoder's name."""
+    from engine.checkpoint import load_checkpoint
+
+    base = ["train", "wm", "--data", str(recorded), "--batch", "2", "--threads", "1", "--window", "4", "--steps", "1"]
+    rc, err = reverie(capsys, *base, "--ae", str(ae_run), "--out", str(tmp_path / "pre"))
+    assert rc == 0, err
+    pre = tmp_path / "pre" / "model.safetensors"
+    ae_metrics = load_checkpoint(pre).extra["ae_metrics"]
+    assert "psnr" in ae_metrics and "loss_tau0" not in ae_metrics
+    rc, err = reverie(capsys, *base, "--ae", str(pre), "--init", str(pre), "--out", str(tmp_path / "ft"))
+    assert rc == 0, err
+    assert load_checkpoint(tmp_path / "ft" / "model.safetensors").extra["ae_metrics"] == ae_metrics
+
+
 def test_fresh_actions_without_init_is_refused(tmp_path, recorded, ae_run, capsys):
     rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out",
                       str(tmp_path / "wm"), "--steps", "1", "--batch", "2", "--threads", "1", "--fresh-actions")

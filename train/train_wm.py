@@ -254,6 +254,14 @@ def load_flag_checkpoint(flag: str, path: Path):
         raise CheckpointError(f"{flag}: {e}") from None
 
 
+def autoencoder_metrics(ae_ckpt) -> dict:
+    """The autoencoder's own metrics from --ae: an autoencoder file's, or those a model file (which bundles one)
+    carries for it; never a world model's training losses."""
+    if ae_ckpt.kind == "world_model":
+        return dict(ae_ckpt.extra.get("ae_metrics", {}))
+    return dict(ae_ckpt.metrics)
+
+
 def run(args: argparse.Namespace) -> int:
     """Train the world model on cached latents; write RUN/model.safetensors."""
     tcfg = config_from_args(args)
@@ -403,7 +411,7 @@ def run(args: argparse.Namespace) -> int:
             parts["idm"] = idm_weights
         path = save_checkpoint(run_dir.root / "model.safetensors", kind="world_model", config=cfg,
                                action_spec=src.spec, parts=parts, data=src.summary(), metrics=metrics,
-                               extra={"ae_metrics": ae_ckpt.metrics}, half=args.half)
+                               extra={"ae_metrics": autoencoder_metrics(ae_ckpt)}, half=args.half)
         print(f"wrote {path}")
         print(json.dumps({k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}))
     return 0
