@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A Breakout world model on a 2-core CPU, about four hours (two with WM2_MINUTES=0 WM3_MINUTES=0): record,
-# autoencoder, decoder, inverse-dynamics model, world model in three stages, eval (how the shipped engine/assets/breakout.safetensors was
-# made; `reverie play --model breakout` plays it).
+# autoencoder, decoder, inverse-dynamics model, world model in three stages, eval (how the shipped
+# engine/assets/breakout.safetensors was made; `reverie play --model breakout` plays it).
 #
 #   bash runs/breakout.sh [WORKDIR]
 #

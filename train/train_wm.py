@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from engine.autoencoder import Autoencoder, frames_to_tensor
-from engine.checkpoint import CheckpointError, atomic_target, load_checkpoint, load_into, save_checkpoint
+from engine.checkpoint import Checkpoint, CheckpointError, atomic_target, load_checkpoint, load_into, save_checkpoint
 from engine.config import ModelConfig
 from engine.world_model import ACTION_INPUTS, UNSURE_ACTIONS, WorldModel
 from train.config import (
@@ -254,7 +254,7 @@ def load_flag_checkpoint(flag: str, path: Path):
         raise CheckpointError(f"{flag}: {e}") from None
 
 
-def autoencoder_metrics(ae_ckpt) -> dict:
+def autoencoder_metrics(ae_ckpt: Checkpoint) -> dict:
     """The autoencoder's own metrics from --ae: an autoencoder file's, or those a model file (which bundles one)
     carries for it; never a world model's training losses."""
     if ae_ckpt.kind == "world_model":
