@@ -75,6 +75,8 @@ class WorldModelConfig:
     latent_height: int = 8
     latent_width: int = 8
     patch: int = 2                      # tokens are patch x patch cells of the latent grid
+    head_patch: int = 0                 # the head's tokens: head_patch x head_patch cells (0: the backbone's patch);
+                                        # 1 under a patch-2 backbone gives the head a token per latent cell
     action_dim: int = 4
     d_model: int = 192
     heads: int = 3
@@ -110,6 +112,19 @@ class WorldModelConfig:
         return self.latent_channels * self.patch * self.patch
 
     @property
+    def head_cell(self) -> int:
+        """Latent cells per side of a head token (head_patch, or the backbone's patch where it is 0)."""
+        return self.head_patch or self.patch
+
+    @property
+    def head_tokens_per_frame(self) -> int:
+        return (self.latent_height // self.head_cell) * (self.latent_width // self.head_cell)
+
+    @property
+    def head_token_dim(self) -> int:
+        return self.latent_channels * self.head_cell * self.head_cell
+
+    @property
     def head_dim(self) -> int:
         return self.d_model // self.heads
 
@@ -117,6 +132,8 @@ class WorldModelConfig:
         if self.latent_height % self.patch or self.latent_width % self.patch:
             raise ConfigError(f"world model: latent {self.latent_height}x{self.latent_width} not divisible by "
                               f"patch {self.patch}")
+        if self.head_patch < 0 or self.patch % self.head_cell:
+            raise ConfigError(f"world model: head_patch={self.head_patch} must divide patch={self.patch} (0: the same)")
         if self.d_model % self.heads or self.head_dim % 8:
             raise ConfigError(f"world model: d_model={self.d_model} must split into heads={self.heads} of a "
                               "multiple of 8")

@@ -52,6 +52,15 @@ class Rope3D(nn.Module):
         self.register_buffer("s_sin", s_angle.sin().float(), persistent=False)
         self.period = period
         cos0, sin0 = self.frames(torch.zeros(1, dtype=torch.long))  # time 0: the head's purely spatial angles
+        if cfg.head_cell != cfg.patch:  # finer head tokens sit at fractions of a backbone token: cell centres
+            r = cfg.patch // cfg.head_cell
+            fine_y = (torch.arange(hh * r, dtype=torch.float64) + 0.5) / r - 0.5
+            fine_x = (torch.arange(ww * r, dtype=torch.float64) + 0.5) / r - 0.5
+            yy, xx = torch.meshgrid(fine_y, fine_x, indexing="ij")
+            s_head = torch.cat([yy.reshape(-1, 1) * fy, xx.reshape(-1, 1) * fx], dim=1)  # (N', py + px)
+            zeros = torch.zeros(s_head.shape[0], pt, dtype=torch.float64)  # time 0
+            cos0 = torch.cat([zeros.cos(), s_head.cos()], dim=1).float()[None]
+            sin0 = torch.cat([zeros.sin(), s_head.sin()], dim=1).float()[None]
         self.register_buffer("s_cos_full", cos0[0].clone(), persistent=False)
         self.register_buffer("s_sin_full", sin0[0].clone(), persistent=False)
 
@@ -65,7 +74,8 @@ class Rope3D(nn.Module):
         return cos, sin  # (T, N, hd/2)
 
     def spatial(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of shape (N, head_dim/2) with time fixed at 0 (the head never attends across frames)."""
+        """cos, sin of shape (N_head, head_dim/2) with time fixed at 0 (the head never attends across frames), one
+        row per head token (the backbone's tokens, or finer ones with `head_patch`)."""
         return self.s_cos_full, self.s_sin_full
 
 
@@ -235,8 +245,14 @@ class Head(nn.Module):
     def __init__(self, cfg: WorldModelConfig):
         super().__init__()
         d = cfg.d_model
-        self.x_in = nn.Linear(cfg.token_dim, d)
+        self.x_in = nn.Linear(cfg.head_token_dim, d)
         self.h_in = nn.Linear(d, d)
+        # finer head tokens (head_patch): each backbone token's context feeds its r x r head tokens, told apart by a
+        # learned embedding of the cell within the token (zero at start: a warm start from a coarse head is smooth)
+        self.r = cfg.patch // cfg.head_cell
+        self.grid = (cfg.latent_height // cfg.patch, cfg.latent_width // cfg.patch)
+        if self.r > 1:
+            self.cell_pos = nn.Parameter(torch.zeros(self.r * self.r, d))
         self.tau_in = ScalarEmbed(d)
         self.step_in = nn.Embedding(cfg.shortcut_levels + 1, d)
         self.action_in = nn.Linear(cfg.action_dim, d)
@@ -248,7 +264,7 @@ class Head(nn.Module):
         self.blocks = nn.ModuleList(HeadBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.head_layers))
         self.norm_out = LayerNorm(d, elementwise_affine=False)
         self.ada_out = nn.Linear(d, 2 * d)
-        self.out = nn.Linear(d, cfg.token_dim)
+        self.out = nn.Linear(d, cfg.head_token_dim)
         for m in (self.ada_out, self.out):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
@@ -263,10 +279,21 @@ class Head(nn.Module):
         t = torch.where(drop[:, None], self.null_action_tokens.to(t.dtype).expand_as(t), t)
         return self.tau_in(tau) + self.step_in(step_index) + a, t
 
+    def context(self, h: torch.Tensor) -> torch.Tensor:
+        """Backbone output (M, N, D) -> the head tokens' context (M, N_head, D): h_in per backbone token, then (with
+        finer head tokens) copied to each of its r x r cells plus the cell's embedding."""
+        x = self.h_in(h.to(self.x_in.weight.dtype))
+        if self.r == 1:
+            return x
+        (hp, wp), r, D = self.grid, self.r, x.shape[-1]
+        x = x.reshape(-1, hp, 1, wp, 1, D) + self.cell_pos.to(x.dtype).reshape(1, 1, r, 1, r, D)  # (M, hp, r, wp, r, D)
+        return x.reshape(-1, hp * r * wp * r, D)
+
     def forward(self, x_tokens, h, c, cos, sin, action_tokens=None) -> torch.Tensor:
-        """x_tokens (M, N, Dt), h (M, N, D), c (M, D), action_tokens (M, D) -> velocity tokens (M, N, Dt)."""
+        """x_tokens (M, N_head, Dt_head) in the head's token layout, h (M, N, D) from the backbone, c (M, D),
+        action_tokens (M, D) -> velocity tokens (M, N_head, Dt_head)."""
         dt = self.x_in.weight.dtype
-        x = self.x_in(x_tokens.to(dt)) + self.h_in(h.to(dt))
+        x = self.x_in(x_tokens.to(dt)) + self.context(h)
         if action_tokens is not None:
             x = x + action_tokens[:, None]
         for blk in self.blocks:

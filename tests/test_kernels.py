@@ -215,10 +215,10 @@ def test_a_session_refuses_triton_kernels_where_they_cannot_run(monkeypatch):
 
 
 # ---- the whole step --------------------------------------------------------------------------------------------------
-def run_session(kernel_mode: str, steps: int = 2, frames: int = 3, **kw):
+def run_session(kernel_mode: str, steps: int = 2, frames: int = 3, head_patch: int = 0, **kw):
     from engine.session import Session
 
-    ae, wm = tiny_models()
+    ae, wm = tiny_models(head_patch=head_patch)
     s = Session(models=(ae, wm, SPEC), backend="torch", device=DEVICE, batch=2, steps=steps, guidance=1.5,
                 kernels=kernel_mode, seed=3, **kw)
     s.reset(start_frames(2))
@@ -226,13 +226,14 @@ def run_session(kernel_mode: str, steps: int = 2, frames: int = 3, **kw):
     return s, np.stack(out).astype(int)
 
 
-def test_the_fused_step_over_reference_ops_is_the_graph_modules_step(monkeypatch):
+@pytest.mark.parametrize("head_patch", [0, 1])
+def test_the_fused_step_over_reference_ops_is_the_graph_modules_step(monkeypatch, head_patch):
     """engine.fused_step regroups the step around the ops; over the reference ops it computes what the graph
-    modules compute (fast: no Triton), 6 frames so that the ring of 4 wraps."""
+    modules compute (fast: no Triton), 6 frames so that the ring of 4 wraps; also with a head of finer tokens."""
     from engine import runners
     from engine.fused_step import fused_modules
 
-    _, plain = run_session("reference", frames=6)
+    _, plain = run_session("reference", frames=6, head_patch=head_patch)
     original = runners.TorchRunner.__init__
 
     def with_fused_reference(self, wm, ae, *a, **kw):
@@ -241,7 +242,7 @@ def test_the_fused_step_over_reference_ops_is_the_graph_modules_step(monkeypatch
         self.inputs["backbone"] += ["valid"]
 
     monkeypatch.setattr(runners.TorchRunner, "__init__", with_fused_reference)
-    s, fused = run_session("reference", frames=6)
+    s, fused = run_session("reference", frames=6, head_patch=head_patch)
     assert s.runner.modules["backbone"].__class__.__name__ == "FusedBackboneStep"
     assert np.abs(fused - plain).max() <= 1
 

@@ -122,6 +122,53 @@ def test_patchify_round_trip_and_patch_contents(patch):
         assert sorted(tokens[1, 2, n].tolist()) == sorted(cell.tolist())
 
 
+def test_a_head_of_finer_tokens_regroups_the_backbones_tokens_and_trains():
+    """head_patch 1 under a patch-2 backbone: the head sees one token per latent cell (regrouped from the backbone's
+    2x2-cell tokens and back, losslessly), the velocity comes back in the backbone's layout, and training reaches the
+    cell embedding that tells a token's four cells apart."""
+    wm = make_wm(latent_height=4, latent_width=8, patch=2, head_patch=1).train()
+    C = wm.cfg.latent_channels
+    assert (wm.cfg.tokens_per_frame, wm.cfg.head_tokens_per_frame, wm.cfg.head_token_dim) == (8, 32, C)
+    z = torch.randn(3, C, 4, 8)
+    fine = wm.to_head(wm.patchify(z))
+    assert fine.shape == (3, 32, C)
+    assert torch.equal(fine[:, 8 + 5], z[:, :, 1, 5])      # head token n is latent cell (n // 8, n % 8), all channels
+    assert torch.equal(wm.from_head(fine), wm.patchify(z))
+    zz, actions, _ = window_inputs(wm, B=2, T=4)
+    loss, _ = wm.loss(zz, actions)
+    loss.backward()
+    assert torch.isfinite(loss) and wm.head.cell_pos.grad is not None
+
+
+def test_a_head_patch_that_does_not_divide_the_backbones_is_refused():
+    from engine.config import ConfigError
+
+    with pytest.raises(ConfigError, match="head_patch=3 must divide patch=2"):
+        WorldModelConfig(head_patch=3).validate()
+
+
+def test_a_coarse_heads_token_weights_carry_over_to_a_finer_head():
+    """train wm --init from a patch-2 head into a head_patch-1 one: a fine token's input weights are the sum of the
+    coarse token's four cells (so four equal cells embed as the coarse token did) and its outputs their mean."""
+    from train.train_wm import refine_head
+
+    coarse, fine = make_wm(latent_height=4, latent_width=8), make_wm(latent_height=4, latent_width=8, head_patch=1)
+    with torch.no_grad():
+        for m in (coarse.head.x_in, coarse.head.out):
+            m.weight.normal_()
+            m.bias.normal_()
+    init = refine_head(coarse.state_dict(), fine.cfg)
+    missing, unexpected = fine.load_state_dict(init, strict=False)
+    assert missing == ["head.cell_pos"] and not unexpected
+    cell = torch.randn(2, coarse.cfg.latent_channels)                     # one value per channel, all four cells
+    token = cell[:, :, None].expand(-1, -1, 4).reshape(2, -1)              # the coarse token: (C, 2, 2) flattened
+    torch.testing.assert_close(fine.head.x_in(cell), coarse.head.x_in(token))
+    y = torch.randn(2, coarse.cfg.d_model)
+    torch.testing.assert_close(fine.head.out(y), coarse.head.out(y).reshape(2, -1, 4).mean(-1))
+    own = fine.state_dict()
+    assert refine_head(own, fine.cfg) is own    # weights that already fit are left as they are
+
+
 def test_backbone_output_shape():
     wm = make_wm()
     z, actions, levels = window_inputs(wm, B=3, T=4)

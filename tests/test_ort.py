@@ -89,6 +89,20 @@ def test_onnxruntime_equals_torch_for_a_backbone_without_actions(tmp_path):
     assert not torch.allclose(lb, lc, atol=1e-3)  # other actions, other frames: the head reads them
 
 
+def test_onnxruntime_equals_torch_for_a_head_of_finer_tokens(tmp_path):
+    """A head with a token per latent cell under a backbone of 2x2 cells (head_patch 1) exports and runs in
+    onnxruntime as in PyTorch, through a ring that wraps, with guidance."""
+    path = tiny_checkpoint(tmp_path / "hp1.safetensors", start=3, head_patch=1)
+    kw = dict(steps=2, guidance=2.0, threads=1)
+    a, b = Session(path, backend="torch", **kw), ort_session(path, **kw)
+    a.reset(frames(3), actions(3), seed=4)
+    b.reset(frames(3), actions(3), seed=4)
+    fa, la = run(a, actions(2 * W, seed=2))
+    fb, lb = run(b, actions(2 * W, seed=2))
+    assert torch.allclose(la, lb, atol=LATENT_ATOL), float((la - lb).abs().max())
+    assert np.abs(fa.astype(int) - fb).max() <= 1
+
+
 def test_onnxruntime_batch_and_changing_settings_between_frames(ckpt):
     a = Session(ckpt, backend="torch", batch=2, threads=1)
     b = ort_session(ckpt, batch=2, threads=1)

@@ -371,6 +371,43 @@ def test_patch_1_trains_a_model_with_a_token_per_latent_cell_that_plays(tmp_path
     assert not (tmp_path / "wm2").exists()
 
 
+def test_a_finer_head_warm_starts_from_a_coarse_model_and_plays(tmp_path, recorded, ae_run, capsys):
+    """--head-patch 1 under the preset's patch-2 backbone: --init from a patch-2 model keeps its backbone whole and
+    carries its head over (only the cell embedding is new), and the result plays; a head patch that does not divide
+    the backbone's is refused before any work."""
+    import numpy as np
+
+    from engine.checkpoint import load_checkpoint
+    from engine.session import Session
+
+    coarse, fine = tmp_path / "coarse", tmp_path / "fine"
+    base = ("--steps", "1", "--batch", "2", "--threads", "1", "--window", "4")
+    rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out", str(coarse), *base)
+    assert rc == 0, err
+    rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out", str(fine), *base,
+                      "--head-patch", "1", "--init", str(coarse / "model.safetensors"), "--lr", "1e-9")
+    assert rc == 0, err
+    ck = load_checkpoint(fine / "model.safetensors")
+    wm = ck.config.world_model
+    assert (wm.patch, wm.head_patch, wm.tokens_per_frame, wm.head_tokens_per_frame) == (2, 1, 16, 64)
+    before = load_checkpoint(coarse / "model.safetensors").tensors["wm"]
+    after = ck.tensors["wm"]
+    for k in ("backbone.blocks.0.attn.qkv.weight", "head.blocks.0.mlp.0.weight"):   # kept (lr 1e-9: one tiny step)
+        torch.testing.assert_close(after[k].float(), before[k].float(), atol=1e-5, rtol=0)
+    assert after["head.x_in.weight"].shape == (wm.d_model, 16) and "head.cell_pos" in after
+    sess = Session(fine / "model.safetensors", backend="torch", threads=1)
+    sess.reset(np.zeros((2, 64, 64, 3), np.uint8), np.zeros((2, sess.spec.size), np.float32))
+    frame = sess.step(sess.spec.encode(["right"]))
+    assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8
+
+    rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out",
+                      str(tmp_path / "bad"), *base, "--head-patch", "3")
+    assert rc == 1
+    line = one_line_error(err, "wm")
+    assert "--head-patch 3" in line and "1, 2" in line, line
+    assert not (tmp_path / "bad").exists()
+
+
 def test_a_patch_that_does_not_split_the_latent_grid_is_refused(tmp_path, recorded, ae_run, capsys):
     rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out",
                       str(tmp_path / "wm"), "--steps", "1", "--batch", "2", "--threads", "1", "--patch", "3")
