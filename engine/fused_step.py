@@ -56,8 +56,7 @@ def fused_velocity(wm: WorldModel, ops: Ops, x_tokens, h, tau, step_index, actio
     head = wm.head
     cos, sin = wm.rope.spatial()                                                          # (N, hd/2)
     c, a_tok = head.cond(tau, step_index, actions, drop)                                  # (M, D), (M, D)
-    dt = head.x_in.weight.dtype
-    x = head.x_in(wm.to_head(x_tokens).to(dt)) + head.context(h) + a_tok[:, None]         # (M, N_head, D)
+    x = head.embed(x_tokens, h, wm.to_head(x_tokens)) + a_tok[:, None]                    # (M, N_head, D)
     M, N, D = x.shape
     cs = F.silu(c)
     mods = [blk.ada(cs).chunk(6, dim=-1) for blk in head.blocks]    # each: shift/scale/gate of attention and MLP
@@ -78,7 +77,7 @@ def fused_velocity(wm: WorldModel, ops: Ops, x_tokens, h, tau, step_index, actio
         shift, scale = (mods[i + 1][2], mods[i + 1][0]) if i + 1 < len(blocks) else final
         eps = blocks[i + 1].norm1.eps if i + 1 < len(blocks) else head.norm_out.eps
         x, n = ops.gated_residual_norm(x, blk.mlp(n), g2, shift, scale, eps)
-    return wm.from_head(head.out(n))                                                      # (M, N, Dt)
+    return head.project(n)                                                                # (M, N, Dt)
 
 
 class FusedHeadStep(nn.Module):

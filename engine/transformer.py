@@ -52,10 +52,10 @@ class Rope3D(nn.Module):
         self.register_buffer("s_sin", s_angle.sin().float(), persistent=False)
         self.period = period
         cos0, sin0 = self.frames(torch.zeros(1, dtype=torch.long))  # time 0: the head's purely spatial angles
-        if cfg.head_cell != cfg.patch:  # finer head tokens sit at fractions of a backbone token: cell centres
-            r = cfg.patch // cfg.head_cell
-            fine_y = (torch.arange(hh * r, dtype=torch.float64) + 0.5) / r - 0.5
-            fine_x = (torch.arange(ww * r, dtype=torch.float64) + 0.5) / r - 0.5
+        if cfg.head_cell != cfg.patch:  # finer head tokens sit at their backbone token's place (cell_pos tells the
+            r = cfg.patch // cfg.head_cell  # cells apart), so a fine head attends as the coarse head it started from
+            fine_y = torch.arange(hh, dtype=torch.float64).repeat_interleave(r)
+            fine_x = torch.arange(ww, dtype=torch.float64).repeat_interleave(r)
             yy, xx = torch.meshgrid(fine_y, fine_x, indexing="ij")
             s_head = torch.cat([yy.reshape(-1, 1) * fy, xx.reshape(-1, 1) * fx], dim=1)  # (N', py + px)
             zeros = torch.zeros(s_head.shape[0], pt, dtype=torch.float64)  # time 0
@@ -245,14 +245,25 @@ class Head(nn.Module):
     def __init__(self, cfg: WorldModelConfig):
         super().__init__()
         d = cfg.d_model
-        self.x_in = nn.Linear(cfg.head_token_dim, d)
+        self.x_in = nn.Linear(cfg.token_dim, d)
         self.h_in = nn.Linear(d, d)
-        # finer head tokens (head_patch): each backbone token's context feeds its r x r head tokens, told apart by a
-        # learned embedding of the cell within the token (zero at start: a warm start from a coarse head is smooth)
+        # finer head tokens (head_patch q < patch p = r q): each of a backbone token's r x r cells gets a head token
+        # that reads what a coarse head token reads (x_in of the whole backbone token, h_in of its context), plus its
+        # own cell's values (x_cell) and the cell's place in the token (cell_pos); it writes the whole token's
+        # velocity (out) and keeps its own cell's. x_cell and cell_pos start at zero, so a fine head warm-started from
+        # a coarse one computes exactly what the coarse one did, and training only has to learn what differs by cell.
         self.r = cfg.patch // cfg.head_cell
         self.grid = (cfg.latent_height // cfg.patch, cfg.latent_width // cfg.patch)
+        self.cell = (cfg.latent_channels, cfg.head_cell)
         if self.r > 1:
+            self.x_cell = nn.Linear(cfg.head_token_dim, d)
             self.cell_pos = nn.Parameter(torch.zeros(self.r * self.r, d))
+            nn.init.zeros_(self.x_cell.weight)
+            nn.init.zeros_(self.x_cell.bias)
+            eye = torch.eye(self.r)
+            own = eye[:, None, :, None] * eye[None, :, None, :]   # (dy, dx, ey, ex): 1 where (ey, ex) = (dy, dx)
+            self.register_buffer("own_cell", own.reshape(1, 1, self.r, 1, self.r, 1, self.r, 1, self.r, 1),
+                                 persistent=False)
         self.tau_in = ScalarEmbed(d)
         self.step_in = nn.Embedding(cfg.shortcut_levels + 1, d)
         self.action_in = nn.Linear(cfg.action_dim, d)
@@ -264,7 +275,7 @@ class Head(nn.Module):
         self.blocks = nn.ModuleList(HeadBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.head_layers))
         self.norm_out = LayerNorm(d, elementwise_affine=False)
         self.ada_out = nn.Linear(d, 2 * d)
-        self.out = nn.Linear(d, cfg.head_token_dim)
+        self.out = nn.Linear(d, cfg.token_dim)
         for m in (self.ada_out, self.out):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
@@ -279,24 +290,34 @@ class Head(nn.Module):
         t = torch.where(drop[:, None], self.null_action_tokens.to(t.dtype).expand_as(t), t)
         return self.tau_in(tau) + self.step_in(step_index) + a, t
 
-    def context(self, h: torch.Tensor) -> torch.Tensor:
-        """Backbone output (M, N, D) -> the head tokens' context (M, N_head, D): h_in per backbone token, then (with
-        finer head tokens) copied to each of its r x r cells plus the cell's embedding."""
-        x = self.h_in(h.to(self.x_in.weight.dtype))
+    def embed(self, x_tokens: torch.Tensor, h: torch.Tensor, cells: torch.Tensor | None = None) -> torch.Tensor:
+        """Noisy tokens (M, N, Dt) and backbone output (M, N, D), both in the backbone's layout -> the head's input
+        tokens (M, N_head, D); with finer head tokens also each cell's own values `cells` (M, N_head, Dt_head)."""
+        dt = self.x_in.weight.dtype
+        x = self.x_in(x_tokens.to(dt)) + self.h_in(h.to(dt))
         if self.r == 1:
             return x
         (hp, wp), r, D = self.grid, self.r, x.shape[-1]
-        x = x.reshape(-1, hp, 1, wp, 1, D) + self.cell_pos.to(x.dtype).reshape(1, 1, r, 1, r, D)  # (M, hp, r, wp, r, D)
-        return x.reshape(-1, hp * r * wp * r, D)
+        x = x.reshape(-1, hp, 1, wp, 1, D) + self.cell_pos.to(dt).reshape(1, 1, r, 1, r, D)  # (M, hp, r, wp, r, D)
+        return x.reshape(-1, hp * r * wp * r, D) + self.x_cell(cells.to(dt))
 
-    def forward(self, x_tokens, h, c, cos, sin, action_tokens=None) -> torch.Tensor:
-        """x_tokens (M, N_head, Dt_head) in the head's token layout, h (M, N, D) from the backbone, c (M, D),
-        action_tokens (M, D) -> velocity tokens (M, N_head, Dt_head)."""
-        dt = self.x_in.weight.dtype
-        x = self.x_in(x_tokens.to(dt)) + self.context(h)
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """The last normed head tokens (M, N_head, D) -> velocity tokens (M, N, Dt) in the backbone's layout: each
+        head token's output for its own cell (with finer head tokens; otherwise the output as it is)."""
+        y = self.out(x)
+        if self.r == 1:
+            return y
+        (hp, wp), r, (C, q) = self.grid, self.r, self.cell
+        y = y.reshape(-1, hp, r, wp, r, C, r, q, r, q) * self.own_cell.to(y.dtype)  # (M, Y, dy, X, dx, C, ey, ., ex, .)
+        return y.sum(dim=(2, 4)).reshape(-1, hp * wp, C * r * q * r * q)
+
+    def forward(self, x_tokens, h, c, cos, sin, action_tokens=None, cells=None) -> torch.Tensor:
+        """x_tokens (M, N, Dt) and h (M, N, D) in the backbone's layout, c (M, D), action_tokens (M, D), and with
+        finer head tokens `cells` (M, N_head, Dt_head), the same values cell by cell -> velocity tokens (M, N, Dt)."""
+        x = self.embed(x_tokens, h, cells)
         if action_tokens is not None:
             x = x + action_tokens[:, None]
         for blk in self.blocks:
             x = blk(x, c, cos, sin)
         shift, scale = self.ada_out(F.silu(c)).chunk(2, dim=-1)
-        return self.out(modulate(self.norm_out(x), shift, scale))
+        return self.project(modulate(self.norm_out(x), shift, scale))

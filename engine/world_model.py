@@ -97,18 +97,12 @@ class WorldModel(nn.Module):
         x = tokens.reshape(-1, hp, wp, c.latent_channels, p, p).permute(0, 3, 1, 4, 2, 5)  # (M, C, h/p, p, w/p, p)
         return x.reshape(*lead, c.latent_channels, c.latent_height, c.latent_width)
 
-    def to_head(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Backbone-layout tokens (..., N, Dt) -> the head's layout (..., N_head, Dt_head): the same values, regrouped
-        into the head's finer cells (`head_patch`); unchanged where the head uses the backbone's patch."""
+    def to_head(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """Backbone-layout tokens (..., N, Dt) -> the same values cell by cell in the head's finer layout (..., N_head,
+        Dt_head) (`head_patch`); None where the head uses the backbone's patch."""
         if self.cfg.head_cell == self.cfg.patch:
-            return tokens
+            return None
         return self.patchify(self.unpatchify(tokens), self.cfg.head_cell)
-
-    def from_head(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The head's token layout -> the backbone's (the inverse of `to_head`)."""
-        if self.cfg.head_cell == self.cfg.patch:
-            return tokens
-        return self.patchify(self.unpatchify(tokens, self.cfg.head_cell))
 
     # ---- head --------------------------------------------------------------------------------------------
     def velocity(self, x_tokens, h, tau, step_index, actions, drop) -> torch.Tensor:
@@ -116,7 +110,7 @@ class WorldModel(nn.Module):
         and out in the backbone's layout, whatever the head's own."""
         cos, sin = self.rope.spatial()
         c, a_tok = self.head.cond(tau, step_index, actions, drop)
-        return self.from_head(self.head(self.to_head(x_tokens), h, c, cos, sin, a_tok))
+        return self.head(x_tokens, h, c, cos, sin, a_tok, self.to_head(x_tokens))
 
     def sample(self, h: torch.Tensor, actions: torch.Tensor, noise: torch.Tensor, steps: int,
                guidance: float | torch.Tensor = 1.0) -> torch.Tensor:

@@ -122,22 +122,36 @@ def test_patchify_round_trip_and_patch_contents(patch):
         assert sorted(tokens[1, 2, n].tolist()) == sorted(cell.tolist())
 
 
-def test_a_head_of_finer_tokens_regroups_the_backbones_tokens_and_trains():
-    """head_patch 1 under a patch-2 backbone: the head sees one token per latent cell (regrouped from the backbone's
-    2x2-cell tokens and back, losslessly), the velocity comes back in the backbone's layout, and training reaches the
-    cell embedding that tells a token's four cells apart."""
+def test_a_head_of_finer_tokens_keeps_each_cell_its_own_and_trains():
+    """head_patch 1 under a patch-2 backbone: the head has a token per latent cell, the velocity comes back in the
+    backbone's layout, and the velocity of a cell is written by that cell's own head token: with the blocks and the
+    shared inputs silenced, nudging one latent cell moves the velocity of that cell alone. Training reaches the
+    weights that tell a token's cells apart."""
     wm = make_wm(latent_height=4, latent_width=8, patch=2, head_patch=1).train()
     C = wm.cfg.latent_channels
     assert (wm.cfg.tokens_per_frame, wm.cfg.head_tokens_per_frame, wm.cfg.head_token_dim) == (8, 32, C)
     z = torch.randn(3, C, 4, 8)
-    fine = wm.to_head(wm.patchify(z))
-    assert fine.shape == (3, 32, C)
-    assert torch.equal(fine[:, 8 + 5], z[:, :, 1, 5])      # head token n is latent cell (n // 8, n % 8), all channels
-    assert torch.equal(wm.from_head(fine), wm.patchify(z))
+    cells = wm.to_head(wm.patchify(z))
+    assert cells.shape == (3, 32, C) and torch.equal(cells[:, 8 + 5], z[:, :, 1, 5])  # token n: cell (n // 8, n % 8)
+    with torch.no_grad():
+        for blk in wm.head.blocks:
+            blk.ada.weight.zero_()
+            blk.ada.bias.zero_()                   # gates 0: each block passes its input on
+        for lin in (wm.head.x_in, wm.head.h_in):
+            lin.weight.zero_()
+        for lin in (wm.head.x_cell, wm.head.out):
+            lin.weight.normal_()
+    h, tau = torch.randn(3, 8, wm.cfg.d_model), torch.rand(3)
+    args = (h, tau, torch.zeros(3, dtype=torch.long), torch.zeros(3, 4), torch.zeros(3, dtype=torch.bool))
+    z2 = z.clone()
+    z2[:, 2, 1, 5] += 1.0
+    dv = wm.unpatchify(wm.velocity(wm.patchify(z2), *args) - wm.velocity(wm.patchify(z), *args))   # (3, C, 4, 8)
+    moved = dv.abs().amax(dim=(0, 1)) > 1e-5
+    assert moved[1, 5] and moved.sum() == 1, moved
     zz, actions, _ = window_inputs(wm, B=2, T=4)
     loss, _ = wm.loss(zz, actions)
     loss.backward()
-    assert torch.isfinite(loss) and wm.head.cell_pos.grad is not None
+    assert torch.isfinite(loss) and wm.head.cell_pos.grad is not None and wm.head.x_cell.weight.grad.abs().sum() > 0
 
 
 def test_a_head_patch_that_does_not_divide_the_backbones_is_refused():
@@ -147,26 +161,19 @@ def test_a_head_patch_that_does_not_divide_the_backbones_is_refused():
         WorldModelConfig(head_patch=3).validate()
 
 
-def test_a_coarse_heads_token_weights_carry_over_to_a_finer_head():
-    """train wm --init from a patch-2 head into a head_patch-1 one: a fine token's input weights are the sum of the
-    coarse token's four cells (so four equal cells embed as the coarse token did) and its outputs their mean."""
-    from train.train_wm import refine_head
-
+def test_a_finer_head_warm_started_from_a_coarse_one_computes_what_it_did():
+    """train wm --init from a patch-2 model into a head_patch-1 one: every coarse weight loads as it is, the new
+    ones (each cell's own input and place) start at zero, and the fine head's velocity is the coarse head's, with
+    guidance's null action too; training then only has to learn what differs from cell to cell."""
     coarse, fine = make_wm(latent_height=4, latent_width=8), make_wm(latent_height=4, latent_width=8, head_patch=1)
     with torch.no_grad():
-        for m in (coarse.head.x_in, coarse.head.out):
-            m.weight.normal_()
-            m.bias.normal_()
-    init = refine_head(coarse.state_dict(), fine.cfg)
-    missing, unexpected = fine.load_state_dict(init, strict=False)
-    assert missing == ["head.cell_pos"] and not unexpected
-    cell = torch.randn(2, coarse.cfg.latent_channels)                     # one value per channel, all four cells
-    token = cell[:, :, None].expand(-1, -1, 4).reshape(2, -1)              # the coarse token: (C, 2, 2) flattened
-    torch.testing.assert_close(fine.head.x_in(cell), coarse.head.x_in(token))
-    y = torch.randn(2, coarse.cfg.d_model)
-    torch.testing.assert_close(fine.head.out(y), coarse.head.out(y).reshape(2, -1, 4).mean(-1))
-    own = fine.state_dict()
-    assert refine_head(own, fine.cfg) is own    # weights that already fit are left as they are
+        for prm in coarse.parameters():
+            prm.normal_(std=0.3)
+    missing, unexpected = fine.load_state_dict(coarse.state_dict(), strict=False)
+    assert sorted(missing) == ["head.cell_pos", "head.x_cell.bias", "head.x_cell.weight"] and not unexpected
+    x, h = torch.randn(3, 8, coarse.cfg.token_dim), torch.randn(3, 8, coarse.cfg.d_model)
+    args = (torch.rand(3), torch.tensor([0, 2, 6]), torch.randn(3, 4), torch.tensor([False, True, False]))
+    torch.testing.assert_close(fine.velocity(x, h, *args), coarse.velocity(x, h, *args), atol=1e-4, rtol=1e-5)
 
 
 def test_backbone_output_shape():

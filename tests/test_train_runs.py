@@ -372,9 +372,9 @@ def test_patch_1_trains_a_model_with_a_token_per_latent_cell_that_plays(tmp_path
 
 
 def test_a_finer_head_warm_starts_from_a_coarse_model_and_plays(tmp_path, recorded, ae_run, capsys):
-    """--head-patch 1 under the preset's patch-2 backbone: --init from a patch-2 model keeps its backbone whole and
-    carries its head over (only the cell embedding is new), and the result plays; a head patch that does not divide
-    the backbone's is refused before any work."""
+    """--head-patch 1 under the preset's patch-2 backbone: --init from a patch-2 model keeps every weight it has (only
+    each cell's own input and place are new), and the result plays; a head patch that does not divide the
+    backbone's is refused before any work."""
     import numpy as np
 
     from engine.checkpoint import load_checkpoint
@@ -394,7 +394,7 @@ def test_a_finer_head_warm_starts_from_a_coarse_model_and_plays(tmp_path, record
     after = ck.tensors["wm"]
     for k in ("backbone.blocks.0.attn.qkv.weight", "head.blocks.0.mlp.0.weight"):   # kept (lr 1e-9: one tiny step)
         torch.testing.assert_close(after[k].float(), before[k].float(), atol=1e-5, rtol=0)
-    assert after["head.x_in.weight"].shape == (wm.d_model, 16) and "head.cell_pos" in after
+    assert after["head.x_cell.weight"].shape == (wm.d_model, 16) and "head.cell_pos" in after
     sess = Session(fine / "model.safetensors", backend="torch", threads=1)
     sess.reset(np.zeros((2, 64, 64, 3), np.uint8), np.zeros((2, sess.spec.size), np.float32))
     frame = sess.step(sess.spec.encode(["right"]))

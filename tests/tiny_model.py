@@ -44,8 +44,9 @@ def tiny_models(seed: int = 0, spec: ActionSpec = SPEC, **cfg_kwargs) -> tuple[A
             nn.init.normal_(m.weight, std=0.1)
             nn.init.normal_(m.bias, std=0.1)
         nn.init.normal_(wm.head.null_action, std=0.5)
-        if wm.head.r > 1:  # finer head tokens: their cell embeddings too
+        if wm.head.r > 1:  # finer head tokens: each cell's own input and place too
             nn.init.normal_(wm.head.cell_pos, std=0.5)
+            nn.init.normal_(wm.head.x_cell.weight, std=0.1)
         wm.latent_mean.normal_(std=0.1)
         wm.latent_std.uniform_(0.5, 1.5)
     return ae, wm

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -64,7 +63,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head-patch", type=int, default=None,
                    help="latent cells per head-token side (default: --patch): 1 under a patch-2 backbone gives the "
                         "head a token per 8x8-pixel cell (64 a frame for tiny) while the backbone keeps 16; with "
-                        "--init from a coarser head, its token weights are carried over to the finer cells")
+                        "--init from a coarser head, the fine head starts as exactly that head")
     p.add_argument("--init", default=None,
                    help="warm start: world-model weights from a checkpoint or a training state folder (new weights "
                         "the model has since gained start fresh); the run itself starts at step 0")
@@ -150,28 +149,6 @@ def confident_windows(src: EpisodeSource, data: str, window: int, min_confidence
         print(f"--min-label-confidence {min_confidence}: training on {kept} of {total} windows "
               f"({100 * kept / total:.1f}%)")
     return starts
-
-
-def refine_head(init: dict[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
-    """A coarse head's token input and output weights (`--init` trained with head tokens of p x p latent cells) turned
-    into those of this model's finer head (head_patch q, p = r q): a fine token's input weights are the sum of the r x r
-    coarse ones at its place within the cell, its outputs their mean. A fine head with all r x r cells of a token equal
-    then reads and writes what the coarse head did (the cell embedding starts at zero); the rest of the head is kept.
-    Weights of any other shape are returned as they are (and refused by `warm_start`)."""
-    C, q = cfg.latent_channels, cfg.head_cell
-    w_in, w_out = init.get("head.x_in.weight"), init.get("head.out.weight")
-    if w_in is None or w_out is None or w_in.shape[1] == cfg.head_token_dim or w_in.shape[1] % (C * q * q):
-        return init
-    r = math.isqrt(w_in.shape[1] // (C * q * q))
-    if r * r * C * q * q != w_in.shape[1] or r < 2:
-        return init
-    d = w_in.shape[0]
-    out = dict(init)
-    out["head.x_in.weight"] = w_in.float().reshape(d, C, r, q, r, q).sum(dim=(2, 4)).reshape(d, -1).to(w_in.dtype)
-    out["head.out.weight"] = w_out.float().reshape(C, r, q, r, q, d).mean(dim=(1, 3)).reshape(-1, d).to(w_out.dtype)
-    b = init["head.out.bias"]
-    out["head.out.bias"] = b.float().reshape(C, r, q, r, q).mean(dim=(1, 3)).reshape(-1).to(b.dtype)
-    return out
 
 
 def warm_start(model: WorldModel, init: dict[str, torch.Tensor], path: str, assign: bool = False) -> list[str]:
@@ -355,7 +332,6 @@ def run(args: argparse.Namespace) -> int:
     if args.objects is not None and probes is None:
         raise TrainingError("--objects: names the probes that --object-weight weighs; give --object-weight W > 0")
     if init is not None:   # weights of another shape are refused before any encoding
-        init = refine_head(init, cfg.world_model)
         with torch.device("meta"):   # shapes only: no memory, no random init
             shape_only = WorldModel(cfg.world_model)
         warm_start(shape_only, init, args.init, assign=True)
