@@ -56,7 +56,7 @@ def fused_velocity(wm: WorldModel, ops: Ops, x_tokens, h, tau, step_index, actio
     head = wm.head
     cos, sin = wm.rope.spatial()                                                          # (N, hd/2)
     c, a_tok = head.cond(tau, step_index, actions, drop)                                  # (M, D), (M, D)
-    x = head.embed(x_tokens, h, wm.to_head(x_tokens)) + a_tok[:, None]                    # (M, N_head, D)
+    x = head.embed(x_tokens, h) + a_tok[:, None]                                          # (M, N_head, D)
     M, N, D = x.shape
     cs = F.silu(c)
     mods = [blk.ada(cs).chunk(6, dim=-1) for blk in head.blocks]    # each: shift/scale/gate of attention and MLP

@@ -54,13 +54,9 @@ class Rope3D(nn.Module):
         cos0, sin0 = self.frames(torch.zeros(1, dtype=torch.long))  # time 0: the head's purely spatial angles
         if cfg.head_cell != cfg.patch:  # finer head tokens sit at their backbone token's place (cell_pos tells the
             r = cfg.patch // cfg.head_cell  # cells apart), so a fine head attends as the coarse head it started from
-            fine_y = torch.arange(hh, dtype=torch.float64).repeat_interleave(r)
-            fine_x = torch.arange(ww, dtype=torch.float64).repeat_interleave(r)
-            yy, xx = torch.meshgrid(fine_y, fine_x, indexing="ij")
-            s_head = torch.cat([yy.reshape(-1, 1) * fy, xx.reshape(-1, 1) * fx], dim=1)  # (N', py + px)
-            zeros = torch.zeros(s_head.shape[0], pt, dtype=torch.float64)  # time 0
-            cos0 = torch.cat([zeros.cos(), s_head.cos()], dim=1).float()[None]
-            sin0 = torch.cat([zeros.sin(), s_head.sin()], dim=1).float()[None]
+            ys, xs = torch.arange(hh).repeat_interleave(r), torch.arange(ww).repeat_interleave(r)
+            parent = (ys[:, None] * ww + xs[None, :]).reshape(-1)  # each fine token's backbone token
+            cos0, sin0 = cos0[:, parent], sin0[:, parent]
         self.register_buffer("s_cos_full", cos0[0].clone(), persistent=False)
         self.register_buffer("s_sin_full", sin0[0].clone(), persistent=False)
 
@@ -290,16 +286,23 @@ class Head(nn.Module):
         t = torch.where(drop[:, None], self.null_action_tokens.to(t.dtype).expand_as(t), t)
         return self.tau_in(tau) + self.step_in(step_index) + a, t
 
-    def embed(self, x_tokens: torch.Tensor, h: torch.Tensor, cells: torch.Tensor | None = None) -> torch.Tensor:
+    def cells(self, x_tokens: torch.Tensor) -> torch.Tensor:
+        """Backbone-layout tokens (M, N, Dt) -> the same values cell by cell in the head's finer layout (M, N_head,
+        Dt_head): head token n holds latent cell (n // fine width, n % fine width), all channels."""
+        (hp, wp), r, (C, q) = self.grid, self.r, self.cell
+        x = x_tokens.reshape(-1, hp, wp, C, r, q, r, q).permute(0, 1, 4, 2, 6, 3, 5, 7)  # (M, Y, ey, X, ex, C, ., .)
+        return x.reshape(-1, hp * r * wp * r, C * q * q)
+
+    def embed(self, x_tokens: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """Noisy tokens (M, N, Dt) and backbone output (M, N, D), both in the backbone's layout -> the head's input
-        tokens (M, N_head, D); with finer head tokens also each cell's own values `cells` (M, N_head, Dt_head)."""
+        tokens (M, N_head, D)."""
         dt = self.x_in.weight.dtype
         x = self.x_in(x_tokens.to(dt)) + self.h_in(h.to(dt))
         if self.r == 1:
             return x
         (hp, wp), r, D = self.grid, self.r, x.shape[-1]
         x = x.reshape(-1, hp, 1, wp, 1, D) + self.cell_pos.to(dt).reshape(1, 1, r, 1, r, D)  # (M, hp, r, wp, r, D)
-        return x.reshape(-1, hp * r * wp * r, D) + self.x_cell(cells.to(dt))
+        return x.reshape(-1, hp * r * wp * r, D) + self.x_cell(self.cells(x_tokens).to(dt))
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """The last normed head tokens (M, N_head, D) -> velocity tokens (M, N, Dt) in the backbone's layout: each
@@ -311,10 +314,10 @@ class Head(nn.Module):
         y = y.reshape(-1, hp, r, wp, r, C, r, q, r, q) * self.own_cell.to(y.dtype)  # (M, Y, dy, X, dx, C, ey, ., ex, .)
         return y.sum(dim=(2, 4)).reshape(-1, hp * wp, C * r * q * r * q)
 
-    def forward(self, x_tokens, h, c, cos, sin, action_tokens=None, cells=None) -> torch.Tensor:
-        """x_tokens (M, N, Dt) and h (M, N, D) in the backbone's layout, c (M, D), action_tokens (M, D), and with
-        finer head tokens `cells` (M, N_head, Dt_head), the same values cell by cell -> velocity tokens (M, N, Dt)."""
-        x = self.embed(x_tokens, h, cells)
+    def forward(self, x_tokens, h, c, cos, sin, action_tokens=None) -> torch.Tensor:
+        """x_tokens (M, N, Dt) and h (M, N, D) in the backbone's layout, c (M, D), action_tokens (M, D) -> velocity
+        tokens (M, N, Dt), whatever the head's own token layout."""
+        x = self.embed(x_tokens, h)
         if action_tokens is not None:
             x = x + action_tokens[:, None]
         for blk in self.blocks:

@@ -83,26 +83,19 @@ class WorldModel(nn.Module):
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
         return z * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
 
-    def patchify(self, z: torch.Tensor, patch: int = 0) -> torch.Tensor:
-        """(..., C, h, w) -> (..., N, C*p*p), p = `patch` or the backbone's."""
-        p, lead = patch or self.cfg.patch, z.shape[:-3]
+    def patchify(self, z: torch.Tensor) -> torch.Tensor:
+        """(..., C, h, w) -> (..., N, C*p*p)."""
+        p, lead = self.cfg.patch, z.shape[:-3]
         C, h, w = z.shape[-3:]
         z = z.reshape(-1, C, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)  # (M, h/p, w/p, C, p, p)
         return z.reshape(*lead, (h // p) * (w // p), C * p * p)
 
-    def unpatchify(self, tokens: torch.Tensor, patch: int = 0) -> torch.Tensor:
-        """(..., N, C*p*p) -> (..., C, h, w), p = `patch` or the backbone's."""
-        c, p = self.cfg, patch or self.cfg.patch
+    def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(..., N, C*p*p) -> (..., C, h, w)."""
+        c, p = self.cfg, self.cfg.patch
         hp, wp, lead = c.latent_height // p, c.latent_width // p, tokens.shape[:-2]
         x = tokens.reshape(-1, hp, wp, c.latent_channels, p, p).permute(0, 3, 1, 4, 2, 5)  # (M, C, h/p, p, w/p, p)
         return x.reshape(*lead, c.latent_channels, c.latent_height, c.latent_width)
-
-    def to_head(self, tokens: torch.Tensor) -> torch.Tensor | None:
-        """Backbone-layout tokens (..., N, Dt) -> the same values cell by cell in the head's finer layout (..., N_head,
-        Dt_head) (`head_patch`); None where the head uses the backbone's patch."""
-        if self.cfg.head_cell == self.cfg.patch:
-            return None
-        return self.patchify(self.unpatchify(tokens), self.cfg.head_cell)
 
     # ---- head --------------------------------------------------------------------------------------------
     def velocity(self, x_tokens, h, tau, step_index, actions, drop) -> torch.Tensor:
@@ -110,7 +103,7 @@ class WorldModel(nn.Module):
         and out in the backbone's layout, whatever the head's own."""
         cos, sin = self.rope.spatial()
         c, a_tok = self.head.cond(tau, step_index, actions, drop)
-        return self.head(x_tokens, h, c, cos, sin, a_tok, self.to_head(x_tokens))
+        return self.head(x_tokens, h, c, cos, sin, a_tok)
 
     def sample(self, h: torch.Tensor, actions: torch.Tensor, noise: torch.Tensor, steps: int,
                guidance: float | torch.Tensor = 1.0) -> torch.Tensor:

@@ -131,7 +131,7 @@ def test_a_head_of_finer_tokens_keeps_each_cell_its_own_and_trains():
     C = wm.cfg.latent_channels
     assert (wm.cfg.tokens_per_frame, wm.cfg.head_tokens_per_frame, wm.cfg.head_token_dim) == (8, 32, C)
     z = torch.randn(3, C, 4, 8)
-    cells = wm.to_head(wm.patchify(z))
+    cells = wm.head.cells(wm.patchify(z))
     assert cells.shape == (3, 32, C) and torch.equal(cells[:, 8 + 5], z[:, :, 1, 5])  # token n: cell (n // 8, n % 8)
     with torch.no_grad():
         for blk in wm.head.blocks:
