@@ -20,6 +20,7 @@ from cli_main import cli
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+import train.loop as train_loop
 import train.run_dir as run_dir_module
 from engine.checkpoint import load_checkpoint
 from engine.config import WorldModelConfig
@@ -268,6 +269,49 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Precision: `auto` is bf16 where the hardware computes it natively
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("native", ["AVX-512 BF16", None])
+def test_auto_precision_is_bf16_only_on_cpus_that_compute_it(monkeypatch, native):
+    monkeypatch.setattr(train_loop, "cpu_native_bf16", lambda: native)
+    auto = TrainConfig()
+    assert train_loop.autocast_dtype(auto, CPU) == (torch.bfloat16 if native else None)
+    assert train_loop.autocast_dtype(auto, torch.device("cuda")) == torch.bfloat16
+    # an explicit flag wins over the hardware either way
+    assert train_loop.autocast_dtype(TrainConfig(precision="fp32"), CPU) is None
+    assert train_loop.autocast_dtype(TrainConfig(precision="bf16"), CPU) == torch.bfloat16
+    line = train_loop.describe_precision(auto, CPU, train_loop.autocast_dtype(auto, CPU))
+    assert line.startswith("precision: bf16 autocast" if native else "precision: fp32")
+    assert (native in line) if native else ("no native bf16" in line)
+
+
+def test_native_bf16_is_read_from_torchs_cpu_probes(monkeypatch):
+    for amx, avx in ((False, False), (False, True), (True, True)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx: v, raising=False)
+        assert train_loop.cpu_native_bf16() == ("AMX" if amx else "AVX-512 BF16" if avx else None)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")      # a torch build without the probes: fp32
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    assert train_loop.cpu_native_bf16() is None
+
+
+def test_bf16_autocast_training_on_cpu_follows_fp32(tmp_path):
+    """What `auto` switches on for a CPU with native bf16 must train like fp32: the same data and seeds give the same
+    losses step by step, within bf16 rounding."""
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        model = tiny_wm()
+        fit(run=new_run(tmp_path / precision), model=model, device=CPU, dist_info=Dist(), batch_fn=wm_batch,
+                  loss_fn=wm_loss, tcfg=TrainConfig(steps=8, batch=2, lr=3e-3, warmup=1, save_every=100, log_every=1,
+                                                    precision=precision))
+        rows = [json.loads(x) for x in (tmp_path / precision / "metrics.jsonl").read_text().splitlines()]
+        losses[precision] = [r["loss"] for r in rows if "loss" in r]
+    f32, b16 = losses["fp32"], losses["bf16"]
+    assert len(f32) == len(b16) == 8
+    assert all(abs(a - b) <= 0.05 * abs(a) + 1e-3 for a, b in zip(f32, b16)), (f32, b16)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Data parallel: 2 processes with gloo
 # ---------------------------------------------------------------------------------------------------------------
 DDP_WORKER = textwrap.dedent("""
@@ -278,7 +322,8 @@ DDP_WORKER = textwrap.dedent("""
     from train.loop import TrainConfig, finish_distributed, fit, start_run, step_generator
 
     out = Path(sys.argv[1])
-    tcfg = TrainConfig(steps=6, batch=8, lr=1e-2, warmup=1, save_every=3, log_every=1, threads=1, device="cpu")
+    tcfg = TrainConfig(steps=6, batch=8, lr=1e-2, warmup=1, save_every=3, log_every=1, threads=1, device="cpu",
+                      precision="fp32")   # the averaging is checked at fp32 tolerance
     run, device, d = start_run(str(out / "run"), tcfg, {"stage": "ddp-test"})
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
@@ -333,7 +378,7 @@ def test_two_process_ddp_ranks_agree_and_match_one_process(tmp_path):
         return X[idx], Y[idx]
 
     fit(run=new_run(tmp_path / "single"), model=single, device=CPU, dist_info=Dist(),
-        tcfg=TrainConfig(steps=6, batch=8, lr=1e-2, warmup=1, save_every=3, log_every=1),
+        tcfg=TrainConfig(steps=6, batch=8, lr=1e-2, warmup=1, save_every=3, log_every=1, precision="fp32"),
         batch_fn=batch_fn, loss_fn=lambda m, b: (torch.nn.functional.mse_loss(m(b[0]), b[1]), {}))
     ddp_weights = load_file(str(tmp_path / "rank0.safetensors"))
     for k, v in single.state_dict().items():

@@ -47,7 +47,8 @@ class TrainConfig:
     min_lr_ratio: float = _f(0.1, "cosine decay ends at lr times this")
     grad_clip: float = _f(1.0, "clip the gradient norm to this")
     seed: int = _f(0, "seed of initial weights, data order and noise (see seed_for)")
-    precision: str = _f("auto", "auto: bf16 autocast on CUDA, fp32 on CPU", choices=("auto", "fp32", "bf16"))
+    precision: str = _f("auto", "auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX-512 BF16, AMX), fp32 "
+                        "on other CPUs", choices=("auto", "fp32", "bf16"))
     device: str = _f("auto", "auto, cpu, cuda, cuda:1 ...")
     threads: int = _f(0, "torch CPU threads (0: torch's default)")
     save_every: int = _f(500, "write a whole training state every N steps")
