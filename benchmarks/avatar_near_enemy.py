@@ -10,7 +10,10 @@ is within 16 px ("far"), a session is reset on the 8 real frames up to t and ste
 the avatar probe then counts the avatar's pixels in the predicted frame. Reported per group: the share of predicted
 frames without an avatar (< 9 px, the probe's "visible"), the avatar's area over the real next frame's, and both
 again without the steps where the real avatar is hit (it jumps to the spawn point, or starts to flash), which a
-model may fairly blur. Each start is sampled `--reps` times with different noise.
+model may fairly blur. The steps without a hit are split once more by whether the avatar is flashing (the 32 frames
+after a hit, when it turns white for 4 frames of every 8): a dream unsure of the blink's phase mixes the cyan and the
+white into a pale blob that neither of the probe's colours matches. Each start is sampled `--reps` times with
+different noise.
 """
 
 from __future__ import annotations
@@ -34,13 +37,15 @@ ENV_ID = "builtin:gems"
 CONTEXT = 8          # real frames each step starts from
 NEAR, FAR = 10.0, 16.0   # px from the avatar's centre to the nearest enemy pixel
 JUMP = 8.0           # px: a real avatar that moves further in one frame was hit and respawned
-FLASH = Probe("flash", (PLAYER_FLASH,), min_pixels=9)   # the avatar's white while it flashes after a hit
+# the avatar's white while it flashes after a hit; in the play area only, or the HUD's white text matches every frame
+FLASH = Probe("flash", (PLAYER_FLASH,), min_pixels=9, region=probes_for(ENV_ID)[AVATAR].region, tolerance=64)
 
 
 def starts_by_distance(src: EpisodeSource, rng: np.random.Generator, far_per_near: float = 1.0,
-                       max_near: int | None = None) -> dict[str, list[tuple[int, int, float, bool]]]:
-    """(episode, t, distance to the nearest enemy pixel, hit at t + 1) for the near starts and a random draw of far
-    ones, from frames where the real avatar is visible."""
+                       max_near: int | None = None) -> dict[str, list[tuple[int, int, float, bool, bool]]]:
+    """(episode, t, distance to the nearest enemy pixel, hit at t + 1, flashing) for the near starts and a random draw
+    of far ones, from frames where the real avatar is visible. Flashing: the avatar is in its invulnerable spell after
+    a hit, when it turns white for 4 frames of every 8 (white in one of the frames t - 7 .. t + 1)."""
     probes = probes_for(ENV_ID)
     avatar, enemies = probes[AVATAR], probes["enemies"]
     ys, xs = np.mgrid[0:64, 0:64] + 0.5
@@ -58,11 +63,12 @@ def starts_by_distance(src: EpisodeSource, rng: np.random.Generator, far_per_nea
             d = np.hypot(xs - centre[t, 0], ys - centre[t, 1])[enemy[t]]
             dist = float(d.min()) if d.size else float("inf")
             jumped = np.isnan(centre[t + 1]).any() or float(np.hypot(*(centre[t + 1] - centre[t]))) > JUMP
-            hit = bool(jumped or (flashing[t + 1] and not flashing[t]))
+            spell = bool(flashing[max(t - 7, 0):t + 2].any())
+            hit = bool(jumped or (flashing[t + 1] and not flashing[max(t - 7, 0):t + 1].any()))
             if dist <= NEAR:
-                near.append((e, t, dist, hit))
+                near.append((e, t, dist, hit, spell))
             elif dist > FAR:
-                far.append((e, t, dist, hit))
+                far.append((e, t, dist, hit, spell))
     if max_near is not None and len(near) > max_near:
         near = [near[i] for i in sorted(rng.choice(len(near), max_near, replace=False))]
     k = min(len(far), int(round(far_per_near * len(near))))
@@ -71,32 +77,40 @@ def starts_by_distance(src: EpisodeSource, rng: np.random.Generator, far_per_nea
 
 
 def one_step_counts(sess: Session, src: EpisodeSource, group: list, reps: int, batch: int) -> tuple[np.ndarray, ...]:
-    """Avatar pixels in the predicted and in the real next frame of every start, `reps` times each."""
+    """Avatar pixels in the predicted and in the real next frame of every start, `reps` times each, with the starts'
+    hit and flashing flags."""
     avatar = probes_for(ENV_ID)[AVATAR]
     frames = {e: src.episode_frames(e) for e in {s[0] for s in group}}
-    pred, real, hit = [], [], []
+    pred, real, hit, flash = [], [], [], []
     for r in range(reps):
         for i in range(0, len(group), batch):
             g = group[i:i + batch]
             pad = g + [g[-1]] * (batch - len(g))      # a short last batch runs full, its padding is dropped
-            ctx = np.stack([frames[e][t - CONTEXT + 1:t + 1] for e, t, _, _ in pad])
-            act = np.stack([src.actions[e][t - CONTEXT + 1:t + 1] for e, t, _, _ in pad])
+            ctx = np.stack([frames[e][t - CONTEXT + 1:t + 1] for e, t, *_ in pad])
+            act = np.stack([src.actions[e][t - CONTEXT + 1:t + 1] for e, t, *_ in pad])
             sess.reset(ctx, act, seed=[(r * len(group) + i + k) % 2**31 for k in range(batch)])
-            out = sess.step(np.stack([src.actions[e][t + 1] for e, t, _, _ in pad]))
+            out = sess.step(np.stack([src.actions[e][t + 1] for e, t, *_ in pad]))
             pred += list(avatar.count(out[:len(g)]))
-            real += [int(avatar.count(frames[e][t + 1])) for e, t, _, _ in g]
-            hit += [h for *_, h in g]
-    return np.array(pred), np.array(real), np.array(hit, bool)
+            real += [int(avatar.count(frames[e][t + 1])) for e, t, *_ in g]
+            hit += [h for *_, h, _ in g]
+            flash += [f for *_, f in g]
+    return np.array(pred), np.array(real), np.array(hit, bool), np.array(flash, bool)
 
 
-def summarise(pred: np.ndarray, real: np.ndarray, hit: np.ndarray, min_pixels: int) -> dict:
-    """Missing share and area ratio, over all steps and over the steps without a hit."""
+def summarise(pred: np.ndarray, real: np.ndarray, hit: np.ndarray, flash: np.ndarray, min_pixels: int) -> dict:
+    """Missing share and area ratio, over all steps, the steps without a hit, and those without a hit split by
+    whether the avatar is flashing (a dream that mixes its cyan and white draws neither colour)."""
     def part(sel: np.ndarray) -> dict:
         if not sel.any():
             return {"samples": 0, "missing": None, "area_ratio": None}
         return {"samples": int(sel.sum()), "missing": float((pred[sel] < min_pixels).mean()),
                 "area_ratio": float(pred[sel].mean() / max(real[sel].mean(), 1e-9))}
-    return {"all": part(np.ones_like(hit)), "no_hit": part(~hit), "hit": part(hit), "hit_share": float(hit.mean())}
+    return {"all": part(np.ones_like(hit)), "no_hit": part(~hit), "hit": part(hit), "hit_share": float(hit.mean()),
+            "steady": part(~hit & ~flash), "flashing": part(~hit & flash), "flashing_share": float(flash.mean())}
+
+
+def fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             result[name] = {"starts": len(group), **s}
             print(f"{name:4s} {len(group):4d} starts x {args.reps}: avatar missing after one step "
                   f"{s['all']['missing']:.3f} (without hits {s['no_hit']['missing']:.3f}), area "
-                  f"{s['all']['area_ratio']:.2f} of the real one; real hits {s['hit_share']:.1%}")
+                  f"{s['all']['area_ratio']:.2f} of the real one; real hits {s['hit_share']:.1%}; flashing "
+                  f"{s['flashing_share']:.1%} of starts: missing {fmt(s['flashing']['missing'])} flashing, "
+                  f"{fmt(s['steady']['missing'])} steady")
         if "far" in result and result["far"]["no_hit"]["missing"]:
             result["near_over_far"] = result["near"]["no_hit"]["missing"] / result["far"]["no_hit"]["missing"]
         if out is not None:

@@ -35,13 +35,42 @@ def test_starts_are_split_by_the_real_distance_to_an_enemy(heldout):
     enemies = probes_for("builtin:gems")["enemies"]
     avatar = probes_for("builtin:gems")["avatar"]
     for name, group in groups.items():
-        for e, t, dist, _ in group[:20]:
+        for e, t, dist, _, _ in group[:20]:
             frame = src.episode_frames(e)[t]
             cx, cy = avatar.centroid(frame)
             ys, xs = np.nonzero(enemies.mask(frame))
             nearest = np.hypot(xs + 0.5 - cx, ys + 0.5 - cy).min()
             assert nearest == pytest.approx(dist)
             assert (dist <= bench.NEAR) if name == "near" else (dist > bench.FAR)
+
+
+def test_flashing_is_the_avatars_white_in_the_play_area_not_the_hud(heldout):
+    """A start is flagged flashing when the avatar's white shows in the play area within its 8-frame blink cycle;
+    the HUD's white score text must not count (it once flagged every start)."""
+    from train.data import EpisodeSource
+
+    src = EpisodeSource(heldout)
+    groups = bench.starts_by_distance(src, np.random.default_rng(0))
+    starts = groups["near"] + groups["far"]
+    flags = [f for *_, f in starts]
+    assert not all(flags), "every start flagged flashing: the HUD text is being read as the avatar's white"
+    y0 = bench.FLASH.region[0]
+    for e, t, _, _, flashing in starts:
+        frames = src.episode_frames(e)[max(t - 7, 0):t + 2]
+        white = (np.abs(frames[:, y0:].astype(int) - np.array(bench.PLAYER_FLASH)).max(-1) <= bench.FLASH.tolerance)
+        assert flashing == bool((white.sum((1, 2)) >= bench.FLASH.min_pixels).any())
+
+
+def test_summary_splits_the_steps_without_a_hit_by_flashing():
+    pred = np.array([0, 20, 20, 0, 20, 0])
+    real = np.full(6, 36)
+    hit = np.array([False, False, False, False, True, True])
+    flash = np.array([True, True, False, False, False, True])
+    s = bench.summarise(pred, real, hit, flash, 9)
+    assert s["flashing"]["samples"] == 2 and s["flashing"]["missing"] == 0.5
+    assert s["steady"]["samples"] == 2 and s["steady"]["missing"] == 0.5
+    assert s["no_hit"]["samples"] == 4 and s["hit"]["samples"] == 2 and s["hit"]["missing"] == 0.5
+    assert s["flashing_share"] == 0.5
 
 
 def test_the_benchmark_writes_missing_shares_and_area_ratios(heldout, tmp_path, capsys):
@@ -53,6 +82,8 @@ def test_the_benchmark_writes_missing_shares_and_area_ratios(heldout, tmp_path, 
     for name in ("near", "far"):
         assert r[name]["starts"] == 4 and r[name]["all"]["samples"] == 4
         assert 0.0 <= r[name]["all"]["missing"] <= 1.0 and r[name]["all"]["area_ratio"] > 0
+        split = r[name]["steady"]["samples"] + r[name]["flashing"]["samples"]
+        assert split == r[name]["no_hit"]["samples"]
     assert "near" in capsys.readouterr().out
 
 
