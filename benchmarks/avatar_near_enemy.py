@@ -63,8 +63,9 @@ def starts_by_distance(src: EpisodeSource, rng: np.random.Generator, far_per_nea
             d = np.hypot(xs - centre[t, 0], ys - centre[t, 1])[enemy[t]]
             dist = float(d.min()) if d.size else float("inf")
             jumped = np.isnan(centre[t + 1]).any() or float(np.hypot(*(centre[t + 1] - centre[t]))) > JUMP
-            spell = bool(flashing[max(t - 7, 0):t + 2].any())
-            hit = bool(jumped or (flashing[t + 1] and not flashing[max(t - 7, 0):t + 1].any()))
+            blinked = bool(flashing[max(t - 7, 0):t + 1].any())   # white within the last 8 frames
+            spell = blinked or bool(flashing[t + 1])
+            hit = bool(jumped or (flashing[t + 1] and not blinked))
             if dist <= NEAR:
                 near.append((e, t, dist, hit, spell))
             elif dist > FAR:

@@ -280,7 +280,7 @@ def test_auto_precision_is_bf16_only_on_cpus_that_compute_it(monkeypatch, native
     # an explicit flag wins over the hardware either way
     assert train_loop.autocast_dtype(TrainConfig(precision="fp32"), CPU) is None
     assert train_loop.autocast_dtype(TrainConfig(precision="bf16"), CPU) == torch.bfloat16
-    line = train_loop.describe_precision(auto, CPU, train_loop.autocast_dtype(auto, CPU))
+    line = train_loop.describe_precision(*train_loop.choose_precision(auto, CPU))
     assert line.startswith("precision: bf16 autocast" if native else "precision: fp32")
     assert (native in line) if native else ("no native bf16" in line)
 

@@ -31,9 +31,9 @@ from train.config import TrainConfig, TrainingError, seed_for, step_generator
 from train.distributed import Dist, finish_distributed, full_state, init_distributed, resolve_device, shard
 from train.run_dir import RunDir
 
-__all__ = ["Dist", "Logger", "RunDir", "TrainConfig", "TrainingError", "autocast_dtype", "cpu_native_bf16",
-           "describe_precision", "finish_distributed", "fit", "full_state", "init_distributed", "resolve_device",
-           "seed_for", "shard", "start_run", "step_generator", "trained_weights"]
+__all__ = ["Dist", "Logger", "RunDir", "TrainConfig", "TrainingError", "autocast_dtype", "choose_precision",
+           "cpu_native_bf16", "describe_precision", "finish_distributed", "fit", "full_state", "init_distributed",
+           "resolve_device", "seed_for", "shard", "start_run", "step_generator", "trained_weights"]
 
 
 def cpu_native_bf16() -> str | None:
@@ -53,30 +53,31 @@ def cpu_native_bf16() -> str | None:
     return None
 
 
-def autocast_dtype(tcfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of `--precision` on this device (None: full precision). `auto` is bf16 on CUDA and on a CPU
-    that computes bf16 natively (`cpu_native_bf16`), fp32 on any other CPU."""
+def choose_precision(tcfg: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, str]:
+    """The autocast dtype of `--precision` on this device (None: full precision) and why, in words. `auto` is bf16 on
+    CUDA and on a CPU that computes bf16 natively (`cpu_native_bf16`), fp32 on any other CPU."""
     if tcfg.precision == "fp32":
-        return None
+        return None, "--precision fp32"
     if tcfg.precision == "bf16":
-        return torch.bfloat16
-    if tcfg.precision == "auto":
-        native = device.type == "cuda" or (device.type == "cpu" and cpu_native_bf16() is not None)
-        return torch.bfloat16 if native else None
-    raise TrainingError(f"--precision {tcfg.precision}: unknown; use auto, fp32 or bf16")
-
-
-def describe_precision(tcfg: TrainConfig, device: torch.device, amp: torch.dtype | None) -> str:
-    """One line for the training log: the arithmetic the run uses and, for `auto`, why."""
-    what = "bf16 autocast" if amp is not None else "fp32"
+        return torch.bfloat16, "--precision bf16"
     if tcfg.precision != "auto":
-        return f"precision: {what} (--precision {tcfg.precision})"
+        raise TrainingError(f"--precision {tcfg.precision}: unknown; use auto, fp32 or bf16")
     if device.type == "cuda":
-        return f"precision: {what} (auto: CUDA)"
-    native = cpu_native_bf16()
+        return torch.bfloat16, "auto: CUDA"
+    native = cpu_native_bf16() if device.type == "cpu" else None
     if native is not None:
-        return f"precision: {what} (auto: this CPU computes bf16 natively, {native}; --precision fp32 to turn it off)"
-    return f"precision: {what} (auto: this CPU has no native bf16, where bf16 autocast runs many times slower)"
+        return torch.bfloat16, f"auto: this CPU computes bf16 natively, {native}; --precision fp32 to turn it off"
+    return None, "auto: this CPU has no native bf16, where bf16 autocast runs many times slower"
+
+
+def autocast_dtype(tcfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of `--precision` on this device (`choose_precision`)."""
+    return choose_precision(tcfg, device)[0]
+
+
+def describe_precision(amp: torch.dtype | None, why: str) -> str:
+    """One line for the training log from `choose_precision`: the arithmetic the run uses and why."""
+    return f"precision: {'bf16 autocast' if amp is not None else 'fp32'} ({why})"
 
 
 class Logger:
@@ -214,9 +215,9 @@ def fit(*, run: RunDir, model: torch.nn.Module, tcfg: TrainConfig, device: torch
     if dist_info.world > 1 and not sharded:
         ddp = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    amp = autocast_dtype(tcfg, device)
+    amp, why = choose_precision(tcfg, device)
     if dist_info.main:
-        print(describe_precision(tcfg, device, amp))
+        print(describe_precision(amp, why))
     logger = Logger(run.root) if dist_info.main else None
     guard = None if sync_guard else DeviceGuard(device)
     running, bad, last = Running(), 0, {}
