@@ -28,7 +28,7 @@ from engine.knobs import arg_type, check_guidance, check_steps, check_threads
 from engine.output import prepare_output, write_json
 from engine.session import Session
 from train.data import EpisodeSource
-from train.probes import BREAKOUT_RED, probes_for
+from train.probes import BREAKOUT_RED, blob_counts, probes_for
 
 ENV_ID = "ale:Breakout"
 CONTEXT = 8          # real frames each step starts from
@@ -64,23 +64,6 @@ def peak_near(frames: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return out
 
 
-def blobs(mask: np.ndarray) -> int:
-    """Separate 8-connected groups of matched pixels in one (H, W) mask (a handful of pixels, so a flood fill)."""
-    left = {(int(y), int(x)) for y, x in zip(*np.nonzero(mask))}
-    n = 0
-    while left:
-        n += 1
-        todo = [left.pop()]
-        while todo:
-            y, x = todo.pop()
-            for dy in (-1, 0, 1):
-                for dx in (-1, 0, 1):
-                    if (y + dy, x + dx) in left:
-                        left.remove((y + dy, x + dx))
-                        todo.append((y + dy, x + dx))
-    return n
-
-
 def one_step(sess: Session, src: EpisodeSource, starts: list, batch: int) -> dict[str, np.ndarray]:
     """Per start: ball seen in the predicted frame, its distance from the real ball, blob count, peak brightness near
     the real ball in the predicted and in the real frame."""
@@ -98,7 +81,7 @@ def one_step(sess: Session, src: EpisodeSource, starts: list, batch: int) -> dic
         rc, pc = ball.centroid(real), ball.centroid(pred)
         cols["seen"] += list(ball.visible(pred))
         cols["dist"] += list(np.hypot(*(pc - rc).T))
-        cols["blobs"] += [blobs(m) for m in ball.mask(pred)]
+        cols["blobs"] += list(blob_counts(ball.mask(pred), ball.min_pixels_at(64, 64)))
         cols["peak"] += list(peak_near(pred, rc))
         cols["peak_real"] += list(peak_near(real, rc))
         cols["bounce"] += [b for *_, b in g]

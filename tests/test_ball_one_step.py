@@ -43,17 +43,13 @@ def test_starts_have_the_real_ball_in_three_frames_and_bounces_flip_direction(he
     assert any(b for *_, b in starts) and not all(b for *_, b in starts)   # a rally has flights and bounces
 
 
-def test_peak_brightness_tells_a_dim_ball_from_a_full_one_and_blobs_are_counted():
+def test_peak_brightness_tells_a_dim_ball_from_a_full_one():
     frame = np.zeros((2, 64, 64, 3), np.uint8)
     frame[0, 40, 20] = bench.RED                         # a full-red ball pixel
     frame[1, 40, 20] = (0.2 * bench.RED).astype(np.uint8)  # a dim smear of it
     peaks = bench.peak_near(frame, np.array([[21.0, 41.0], [21.0, 41.0]]))
     assert peaks[0] == pytest.approx(1.0, abs=0.01) and peaks[1] == pytest.approx(0.2, abs=0.01)
     assert bench.peak_near(frame[:1], np.array([[50.0, 10.0]]))[0] == 0.0    # nothing near that centre
-    mask = np.zeros((64, 64), bool)
-    mask[10, 10] = mask[11, 11] = True                   # diagonal neighbours: one blob
-    mask[30, 40] = True
-    assert bench.blobs(mask) == 2 and bench.blobs(np.zeros((64, 64), bool)) == 0
 
 
 def test_the_benchmark_writes_seen_shares_per_kind(heldout, tmp_path, capsys):

@@ -108,6 +108,9 @@ def test_long_eval_reports_objects_and_control(long_run):
         assert len(o["count_real"]) == len(o["count_dream"]) == n_buckets
         assert all(v is None or v >= 0 for v in o["count_real"] + o["count_dream"])
         assert is_share(o["more_than_real"]) and (o["count_ratio"] is None or o["count_ratio"] >= 0)
+        assert len(o["visible_clean_dream"]) == n_buckets
+        assert all(c <= v for c, v in zip(o["visible_clean_dream"], o["visible_dream"]))  # clean is a part of visible
+        assert o["clean_ratio"] is None or 0 <= o["clean_ratio"] <= o["ratio"]
     assert objects["avatar"]["visible_real"] > 0.9                      # the real game shows its avatar
     assert all(0.9 <= n <= 1 for n in objects["avatar"]["count_real"])  # one avatar (rarely none while it flashes)
     for b, real_n in zip(r["horizon_buckets"], objects["gems"]["count_real"]):
@@ -467,3 +470,25 @@ def test_object_area_counts_pixels_at_64x64_so_fewer_gems_read_as_less():
     assert areas(gems, real)[0, 0] == 48 and areas(gems, dream)[0, 0] == 16
     small = real[:, :, ::2, ::2]                                       # the same frame at 32x32
     assert areas(gems, small)[0, 0] == 48
+
+
+def test_clean_visibility_does_not_count_a_second_ball_or_a_haze_of_specks():
+    """Two balls, or ball-coloured specks all over, pass 'visible'; 'clean' counts a dream frame only where it shows
+    no more separate objects than the real frame (or, past the real reference, than real frames typically do)."""
+    from train.eval_long import Rollouts
+    from train.eval_objects import object_report
+    from train.probes import BREAKOUT_RED, probes_for
+
+    probes = {"ball": probes_for("ale:Breakout")["ball"]}
+    real = np.zeros((1, 4, 64, 64, 3), np.uint8)
+    real[0, :, 40, 30] = BREAKOUT_RED                                     # one ball in every real frame
+    dream = real.copy()
+    dream[0, 1, 35, 10] = BREAKOUT_RED                                    # frame 1: a second ball
+    dream[0, 2, 32:56:4, 8:56:6] = (np.array(BREAKOUT_RED) * 0.5).astype(np.uint8)   # frame 2: a haze of dim specks
+    ok = np.array([[True, True, True, False]])                           # frame 3: past the real reference
+    roll = Rollouts(starts=[(0, 0)], seeds=[0], dream=dream, real=real * ok[..., None, None, None], real_ok=ok,
+                    actions=np.zeros((1, 4, 3), np.float32), recorded=np.ones((1, 4), bool),
+                    last_context=real[:, 0], replay_notes={})
+    o = object_report(probes, roll, [slice(0, 4)])["ball"]
+    assert o["visible_dream"] == [1.0] and o["ratio"] == pytest.approx(1.0)     # every frame passes "visible"
+    assert o["visible_clean_dream"] == [0.5] and o["clean_ratio"] == pytest.approx(0.5)   # frames 0 and 3 are clean

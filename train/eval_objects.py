@@ -6,7 +6,8 @@ eval reports for each probe the share of frames where it is visible, in the real
 of a long rollout, their ratio, and for the avatar the share of rollouts that end without it. "Visible" is met by one
 gem of three or by a dimmed avatar, so eval also reports each probe's area (matched pixels per frame, at 64x64), real
 and dream, per bucket: a dream that shows one gem where the game shows three has a third of the area. And it counts
-them (separate groups of matched pixels, `count_real`, `count_dream`): two avatars pass "visible" and double the area.
+them (separate groups of matched pixels, `count_real`, `count_dream`): two avatars pass "visible" and double the area,
+so `visible_clean_dream` and `clean_ratio` count a dream frame only where it shows the object without extra copies.
 Where both show an object, `position_error_px` is the median distance between the dream's and the real one per
 bucket (a paddle a few pixels off); `area_lost_real` / `area_lost_dream` is how much of its area went between the
 first and the last frames of a rollout (bricks that break, gems that are taken).
@@ -66,6 +67,13 @@ def mask_counts(probe: Any, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return np.stack(pixels), np.stack(objects), np.stack(centres)
 
 
+def clean_limit(n_real: np.ndarray, real: np.ndarray, real_ok: np.ndarray) -> np.ndarray:
+    """(R, H) the most separate objects a dream frame may show and still count as clean: as many as its real frame
+    (at least one) where there is one; elsewhere as many as 99% of the real frames that show the object do."""
+    typical = max(1, int(np.quantile(n_real[real], 0.99))) if real.any() else 1
+    return np.where(real_ok, np.maximum(n_real, 1), typical)
+
+
 def near(a: np.ndarray, b: np.ndarray, radius: int) -> np.ndarray:
     """(...,) bool: whether mask `a` (..., h, w) has a pixel within `radius` (Chebyshev) of a pixel of mask `b`."""
     grown = np.zeros_like(b)
@@ -121,6 +129,15 @@ def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice
             "count_dream": [masked_mean(n_dream[:, sl]) for sl in slices],
             "count_ratio": dream_n / real_n if real_n else None,
             "more_than_real": masked_mean(n_dream > n_real, roll.real_ok),
+        })
+        # visible and not doubled: a dream that paints a second ball, or a haze of ball-coloured specks, passes
+        # "visible" (and can pass the ratio) while a player sees no one ball. Clean: visible with no more separate
+        # objects than the real frame shows (at least one), or, past the real reference, than 99% of real frames show
+        clean = dream & (n_dream <= clean_limit(n_real, real, roll.real_ok))
+        clean_share = masked_mean(clean)
+        entry.update({
+            "visible_clean_dream": [masked_mean(clean[:, sl]) for sl in slices],
+            "clean_ratio": clean_share / real_share if real_share else None,
         })
         # where: the median distance between the dream's object and the real one (a paddle a few pixels off), and
         # how much of it went between the first and the last frames (bricks that break, gems that are taken)

@@ -319,6 +319,7 @@ def evaluate(args: argparse.Namespace) -> int:
             "psnr": masked_mean(p[:, sl], ok[:, sl]), "ssim": masked_mean(s[:, sl], ok[:, sl]),
             **fd_buckets[i], **idm_buckets[i],
             "objects": {k: {"visible_real": o["visible_real_buckets"][i], "visible_dream": o["visible_dream"][i],
+                            "visible_clean_dream": o["visible_clean_dream"][i],
                             "area_real": o["area_real"][i], "area_dream": o["area_dream"][i],
                             "count_real": o["count_real"][i], "count_dream": o["count_dream"][i],
                             "position_error_px": o["position_error_px"][i]}
