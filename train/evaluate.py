@@ -382,7 +382,8 @@ def _num(x: float | None, fmt: str) -> str:
 
 
 def _bucket_plot(path: Path, result: dict, name: str, line_plot: Any) -> None:
-    """Per bucket: the avatar's (and one more object's) visible share, real vs dream; FD vs its floor without probes."""
+    """Per bucket: the avatar's (and one more object's) visible share, real vs dream (and the dream's frames that show
+    it without extra copies); FD vs its floor without probes."""
     ticks = [f"{b['first']}-{b['last']}" for b in result["horizon_buckets"]]
     objects = result["objects"]
     if objects:
@@ -391,6 +392,7 @@ def _bucket_plot(path: Path, result: dict, name: str, line_plot: Any) -> None:
         for k in names:
             series[f"{k} real"] = objects[k]["visible_real_buckets"]
             series[f"{k} dream"] = objects[k]["visible_dream"]
+            series[f"{k} dream, no extra copies"] = objects[k]["visible_clean_dream"]
         line_plot(path, series, title=f"{name}: share of frames where the object is visible", xlabel="horizon steps",
                   xticks=ticks)
     else:
