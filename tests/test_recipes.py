@@ -38,9 +38,9 @@ def recipe_commands(tmp_path: Path, recipe: str, env: dict[str, str]) -> list[li
 
 
 RECIPES = [  # recipe, environment, the commands it must run at least
-    ("breakout.sh", {}, {"record": 3, "train": 6, "eval": 1}),
-    ("breakout.sh", {"WM2_MINUTES": "0"}, {"record": 3, "train": 5, "eval": 1}),
-    ("breakout.sh", {"WM2_MINUTES": "0", "WM3_MINUTES": "0"}, {"record": 3, "train": 4, "eval": 1}),
+    ("breakout.sh", {}, {"record": 3, "train": 7, "eval": 1}),
+    ("breakout.sh", {"WM2_MINUTES": "0"}, {"record": 3, "train": 6, "eval": 1}),
+    ("breakout.sh", {"WM2_MINUTES": "0", "WM3_MINUTES": "0", "WM4_MINUTES": "0"}, {"record": 3, "train": 4, "eval": 1}),
     ("breakout.sh", {"DEVICE": "cuda"}, {"train": 3, "eval": 1}),
     ("doom.sh", {}, {"record": 2, "train": 3, "eval": 1}),
     ("default_model.sh", {}, {"record": 3, "train": 3, "eval": 1}),
