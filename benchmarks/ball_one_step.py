@@ -6,12 +6,12 @@ A 100-frame dream of the Breakout model (before its lr 3e-4 stage) showed the ba
 game, yet more sampling steps (2, 4, 8) and run-time context noise (0, 0.05, 0.15) moved that by no more than 0.01:
 the loss happens in the model's prediction of the next frame, not in the sampler or in drift. This asks it one step
 at a time, teacher-forced: for frames t of the held-out episodes where the real ball is in play in frames t - 1, t
-and t + 1, a session is reset on the 8 real frames up to t and stepped once with the recorded action. Reported: the share of predicted frames where the ball
-probe finds the ball, split into free flight and bounces (the ball's direction flips between t - 1 -> t and
-t -> t + 1), the median distance of a seen ball from the real one, the share with more ball blobs than one, and the
-ball's peak brightness near the real ball (the largest projection of a pixel onto the ball's red within 4 px,
-1 = the full red; the probe needs about 0.27): a dim smear and an erased ball both fail the probe but look
-different to a player.
+and t + 1, a session is reset on the 8 real frames up to t and stepped once with the recorded action. Reported: the
+share of predicted frames where the ball probe finds the ball, split into free flight and bounces (the ball's
+direction flips between t - 1 -> t and t -> t + 1), the median distance of a seen ball from the real one, the share
+with more ball blobs than one, and the ball's peak brightness near the real ball (the largest projection of a pixel
+onto the ball's red within 4 px, 1 = the full red; the probe needs about 0.27): a dim smear and an erased ball both
+fail the probe but look different to a player.
 """
 
 from __future__ import annotations
