@@ -106,22 +106,24 @@ if [ "$WM2_MINUTES" -gt 0 ]; then
   FINAL=wm2
 fi
 
+# ball_stage OUT STEPS LR WARMUP MINUTES: a ball-weighted stage (one process, both threads) from the newest model
+ball_stage() {
+  local out=$1 steps=$2 lr=$3 warmup=$4 minutes=$5
+  reverie train wm --data "$W/data/train" --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" \
+    --out "$W/$out" --init "$W/$FINAL" --preset tiny --steps "$steps" --batch 8 --lr "$lr" --warmup "$warmup" \
+    --time-limit $((minutes * 60)) --threads 2 --log-every 50 --save-every 250 --half --backbone-actions off \
+    --change-weight 1 --object-weight "$BALL_WEIGHT" --objects ball
+  FINAL=$out
+}
+
 if [ "$WM3_MINUTES" -gt 0 ]; then
   log "train wm, third stage: the loss weighed toward the tokens that hold the ball (one process, lr 1e-4)"
-  reverie train wm --data "$W/data/train" --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" \
-    --out "$W/wm3" --init "$W/$FINAL" --preset tiny --steps 4000 --batch 8 --lr 1e-4 --warmup 20 \
-    --time-limit $((WM3_MINUTES * 60)) --threads 2 --log-every 50 --save-every 250 --half --backbone-actions off \
-    --change-weight 1 --object-weight "$BALL_WEIGHT" --objects ball
-  FINAL=wm3
+  ball_stage wm3 4000 1e-4 20 "$WM3_MINUTES"
 fi
 
 if [ "$WM4_MINUTES" -gt 0 ]; then
   log "train wm, fourth stage: 5,000 more steps at the same ball weight, lr 3e-4 (one process)"
-  reverie train wm --data "$W/data/train" --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" \
-    --out "$W/wm4" --init "$W/$FINAL" --preset tiny --steps 5000 --batch 8 --lr 3e-4 --warmup 50 \
-    --time-limit $((WM4_MINUTES * 60)) --threads 2 --log-every 100 --save-every 500 --half --backbone-actions off \
-    --change-weight 1 --object-weight "$BALL_WEIGHT" --objects ball
-  FINAL=wm4
+  ball_stage wm4 5000 3e-4 50 "$WM4_MINUTES"
 fi
 
 log "eval: 100-frame dreams on the held-out episodes (written into the model as its run-time defaults)"
