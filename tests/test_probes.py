@@ -245,3 +245,67 @@ def test_token_masks_mark_the_tokens_the_state_draws_objects_in():
     assert 1 <= got.sum(axis=1).min() and got.sum(axis=1).max() <= 4   # a 6x6 avatar spans one to four tokens
     with pytest.raises(ProbeError, match="token grid"):
         token_masks(fr[:2], [GEMS[AVATAR]], (3, 3))
+
+
+def _brick_rollout(dream: np.ndarray, real: np.ndarray):
+    from train.eval_long import Rollouts
+
+    ok = np.ones(real.shape[:2], bool)
+    return Rollouts(starts=[(0, 0)] * len(real), seeds=list(range(len(real))), dream=dream, real=real, real_ok=ok,
+                    actions=np.zeros(real.shape[:2] + (4,), np.float32), recorded=ok.copy(),
+                    last_context=real[:, 0], replay_notes={})
+
+
+def test_bricks_that_vanish_where_no_ball_has_been_are_told_from_bricks_the_ball_broke():
+    """'Bricks break' by area passes a dream whose bricks vanish on their own or grow back; `hits` attributes each
+    broken brick to the ball when the ball was just below it, and counts what comes back."""
+    from train.eval_objects import object_report
+    from train.probes import BREAKOUT_BRICKS, BREAKOUT_RED, hits_for
+
+    probes = probes_for("ale:Breakout")
+    frames = np.zeros((1, 12, 64, 64, 3), np.uint8)
+    frames[..., 26:29, 4:60, :] = BREAKOUT_BRICKS[5]                    # the bottom brick row
+    real, dream = frames.copy(), frames.copy()
+    for t in range(4):                                                 # real: the ball rises under column 20 ...
+        real[0, t, 36 - 2 * t, 20] = BREAKOUT_RED
+    real[0, 4:, 26:29, 18:22] = 0                                      # ... and the brick above it breaks
+    dream[0, :4] = real[0, :4]                                         # the dream's ball rises the same way ...
+    dream[0, 4:, 26:29, 46:50] = 0                                     # ... and a brick 28 px away vanishes
+    dream[0, 9:, 26:29, 46:50] = BREAKOUT_BRICKS[5]                    # and comes back five frames later
+    dream[0, 6, 26:29, 30:34] = 0                                      # a one-frame flicker is no break
+    o = object_report(probes, _brick_rollout(dream, real), [slice(0, 6), slice(6, 12)],
+                      hits_for("ale:Breakout"))["bricks"]["hits"]
+    assert o["by"] == "ball"
+    assert o["gone_real"] == [12.0, 0.0] and o["reached_real"] == 1.0 and o["unreached_real"] == 0.0
+    assert o["gone_dream"] == [12.0, 0.0] and o["reached_dream"] == 0.0 and o["unreached_dream"] == 12.0
+    assert o["back_real"] == 0.0 and o["back_dream"] == 12.0
+    assert hits_for("builtin:gems") == []
+
+
+def test_bricks_broken_in_real_breakout_are_reached_by_the_ball_and_a_ball_from_elsewhere_is_not():
+    """The Hit rule's reach, on real play of the scripted agent: the real ball is in reach of nearly every brick that
+    breaks; the same ball shifted 10 frames in time is in reach of few of them (chance)."""
+    pytest.importorskip("gymnasium")
+    pytest.importorskip("ale_py")
+    from train.eval_objects import object_report
+    from train.probes import hits_for
+
+    game = make_game("ale:Breakout", size=64, seed=500_000)
+    try:
+        agent = make_agent("scripted", game, seed=500_000)
+        frames = [game.reset(500_000)]
+        for _ in range(400):
+            frame, done = game.step(agent.act(frames[-1]))
+            frames.append(frame)
+            if done:
+                break
+    finally:
+        game.close()
+    real = np.stack(frames)[None]
+    shifted = real.copy()
+    shifted[..., 29:57, :, :] = np.roll(real[..., 29:57, :, :], 10, axis=1)   # the ball from 10 frames before
+    o = object_report(probes_for("ale:Breakout"), _brick_rollout(shifted, real), [slice(0, real.shape[1])],
+                      hits_for("ale:Breakout"))["bricks"]["hits"]
+    assert o["gone_real"][0] >= 12                                      # at least two bricks broke
+    assert o["reached_real"] >= 0.9 and o["back_real"] == 0.0
+    assert o["gone_dream"] == o["gone_real"] and o["reached_dream"] <= 0.3

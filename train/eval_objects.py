@@ -10,7 +10,10 @@ them (separate groups of matched pixels, `count_real`, `count_dream`): two avata
 so `visible_clean_dream` and `clean_ratio` count a dream frame only where it shows the object without extra copies.
 Where both show an object, `position_error_px` is the median distance between the dream's and the real one per
 bucket (a paddle a few pixels off); `area_lost_real` / `area_lost_dream` is how much of its area went between the
-first and the last frames of a rollout (bricks that break, gems that are taken).
+first and the last frames of a rollout (bricks that break, gems that are taken). Where a game declares that one
+object goes only where another reaches it (train.probes.Hit: a brick breaks where the ball hits it), `hits` says how
+much of it went where the other was in reach, real and dream, and how much came back: a dream whose bricks vanish
+where no ball has been, or grow back, passes "bricks break" by area alone.
 
 Control (games with an avatar probe; train.control): from real starts, hold each direction for N frames in the real
 game and on forks of dreams primed from the same frames (one batch), and compare how far the avatar moved; then the
@@ -92,10 +95,12 @@ def position_error(c_dream: np.ndarray, c_real: np.ndarray, both: np.ndarray) ->
     return float(np.median(d)) if d.size else None
 
 
-def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice]) -> dict[str, dict]:
+def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice],
+                  hits: Sequence[Any] = ()) -> dict[str, dict]:
     """objects.<name>: the share of frames where each probe sees its object, real and dream, overall and per bucket,
-    their ratio, the object's area (pixels per frame at 64x64) real and dream per bucket with its overall ratio, and
-    (for the avatar) how many rollouts end without it."""
+    their ratio, the object's area (pixels per frame at 64x64) real and dream per bucket with its overall ratio,
+    (for the avatar) how many rollouts end without it, and for the game's Hit rules (train.probes.hits_for) what
+    went where the hitting object reached it (`hits`, hit_report)."""
     from train.probes import AVATAR
 
     out = {}
@@ -157,6 +162,60 @@ def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice
             entry["gone_at_end_real"] = masked_mean(~real[:, end].any(axis=1), seen_to_end)
             entry["end_frames"] = END_FRAMES
         out[name] = entry
+    for hit in hits:
+        if hit.target in out and hit.by in probes:
+            out[hit.target]["hits"] = hit_report(hit, probes, roll, slices)
+    return out
+
+
+def stable_changes(m: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(R, H, h, w) masks, (R, H) which frames exist -> (gone, back), both (R, H, h, w): the pixels present in two
+    frames running and absent in the next two (marked at the first absent frame), and the reverse. Two frames each
+    way keep a pixel that flickers for one frame out of both."""
+    gone, back = np.zeros_like(m), np.zeros_like(m)
+    if m.shape[1] >= 4:
+        seen = (ok[:, :-3] & ok[:, 1:-2] & ok[:, 2:-1] & ok[:, 3:])[..., None, None]
+        a, b, c, d = m[:, :-3], m[:, 1:-2], m[:, 2:-1], m[:, 3:]
+        gone[:, 2:-1] = a & b & ~c & ~d & seen
+        back[:, 2:-1] = ~a & ~b & c & d & seen
+    return gone, back
+
+
+def in_reach(hit: Any, target: Any, by_mask: np.ndarray) -> np.ndarray:
+    """(R, H, h, w) masks of `hit.by` -> (R, H, w) bool: the columns within `hit.columns` of where `by` was seen at
+    most `hit.rows` rows below `target`'s region, in the `hit.frames` frames up to each frame (and that frame)."""
+    R, H, h, w = by_mask.shape
+    _, y1, _, _ = target.region_at(h, w)
+    below = by_mask[:, :, : min(h, y1 + round(hit.rows * h / 64))].any(axis=2)          # (R, H, w)
+    recent = np.zeros_like(below)
+    for dt in range(min(hit.frames, H - 1) + 1):
+        recent[:, dt:] |= below[:, :H - dt]
+    c = max(1, round(hit.columns * w / 64))
+    reach = np.zeros_like(recent)
+    for dx in range(-c, c + 1):
+        reach[..., max(dx, 0):w + min(dx, 0)] |= recent[..., max(-dx, 0):w + min(-dx, 0)]
+    return reach
+
+
+def hit_report(hit: Any, probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice]) -> dict[str, Any]:
+    """objects.<target>.hits: how much of the target goes per rollout, real and dream, per bucket (px at 64x64), the
+    share of it that went where `by` reached it, the dream's area gone with nothing in reach, and the area that came
+    back. A dream whose bricks vanish where no ball has been, or grow back, passes "bricks break" by area alone."""
+    target, by = probes[hit.target], probes[hit.by]
+    out: dict[str, Any] = {"by": hit.by, "frames": hit.frames, "columns": hit.columns, "rows": hit.rows}
+    scale = area_scale(roll.dream)
+    for side, frames, ok in (("real", roll.real, roll.real_ok), ("dream", roll.dream, np.ones_like(roll.real_ok))):
+        t_mask = np.stack([target.mask(f) for f in frames])                             # (R, H, h, w)
+        gone, back = stable_changes(t_mask, ok)
+        reach = in_reach(hit, target, np.stack([by.mask(f) for f in frames]))
+        gone_px = gone.sum(axis=(2, 3)) * scale                                         # (R, H)
+        reached_px = (gone & reach[:, :, None, :]).sum(axis=(2, 3)) * scale
+        rollouts = max(1, int(ok[:, 0].sum()))
+        out[f"gone_{side}"] = [float(gone_px[:, sl].sum()) / rollouts for sl in slices]
+        total = float(gone_px.sum())
+        out[f"reached_{side}"] = float(reached_px.sum()) / total if total else None
+        out[f"unreached_{side}"] = (total - float(reached_px.sum())) / rollouts
+        out[f"back_{side}"] = float(back.sum()) * scale / rollouts
     return out
 
 

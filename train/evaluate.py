@@ -230,7 +230,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from train.control import control_frames
     from train.eval_idm import action_following, load_or_train_idm
     from train.eval_objects import CONTROL_STARTS, AfterDream, control_from_starts, object_report
-    from train.probes import AVATAR, probes_for
+    from train.probes import AVATAR, hits_for, probes_for
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -303,7 +303,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if min(len(half_a), len(half_b)) >= 1:
         ref = FrechetReference(encode_latents(sess.ae, half_a, device), encode_latents(sess.ae, half_b, device))
         fd_floor, fd_buckets = ref.floor(), bucket_distances(ref, sess.ae, roll.dream, slices, device)
-    objects = object_report(probes, roll, slices)
+    objects = object_report(probes, roll, slices, hits_for(env_id) if env_id else ())
     control = after = None
     if avatar is not None:
         control = control_from_starts(make_session, src, roll, context, avatar, control_frames(env_id),

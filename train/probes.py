@@ -208,9 +208,36 @@ BREAKOUT_PROBES = (
 _PROBES = {builtin.ENV_ID: GEMS_PROBES, "ale:Breakout": BREAKOUT_PROBES}
 
 
+@dataclass(frozen=True)
+class Hit:
+    """A game's rule that one object only goes where another reaches it (Breakout: a brick breaks where the ball
+    hits it). Eval attributes each piece of `target` that goes to `by` when `by` was seen within `frames` frames up
+    to it, within `columns` columns of it and at most `rows` rows below `target`'s region (64x64 px), and so tells
+    bricks the dream's ball broke from bricks that vanish on their own.
+
+    Breakout's numbers come from 8 held-out scripted episodes (394 px of bricks broken, seeds from 500,000): the real
+    ball is within reach of 97% of the broken brick area; the same episodes' ball taken from 30 or 60 frames away is
+    within reach of 18% and 25% (10 frames away: 2%), the share by chance. A wider reach (8 frames, 5 columns, 12
+    rows) read 98% real but 34-41% by chance."""
+
+    target: str
+    by: str
+    frames: int = 6
+    columns: int = 5
+    rows: int = 10
+
+
+_HITS = {"ale:Breakout": (Hit("bricks", "ball"),)}
+
+
 def probes_for(env_id: str) -> dict[str, Probe]:
     """The probes of a game by name ({} for a game without probes)."""
     return {p.name: p for p in _PROBES.get(env_id, ())}
+
+
+def hits_for(env_id: str) -> list[Hit]:
+    """The game's Hit rules ([] for a game without)."""
+    return list(_HITS.get(env_id, ()))
 
 
 def probe_games() -> list[str]:
