@@ -273,11 +273,14 @@ def test_bricks_that_vanish_where_no_ball_has_been_are_told_from_bricks_the_ball
     dream[0, 4:, 26:29, 46:50] = 0                                     # ... and a brick 28 px away vanishes
     dream[0, 9:, 26:29, 46:50] = BREAKOUT_BRICKS[5]                    # and comes back five frames later
     dream[0, 6, 26:29, 30:34] = 0                                      # a one-frame flicker is no break
+    dream[0, 3, 26:29, 8:12] = (np.array(BREAKOUT_BRICKS[5]) * 0.7).astype(np.uint8)   # a brick that fades: dim,
+    dream[0, 4:, 26:29, 8:12] = 0                                                       # then gone, counts once
+    dream[0, 2:4, 28, 40:44] = (np.array(BREAKOUT_BRICKS[5]) * 0.8).astype(np.uint8)   # a border that wobbles
     o = object_report(probes, _brick_rollout(dream, real), [slice(0, 6), slice(6, 12)],
                       hits_for("ale:Breakout"))["bricks"]["hits"]
     assert o["by"] == "ball"
     assert o["gone_real"] == [12.0, 0.0] and o["reached_real"] == 1.0 and o["unreached_real"] == 0.0
-    assert o["gone_dream"] == [12.0, 0.0] and o["reached_dream"] == 0.0 and o["unreached_dream"] == 12.0
+    assert o["gone_dream"] == [24.0, 0.0] and o["reached_dream"] == 0.0 and o["unreached_dream"] == 24.0
     assert o["back_real"] == 0.0 and o["back_dream"] == 12.0
     assert hits_for("builtin:gems") == []
 

@@ -23,6 +23,7 @@ with: how far the avatar moves and how often it is missing after a long dream.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -168,14 +169,24 @@ def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice
     return out
 
 
-def stable_changes(m: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(R, H, h, w) masks, (R, H) which frames exist -> (gone, back), both (R, H, h, w): the pixels present in two
-    frames running and absent in the next two (marked at the first absent frame), and the reverse. Two frames each
-    way keep a pixel that flickers for one frame out of both."""
+def stable_changes(m: np.ndarray, ok: np.ndarray, near: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(R, H, h, w) masks, (R, H) which frames exist -> (gone, back), both (R, H, h, w), marked at the frame a pixel
+    changes. Each pixel's state follows a trigger with two thresholds: present where `m` matches, absent where not
+    even `near` does (a looser mask, a superset of `m`), and in between it keeps its last state, so a generated pixel
+    on the border of two brick rows that wobbles across the tolerance is no brick that breaks, and a brick that fades
+    over several frames goes once, at the frame it is gone. A change counts when the old state held for two frames
+    and the new one holds for two (a ball crossing a gap, or a one-frame flicker, is neither), all four frames
+    existing (ok)."""
+    near = m if near is None else near
     gone, back = np.zeros_like(m), np.zeros_like(m)
+    state = near[:, 0].copy()                                             # (R, h, w)
+    states = np.zeros_like(m)
+    for t in range(m.shape[1]):
+        state = np.where(m[:, t], True, np.where(near[:, t], state, False))
+        states[:, t] = state
     if m.shape[1] >= 4:
         seen = (ok[:, :-3] & ok[:, 1:-2] & ok[:, 2:-1] & ok[:, 3:])[..., None, None]
-        a, b, c, d = m[:, :-3], m[:, 1:-2], m[:, 2:-1], m[:, 3:]
+        a, b, c, d = states[:, :-3], states[:, 1:-2], states[:, 2:-1], states[:, 3:]
         gone[:, 2:-1] = a & b & ~c & ~d & seen
         back[:, 2:-1] = ~a & ~b & c & d & seen
     return gone, back
@@ -202,11 +213,12 @@ def hit_report(hit: Any, probes: dict[str, Any], roll: Rollouts, slices: Sequenc
     share of it that went where `by` reached it, the dream's area gone with nothing in reach, and the area that came
     back. A dream whose bricks vanish where no ball has been, or grow back, passes "bricks break" by area alone."""
     target, by = probes[hit.target], probes[hit.by]
+    loose = dataclasses.replace(target, tolerance=2 * target.tolerance)   # "gone" is farther than this from it
     out: dict[str, Any] = {"by": hit.by, "frames": hit.frames, "columns": hit.columns, "rows": hit.rows}
     scale = area_scale(roll.dream)
     for side, frames, ok in (("real", roll.real, roll.real_ok), ("dream", roll.dream, np.ones_like(roll.real_ok))):
         t_mask = np.stack([target.mask(f) for f in frames])                             # (R, H, h, w)
-        gone, back = stable_changes(t_mask, ok)
+        gone, back = stable_changes(t_mask, ok, np.stack([loose.mask(f) for f in frames]))
         reach = in_reach(hit, target, np.stack([by.mask(f) for f in frames]))
         gone_px = gone.sum(axis=(2, 3)) * scale                                         # (R, H)
         reached_px = (gone & reach[:, :, None, :]).sum(axis=(2, 3)) * scale
