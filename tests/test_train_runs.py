@@ -528,3 +528,15 @@ def test_object_weight_refusals_are_one_line_and_touch_nothing(tmp_path, recorde
             "no_probes": ("--object-weight", "gym:CartPole-v1", "builtin:gems")}[case]
     assert all(w in line for w in want), line
     assert not (tmp_path / "wm").exists()
+
+
+def test_no_progress_leaves_a_log_file_without_bars_and_still_resumes(tmp_path, recorded, capsys):
+    """`reverie train ... > log`: a bar redraws itself hundreds of times into a file; --no-progress leaves only the
+    --log-every lines, and it is no flag of the run (the same run resumes with or without it)."""
+    out = tmp_path / "r"
+    rc, err = reverie(capsys, *ae_argv(recorded, out, "--log-every", "1", "--no-progress"))
+    assert rc == 0 and "it/s" not in err and "\r" not in err, err
+    assert "no_progress" not in json.loads((out / "config.json").read_text())["flags"]
+    rc, err = reverie(capsys, *ae_argv(recorded, out, "--steps", "3"))                 # resumes, bar and all
+    assert rc == 0 and "it/s" in err
+    assert json.loads((out / "state" / "manifest.json").read_text())["step"] == 3

@@ -83,7 +83,7 @@ CLI_DEFAULTS: dict[str, Any] = {"threads": 2}
 RESUMABLE = frozenset({"steps", "time_limit", "save_every", "log_every", "sample_every", "keep_states", "threads",
                        "max_bad_steps"})
 # Flags that steer the command rather than the run: never recorded or compared.
-CONTROL = frozenset({"stage", "out", "dry_run", "no_resume", "force"})
+CONTROL = frozenset({"stage", "out", "dry_run", "no_resume", "force", "no_progress"})
 # Flags that name paths: recorded as absolute paths, so that the same run from another folder compares equal.
 PATH_FLAGS = frozenset({"data", "ae", "idm", "init"})
 
@@ -112,6 +112,8 @@ def add_train_flags(p: argparse.ArgumentParser, stage: str) -> None:
     p.add_argument("--force", action="store_true",
                    help="resume although flags other than steps, time limit and cadences changed")
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (for a log file; the --log-every lines still print)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

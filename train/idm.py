@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
     last = fit(run=run_dir, model=model, tcfg=tcfg, device=device, dist_info=dist_info, batch_fn=batch_fn,
                loss_fn=loss_fn, describe=lambda v: f"loss {v['loss']:.4f} acc {v.get('accuracy', 0):.3f}",
-               resume=not args.no_resume)
+               resume=not args.no_resume, progress=not args.no_progress)
     weights = trained_weights(run_dir, "idm.safetensors", last, model, tcfg, dist_info)
     if weights is None:
         return 0

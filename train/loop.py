@@ -181,7 +181,7 @@ def fit(*, run: RunDir, model: torch.nn.Module, tcfg: TrainConfig, device: torch
         batch_fn: Callable[[int, Dist], Any], loss_fn: Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict]],
         sample_fn: Callable[[int], dict[str, float] | None] | None = None,
         describe: Callable[[dict], str] | None = None, resume: bool = True,
-        sync_guard: bool | None = None) -> dict[str, float]:
+        sync_guard: bool | None = None, progress: bool = True) -> dict[str, float]:
     """Run `tcfg.steps` optimizer steps of `loss_fn(model, batch_fn(step))`, resuming from the last whole state.
 
     Returns the last logged values. Raises TrainingError after `max_bad_steps` non-finite steps in a row: at once
@@ -224,7 +224,7 @@ def fit(*, run: RunDir, model: torch.nn.Module, tcfg: TrainConfig, device: torch
     t0 = time.perf_counter()
     clock0 = time.perf_counter() - float(meta.get("elapsed", 0.0))
     done = start
-    bar = tqdm(range(start, tcfg.steps), initial=start, total=tcfg.steps, disable=not dist_info.main,
+    bar = tqdm(range(start, tcfg.steps), initial=start, total=tcfg.steps, disable=not (dist_info.main and progress),
                dynamic_ncols=True, desc=run.root.name)
     try:
         for step in bar:

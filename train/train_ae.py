@@ -122,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
                loss_fn=loss_fn, sample_fn=sample_fn,
                describe=lambda v: (f"loss {v['loss']:.4f} psnr {v.get('psnr', 0):.1f}dB changed: "
                                    f"{v.get('changed_psnr', float('nan')):.1f}dB, "
-                                   f"recall {v.get('changed_recall', float('nan')):.2f}"), resume=not args.no_resume)
+                                   f"recall {v.get('changed_recall', float('nan')):.2f}"), resume=not args.no_resume,
+               progress=not args.no_progress)
     weights = trained_weights(run_dir, "ae.safetensors", last, model, tcfg, dist_info)
     if weights is None:
         return 0

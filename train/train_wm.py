@@ -173,7 +173,7 @@ def warm_start(model: WorldModel, init: dict[str, torch.Tensor], path: str, assi
 
 
 def encode_dataset(src: EpisodeSource, ae: Autoencoder, device: torch.device, cache: Path,
-                   fingerprint: str, batch: int = 256) -> list[torch.Tensor]:
+                   fingerprint: str, batch: int = 256, progress: bool = True) -> list[torch.Tensor]:
     """Latents (T, C, h, w) float16 of every episode, from the cache when its fingerprint matches."""
     if cache.exists():
         with safe_open(str(cache), framework="pt") as f:
@@ -181,7 +181,8 @@ def encode_dataset(src: EpisodeSource, ae: Autoencoder, device: torch.device, ca
                 return [f.get_tensor(f"ep{i:06d}") for i in range(len(src.lengths))]
     out = []
     ae.eval()
-    with torch.no_grad(), tqdm(total=src.num_frames, desc="encode", unit="frame") as bar:
+    with torch.no_grad(), tqdm(total=src.num_frames, desc="encode", unit="frame",
+                                     disable=not progress) as bar:
         for e in range(len(src.lengths)):
             frames = src.episode_frames(e)
             zs = []
@@ -349,9 +350,9 @@ def run(args: argparse.Namespace) -> int:
         import torch.distributed as tdist
 
         if dist_info.main:
-            encode_dataset(src, ae, device, cache, fp)
+            encode_dataset(src, ae, device, cache, fp, progress=not args.no_progress)
         tdist.barrier()
-    latents = encode_dataset(src, ae, device, cache, fp)
+    latents = encode_dataset(src, ae, device, cache, fp, progress=dist_info.main and not args.no_progress)
     model = WorldModel(cfg.world_model).to(device)
     allz = torch.cat([z.float() for z in latents])                     # (sum T, C, h, w)
     model.latent_mean.copy_(allz.mean(dim=(0, 2, 3)))
@@ -372,7 +373,7 @@ def run(args: argparse.Namespace) -> int:
         grid = (wm.latent_height // wm.patch, wm.latent_width // wm.patch)
         objects_dev = [torch.from_numpy(token_masks(src.episode_frames(e), probes, grid)).to(device)
                        for e in tqdm(range(len(src.lengths)), desc="object masks", unit="episode",
-                                     disable=not dist_info.main)]
+                                     disable=not dist_info.main or args.no_progress)]
         share = sum(int(m.sum()) for m in objects_dev) / sum(m.numel() for m in objects_dev)
         if dist_info.main:
             print(f"object weight {wm.object_weight}: {', '.join(p.name for p in probes)} in {share:.1%} of tokens")
@@ -404,7 +405,7 @@ def run(args: argparse.Namespace) -> int:
 
     last = fit(run=run_dir, model=model, tcfg=tcfg, device=device, dist_info=dist_info, batch_fn=batch_fn,
                loss_fn=loss_fn, sample_fn=sample_fn, describe=lambda v: f"loss {v['loss']:.4f}",
-               resume=not args.no_resume)
+               resume=not args.no_resume, progress=not args.no_progress)
     weights = trained_weights(run_dir, "model.safetensors", last, model, tcfg, dist_info)
     if weights is None:
         return 0
