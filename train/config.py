@@ -113,7 +113,7 @@ def add_train_flags(p: argparse.ArgumentParser, stage: str) -> None:
                    help="resume although flags other than steps, time limit and cadences changed")
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
     p.add_argument("--no-progress", action="store_true",
-                   help="no progress bars (for a log file; the --log-every lines still print)")
+                   help="no progress bars: one line per --log-every step instead (for a log file)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

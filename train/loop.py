@@ -293,7 +293,11 @@ def fit(*, run: RunDir, model: torch.nn.Module, tcfg: TrainConfig, device: torch
                 last["lr"] = opt.param_groups[0]["lr"]
                 last["steps_per_s"] = counts.get("loss", 0.0) / max(dt, 1e-9)
                 logger.log(done, last)
-                bar.set_postfix_str(describe(last) if describe else f"loss {last.get('loss', math.nan):.4f}")
+                said = describe(last) if describe else f"loss {last.get('loss', math.nan):.4f}"
+                bar.set_postfix_str(said)
+                if not progress:                  # no bar to carry it: one line per log step, for a log file
+                    print(f"step {done}/{tcfg.steps}: {said}, {last['steps_per_s']:.2f} steps/s, lr {last['lr']:.3g}",
+                          flush=True)
                 t0 = time.perf_counter()
             if sample_fn is not None and dist_info.main and tcfg.sample_every and done % tcfg.sample_every == 0:
                 vals = sample_fn(done)
