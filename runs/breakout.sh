@@ -77,7 +77,7 @@ reverie record --env ale:Breakout --agent scripted --episodes 8 --steps 500 --si
 
 log "train ae (32x32 crops, changed pixels weighted) and idm, one thread each"
 reverie train idm --data "$W/data/train" --out "$W/idm" --steps 1000 --batch 64 --lr 1e-3 --threads 1 \
-  --log-every 50 --save-every 250 > "$W/idm.log" 2>&1 &
+  --log-every 50 --save-every 250 --no-progress > "$W/idm.log" 2>&1 &
 idm_pid=$!
 reverie train ae --data "$W/data/train" --out "$W/ae_crops" --preset tiny --crop 32 --steps 2000 --batch 32 \
   --lr 1e-3 --threads 1 --log-every 50 --save-every 500 --change-weight "$AE_CHANGE_WEIGHT"

@@ -42,7 +42,7 @@ mkdir -p "$W/data/mix" && ln -f "$W"/data/train/*.episode "$W"/data/random/*.epi
 
 log "train ae and idm (side by side)"
 $REVERIE train idm --data "$W/data/train" --out "$W/idm" --steps 100000 --batch 128 --lr 1e-3 \
-  --time-limit "$(s 40 8)" --device "$DEVICE" --threads "$THREADS" --log-every 200 --save-every 100000 \
+  --time-limit "$(s 40 8)" --device "$DEVICE" --threads "$THREADS" --log-every 200 --save-every 100000 --no-progress \
   > "$W/idm.log" 2>&1 &
 idm_pid=$!
 $REVERIE train ae --data "$W/data/train" --out "$W/ae" --preset tiny --steps 100000 --batch 64 --lr 1e-3 \

@@ -42,7 +42,7 @@ ln -f "$W"/data/mix/*.episode "$W"/data/train2/*.episode "$W/data/mix2/"
 
 log "train ae (32x32 crops) and idm, one thread each"
 reverie train idm --data "$W/data/train" --out "$W/idm" --steps 400 --batch 64 --lr 1e-3 --threads 1 \
-  --log-every 50 --save-every 200 > "$W/idm.log" 2>&1 &
+  --log-every 50 --save-every 200 --no-progress > "$W/idm.log" 2>&1 &
 idm_pid=$!
 reverie train ae --data "$W/data/train" --out "$W/ae" --preset tiny --crop 32 --steps 3000 --batch 32 --lr 1e-3 \
   --threads 1 --log-every 50 --save-every 500
