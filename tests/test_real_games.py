@@ -171,3 +171,31 @@ def test_the_shipped_breakout_model_plays():
     frames = [session.step(["fire"] if t == 0 else ["left"]) for t in range(4)]
     assert first.shape == frames[-1].shape == (64, 64, 3)
     assert session.steps == 2 and session.guidance == 1.5             # the evaluated settings are its defaults
+
+
+def test_eval_of_the_shipped_breakout_model_reports_where_its_bricks_went(tmp_path):
+    """`reverie eval` on Breakout: the ball, paddle and bricks probes per bucket, and for the bricks what went where
+    the ball reached it and what came back, real and dream (objects.bricks.hits)."""
+    pytest.importorskip("gymnasium")
+    pytest.importorskip("ale_py")
+    import json
+
+    import reverie_cli
+
+    data, out = tmp_path / "held", tmp_path / "eval.json"
+    assert reverie_cli.main(["record", "--env", "ale:Breakout", "--agent", "scripted", "--episodes", "1", "--steps",
+                             "60", "--size", "64", "--out", str(data), "--seed", "500000", "--no-progress"]) == 0
+    assert reverie_cli.main(["eval", "--model", "breakout", "--data", str(data), "--horizon", "24",
+                             "--rollouts-per-episode", "2", "--threads", "1", "--no-progress",
+                             "--json", str(out)]) == 0
+    objects = json.loads(out.read_text())["objects"]
+    assert set(objects) == {"paddle", "ball", "bricks"}
+    hits = objects["bricks"]["hits"]
+    assert hits["by"] == "ball" and len(hits["gone_real"]) == len(hits["gone_dream"]) == 2      # 1-16, 17-24
+    for key in ("gone_real", "gone_dream"):
+        assert all(np.isfinite(v) and v >= 0 for v in hits[key])
+    for key in ("unreached_real", "unreached_dream", "back_real", "back_dream"):
+        assert np.isfinite(hits[key]) and hits[key] >= 0
+    assert hits["back_real"] == 0                                    # real bricks never grow back
+    for key in ("reached_real", "reached_dream"):
+        assert hits[key] is None or 0 <= hits[key] <= 1
