@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A Breakout world model on a 2-core CPU, about 6.5 hours (two with WM2_MINUTES=0 WM3_MINUTES=0 WM4_MINUTES=0
-# WM5_MINUTES=0): record, autoencoder, decoder, inverse-dynamics model, world model in six stages, eval (how the shipped
+# A Breakout world model on a 2-core CPU, about seven hours (two with WM2_MINUTES=0 WM3_MINUTES=0 WM4_MINUTES=0
+# WM5_MINUTES=0): record, autoencoder, decoder, inverse-dynamics model, world model in seven stages, eval (how the shipped
 # engine/assets/breakout.safetensors was made; `reverie play --model breakout` plays it).
 #
 #   bash runs/breakout.sh [WORKDIR]
@@ -25,11 +25,11 @@
 # real one (1.6 against 2.3 px one step ahead). On a CPU with native bf16 (AVX-512 BF16, AMX) it ran 5,000 steps in
 # 37 minutes beside its control; in fp32 it takes about twice as long, or stops at the time limit with fewer steps.
 #
-# The fifth and sixth (WM5_MINUTES each, 45) train on the model's own rollouts (--rollout-iters 2: half the windows
+# The fifth to seventh (WM5_MINUTES each, 45; WM7_MINUTES, 25) train on the model's own rollouts (--rollout-iters 2: half the windows
 # see its own two-pass rollout as context): against a control of the same budget the dream's ball went from 0.55x to
-# 0.81x the real share (without extra copies 0.35x to 0.47x), and a second such stage cut the bricks that churn
-# (README: "Training on its own rollouts"). The shipped stages ran 45 and 40 minutes, one thread each beside a
-# control, 5,063 and 4,432 steps; on both threads each stage runs about 1.5x the steps.
+# 0.81x the real share (without extra copies 0.35x to 0.47x), and two more such stages cut the bricks that churn
+# by half (README: "Training on its own rollouts"). The shipped stages ran 45, 40 and 25 minutes on one thread, 5,063,
+# 4,432 and 2,785 steps; on both threads each stage runs about 1.5x the steps.
 #
 # DEVICE=cuda runs the same stages on one GPU (single process, bigger batches, AE_STEPS / IDM_STEPS / WM_STEPS to
 # spend it on). A GPU machine without ale-py (the device tool's has none) uses episodes already in WORKDIR/data:
@@ -42,7 +42,8 @@ WM_MINUTES=${WM_MINUTES:-65}
 WM2_MINUTES=${WM2_MINUTES:-72}   # the second world-model stage (0: skip it)
 WM3_MINUTES=${WM3_MINUTES:-65}   # the third, ball-weighted stage (0: skip it)
 WM4_MINUTES=${WM4_MINUTES:-45}   # the fourth: the same weight at lr 3e-4 (0: skip it)
-WM5_MINUTES=${WM5_MINUTES:-45}   # the fifth and sixth, each this long: on the model's own rollouts (0: skip them)
+WM5_MINUTES=${WM5_MINUTES:-45}   # the fifth and sixth, each this long: on the model's own rollouts (0: skip 5-7)
+WM7_MINUTES=${WM7_MINUTES:-25}   # the seventh, the same again
 BALL_WEIGHT=${BALL_WEIGHT:-4}
 STEPS=${STEPS:-2}
 GUIDANCE=${GUIDANCE:-1.5}
@@ -143,6 +144,7 @@ if [ "$WM5_MINUTES" -gt 0 ]; then
   log "train wm, fifth and sixth stages: on the model's own rollouts (--rollout-iters 2), two warm restarts at lr 3e-4"
   ball_stage wm5 20000 3e-4 50 "$WM5_MINUTES" "--rollout-iters 2"
   ball_stage wm6 20000 3e-4 50 "$WM5_MINUTES" "--rollout-iters 2"
+  ball_stage wm7 20000 3e-4 50 "$WM7_MINUTES" "--rollout-iters 2"
 fi
 
 log "eval: 100-frame dreams on the held-out episodes (written into the model as its run-time defaults)"

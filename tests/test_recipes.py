@@ -38,8 +38,8 @@ def recipe_commands(tmp_path: Path, recipe: str, env: dict[str, str]) -> list[li
 
 
 RECIPES = [  # recipe, environment, the commands it must run at least
-    ("breakout.sh", {}, {"record": 3, "train": 9, "eval": 1}),
-    ("breakout.sh", {"WM2_MINUTES": "0"}, {"record": 3, "train": 8, "eval": 1}),
+    ("breakout.sh", {}, {"record": 3, "train": 10, "eval": 1}),
+    ("breakout.sh", {"WM2_MINUTES": "0"}, {"record": 3, "train": 9, "eval": 1}),
     ("breakout.sh", {"WM2_MINUTES": "0", "WM3_MINUTES": "0", "WM4_MINUTES": "0", "WM5_MINUTES": "0"},
      {"record": 3, "train": 4, "eval": 1}),
     ("breakout.sh", {"DEVICE": "cuda"}, {"train": 4, "eval": 1}),
@@ -65,11 +65,11 @@ def test_every_command_of_a_recipe_parses(tmp_path, recipe, env, least):
 
 
 def test_the_breakout_recipe_trains_its_last_stages_on_the_models_own_rollouts(tmp_path):
-    """The shipped Breakout model's last two stages trained on its own rollouts; the recipe must say so to the CLI."""
+    """The shipped Breakout model's last three stages trained on its own rollouts; the recipe must say so to the CLI."""
     train = [c for c in recipe_commands(tmp_path, "breakout.sh", {}) if c[:2] == ["train", "wm"]]
     own = [c for c in train if "--rollout-iters" in c]
-    assert len(own) == 2 and all(c[c.index("--rollout-iters") + 1] == "2" for c in own)
-    assert train[-2:] == own and all(c[c.index("--init") + 1].endswith(("wm4", "wm5")) for c in own)
+    assert len(own) == 3 and all(c[c.index("--rollout-iters") + 1] == "2" for c in own)
+    assert train[-3:] == own and [c[c.index("--init") + 1].rsplit("/", 1)[-1] for c in own] == ["wm4", "wm5", "wm6"]
 
 
 def test_a_wrong_flag_in_a_recipe_is_caught(tmp_path):
