@@ -78,15 +78,22 @@ def clean_limit(n_real: np.ndarray, real: np.ndarray, real_ok: np.ndarray) -> np
     return np.where(real_ok, np.maximum(n_real, 1), typical)
 
 
+def grow(mask: np.ndarray, radius: int, axis: int) -> np.ndarray:
+    """`mask` dilated by `radius` cells both ways along `axis`."""
+    out = mask.copy()
+    n = mask.shape[axis]
+    for d in range(1, min(radius, n - 1) + 1):
+        ahead = [slice(None)] * mask.ndim
+        behind = [slice(None)] * mask.ndim
+        ahead[axis], behind[axis] = slice(d, None), slice(None, n - d)
+        out[tuple(ahead)] |= mask[tuple(behind)]
+        out[tuple(behind)] |= mask[tuple(ahead)]
+    return out
+
+
 def near(a: np.ndarray, b: np.ndarray, radius: int) -> np.ndarray:
     """(...,) bool: whether mask `a` (..., h, w) has a pixel within `radius` (Chebyshev) of a pixel of mask `b`."""
-    grown = np.zeros_like(b)
-    h, w = b.shape[-2:]
-    for dy in range(-radius, radius + 1):
-        for dx in range(-radius, radius + 1):
-            grown[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] |= \
-                b[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
-    return (a & grown).any(axis=(-2, -1))
+    return (a & grow(grow(b, radius, -2), radius, -1)).any(axis=(-2, -1))
 
 
 def position_error(c_dream: np.ndarray, c_real: np.ndarray, both: np.ndarray) -> float | None:
@@ -169,20 +176,19 @@ def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice
     return out
 
 
-def stable_changes(m: np.ndarray, ok: np.ndarray, near: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def stable_changes(m: np.ndarray, loose: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(R, H, h, w) masks, (R, H) which frames exist -> (gone, back), both (R, H, h, w), marked at the frame a pixel
     changes. Each pixel's state follows a trigger with two thresholds: present where `m` matches, absent where not
-    even `near` does (a looser mask, a superset of `m`), and in between it keeps its last state, so a generated pixel
+    even `loose` does (a looser mask, a superset of `m`), and in between it keeps its last state, so a generated pixel
     on the border of two brick rows that wobbles across the tolerance is no brick that breaks, and a brick that fades
     over several frames goes once, at the frame it is gone. A change counts when the old state held for two frames
     and the new one holds for two (a ball crossing a gap, or a one-frame flicker, is neither), all four frames
     existing (ok)."""
-    near = m if near is None else near
     gone, back = np.zeros_like(m), np.zeros_like(m)
-    state = near[:, 0].copy()                                             # (R, h, w)
+    state = loose[:, 0]                                                   # (R, h, w)
     states = np.zeros_like(m)
     for t in range(m.shape[1]):
-        state = np.where(m[:, t], True, np.where(near[:, t], state, False))
+        state = m[:, t] | (loose[:, t] & state)
         states[:, t] = state
     if m.shape[1] >= 4:
         seen = (ok[:, :-3] & ok[:, 1:-2] & ok[:, 2:-1] & ok[:, 3:])[..., None, None]
@@ -201,11 +207,7 @@ def in_reach(hit: Any, target: Any, by_mask: np.ndarray) -> np.ndarray:
     recent = np.zeros_like(below)
     for dt in range(min(hit.frames, H - 1) + 1):
         recent[:, dt:] |= below[:, :H - dt]
-    c = max(1, round(hit.columns * w / 64))
-    reach = np.zeros_like(recent)
-    for dx in range(-c, c + 1):
-        reach[..., max(dx, 0):w + min(dx, 0)] |= recent[..., max(-dx, 0):w + min(-dx, 0)]
-    return reach
+    return grow(recent, max(1, round(hit.columns * w / 64)), -1)
 
 
 def hit_report(hit: Any, probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice]) -> dict[str, Any]:
@@ -213,12 +215,12 @@ def hit_report(hit: Any, probes: dict[str, Any], roll: Rollouts, slices: Sequenc
     share of it that went where `by` reached it, the dream's area gone with nothing in reach, and the area that came
     back. A dream whose bricks vanish where no ball has been, or grow back, passes "bricks break" by area alone."""
     target, by = probes[hit.target], probes[hit.by]
-    loose = dataclasses.replace(target, tolerance=2 * target.tolerance)   # "gone" is farther than this from it
+    wide = dataclasses.replace(target, tolerance=2 * target.tolerance)    # "gone" is farther than this from it
     out: dict[str, Any] = {"by": hit.by, "frames": hit.frames, "columns": hit.columns, "rows": hit.rows}
     scale = area_scale(roll.dream)
     for side, frames, ok in (("real", roll.real, roll.real_ok), ("dream", roll.dream, np.ones_like(roll.real_ok))):
         t_mask = np.stack([target.mask(f) for f in frames])                             # (R, H, h, w)
-        gone, back = stable_changes(t_mask, ok, np.stack([loose.mask(f) for f in frames]))
+        gone, back = stable_changes(t_mask, np.stack([wide.mask(f) for f in frames]), ok)
         reach = in_reach(hit, target, np.stack([by.mask(f) for f in frames]))
         gone_px = gone.sum(axis=(2, 3)) * scale                                         # (R, H)
         reached_px = (gone & reach[:, :, None, :]).sum(axis=(2, 3)) * scale

@@ -181,8 +181,7 @@ def encode_dataset(src: EpisodeSource, ae: Autoencoder, device: torch.device, ca
                 return [f.get_tensor(f"ep{i:06d}") for i in range(len(src.lengths))]
     out = []
     ae.eval()
-    with torch.no_grad(), tqdm(total=src.num_frames, desc="encode", unit="frame",
-                                     disable=not progress) as bar:
+    with torch.no_grad(), tqdm(total=src.num_frames, desc="encode", unit="frame", disable=not progress) as bar:
         for e in range(len(src.lengths)):
             frames = src.episode_frames(e)
             zs = []
