@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# A Breakout world model on a 2-core CPU, about seven hours (two with WM2_MINUTES=0 WM3_MINUTES=0 WM4_MINUTES=0
-# WM5_MINUTES=0): record, autoencoder, decoder, inverse-dynamics model, world model in seven stages, eval (how the shipped
-# engine/assets/breakout.safetensors was made; `reverie play --model breakout` plays it).
+# A Breakout world model on a 2-core CPU, about four and a half hours on one with native bf16 (AVX-512 BF16, AMX; in
+# fp32 twice that): record, autoencoder, decoder, inverse-dynamics model, world model in nine stages, eval (how the
+# shipped engine/assets/breakout.safetensors was made; `reverie play --model breakout` plays it).
 #
 #   bash runs/breakout.sh [WORKDIR]
 #
@@ -15,21 +15,21 @@
 # loss erases it: at change weight 0 and 16 it kept the ball in 0% and 3% of held-out frames, at 256 in 81% (README:
 # "Breakout"). 32x32 crops make the first 2,000 steps 4x cheaper, but a decoder trained on crops paints speckle that
 # passes for a ball and loses the real one in a fifth of the frames; 2,000 more steps on whole frames with the
-# encoder frozen keep it in 98% (and leave the latents, and so the world model, as they are). WM_MINUTES and
-# WM2_MINUTES set the first two world-model stages' time budgets (the shipped model: 65 + 72). The third stage
-# (WM3_MINUTES, 65; at most 4,000 steps) weighs the loss 1 + 4 on the tokens where the ball probe finds the ball
-# (--object-weight 4 --objects ball): against a control of the same budget it doubled the share of dream frames
-# that show the ball (0.22x to 0.41x the real game's) and bricks began to break in the dream (README: "Breakout").
-# The fourth (WM4_MINUTES, 45; at most 5,000 steps) goes on at the same weight with lr 3e-4: against 5,000 steps at
-# lr 1e-4 it showed the ball more often (0.57x against 0.52x, 0.34x against 0.31x without extra copies), nearer the
-# real one (1.6 against 2.3 px one step ahead). On a CPU with native bf16 (AVX-512 BF16, AMX) it ran 5,000 steps in
-# 37 minutes beside its control; in fp32 it takes about twice as long, or stops at the time limit with fewer steps.
+# encoder frozen keep it in 98% (and leave the latents, and so the world model, as they are).
 #
-# The fifth to seventh (WM5_MINUTES each, 45; WM7_MINUTES, 25) train on the model's own rollouts (--rollout-iters 2: half the windows
-# see its own two-pass rollout as context): against a control of the same budget the dream's ball went from 0.55x to
-# 0.81x the real share (without extra copies 0.35x to 0.47x), and two more such stages cut the bricks that churn
-# by half (README: "Training on its own rollouts"). The shipped stages ran 45, 40 and 25 minutes on one thread, 5,063,
-# 4,432 and 2,785 steps; on both threads each stage runs about 1.5x the steps.
+# The world-model stages run the optimizer steps the shipped model trained (WM1_STEPS .. WM9_STEPS; 0 skips a stage,
+# and the next starts from the one before), data-parallel over the 2 cores. The shipped stages ran to time limits on
+# two CPUs of different speeds; the learning rate followed the time, so stopping at the same step count gives the same
+# schedule. Stages 1-2 (from scratch, then a warm restart) learn the game; stage 3 weighs the loss 1 + 4 on the tokens
+# where the ball probe finds the ball (--object-weight 4 --objects ball): against a control of the same budget it
+# doubled the share of dream frames that show the ball (0.22x to 0.41x the real game's) and bricks began to break in
+# the dream; stage 4 goes on at lr 3e-4 (0.57x against 0.52x at lr 1e-4). Stages 5-7 train on the model's own
+# two-pass rollouts (--rollout-iters 2: half the windows see its own rollout as context, the targets real): against a
+# control the ball went from 0.55x to 0.81x, and the later stages cut the bricks that churn by half. Stages 8-9 do it
+# on three-pass rollouts: 0.79x to 0.85x over 64 rollouts (README: "Breakout"). Measured on the 2-core EPYC with
+# AVX-512 BF16 (2026-12-03): 2.05 steps/s for stages 1-2 (batch 16), 2.96 for 3-4, 2.28 for 5-7, about 2.05 for 8-9,
+# so 35 + 51 + 90 + 58 minutes of world model, plus about a minute and a half to start each stage; the autoencoder's
+# 4,000 steps take about 4 minutes, recording 5.
 #
 # DEVICE=cuda runs the same stages on one GPU (single process, bigger batches, AE_STEPS / IDM_STEPS / WM_STEPS to
 # spend it on). A GPU machine without ale-py (the device tool's has none) uses episodes already in WORKDIR/data:
@@ -38,12 +38,17 @@ set -euo pipefail
 W=${1:-runs/breakout_cpu}
 DEVICE=${DEVICE:-cpu}
 AE_CHANGE_WEIGHT=${AE_CHANGE_WEIGHT:-256}
-WM_MINUTES=${WM_MINUTES:-65}
-WM2_MINUTES=${WM2_MINUTES:-72}   # the second world-model stage (0: skip it)
-WM3_MINUTES=${WM3_MINUTES:-65}   # the third, ball-weighted stage (0: skip it)
-WM4_MINUTES=${WM4_MINUTES:-45}   # the fourth: the same weight at lr 3e-4 (0: skip it)
-WM5_MINUTES=${WM5_MINUTES:-45}   # the fifth and sixth, each this long: on the model's own rollouts (0: skip 5-7)
-WM7_MINUTES=${WM7_MINUTES:-25}   # the seventh, the same again
+WM_MINUTES=${WM_MINUTES:-65}   # DEVICE=cuda: the world model's time limit
+# the CPU's world-model stages, in optimizer steps: those the shipped model trained (0 skips a stage)
+WM1_STEPS=${WM1_STEPS:-2150}    # 1: from scratch, batch 16, lr 5e-4
+WM2_STEPS=${WM2_STEPS:-2153}    # 2: a warm restart, lr 3e-4
+WM3_STEPS=${WM3_STEPS:-4000}    # 3: the loss weighed toward the ball, batch 8, lr 1e-4
+WM4_STEPS=${WM4_STEPS:-5000}    # 4: the same at lr 3e-4
+WM5_STEPS=${WM5_STEPS:-5063}    # 5-7: on the model's own rollouts
+WM6_STEPS=${WM6_STEPS:-4432}
+WM7_STEPS=${WM7_STEPS:-2785}
+WM8_STEPS=${WM8_STEPS:-4136}    # 8-9: on its own three-pass rollouts
+WM9_STEPS=${WM9_STEPS:-2994}
 BALL_WEIGHT=${BALL_WEIGHT:-4}
 STEPS=${STEPS:-2}
 GUIDANCE=${GUIDANCE:-1.5}
@@ -103,49 +108,36 @@ reverie train ae --data "$W/data/train" --out "$W/ae" --preset tiny --crop 0 --s
   --threads 2 --log-every 50 --save-every 500 --change-weight "$AE_CHANGE_WEIGHT" \
   --init "$W/ae_crops/ae.safetensors" --freeze-encoder
 
-log "train wm: data-parallel over the 2 cores (2 processes x 1 thread, gloo), batch 8 per rank"
-OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 -m reverie_cli train wm --data "$W/data/train" \
-  --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" --out "$W/wm" --preset tiny --steps 20000 --batch 16 \
-  --lr 5e-4 --time-limit $((WM_MINUTES * 60)) --threads 1 --log-every 50 --save-every 250 --sample-every 1000 --half \
-  --backbone-actions off --change-weight 1
-
-FINAL=wm
-if [ "$WM2_MINUTES" -gt 0 ]; then
-  log "train wm, second stage: a warm restart (lr 3e-4) from the first one's newest state"
+# wm_stage OUT STEPS BATCH LR WARMUP ["MORE FLAGS"]: a world-model stage from the newest one (the first from scratch),
+# data-parallel over the 2 cores (2 processes x 1 thread, gloo); STEPS 0 skips it
+FINAL=
+wm_stage() {
+  local out=$1 steps=$2 batch=$3 lr=$4 warmup=$5 more=${6:-} init=
+  if [ "$steps" -le 0 ]; then return 0; fi
+  if [ -n "$FINAL" ]; then init="--init $W/$FINAL"; fi
   OMP_NUM_THREADS=1 torchrun --standalone --nproc-per-node 2 -m reverie_cli train wm --data "$W/data/train" \
-    --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" --out "$W/wm2" --init "$W/wm" --preset tiny \
-    --steps 20000 --batch 16 --lr 3e-4 --time-limit $((WM2_MINUTES * 60)) --threads 1 --log-every 50 \
-    --save-every 250 --sample-every 1000 --half --backbone-actions off --change-weight 1
-  FINAL=wm2
-fi
-
-# ball_stage OUT STEPS LR WARMUP MINUTES ["MORE FLAGS"]: a ball-weighted stage (one process, both threads) from the
-# newest model
-ball_stage() {
-  local out=$1 steps=$2 lr=$3 warmup=$4 minutes=$5 more=${6:-}
-  reverie train wm --data "$W/data/train" --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" \
-    --out "$W/$out" --init "$W/$FINAL" --preset tiny --steps "$steps" --batch 8 --lr "$lr" --warmup "$warmup" \
-    --time-limit $((minutes * 60)) --threads 2 --log-every 50 --save-every 250 --half --backbone-actions off \
-    --change-weight 1 --object-weight "$BALL_WEIGHT" --objects ball --no-progress $more
+    --ae "$W/ae/ae.safetensors" --idm "$W/idm/idm.safetensors" --out "$W/$out" $init --preset tiny --steps "$steps" \
+    --batch "$batch" --lr "$lr" --warmup "$warmup" --threads 1 --log-every 50 --save-every 250 --half \
+    --backbone-actions off --change-weight 1 --no-progress $more
   FINAL=$out
 }
+BALL="--object-weight $BALL_WEIGHT --objects ball"
 
-if [ "$WM3_MINUTES" -gt 0 ]; then
-  log "train wm, third stage: the loss weighed toward the tokens that hold the ball (one process, lr 1e-4)"
-  ball_stage wm3 4000 1e-4 20 "$WM3_MINUTES"
-fi
-
-if [ "$WM4_MINUTES" -gt 0 ]; then
-  log "train wm, fourth stage: 5,000 more steps at the same ball weight, lr 3e-4 (one process)"
-  ball_stage wm4 5000 3e-4 50 "$WM4_MINUTES"
-fi
-
-if [ "$WM5_MINUTES" -gt 0 ]; then
-  log "train wm, fifth and sixth stages: on the model's own rollouts (--rollout-iters 2), two warm restarts at lr 3e-4"
-  ball_stage wm5 20000 3e-4 50 "$WM5_MINUTES" "--rollout-iters 2"
-  ball_stage wm6 20000 3e-4 50 "$WM5_MINUTES" "--rollout-iters 2"
-  ball_stage wm7 20000 3e-4 50 "$WM7_MINUTES" "--rollout-iters 2"
-fi
+log "train wm, stage 1: from scratch, lr 5e-4, batch 16"
+wm_stage wm "$WM1_STEPS" 16 5e-4 100
+log "stage 2: a warm restart at lr 3e-4"
+wm_stage wm2 "$WM2_STEPS" 16 3e-4 100
+log "stage 3: the loss weighed toward the tokens that hold the ball, lr 1e-4, batch 8"
+wm_stage wm3 "$WM3_STEPS" 8 1e-4 20 "$BALL"
+log "stage 4: the same weight at lr 3e-4"
+wm_stage wm4 "$WM4_STEPS" 8 3e-4 50 "$BALL"
+log "stages 5-7: on the model's own rollouts (--rollout-iters 2), warm restarts at lr 3e-4"
+wm_stage wm5 "$WM5_STEPS" 8 3e-4 50 "$BALL --rollout-iters 2"
+wm_stage wm6 "$WM6_STEPS" 8 3e-4 50 "$BALL --rollout-iters 2"
+wm_stage wm7 "$WM7_STEPS" 8 3e-4 50 "$BALL --rollout-iters 2"
+log "stages 8-9: on its own three-pass rollouts (--rollout-iters 3)"
+wm_stage wm8 "$WM8_STEPS" 8 3e-4 50 "$BALL --rollout-iters 3"
+wm_stage wm9 "$WM9_STEPS" 8 3e-4 50 "$BALL --rollout-iters 3"
 
 log "eval: 100-frame dreams on the held-out episodes (written into the model as its run-time defaults)"
 reverie eval --model "$W/$FINAL/model.safetensors" --data "$W/data/heldout" --horizon 100 --steps "$STEPS" \

@@ -38,10 +38,9 @@ def recipe_commands(tmp_path: Path, recipe: str, env: dict[str, str]) -> list[li
 
 
 RECIPES = [  # recipe, environment, the commands it must run at least
-    ("breakout.sh", {}, {"record": 3, "train": 10, "eval": 1}),
-    ("breakout.sh", {"WM2_MINUTES": "0"}, {"record": 3, "train": 9, "eval": 1}),
-    ("breakout.sh", {"WM2_MINUTES": "0", "WM3_MINUTES": "0", "WM4_MINUTES": "0", "WM5_MINUTES": "0"},
-     {"record": 3, "train": 4, "eval": 1}),
+    ("breakout.sh", {}, {"record": 3, "train": 12, "eval": 1}),
+    ("breakout.sh", {"WM2_STEPS": "0"}, {"record": 3, "train": 11, "eval": 1}),
+    ("breakout.sh", {f"WM{k}_STEPS": "0" for k in range(2, 10)}, {"record": 3, "train": 4, "eval": 1}),
     ("breakout.sh", {"DEVICE": "cuda"}, {"train": 4, "eval": 1}),
     ("doom.sh", {}, {"record": 2, "train": 3, "eval": 1}),
     ("default_model.sh", {}, {"record": 3, "train": 3, "eval": 1}),
@@ -65,11 +64,31 @@ def test_every_command_of_a_recipe_parses(tmp_path, recipe, env, least):
 
 
 def test_the_breakout_recipe_trains_its_last_stages_on_the_models_own_rollouts(tmp_path):
-    """The shipped Breakout model's last three stages trained on its own rollouts; the recipe must say so to the CLI."""
+    """The shipped Breakout model's last five stages trained on its own rollouts, three on two-pass and two on
+    three-pass ones; the recipe must say so to the CLI."""
     train = [c for c in recipe_commands(tmp_path, "breakout.sh", {}) if c[:2] == ["train", "wm"]]
     own = [c for c in train if "--rollout-iters" in c]
-    assert len(own) == 3 and all(c[c.index("--rollout-iters") + 1] == "2" for c in own)
-    assert train[-3:] == own and [c[c.index("--init") + 1].rsplit("/", 1)[-1] for c in own] == ["wm4", "wm5", "wm6"]
+    assert [c[c.index("--rollout-iters") + 1] for c in own] == ["2", "2", "2", "3", "3"]
+    assert train[-5:] == own
+    assert [c[c.index("--init") + 1].rsplit("/", 1)[-1] for c in own] == ["wm4", "wm5", "wm6", "wm7", "wm8"]
+
+
+def test_the_breakout_recipe_trains_the_shipped_models_steps_and_skips_a_stage_cleanly(tmp_path):
+    """The CPU stages run the optimizer steps the shipped model trained (not a time budget, which gives another model
+    on another CPU); a stage set to 0 steps is left out and the next one starts from the one before it."""
+    def stages(env):
+        train = [c for c in recipe_commands(tmp_path, "breakout.sh", env) if c[:2] == ["train", "wm"]]
+        return [(c[c.index("--out") + 1].rsplit("/", 1)[-1], int(c[c.index("--steps") + 1]),
+                 c[c.index("--init") + 1].rsplit("/", 1)[-1] if "--init" in c else None) for c in train]
+
+    assert stages({}) == [("wm", 2150, None), ("wm2", 2153, "wm"), ("wm3", 4000, "wm2"), ("wm4", 5000, "wm3"),
+                          ("wm5", 5063, "wm4"), ("wm6", 4432, "wm5"), ("wm7", 2785, "wm6"), ("wm8", 4136, "wm7"),
+                          ("wm9", 2994, "wm8")]
+    assert stages({"WM3_STEPS": "0", "WM6_STEPS": "0", "WM9_STEPS": "0"}) == [
+        ("wm", 2150, None), ("wm2", 2153, "wm"), ("wm4", 5000, "wm2"), ("wm5", 5063, "wm4"), ("wm7", 2785, "wm5"),
+        ("wm8", 4136, "wm7")]
+    evals = [c for c in recipe_commands(tmp_path, "breakout.sh", {"WM9_STEPS": "0"}) if c[0] == "eval"]
+    assert evals[0][evals[0].index("--model") + 1].endswith("/wm8/model.safetensors")
 
 
 def test_a_wrong_flag_in_a_recipe_is_caught(tmp_path):
