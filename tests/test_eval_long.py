@@ -492,3 +492,29 @@ def test_clean_visibility_does_not_count_a_second_ball_or_a_haze_of_specks():
     o = object_report(probes, roll, [slice(0, 4)])["ball"]
     assert o["visible_dream"] == [1.0] and o["ratio"] == pytest.approx(1.0)     # every frame passes "visible"
     assert o["visible_clean_dream"] == [0.5] and o["clean_ratio"] == pytest.approx(0.5)   # frames 0 and 3 are clean
+
+
+def test_strength_tells_a_dim_speck_from_the_ball_where_visible_does_not():
+    """A dream whose ball is a dim red speck passes 'visible' in every frame; its strength (the brightest matched
+    pixel against the probe's brightest colour) is under the real ball's, per bucket."""
+    from train.eval_long import Rollouts
+    from train.eval_objects import object_report
+    from train.probes import BREAKOUT_RED, probes_for
+
+    probe = probes_for("ale:Breakout")["ball"]
+    real = np.zeros((1, 4, 64, 64, 3), np.uint8)
+    real[0, :, 40, 30] = BREAKOUT_RED                                     # the full-colour ball
+    dream = np.zeros_like(real)
+    dream[0, :, 40, 30] = (np.array(BREAKOUT_RED) * 0.35).astype(np.uint8)   # a dim speck where it is
+    assert probe.visible(dream).all() and probe.visible(real).all()
+    s_real, s_dream = probe.strength(real)[0], probe.strength(dream)[0]
+    assert np.all(s_real > 1.0) and np.all(s_dream < 0.45)          # the full colour is past the brightest blend
+    assert np.isnan(probe.strength(np.zeros_like(real))).all()        # nothing matched: no strength
+    ok = np.ones((1, 4), bool)
+    roll = Rollouts(starts=[(0, 0)], seeds=[0], dream=dream, real=real, real_ok=ok,
+                    actions=np.zeros((1, 4, 3), np.float32), recorded=ok.copy(), last_context=real[:, 0],
+                    replay_notes={})
+    o = object_report({"ball": probe}, roll, [slice(0, 2), slice(2, 4)])["ball"]
+    assert o["ratio"] == pytest.approx(1.0)
+    assert o["strength_dream"] == pytest.approx([float(s_dream[0])] * 2)
+    assert all(d < 0.45 * r for d, r in zip(o["strength_dream"], o["strength_real"]))

@@ -152,6 +152,13 @@ def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice
             "visible_clean_dream": [masked_mean(clean[:, sl]) for sl in slices],
             "clean_ratio": clean_share / real_share if real_share else None,
         })
+        # how strongly: a dream whose ball is a dim speck where the real one is bright passes "visible"; the median
+        # strength (Probe.strength) of the frames that show the object, real and dream, per bucket
+        s_dream, s_real = probe.strength(roll.dream), probe.strength(roll.real)
+        entry.update({
+            "strength_real": [_median(s_real[:, sl][real[:, sl]]) for sl in slices],
+            "strength_dream": [_median(s_dream[:, sl][dream[:, sl]]) for sl in slices],
+        })
         # where: the median distance between the dream's object and the real one (a paddle a few pixels off), and
         # how much of it went between the first and the last frames (bricks that break, gems that are taken)
         both = dream & real
@@ -231,6 +238,12 @@ def hit_report(hit: Any, probes: dict[str, Any], roll: Rollouts, slices: Sequenc
         out[f"unreached_{side}"] = (total - float(reached_px.sum())) / rollouts
         out[f"back_{side}"] = float(back.sum()) * scale / rollouts
     return out
+
+
+def _median(values: np.ndarray) -> float | None:
+    """The median of the finite values; None where there are none."""
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if values.size else None
 
 
 def _mean(values: Sequence[Any], weights: Sequence[float] | None = None) -> float | None:

@@ -111,6 +111,17 @@ class Probe:
         frames = _check_frames(frames, self.name)
         return self.count(frames) >= self.min_pixels_at(*frames.shape[-3:-1])
 
+    def strength(self, frames: np.ndarray) -> np.ndarray:
+        """(...,) float: how strongly the object shows, the brightest matched pixel's projection on the probe's
+        brightest colour (1: that colour; Breakout's real ball, blended into black at 64x64, has a median of 0.6); NaN
+        where nothing matches. "Visible" passes a dim speck the probe's tolerance lets in; this tells it from a ball."""
+        frames = _check_frames(frames, self.name)
+        ref = np.asarray(max(self.colours, key=lambda c: sum(c)), np.float64)
+        t = (frames.astype(np.float64) @ ref) / max(float(ref @ ref), 1.0)
+        m = self.mask(frames)
+        flat = np.where(m, t, -np.inf).reshape(*m.shape[:-2], -1).max(axis=-1)
+        return np.where(np.isfinite(flat), flat, np.nan)
+
     def blobs(self, frames: np.ndarray) -> np.ndarray:
         """(...,) int: how many separate objects the probe sees per frame: groups of touching matched pixels
         (8-neighbour) with at least min_pixels each (scaled to the frame size). "Visible" holds with one gem of
