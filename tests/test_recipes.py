@@ -41,7 +41,7 @@ RECIPES = [  # recipe, environment, the commands it must run at least
     ("breakout.sh", {}, {"record": 3, "train": 12, "eval": 1}),
     ("breakout.sh", {"WM2_STEPS": "0"}, {"record": 3, "train": 11, "eval": 1}),
     ("breakout.sh", {f"WM{k}_STEPS": "0" for k in range(2, 10)}, {"record": 3, "train": 4, "eval": 1}),
-    ("breakout.sh", {"DEVICE": "cuda"}, {"train": 4, "eval": 1}),
+    ("breakout.sh", {"DEVICE": "cuda"}, {"train": 5, "eval": 1}),
     ("doom.sh", {}, {"record": 2, "train": 3, "eval": 1}),
     ("default_model.sh", {}, {"record": 3, "train": 3, "eval": 1}),
     ("default_model_cpu.sh", {}, {"record": 4, "train": 10, "eval": 1}),
