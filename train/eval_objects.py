@@ -54,21 +54,21 @@ def areas(probe: Any, frames: np.ndarray) -> np.ndarray:
     return pixel_counts(probe, frames) * area_scale(frames)
 
 
-def mask_counts(probe: Any, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(R, H, h, w, 3) uint8 -> the probe's matched pixels (R, H), the separate objects it sees (R, H) and the centroid
-    of its matched pixels (R, H, 2) as (x, y) in 64x64 pixels (NaN where nothing matched) per frame (Probe.blobs,
-    Probe.centroid), from one mask per frame, one rollout at a time."""
+def mask_counts(probe: Any, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(R, H, h, w, 3) uint8 -> the probe's matched pixels (R, H), the separate objects it sees (R, H), the centroid
+    of its matched pixels (R, H, 2) as (x, y) in 64x64 pixels (NaN where nothing matched) and how strongly it shows
+    (R, H) per frame (Probe.blobs, Probe.centroid, Probe.strength), from one mask per frame, one rollout at a time."""
     from train.probes import blob_counts, mask_centroids
 
     h, w = frames.shape[-3:-1]
     need = probe.min_pixels_at(h, w)
     to_64 = np.array([64 / w, 64 / h])
 
-    def measure(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:   # m: (H, h, w) bool
-        return m.sum(axis=(-2, -1)), blob_counts(m, need), mask_centroids(m) * to_64
+    def measure(f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:   # f: (H, h, w, 3)
+        m = probe.mask(f)
+        return m.sum(axis=(-2, -1)), blob_counts(m, need), mask_centroids(m) * to_64, probe.strength(f, m)
 
-    pixels, objects, centres = zip(*(measure(probe.mask(f)) for f in frames))
-    return np.stack(pixels), np.stack(objects), np.stack(centres)
+    return tuple(np.stack(x) for x in zip(*(measure(f) for f in frames)))
 
 
 def clean_limit(n_real: np.ndarray, real: np.ndarray, real_ok: np.ndarray) -> np.ndarray:
@@ -115,8 +115,8 @@ def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice
     for name, probe in probes.items():
         # one mask per frame serves every measure: visible is "at least min_pixels matched", area the matched pixels,
         # count the separate groups of them
-        count_dream, n_dream, c_dream = mask_counts(probe, roll.dream)      # (R, H), (R, H), (R, H, 2)
-        count_real, n_real, c_real = mask_counts(probe, roll.real)
+        count_dream, n_dream, c_dream, s_dream = mask_counts(probe, roll.dream)   # (R, H), (R, H), (R, H, 2), (R, H)
+        count_real, n_real, c_real, s_real = mask_counts(probe, roll.real)
         need = probe.min_pixels_at(*roll.dream.shape[-3:-1])
         dream = count_dream >= need
         real = (count_real >= need) & roll.real_ok
@@ -154,7 +154,6 @@ def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice
         })
         # how strongly: a dream whose ball is a dim speck where the real one is bright passes "visible"; the median
         # strength (Probe.strength) of the frames that show the object, real and dream, per bucket
-        s_dream, s_real = probe.strength(roll.dream), probe.strength(roll.real)
         entry.update({
             "strength_real": [_median(s_real[:, sl][real[:, sl]]) for sl in slices],
             "strength_dream": [_median(s_dream[:, sl][dream[:, sl]]) for sl in slices],

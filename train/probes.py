@@ -111,14 +111,15 @@ class Probe:
         frames = _check_frames(frames, self.name)
         return self.count(frames) >= self.min_pixels_at(*frames.shape[-3:-1])
 
-    def strength(self, frames: np.ndarray) -> np.ndarray:
+    def strength(self, frames: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """(...,) float: how strongly the object shows, the brightest matched pixel's projection on the probe's
         brightest colour (1: that colour; Breakout's real ball, blended into black at 64x64, has a median of 0.6); NaN
-        where nothing matches. "Visible" passes a dim speck the probe's tolerance lets in; this tells it from a ball."""
+        where nothing matches. "Visible" passes a dim speck the probe's tolerance lets in; this tells it from a ball.
+        `mask`: these frames' `mask`, where the caller has it already."""
         frames = _check_frames(frames, self.name)
-        ref = np.asarray(max(self.colours, key=lambda c: sum(c)), np.float64)
-        t = (frames.astype(np.float64) @ ref) / max(float(ref @ ref), 1.0)
-        m = self.mask(frames)
+        m = self.mask(frames) if mask is None else mask
+        ref = np.asarray(max(self.colours, key=sum), np.float32)
+        t = (frames.astype(np.float32) @ ref) / max(float(ref @ ref), 1.0)
         flat = np.where(m, t, -np.inf).reshape(*m.shape[:-2], -1).max(axis=-1)
         return np.where(np.isfinite(flat), flat, np.nan)
 
