@@ -90,13 +90,17 @@ if [ "$DEVICE" != cpu ]; then
   exit 0
 fi
 
-log "record: 60 scripted + 20 random episodes of 500 steps (train), 8 scripted (held out)"
-reverie record --env ale:Breakout --agent scripted --episodes 60 --steps 500 --size 64 --out "$W/data/train" \
-  --seed 0 --workers 2 --no-progress --overwrite
-reverie record --env ale:Breakout --agent random --episodes 20 --steps 500 --size 64 --out "$W/data/train" \
-  --seed 1000 --workers 2 --no-progress --overwrite
-reverie record --env ale:Breakout --agent scripted --episodes 8 --steps 500 --size 64 --out "$W/data/heldout" \
-  --seed 500000 --workers 2 --no-progress --overwrite
+if compgen -G "$W/data/train/*.episode" >/dev/null && compgen -G "$W/data/heldout/*.episode" >/dev/null; then
+  log "record: skipped, $W/data/train and $W/data/heldout already hold episodes (delete them to record again)"
+else
+  log "record: 60 scripted + 20 random episodes of 500 steps (train), 8 scripted (held out)"
+  reverie record --env ale:Breakout --agent scripted --episodes 60 --steps 500 --size 64 --out "$W/data/train" \
+    --seed 0 --workers 2 --no-progress --overwrite
+  reverie record --env ale:Breakout --agent random --episodes 20 --steps 500 --size 64 --out "$W/data/train" \
+    --seed 1000 --workers 2 --no-progress --overwrite
+  reverie record --env ale:Breakout --agent scripted --episodes 8 --steps 500 --size 64 --out "$W/data/heldout" \
+    --seed 500000 --workers 2 --no-progress --overwrite
+fi
 
 log "train ae (32x32 crops, changed pixels weighted) and idm, one thread each"
 reverie train idm --data "$W/data/train" --out "$W/idm" --steps 1000 --batch 64 --lr 1e-3 --threads 1 \

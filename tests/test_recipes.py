@@ -102,3 +102,16 @@ def test_a_wrong_flag_in_a_recipe_is_caught(tmp_path):
     assert argv[:3] == ["reverie", "train", "ae"] and "--stepz" in argv
     with pytest.raises(SystemExit):
         parsers()["train"].parse_args(argv[2:])
+
+
+def test_the_breakout_recipe_keeps_episodes_already_recorded(tmp_path):
+    """Run again on a work folder that holds its episodes (a resumed or repeated run), the recipe trains on them
+    instead of recording over them; an empty folder is recorded."""
+    for d in ("train", "heldout"):
+        (tmp_path / "work" / "data" / d).mkdir(parents=True)
+    (tmp_path / "work" / "data" / "train" / "a.episode").write_bytes(b"")
+    assert sum(c[0] == "record" for c in recipe_commands(tmp_path, "breakout.sh", {})) == 3
+    (tmp_path / "work" / "data" / "heldout" / "b.episode").write_bytes(b"")
+    commands = recipe_commands(tmp_path, "breakout.sh", {})
+    assert not [c for c in commands if c[0] == "record"]
+    assert [c for c in commands if c[:2] == ["train", "wm"]]
