@@ -87,6 +87,10 @@ def test_the_breakout_recipe_trains_the_shipped_models_steps_and_skips_a_stage_c
     assert stages({"WM3_STEPS": "0", "WM6_STEPS": "0", "WM9_STEPS": "0"}) == [
         ("wm", 2150, None), ("wm2", 2153, "wm"), ("wm4", 5000, "wm2"), ("wm5", 5063, "wm4"), ("wm7", 2785, "wm5"),
         ("wm8", 4136, "wm7")]
+    # the two-hour schedule: stages 1-2, one two-pass and one three-pass stage on the model's own rollouts
+    assert stages({"QUICK": "1"}) == [("wm", 2150, None), ("wm2", 2153, "wm"), ("wm5", 5400, "wm2"),
+                                      ("wm8", 3000, "wm5")]
+    assert stages({"QUICK": "1", "WM8_STEPS": "100"})[-1] == ("wm8", 100, "wm5")
     evals = [c for c in recipe_commands(tmp_path, "breakout.sh", {"WM9_STEPS": "0"}) if c[0] == "eval"]
     assert evals[0][evals[0].index("--model") + 1].endswith("/wm8/model.safetensors")
 
@@ -115,3 +119,10 @@ def test_the_breakout_recipe_keeps_episodes_already_recorded(tmp_path):
     commands = recipe_commands(tmp_path, "breakout.sh", {})
     assert not [c for c in commands if c[0] == "record"]
     assert [c for c in commands if c[:2] == ["train", "wm"]]
+
+
+def test_the_breakout_recipe_refuses_a_schedule_it_does_not_know(tmp_path):
+    r = subprocess.run(["bash", str(REPO / "runs" / "breakout.sh"), str(tmp_path / "w")], cwd=REPO,
+                       env={**os.environ, "QUICK": "yes"}, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "QUICK=yes" in r.stderr
+    assert not (tmp_path / "w").exists()
