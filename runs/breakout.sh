@@ -42,8 +42,8 @@ AE_CHANGE_WEIGHT=${AE_CHANGE_WEIGHT:-256}
 WM_MINUTES=${WM_MINUTES:-65}   # DEVICE=cuda: the world model's time limit
 # the CPU's world-model stages, in optimizer steps: those the shipped model trained (0 skips a stage). QUICK=1 is
 # the two-hour schedule: stages 1-2, then one two-pass and one three-pass stage on the model's own rollouts (measured
-# 2026-12-03: 112 minutes with recording; ball on screen 0.86x the real share, but twice the shipped model's brick
-# churn, README "Breakout", "A two-hour recipe")
+# 2026-12-03: about 113 minutes with recording; ball on screen 0.86x the real share, but 60 px of brick churn per
+# dream against the shipped model's 37; README "Breakout", "A two-hour recipe")
 QUICK=${QUICK:-0}
 case "$QUICK" in 0|1) ;; *) echo "QUICK=$QUICK: set QUICK=1 for the two-hour schedule or 0 (default) for the shipped one" >&2; exit 2;; esac
 if [ "$QUICK" = 1 ]; then
