@@ -129,10 +129,47 @@ def test_replay_reproduces_a_recorded_episode(episode):
 
 
 def test_replay_refuses_a_game_without_state():
+    pytest.importorskip("vizdoom")
+    with pytest.raises(ReverieError, match="cannot save and restore"):
+        replay_real_game("vizdoom:basic", 64, 0, np.zeros((2, 3), np.float32))
+
+
+def test_an_atari_game_replays_from_its_seed_and_restores_its_state():
+    """Atari (sticky actions off) is deterministic given its seed and actions: a recorded Breakout episode replays
+    frame for frame, a frame that differs is named, and a saved state restored gives the same next frames (which is
+    what lets eval run the real game past the recording and judge an action by its effect)."""
     pytest.importorskip("gymnasium")
     pytest.importorskip("ale_py")
-    with pytest.raises(ReverieError, match="cannot save and restore"):
-        replay_real_game("ale:Breakout", 64, 0, np.zeros((2, 3), np.float32))
+    from train.games.agents import BreakoutAgent
+    from train.games.registry import make_game
+
+    game = make_game("ale:Breakout", size=64, seed=3)
+    agent = BreakoutAgent(game, 3)
+    frames, actions = [game.reset(11)], [np.zeros(3, np.float32)]
+    for _ in range(80):
+        actions.append(np.asarray(agent.act(frames[-1]), np.float32))
+        frames.append(game.step(actions[-1])[0])
+    game.close()
+    frames, actions = np.stack(frames), np.stack(actions)
+    assert len({f.tobytes() for f in frames}) > 20                     # the ball moves: not a still screen
+
+    replayed = replay_real_game("ale:Breakout", 64, 11, actions[:50], frames[:50])
+    try:
+        state = replayed.state_dict()
+        assert np.array_equal(replayed.frame(), frames[49])
+        ahead = [replayed.step(a)[0] for a in actions[50:]]
+        assert all(np.array_equal(a, b) for a, b in zip(ahead, frames[50:]))
+        replayed.load_state_dict(state)
+        assert np.array_equal(replayed.frame(), frames[49])
+        assert np.array_equal(replayed.step(actions[50])[0], frames[50])
+        with pytest.raises(ValueError, match="saved state is for"):
+            replayed.load_state_dict({**state, "env_id": "ale:Pong"})
+    finally:
+        replayed.close()
+    altered = frames[:50].copy()
+    altered[30, 40, 20] = 255 - altered[30, 40, 20]
+    with pytest.raises(ReplayMismatch, match="frame 30 differs"):
+        replay_real_game("ale:Breakout", 64, 11, actions[:50], altered)
 
 
 @pytest.fixture(scope="module")

@@ -199,3 +199,26 @@ def test_eval_of_the_shipped_breakout_model_reports_where_its_bricks_went(tmp_pa
     assert hits["back_real"] == 0                                    # real bricks never grow back
     for key in ("reached_real", "reached_dream"):
         assert hits[key] is None or 0 <= hits[key] <= 1
+
+
+def test_eval_of_breakout_runs_the_real_game_past_the_recording(tmp_path):
+    """Atari replays from the episode's seed, so a Breakout dream longer than its held-out episode still has the real
+    game beside it under the same actions (the scripted agent playing on), and the action judge is also scored by
+    effect: the long buckets get real frames, not a missing reference."""
+    pytest.importorskip("gymnasium")
+    pytest.importorskip("ale_py")
+    import json
+
+    import reverie_cli
+
+    data, out = tmp_path / "held", tmp_path / "eval.json"
+    assert reverie_cli.main(["record", "--env", "ale:Breakout", "--agent", "scripted", "--episodes", "1", "--steps",
+                             "20", "--size", "64", "--out", str(data), "--seed", "500000", "--no-progress"]) == 0
+    assert reverie_cli.main(["eval", "--model", "breakout", "--data", str(data), "--horizon", "30",
+                             "--context", "8", "--threads", "1", "--no-progress", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["real_reference"] == {"replayed_rollouts": r["rollouts"], "not_replayed_because": None}
+    late = r["horizon_buckets"][-1]                                   # frames 17-30: past the 20-frame recording
+    assert late["first"] == 17 and late["recorded_actions"] < 1 and late["real_frames"] == late["frames"]
+    assert np.isfinite(late["psnr"]) and late["objects"]["paddle"]["visible_real"] == 1.0
+    assert r["action_following"]["real_by_effect"] is not None

@@ -7,7 +7,7 @@ finds the avatar in the first and last frame; the displacement is the move of it
 direction, in pixels of a 64x64 frame. After a long dream there is no real reference: measure_control(session,
 None, ...) reports the dream's move and how often the avatar was missing.
 
-Only games that can save and restore their state (state_dict() / load_state_dict(): builtin:gems) can be replayed
+Only games that can save and restore their state (state_dict() / load_state_dict(): builtin:gems, Atari) can be replayed
 and controlled in the real game here.
 """
 
@@ -60,7 +60,7 @@ def _require_state(game: Any, what: str) -> None:
     if not (callable(getattr(game, "state_dict", None)) and callable(getattr(game, "load_state_dict", None))):
         raise ControlError(f"{what}: {getattr(game, 'env_id', type(game).__name__)!r} cannot save and restore its "
                            "state (state_dict()/load_state_dict()); control and replay in the real game work for "
-                           "builtin:gems only")
+                           "builtin:gems and Atari (ale:) games only")
 
 
 def replay_real_game(env_id: str, size: int, seed: int, actions: np.ndarray, frames: np.ndarray | None = None) -> Any:
@@ -116,7 +116,8 @@ def _current_frame(game: Any) -> np.ndarray:
     frame = getattr(game, "frame", None)
     if not callable(frame):
         raise ControlError(f"{getattr(game, 'env_id', type(game).__name__)!r} cannot show its current frame without "
-                           "stepping (frame()); control in the real game works for builtin:gems only")
+                           "stepping (frame()); control in the real game works for builtin:gems and Atari games "
+                           "only")
     return np.asarray(frame())
 
 

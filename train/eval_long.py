@@ -7,10 +7,10 @@ train.games knows it, else the random agent. The agent acts on the real game's f
 real game's state), so the real game and the dream get the same actions.
 
 The real reference: the recording while it lasts. Where the game can be replayed from the episode's seed
-(train.control.replay_real_game: builtin:gems), the real game also runs alongside for the whole horizon with its time
-limit lifted, so there are real frames to compare with long after the recording ends; a game over (no lives left)
-ends the real reference there, and the dream goes on under the random agent. Where the game cannot be replayed
-(Atari, Doom, imported video), there is no real frame past the recording.
+(train.control.replay_real_game: builtin:gems, Atari), the real game also runs alongside for the whole horizon with
+its time limit lifted, so there are real frames to compare with long after the recording ends; a game over (no lives
+left) ends the real reference there, and the dream goes on under the random agent. Where the game cannot be replayed
+(Doom, imported video), there is no real frame past the recording.
 
 All rollouts have the same length, the horizon, and run `batch` worlds to a Session; the `real_ok` mask says where a
 real frame exists. Where the real game runs alongside and can save its state, each step also records which button

@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="folder of held-out episodes (not used in training)")
     p.add_argument("--horizon", type=arg_type(check_count(1), "--horizon", int), default=16,
                    help="frames dreamt per rollout (default 16); past the end of an episode an agent plays on, "
-                        "and the real game beside the dream where it can be replayed (builtin:gems)")
+                        "and the real game beside the dream where it can be replayed (builtin:gems, Atari)")
     p.add_argument("--context", type=arg_type(check_count(0), "--context", int), default=0,
                    help="real frames that prime each rollout (default 0: W/2)")
     p.add_argument("--json", type=Path, required=True,

@@ -259,6 +259,34 @@ class GymGame:
         self.env.close()
 
 
+class AleGame(GymGame):
+    """An Atari game: a GymGame that can save and restore the emulator (state_dict / load_state_dict), so eval can
+    replay an episode from its seed and run the real game beside a dream past the end of the recording, and judge an
+    action by what it does. Sticky actions are off, so the game is deterministic given its seed and actions."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The emulator's state (RNG included) with the current frame, in memory (an ale-py ALEState, not JSON): a
+        save point within one process, for replay and eval, not a save-game file."""
+        if self._last is None:
+            raise RuntimeError(f"{self.env_id}: state_dict() before reset()")
+        return {"env_id": self.env_id, "env_version": self.env_version, "done": self.done, "frame": self._last.copy(),
+                "ale": self.env.unwrapped.ale.cloneState(include_rng=True)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state saved by state_dict(); a state of another game or version raises ValueError."""
+        if state.get("env_id") != self.env_id or state.get("env_version") != self.env_version:
+            raise ValueError(f"saved state is for {state.get('env_id')!r} version {state.get('env_version')!r}, "
+                             f"this game is {self.env_id!r} version {self.env_version!r}")
+        self.env.unwrapped.ale.restoreState(state["ale"])
+        self._last, self.done = np.array(state["frame"], copy=True), bool(state["done"])
+
+    def frame(self) -> np.ndarray:
+        """The current frame without stepping (e.g. after load_state_dict)."""
+        if self._last is None:
+            raise RuntimeError(f"{self.env_id}: frame() before reset()")
+        return self._last.copy()
+
+
 def _known_gym_ids(gym: Any, prefix: str = "", suffix: str = "") -> list[str]:
     return sorted(k for k in gym.registry if k.startswith(prefix) and k.endswith(suffix))
 
@@ -277,7 +305,7 @@ def make_ale(game: str, size: int = 64, seed: int | None = None, frameskip: int 
                    obs_type="rgb", **kw)
     version = (f"ale_py={ale_py.__version__};{gym_id};frameskip={frameskip};repeat_action_probability=0;"
                f"full_action_space={full_action_space}")
-    return GymGame(env, f"ale:{game}", version, size, seed, fps=ATARI_HZ / frameskip)
+    return AleGame(env, f"ale:{game}", version, size, seed, fps=ATARI_HZ / frameskip)
 
 
 def make_gym(env_id: str, size: int = 64, seed: int | None = None, **kw: Any) -> GymGame:
