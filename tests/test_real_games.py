@@ -173,9 +173,9 @@ def test_the_shipped_breakout_model_plays():
     assert session.steps == 2 and session.guidance == 1.5             # the evaluated settings are its defaults
 
 
-def test_eval_of_the_shipped_breakout_model_reports_where_its_bricks_went(tmp_path):
-    """`reverie eval` on Breakout: the ball, paddle and bricks probes per bucket, and for the bricks what went where
-    the ball reached it and what came back, real and dream (objects.bricks.hits)."""
+def _eval_shipped_breakout(tmp_path, steps: int, flags: list[str]) -> dict:
+    """`reverie eval` of the shipped Breakout model (with `flags`) on one scripted held-out episode of `steps` steps
+    recorded here: the JSON it writes."""
     pytest.importorskip("gymnasium")
     pytest.importorskip("ale_py")
     import json
@@ -184,11 +184,16 @@ def test_eval_of_the_shipped_breakout_model_reports_where_its_bricks_went(tmp_pa
 
     data, out = tmp_path / "held", tmp_path / "eval.json"
     assert reverie_cli.main(["record", "--env", "ale:Breakout", "--agent", "scripted", "--episodes", "1", "--steps",
-                             "60", "--size", "64", "--out", str(data), "--seed", "500000", "--no-progress"]) == 0
-    assert reverie_cli.main(["eval", "--model", "breakout", "--data", str(data), "--horizon", "24",
-                             "--rollouts-per-episode", "2", "--threads", "1", "--no-progress",
-                             "--json", str(out)]) == 0
-    objects = json.loads(out.read_text())["objects"]
+                             str(steps), "--size", "64", "--out", str(data), "--seed", "500000", "--no-progress"]) == 0
+    assert reverie_cli.main(["eval", "--model", "breakout", "--data", str(data), *flags, "--threads", "1",
+                             "--no-progress", "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_eval_of_the_shipped_breakout_model_reports_where_its_bricks_went(tmp_path):
+    """`reverie eval` on Breakout: the ball, paddle and bricks probes per bucket, and for the bricks what went where
+    the ball reached it and what came back, real and dream (objects.bricks.hits)."""
+    objects = _eval_shipped_breakout(tmp_path, 60, ["--horizon", "24", "--rollouts-per-episode", "2"])["objects"]
     assert set(objects) == {"paddle", "ball", "bricks"}
     hits = objects["bricks"]["hits"]
     assert hits["by"] == "ball" and len(hits["gone_real"]) == len(hits["gone_dream"]) == 2      # 1-16, 17-24
@@ -205,18 +210,7 @@ def test_eval_of_breakout_runs_the_real_game_past_the_recording(tmp_path):
     """Atari replays from the episode's seed, so a Breakout dream longer than its held-out episode still has the real
     game beside it under the same actions (the scripted agent playing on), and the action judge is also scored by
     effect: the long buckets get real frames, not a missing reference."""
-    pytest.importorskip("gymnasium")
-    pytest.importorskip("ale_py")
-    import json
-
-    import reverie_cli
-
-    data, out = tmp_path / "held", tmp_path / "eval.json"
-    assert reverie_cli.main(["record", "--env", "ale:Breakout", "--agent", "scripted", "--episodes", "1", "--steps",
-                             "20", "--size", "64", "--out", str(data), "--seed", "500000", "--no-progress"]) == 0
-    assert reverie_cli.main(["eval", "--model", "breakout", "--data", str(data), "--horizon", "30",
-                             "--context", "8", "--threads", "1", "--no-progress", "--json", str(out)]) == 0
-    r = json.loads(out.read_text())
+    r = _eval_shipped_breakout(tmp_path, 20, ["--horizon", "30", "--context", "8"])
     assert r["real_reference"] == {"replayed_rollouts": r["rollouts"], "not_replayed_because": None}
     late = r["horizon_buckets"][-1]                                   # frames 17-30: past the 20-frame recording
     assert late["first"] == 17 and late["recorded_actions"] < 1 and late["real_frames"] == late["frames"]
