@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+# numpy's OpenBLAS starts a spinning thread per core for every small matrix product (frame resizing, probes), and two
+# such processes side by side (two evals, or one beside training) fight over the cores: a Breakout eval that replays
+# the real game ran 3x slower beside another. torch keeps its own threads (--threads), so one BLAS thread is enough.
+# Set before any sub-command imports numpy; a value the user exported wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # name -> (module with main(argv) -> int, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
