@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# A Breakout world model on a 2-core CPU, about four and three-quarter hours on one with native bf16 (AVX-512 BF16, AMX; in
-# fp32 twice that): record, autoencoder, decoder, inverse-dynamics model, world model in nine stages, eval (how the
-# shipped engine/assets/breakout.safetensors was made; `reverie play --model breakout` plays it).
+# A Breakout world model on a 2-core CPU, about four and three-quarter hours on one with native bf16 (AVX-512 BF16,
+# AMX; in fp32 twice that): record, autoencoder, decoder, inverse-dynamics model, world model in nine stages, eval
+# (how the shipped engine/assets/breakout.safetensors was made; `reverie play --model breakout` plays it).
 #
 #   bash runs/breakout.sh [WORKDIR]
 #   QUICK=1 bash runs/breakout.sh [WORKDIR]    # the two-hour schedule (below)
@@ -50,7 +50,10 @@ WM_MINUTES=${WM_MINUTES:-65}   # DEVICE=cuda: the world model's time limit
 # decoder; ball on screen 0.90x the real share, but 51 px of bricks gone per dream against the shipped model's 27;
 # README "Breakout", "A two-hour recipe", "A decoder trained longer")
 QUICK=${QUICK:-0}
-case "$QUICK" in 0|1) ;; *) echo "QUICK=$QUICK: set QUICK=1 for the two-hour schedule or 0 (default) for the shipped one" >&2; exit 2;; esac
+case "$QUICK" in
+  0|1) ;;
+  *) echo "QUICK=$QUICK: set QUICK=1 for the two-hour schedule or 0 (default) for the shipped one" >&2; exit 2;;
+esac
 if [ "$QUICK" = 1 ]; then
   S3=0 S4=0 S5=5400 S6=0 S7=0 S8=3000 S9=0 D3=0
 else
