@@ -216,7 +216,7 @@ def test_scripted_agent_refuses_other_games():
     class Other:
         env_id = "gym:Other-v0"
         action_spec = SPEC
-    with pytest.raises(ValueError, match="scripted agent plays builtin:gems and ale:Breakout"):
+    with pytest.raises(ValueError, match="scripted agent plays builtin:gems, ale:Breakout and vizdoom:basic"):
         make_agent("scripted", Other())
     with pytest.raises(ValueError, match="random"):
         make_agent("greedy", make_game("builtin:gems"))
@@ -301,6 +301,49 @@ def test_vizdoom_basic_frames():
     assert not np.array_equal(frames[0], frames[-1])
     with pytest.raises(ValueError, match="basic"):
         make_game("vizdoom:nope")
+
+
+def play_doom(agent: str, seeds: range) -> list[np.ndarray]:
+    """The actions of whole vizdoom:basic episodes (300 tics at most) played by an agent, one array per episode."""
+    game = make_game("vizdoom:basic", size=64, seed=0)
+    bot = make_agent(agent, game, 0)
+    episodes = []
+    try:
+        for seed in seeds:
+            frame, done, acts = game.reset(seed), False, []
+            bot.reset(seed)
+            while not done:
+                acts.append(bot.act(frame))
+                frame, done = game.step(acts[-1])
+            episodes.append(np.stack(acts))
+    finally:
+        game.close()
+    return episodes
+
+
+def test_doom_scripted_agent_plays_basic(tmp_path, monkeypatch):
+    """It kills the monster (an episode that ends before vizdoom:basic's 300-tic limit, about 150 frames, ended in a
+    kill), mostly after aiming rather than by chance: the random agent runs out of time far more often."""
+    pytest.importorskip("vizdoom")
+    monkeypatch.chdir(tmp_path)
+    scripted, random = play_doom("scripted", range(12)), play_doom("random", range(12))
+    limit = 148                                       # 300 tics at frame skip 2, less the frame the kill takes
+    kills = sum(len(e) < limit for e in scripted)
+    assert kills >= 11, [len(e) for e in scripted]
+    assert sum(len(e) < limit for e in random) < kills
+    acts = np.concatenate(scripted)
+    assert not np.any(acts[:, 0] * acts[:, 1])        # never left and right at once
+    assert 0.05 < acts[:, 2].mean() < 0.6             # it shoots, not every frame
+    assert np.median([len(e) for e in scripted]) >= 16   # long enough for a training window, most of the time
+    again = play_doom("scripted", range(3))
+    assert all(np.array_equal(a, b) for a, b in zip(scripted[:3], again))
+
+
+def test_doom_agent_refuses_other_games():
+    from train.games.agents import DoomBasicAgent
+
+    with pytest.raises(TypeError, match="vizdoom:basic only"):
+        DoomBasicAgent(make_game("builtin:gems"))
 
 
 def test_gym_adapter_on_a_rendered_env():

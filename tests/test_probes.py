@@ -10,7 +10,7 @@ import pytest
 from engine.errors import ReverieError
 from train.games.builtin import BACKGROUND, HUD_HEIGHT, PLAYER_FLASH, GemsGame
 from train.games.registry import make_agent, make_game
-from train.probes import AVATAR, Probe, ProbeError, blob_counts, probes_for
+from train.probes import AVATAR, Probe, ProbeError, blob_counts, mask_centroids, probes_for
 
 GEMS = probes_for("builtin:gems")
 
@@ -174,6 +174,7 @@ def test_shapes_and_errors():
     assert probes_for("gym:CartPole-v1") == {}
     assert set(GEMS) == {"avatar", "gems", "enemies", "score"}
     assert set(probes_for("ale:Breakout")) == {"paddle", "ball", "bricks"}
+    assert set(probes_for("vizdoom:basic")) == {"monster"}
 
 
 # ---- Breakout --------------------------------------------------------------------------------------------------
@@ -312,3 +313,44 @@ def test_bricks_broken_in_real_breakout_are_reached_by_the_ball_and_a_ball_from_
     assert o["gone_real"][0] >= 12                                      # at least two bricks broke
     assert o["reached_real"] >= 0.9 and o["back_real"] == 0.0
     assert o["gone_dream"] == o["gone_real"] and o["reached_dream"] <= 0.3
+
+
+# ---- Doom ------------------------------------------------------------------------------------------------------
+def test_doom_monster_where_the_labels_buffer_puts_it(tmp_path, monkeypatch):
+    """vizdoom's labels buffer marks the monster's own pixels; the probe finds it in (almost) every frame of scripted
+    and random play, its centroid on the monster, and nothing once the monster's pixels are painted over."""
+    pytest.importorskip("vizdoom")
+    from train.games.gym_adapters import resize_area
+
+    monkeypatch.chdir(tmp_path)
+    game = make_game("vizdoom:basic", size=64, seed=0)
+    game.game.close()
+    game.game.set_labels_buffer_enabled(True)
+    game.game.init()
+    frames, masks = [], []
+    try:
+        for agent, seeds in (("scripted", range(900, 904)), ("random", range(950, 952))):
+            bot = make_agent(agent, game, 0)
+            for seed in seeds:
+                frame, done = game.reset(seed), False
+                bot.reset(seed)
+                while not done:
+                    state = game.game.get_state()
+                    ids = [lab.value for lab in state.labels if lab.object_name != "DoomPlayer"]
+                    mask = np.isin(state.labels_buffer, ids).astype(np.uint8) * 255
+                    masks.append(resize_area(np.repeat(mask[..., None], 3, axis=2), 64)[..., 0])
+                    frames.append(frame)
+                    frame, done = game.step(bot.act(frame))
+    finally:
+        game.close()
+    fr, ms = np.stack(frames), np.stack(masks)
+    monster = probes_for("vizdoom:basic")["monster"]
+    assert len(fr) >= 150 and (ms > 128).any(axis=(1, 2)).all()
+    seen = monster.visible(fr)
+    assert seen.mean() >= 0.97
+    assert not (monster.mask(fr) & (ms == 0)).any()                     # no pixel off the monster
+    truth = mask_centroids(ms > 128)
+    assert np.nanmedian(np.abs(monster.centroid(fr[seen]) - truth[seen]).max(axis=-1)) <= 1.5
+    painted = fr.copy()
+    painted[ms > 0] = (80, 60, 40)                                       # a wall brown
+    assert not monster.visible(painted).any()

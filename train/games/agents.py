@@ -307,3 +307,81 @@ class BreakoutAgent:
         elif d < -c.deadband:
             action[self._button["left"]] = 1.0
         return action
+
+
+@dataclass
+class DoomBasicConfig:
+    """How the vizdoom:basic agent wanders, aims and misses (64x64 pixels; the gun points at column 32)."""
+
+    wander_frames: tuple[int, int] = (10, 60)    # per episode, random strafing before it starts to aim
+    aim_jitter: tuple[int, int] = (-3, 3)        # per aim, px off the monster's centre it aims at (a near miss)
+    deadband: int = 1                            # no strafe while the aim point is this close to the gun
+    fire_prob: float = 0.3                       # per frame, the chance it fires once aimed
+    stray_fire_prob: float = 0.05                # per frame, the chance it fires while still strafing to aim
+    detour_prob: float = 0.06                    # per frame, the chance of a random button set held detour_frames
+    detour_frames: tuple[int, int] = (2, 8)
+    reaim_frames: tuple[int, int] = (6, 20)      # a new aim point (jitter) this often
+
+
+class DoomBasicAgent:
+    """Plays vizdoom:basic from what it sees: strafes at random for a while, then strafes until the monster (found
+    by the monster probe on the 64x64 frame) is in front of the gun and shoots, with random detours, shots fired on
+    the move and aim points a pixel or two off the monster's centre, so that the data shows hits, misses and kills
+    (an episode ends when the monster dies). Never holds left and right together."""
+
+    def __init__(self, game, seed: int | None = None, config: DoomBasicConfig | None = None):
+        from train.probes import probes_for   # train.probes imports this package's builtin game
+
+        env_id = getattr(game, "env_id", None)
+        if env_id != "vizdoom:basic":
+            raise TypeError(f"DoomBasicAgent plays vizdoom:basic only, got {env_id or type(game)!r}")
+        names = game.action_spec.buttons
+        missing = {"move_left", "move_right", "attack"} - set(names)
+        if missing:
+            raise TypeError(f"vizdoom:basic's buttons are {names}, missing {sorted(missing)}")
+        self.game, self.config = game, config or DoomBasicConfig()
+        self.monster = probes_for(env_id)["monster"]
+        self._button = {n: i for i, n in enumerate(names)}
+        self.reset(seed)
+
+    def reset(self, seed: int | None = None) -> None:
+        self.rng = np.random.default_rng(seed)
+        self._wander = self._int(self.config.wander_frames)
+        self._aim, self._reaim = 0, 0
+        self._detour, self._detour_left = None, 0
+
+    def _int(self, bounds: tuple[int, int]) -> int:
+        return int(self.rng.integers(bounds[0], bounds[1] + 1))
+
+    def _random_buttons(self) -> np.ndarray:
+        action = self.game.action_spec.null()
+        move = ("move_left", "move_right", None)[int(self.rng.integers(3))]
+        if move is not None:
+            action[self._button[move]] = 1.0
+        action[self._button["attack"]] = float(self.rng.random() < 0.3)
+        return action
+
+    def act(self, frame: np.ndarray) -> np.ndarray:
+        c = self.config
+        if self._detour_left <= 0 and (self._wander > 0 or self.rng.random() < c.detour_prob):
+            self._detour = self._random_buttons()
+            self._detour_left = self._int(c.detour_frames)
+        if self._detour_left > 0:
+            self._detour_left -= 1
+            self._wander = max(0, self._wander - 1)
+            return self._detour.copy()
+        action = self.game.action_spec.null()
+        x = float(self.monster.centroid(frame)[0])
+        if np.isnan(x):                       # not in view: keep strafing one way until it is
+            action[self._button["move_right"]] = 1.0
+            return action
+        if self._reaim <= 0:
+            self._aim, self._reaim = self._int(c.aim_jitter), self._int(c.reaim_frames)
+        self._reaim -= 1
+        d = x + self._aim - frame.shape[1] / 2
+        if abs(d) > c.deadband:
+            action[self._button["move_right" if d > 0 else "move_left"]] = 1.0
+            action[self._button["attack"]] = float(self.rng.random() < c.stray_fire_prob)
+        else:
+            action[self._button["attack"]] = float(self.rng.random() < c.fire_prob)
+        return action

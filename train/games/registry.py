@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from train.games.agents import BreakoutAgent, RandomAgent, ScriptedAgent
+from train.games.agents import BreakoutAgent, DoomBasicAgent, RandomAgent, ScriptedAgent
 from train.games.base import Agent, Game
 from train.games.builtin import ENV_ID as GEMS_ID
 from train.games.builtin import GemsGame
@@ -19,7 +19,8 @@ ADAPTER_PREFIXES = {
 }
 EXAMPLE_IDS = ("ale:Breakout", "ale:Pong", "vizdoom:basic", "vizdoom:health_gathering", "gym:<EnvId>")
 AGENTS = {"scripted": "builtin:gems: persistent modes (chase, wander, flee, idle, zig-zag); ale:Breakout: serves, "
-                      "tracks the ball (aim varied per rally), random detours and misses",
+                      "tracks the ball (aim varied per rally), random detours and misses; vizdoom:basic: strafes "
+                      "until the monster is in front of the gun and shoots, with detours and near misses",
           "random": "uniformly random controls, each held for a few frames; any game"}
 
 
@@ -69,6 +70,8 @@ def make_agent(name: str, game: Game, seed: int | None = None) -> Agent:
             return ScriptedAgent(game, seed)
         if getattr(game, "env_id", None) == "ale:Breakout":
             return BreakoutAgent(game, seed)
-        raise ValueError(f"the scripted agent plays {GEMS_ID} and ale:Breakout only, not {game.env_id!r}; use the "
-                         "'random' agent")
+        if getattr(game, "env_id", None) == "vizdoom:basic":
+            return DoomBasicAgent(game, seed)
+        raise ValueError(f"the scripted agent plays {GEMS_ID}, ale:Breakout and vizdoom:basic only, not "
+                         f"{game.env_id!r}; use the 'random' agent")
     raise ValueError(f"unknown agent {name!r}; known: {', '.join(AGENTS)}")
