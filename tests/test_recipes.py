@@ -42,7 +42,7 @@ RECIPES = [  # recipe, environment, the commands it must run at least
     ("breakout.sh", {"WM2_STEPS": "0"}, {"record": 3, "train": 13, "eval": 1}),
     ("breakout.sh", {f"WM{k}_STEPS": "0" for k in range(2, 10)}, {"record": 3, "train": 6, "eval": 1}),
     ("breakout.sh", {"DEVICE": "cuda"}, {"train": 5, "eval": 1}),
-    ("doom.sh", {}, {"record": 2, "train": 3, "eval": 1}),
+    ("doom.sh", {}, {"record": 4, "train": 6, "eval": 1}),
     ("default_model.sh", {}, {"record": 3, "train": 3, "eval": 1}),
     ("default_model_cpu.sh", {}, {"record": 4, "train": 10, "eval": 1}),
 ]
@@ -61,6 +61,27 @@ def test_every_command_of_a_recipe_parses(tmp_path, recipe, env, least):
             ps[argv[0]].parse_args(argv[1:])
         except SystemExit as e:
             pytest.fail(f"{recipe}: `reverie {' '.join(argv)}` does not parse (exit {e.code})")
+
+
+def test_the_doom_recipe_records_an_agent_that_plays_weighs_the_monster_and_writes_the_longer_decoder(tmp_path):
+    """Doom's data is mostly the scripted agent's (it aims and shoots), the world model's loss is weighed toward the
+    monster in both its stages (the second from the first), the decoder trains on in one more stage from the one
+    before, and eval scores and writes the last world model with the last decoder."""
+    cmds = recipe_commands(tmp_path, "doom.sh", {})
+    train = [c for c in cmds if c[0] == "record" and "heldout" not in c[c.index("--out") + 1]]
+    agents = {c[c.index("--agent") + 1]: int(c[c.index("--episodes") + 1]) for c in train}
+    assert agents["scripted"] > agents["random"]
+    wms = [c for c in cmds if c[:2] == ["train", "wm"]]
+    assert len(wms) == 2 and "--init" not in wms[0] and wms[1][wms[1].index("--init") + 1].split("/")[-2] == "wm"
+    assert all(c[c.index("--objects") + 1] == "monster" and float(c[c.index("--object-weight") + 1]) > 0 for c in wms)
+    aes = [c for c in cmds if c[:2] == ["train", "ae"]]
+    outs = [c[c.index("--out") + 1].rsplit("/", 1)[-1] for c in aes]
+    assert outs == ["ae_crops", "ae", "ae_dec2"]
+    inits = [c[c.index("--init") + 1].split("/")[-2] for c in aes[1:]]
+    assert inits == ["ae_crops", "ae"] and all("--freeze-encoder" in c for c in aes[1:])
+    ev = next(c for c in cmds if c[0] == "eval")
+    assert ev[ev.index("--ae") + 1].split("/")[-2] == "ae_dec2" and "--write-model" in ev
+    assert ev[ev.index("--model") + 1].split("/")[-2] == "wm2"
 
 
 def test_the_breakout_recipe_trains_its_last_stages_on_the_models_own_rollouts(tmp_path):
