@@ -130,7 +130,7 @@ def test_breakout_agent_is_deterministic_and_refuses_other_games():
     with pytest.raises(TypeError, match="ale:Breakout"):
         BreakoutAgent(make_game("builtin:gems"))
     pong = make_game("ale:Pong", size=64)
-    with pytest.raises(ValueError, match="scripted agent plays builtin:gems and ale:Breakout"):
+    with pytest.raises(ValueError, match="scripted agent plays builtin:gems, ale:Breakout and vizdoom:basic"):
         make_agent("scripted", pong)
     pong.close()
 
