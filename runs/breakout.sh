@@ -139,15 +139,7 @@ reverie train ae --data "$W/data/train" --out "$W/ae" --preset tiny --crop 0 --s
   --init "$W/ae_crops/ae.safetensors" --freeze-encoder
 # the decoder trained on, longer (DEC2_STEPS at lr 1e-3, then DEC3_STEPS at 5e-4; 0 skips one): the encoder and the
 # world model's latents stay as they are, and the eval below writes this decoder into the model
-DECODER=ae
-dec_stage() {
-  local out=$1 steps=$2 lr=$3
-  if [ "$steps" -le 0 ]; then return 0; fi
-  reverie train ae --data "$W/data/train" --out "$W/$out" --preset tiny --crop 0 --steps "$steps" --batch 32 \
-    --lr "$lr" --threads 2 --log-every 100 --save-every 1000 --change-weight "$AE_CHANGE_WEIGHT" \
-    --init "$W/$DECODER/ae.safetensors" --freeze-encoder --no-progress
-  DECODER=$out
-}
+source "$(dirname "${BASH_SOURCE[0]}")/decoder_stage.sh"   # dec_stage, DECODER
 log "the decoder on whole frames, longer: $DEC2_STEPS steps at lr 1e-3, then $DEC3_STEPS at 5e-4"
 dec_stage ae_dec2 "$DEC2_STEPS" 1e-3
 dec_stage ae_dec3 "$DEC3_STEPS" 5e-4

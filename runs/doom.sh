@@ -70,15 +70,7 @@ reverie train ae --data "$W/data/train" --out "$W/ae" --preset tiny --crop 0 --s
 # the decoder trained on, longer (DEC2_STEPS at lr 1e-3; 0 skips it): with the 2,000-step decoder the monster showed
 # in 60% of held-out reconstructions, a faint smudge; with 8,000 more steps in 86% (README "Doom"). The encoder and
 # the world model's latents stay as they are, and the eval below writes this decoder into the model
-DECODER=ae
-dec_stage() {
-  local out=$1 steps=$2 lr=$3
-  if [ "$steps" -le 0 ]; then return 0; fi
-  reverie train ae --data "$W/data/train" --out "$W/$out" --preset tiny --crop 0 --steps "$steps" --batch 32 \
-    --lr "$lr" --threads 2 --log-every 100 --save-every 1000 --change-weight "$AE_CHANGE_WEIGHT" \
-    --init "$W/$DECODER/ae.safetensors" --freeze-encoder --no-progress
-  DECODER=$out
-}
+source "$(dirname "${BASH_SOURCE[0]}")/decoder_stage.sh"   # dec_stage, DECODER
 log "the decoder on whole frames, longer: $DEC2_STEPS steps at lr 1e-3"
 dec_stage ae_dec2 "$DEC2_STEPS" 1e-3
 
