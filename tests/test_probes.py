@@ -248,6 +248,22 @@ def test_token_masks_mark_the_tokens_the_state_draws_objects_in():
         token_masks(fr[:2], [GEMS[AVATAR]], (3, 3))
 
 
+def test_shared_tokens_are_the_frames_where_avatar_and_enemy_meet_in_one_token():
+    from train.probes import shared_tokens
+
+    frames, states = play(5, 400)
+    fr = np.stack(frames)
+    got = shared_tokens(fr, GEMS[AVATAR], GEMS["enemies"], (4, 4))
+    want = []
+    for st in states:
+        player, _, enemy_px = boxes(st)
+        tok = lambda m: m.reshape(4, 16, 4, 16).any(axis=(1, 3))  # noqa: E731
+        want.append(bool((tok(player) & tok(enemy_px)).any()))
+    assert got.shape == (len(frames),) and got.dtype == bool
+    assert np.array_equal(got, np.array(want))
+    assert 0 < got.sum() < len(got)   # the game's play has both kinds of frame
+
+
 def _brick_rollout(dream: np.ndarray, real: np.ndarray):
     from train.eval_long import Rollouts
 

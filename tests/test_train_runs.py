@@ -530,6 +530,55 @@ def test_object_weight_refusals_are_one_line_and_touch_nothing(tmp_path, recorde
     assert not (tmp_path / "wm").exists()
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# --focus: a share of each batch from the windows where two probes meet in one token
+# ---------------------------------------------------------------------------------------------------------------
+def test_focused_windows_give_the_share_to_every_rank_and_fall_back_to_the_plain_draw():
+    import numpy as np
+
+    from train.data import pick_focused_windows, pick_windows
+
+    starts = [np.arange(100), np.arange(50)]
+    focus = [np.array([3, 7]), np.array([], dtype=np.int64)]
+    for batch, share in ((8, 0.5), (8, 0.75), (16, 0.75), (4, 1.0)):
+        sel = pick_focused_windows(torch.Generator().manual_seed(1), starts, focus, batch, share)
+        hits = [(e, s) in {(0, 3), (0, 7)} for e, s in sel]
+        assert len(sel) == batch and sum(hits) >= round(share * batch)
+        for rank in range(2):   # the slice each of 2 data-parallel ranks takes holds its half of the focus windows
+            part = hits[rank * batch // 2:(rank + 1) * batch // 2]
+            assert sum(part) >= round(share * batch) // 2
+        again = pick_focused_windows(torch.Generator().manual_seed(1), starts, focus, batch, share)
+        assert again == sel   # a pure function of the step's generator: resumed runs see the same windows
+    empty = [np.array([], dtype=np.int64)] * 2
+    assert (pick_focused_windows(torch.Generator().manual_seed(2), starts, empty, 8, 0.5)
+            == pick_windows(torch.Generator().manual_seed(2), starts, 8))
+
+
+def test_focus_trains_on_the_windows_where_the_probes_meet(tmp_path, recorded, ae_run, capsys):
+    out = tmp_path / "wm"
+    rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out", str(out),
+                      "--steps", "2", "--batch", "2", "--threads", "1", "--window", "4", "--focus", "avatar,enemies",
+                      "--focus-share", "0.5")
+    said = capsys.readouterr().out if rc else ""
+    assert rc == 0, err + said
+    assert (out / "model.safetensors").is_file()
+    assert json.loads((out / "config.json").read_text())["flags"]["focus"] == "avatar,enemies"
+
+
+@pytest.mark.parametrize("case", ["one_probe", "unknown", "share"])
+def test_focus_refusals_are_one_line_and_touch_nothing(tmp_path, recorded, ae_run, capsys, case):
+    flags = {"one_probe": ["--focus", "avatar"], "unknown": ["--focus", "avatar,ghost"],
+             "share": ["--focus", "avatar,enemies", "--focus-share", "1.5"]}[case]
+    rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out",
+                      str(tmp_path / "wm"), "--steps", "1", "--batch", "2", "--threads", "1", "--window", "4", *flags)
+    assert rc == 1
+    line = one_line_error(err, "wm")
+    want = {"one_probe": ("--focus", "two different probes"), "unknown": ("--focus", "ghost", "avatar, gems"),
+            "share": ("--focus-share", "1.5", "(0, 1]")}[case]
+    assert all(w in line for w in want), line
+    assert not (tmp_path / "wm").exists()
+
+
 def test_no_progress_leaves_a_log_file_without_bars_and_still_resumes(tmp_path, recorded, capsys):
     """`reverie train ... > log`: a bar redraws itself hundreds of times into a file; --no-progress leaves only the
     --log-every lines, and it is no flag of the run (the same run resumes with or without it)."""

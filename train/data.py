@@ -41,6 +41,22 @@ def pick_windows(gen: torch.Generator, starts: list[np.ndarray], batch: int) -> 
     return [(e, int(starts[e][int(torch.randint(0, len(starts[e]), (1,), generator=gen))])) for e in eps]
 
 
+def pick_focused_windows(gen: torch.Generator, starts: list[np.ndarray], focus: list[np.ndarray], batch: int,
+                         share: float) -> list[tuple[int, int]]:
+    """`batch` windows as pick_windows() draws them, of which round(share * batch) come from the `focus` starts (a
+    subset of `starts`, per episode), spread evenly over the batch so that every data-parallel rank's slice gets its
+    part. With share 0 (or no focus window) this is pick_windows() exactly."""
+    k = round(share * batch) if any(len(f) for f in focus) else 0
+    if k == 0:
+        return pick_windows(gen, starts, batch)
+    plain = pick_windows(gen, starts, batch - k) if k < batch else []
+    focused = pick_windows(gen, focus, k)
+    out = []
+    for i in range(batch):   # position i is a focus window where the running count of k over batch steps up
+        out.append(focused.pop() if (i + 1) * k // batch > i * k // batch else plain.pop())
+    return out
+
+
 class EpisodeSource:
     """All episodes of a dataset folder, sampled as windows; preloaded when small enough."""
 

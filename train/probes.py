@@ -268,6 +268,12 @@ def probe_games() -> list[str]:
     return sorted(_PROBES)
 
 
+def shared_tokens(frames: np.ndarray, a: Probe, b: Probe, grid: tuple[int, int]) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames -> (T,) bool: the frames where some cell of a gh x gw token grid holds pixels of both
+    probes (builtin:gems: the avatar and an enemy in one token, where long dreams lose the avatar)."""
+    return (token_masks(frames, (a,), grid) & token_masks(frames, (b,), grid)).any(axis=1)
+
+
 def token_masks(frames: np.ndarray, probes: Sequence[Probe], grid: tuple[int, int]) -> np.ndarray:
     """(T, H, W, 3) uint8 frames -> (T, gh * gw) bool: which cells of a gh x gw grid over the frame (a world
     model's tokens, row-major as it patchifies them) hold a pixel that one of `probes` matches."""

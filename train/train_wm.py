@@ -18,6 +18,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -39,9 +40,9 @@ from train.config import (
     seed_for,
     step_generator,
 )
-from train.data import EpisodeSource, pick_windows
+from train.data import EpisodeSource, pick_focused_windows, pick_windows
 from train.loop import Dist, fit, start_run, trained_weights
-from train.probes import Probe, probe_games, probes_for, token_masks
+from train.probes import Probe, probe_games, probes_for, shared_tokens, token_masks
 from train.run_dir import RunDir, check_out
 
 HELP = "the world model (causal backbone + diffusion head) on cached latents"
@@ -87,6 +88,12 @@ def add_flags(p: argparse.ArgumentParser) -> None:
                         "preset's, 0)")
     p.add_argument("--objects", default=None,
                    help="with --object-weight: which of the game's probes weigh, comma-separated (default: all)")
+    p.add_argument("--focus", default=None, metavar="A,B",
+                   help="two of the game's probes (builtin:gems: avatar,enemies): --focus-share of every batch's "
+                        "windows are drawn from those where the two meet in one token in the window's second half "
+                        "(the frames a long dream loses a sprite in); needs a game with probes")
+    p.add_argument("--focus-share", type=float, default=0.5,
+                   help="with --focus: the share of each batch drawn from those windows, in (0, 1] (default 0.5)")
     p.add_argument("--shortcut-decay", type=float, default=None,
                    help="self-consistency step sizes d = 1, 1/2, ..., 1/32 drawn with weight DECAY^j (1: uniform, "
                         "the preset's default; 0.5: each finer step half as often, so the 1- and 2-step sampling "
@@ -104,11 +111,12 @@ def add_flags(p: argparse.ArgumentParser) -> None:
                         "the action, with probability 1 - confidence, as in guidance dropout)")
 
 
-def object_probes(src: EpisodeSource, names: str | None) -> list[Probe]:
+def object_probes(src: EpisodeSource, names: str | None, flag: str = "--object-weight",
+                  names_flag: str = "--objects") -> list[Probe]:
     """The probes `--object-weight` weighs: the data's game's (all, or those `--objects` names)."""
     games = sorted(set(src.env_ids))
     if len(games) != 1 or not probes_for(games[0]):
-        raise TrainingError(f"--object-weight: needs data of one game that declares object probes "
+        raise TrainingError(f"{flag}: needs data of one game that declares object probes "
                             f"({', '.join(probe_games())}); "
                             f"this data is from {', '.join(games) or 'no game'}")
     known = probes_for(games[0])
@@ -117,9 +125,34 @@ def object_probes(src: EpisodeSource, names: str | None) -> list[Probe]:
     wanted = [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in wanted if n not in known]
     if unknown or not wanted:
-        raise TrainingError(f"--objects {names!r}: {games[0]} has the probes {', '.join(known)}; name some of them"
+        raise TrainingError(f"{names_flag} {names!r}: {games[0]} has the probes {', '.join(known)}; name some of them"
                             + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
     return [known[n] for n in wanted]
+
+
+def focus_windows(src: EpisodeSource, starts: list, names: str, window: int, grid: tuple[int, int],
+                  progress: bool = False) -> list[np.ndarray]:
+    """Per episode, the starts (of `starts`) whose window has, in its second half, a frame where the two probes
+    `names` ("a,b") find pixels in one token of the `grid`; a TrainingError when the names are not two of the game's
+    probes or no window qualifies."""
+    probes = object_probes(src, names, flag="--focus", names_flag="--focus")
+    if len(probes) != 2 or probes[0].name == probes[1].name:
+        raise TrainingError(f"--focus {names!r}: name two different probes of the game, as A,B (builtin:gems: "
+                            "avatar,enemies)")
+    focus = []
+    for e in tqdm(range(len(src.lengths)), desc="focus windows", unit="episode", disable=not progress):
+        shared = shared_tokens(src.episode_frames(e), probes[0], probes[1], grid)
+        csum = np.concatenate([[0], np.cumsum(shared)])
+        s = np.asarray(starts[e], dtype=np.int64)
+        lo, hi = s + window // 2, s + window
+        focus.append(s[csum[hi] - csum[lo] > 0])
+    kept, total = sum(map(len, focus)), sum(map(len, starts))
+    if not kept:
+        raise TrainingError(f"--focus {names!r}: {probes[0].name} and {probes[1].name} never share a token in this "
+                            "data; record play where they meet, or leave --focus out")
+    print(f"--focus {probes[0].name},{probes[1].name}: {kept} of {total} windows ({100 * kept / total:.1f}%) meet in "
+          f"one token in their second half")
+    return focus
 
 
 def label_confidence(text: str) -> float:
@@ -337,6 +370,13 @@ def run(args: argparse.Namespace) -> int:
         warm_start(shape_only, init, args.init, assign=True)
     window = cfg.world_model.context_frames
     starts = confident_windows(src, args.data, window, args.min_label_confidence)
+    if not 0.0 < args.focus_share <= 1.0:   # NaN fails too
+        raise TrainingError(f"--focus-share {args.focus_share}: must be in (0, 1]")
+    focus = None
+    if args.focus is not None:
+        grid = (cfg.world_model.latent_height // cfg.world_model.patch,
+                cfg.world_model.latent_width // cfg.world_model.patch)
+        focus = focus_windows(src, starts, args.focus, window, grid, progress=not args.no_progress)
     started = start_run(args.out, tcfg, {"stage": "wm", "flags": flags, "model": cfg.to_dict(),
                                          "data": src.summary(), "ae": str(ae_path), "window": window},
                         args.dry_run, args.no_resume)
@@ -381,7 +421,9 @@ def run(args: argparse.Namespace) -> int:
         """This rank's slice of the windows of `step`: (normalised latents, actions, their confidence or None,
         the --unsure-actions mode, object token masks or None), as WorldModel.loss takes them."""
         per = tcfg.batch // d.world
-        sel = pick_windows(step_generator(tcfg.seed, step), starts, tcfg.batch)[d.rank * per:(d.rank + 1) * per]
+        gen = step_generator(tcfg.seed, step)
+        sel = (pick_windows(gen, starts, tcfg.batch) if focus is None else
+               pick_focused_windows(gen, starts, focus, tcfg.batch, args.focus_share))[d.rank * per:(d.rank + 1) * per]
         z = torch.stack([latents_dev[e][s:s + window] for e, s in sel]).float()   # (b, W, C, h, w)
         a = torch.stack([actions_dev[e][s:s + window] for e, s in sel])            # (b, W, A)
         c = None
