@@ -94,6 +94,12 @@ def test_blob_counts_count_touching_groups_of_enough_pixels():
     two[...] = BACKGROUND
     two[20:26, 10:16] = two[40:46, 40:46] = GEMS[AVATAR].colours[0]   # two avatars: visible, twice the area, 2
     assert GEMS[AVATAR].visible(two) and GEMS[AVATAR].blobs(two) == 2
+    from train.probes import blob_centres
+
+    assert blob_centres(m[0], 1).tolist() == [[2.0, 2.0], [7.5, 7.5]]          # the two squares' middles, (x, y)
+    assert blob_centres(m[0], 5).tolist() == [[7.5, 7.5]]
+    assert blob_centres(m[3], 1).shape == (0, 2)
+    assert blob_centres(GEMS[AVATAR].mask(two), 9).tolist() == [[13.0, 23.0], [43.0, 43.0]]
 
 
 def test_avatar_found_while_flashing_and_after_a_hit():

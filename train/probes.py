@@ -152,15 +152,13 @@ def mask_centroids(mask: np.ndarray) -> np.ndarray:
         return np.stack([xs / n, ys / n], axis=-1).astype(np.float64)
 
 
-def blob_counts(mask: np.ndarray, min_pixels: int) -> np.ndarray:
-    """(..., H, W) bool -> (...,) int: the groups of touching True pixels (8-neighbour) with at least `min_pixels`
-    pixels each, per image. Labels spread as a running max over each pixel's neighbourhood until nothing changes, so
-    every group ends up carrying its largest pixel index; the group sizes are then one bincount."""
-    mask = np.asarray(mask, bool)
-    lead, (h, w) = mask.shape[:-2], mask.shape[-2:]
-    m = mask.reshape(-1, h, w)
-    n, hw = m.shape[0], h * w
-    label = np.where(m, np.arange(1, hw + 1, dtype=np.int32).reshape(1, h, w), 0)
+def blob_labels(mask: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool -> (N, H, W) int32: each group of touching True pixels (8-neighbour) labelled by its largest
+    pixel index + 1 (0 off the mask). Labels spread as a running max over each pixel's neighbourhood until nothing
+    changes."""
+    m = np.asarray(mask, bool)
+    n, h, w = m.shape
+    label = np.where(m, np.arange(1, h * w + 1, dtype=np.int32).reshape(1, h, w), 0)
     while True:
         pad = np.pad(label, ((0, 0), (1, 1), (1, 1)))
         spread = label.copy()
@@ -169,8 +167,29 @@ def blob_counts(mask: np.ndarray, min_pixels: int) -> np.ndarray:
                 np.maximum(spread, pad[:, dy:dy + h, dx:dx + w], out=spread)
         spread[~m] = 0
         if np.array_equal(spread, label):
-            break
+            return label
         label = spread
+
+
+def blob_centres(mask: np.ndarray, min_pixels: int) -> np.ndarray:
+    """(H, W) bool -> (K, 2) float64 (x, y): the centres of one image's groups of touching True pixels with at least
+    `min_pixels` pixels each, pixel i spanning [i, i + 1), in the order of their labels."""
+    label = blob_labels(np.asarray(mask, bool)[None])[0]
+    keys, sizes = np.unique(label[label > 0], return_counts=True)
+    out = []
+    for k in keys[sizes >= min_pixels]:
+        ys, xs = np.nonzero(label == k)
+        out.append((xs.mean() + 0.5, ys.mean() + 0.5))
+    return np.asarray(out, np.float64).reshape(-1, 2)
+
+
+def blob_counts(mask: np.ndarray, min_pixels: int) -> np.ndarray:
+    """(..., H, W) bool -> (...,) int: the groups of touching True pixels (8-neighbour) with at least `min_pixels`
+    pixels each, per image (blob_labels(), then the group sizes in one bincount)."""
+    mask = np.asarray(mask, bool)
+    lead, (h, w) = mask.shape[:-2], mask.shape[-2:]
+    label = blob_labels(mask.reshape(-1, h, w))
+    n, hw = label.shape[0], h * w
     flat = label.reshape(n, hw).astype(np.int64)
     keys = (flat + np.arange(n)[:, None] * (hw + 1))[flat > 0]
     sizes = np.bincount(keys, minlength=n * (hw + 1)).reshape(n, hw + 1)[:, 1:]
