@@ -104,8 +104,13 @@ class WorldModelConfig:
                                         # probes find in the target frame (the avatar, a ball)
 
     @property
+    def token_grid(self) -> tuple[int, int]:
+        """(rows, columns) of a frame's tokens, row-major as the model patchifies them."""
+        return self.latent_height // self.patch, self.latent_width // self.patch
+
+    @property
     def tokens_per_frame(self) -> int:
-        return (self.latent_height // self.patch) * (self.latent_width // self.patch)
+        return self.token_grid[0] * self.token_grid[1]
 
     @property
     def token_dim(self) -> int:

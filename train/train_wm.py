@@ -374,9 +374,8 @@ def run(args: argparse.Namespace) -> int:
         raise TrainingError(f"--focus-share {args.focus_share}: must be in (0, 1]")
     focus = None
     if args.focus is not None:
-        grid = (cfg.world_model.latent_height // cfg.world_model.patch,
-                cfg.world_model.latent_width // cfg.world_model.patch)
-        focus = focus_windows(src, starts, args.focus, window, grid, progress=not args.no_progress)
+        focus = focus_windows(src, starts, args.focus, window, cfg.world_model.token_grid,
+                              progress=not args.no_progress)
     started = start_run(args.out, tcfg, {"stage": "wm", "flags": flags, "model": cfg.to_dict(),
                                          "data": src.summary(), "ae": str(ae_path), "window": window},
                         args.dry_run, args.no_resume)
@@ -409,8 +408,7 @@ def run(args: argparse.Namespace) -> int:
     objects_dev = None
     if probes is not None:
         wm = cfg.world_model
-        grid = (wm.latent_height // wm.patch, wm.latent_width // wm.patch)
-        objects_dev = [torch.from_numpy(token_masks(src.episode_frames(e), probes, grid)).to(device)
+        objects_dev = [torch.from_numpy(token_masks(src.episode_frames(e), probes, wm.token_grid)).to(device)
                        for e in tqdm(range(len(src.lengths)), desc="object masks", unit="episode",
                                      disable=not dist_info.main or args.no_progress)]
         share = sum(int(m.sum()) for m in objects_dev) / sum(m.numel() for m in objects_dev)
