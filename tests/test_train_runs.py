@@ -593,3 +593,99 @@ def test_no_progress_leaves_a_log_file_without_bars_and_still_resumes(tmp_path, 
     rc, err = reverie(capsys, *ae_argv(recorded, out, "--steps", "3"))                 # resumes, bar and all
     assert rc == 0 and "it/s" in err
     assert json.loads((out / "state" / "manifest.json").read_text())["step"] == 3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The weight average (--ema)
+# ---------------------------------------------------------------------------------------------------------------
+def test_weight_average_follows_the_rule_and_holds_on_a_skipped_step():
+    from train.loop import WeightAverage
+
+    model = torch.nn.Linear(3, 2)
+    avg = WeightAverage(model, 0.9)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    avg.update(step=100)                                  # rate 1 - min(0.9, 101 / 110) = 0.1
+    assert torch.allclose(avg.shadow["weight"], start["weight"] + 0.1)
+    assert torch.equal(avg.shadow["bias"], start["bias"])
+    avg.update(step=0)                                    # early: rate 1 - 1/10 = 0.9 toward the weights
+    assert torch.allclose(avg.shadow["weight"], start["weight"] + 0.1 + 0.9 * 0.9)
+    before = avg.shadow["weight"].clone()
+    avg.update(step=100, ok=torch.tensor(False))          # a step skipped on the device moves nothing
+    assert torch.equal(avg.shadow["weight"], before)
+    half = avg.weights({k: v.half() for k, v in model.state_dict().items()})
+    assert half["weight"].dtype == torch.float16 and torch.allclose(half["weight"].float(), before, atol=1e-3)
+
+
+def test_ema_averages_the_run_saves_it_with_every_state_and_resumes_it(tmp_path):
+    """Six steps with --ema equal three, then three more resumed: the average is part of the whole state."""
+    from safetensors.torch import load_file
+
+    from train.loop import WeightAverage, trained_weights
+
+    def run_steps(root: Path, steps: int):
+        model, batch_fn, loss_fn, _ = guard_setup(set())
+        run = RunDir(root)
+        run.write_config({"test": True})
+        last = fit(run=run, model=model, tcfg=tcfg_for(steps, ema=0.5), device=CPU, dist_info=Dist(),
+                   batch_fn=batch_fn, loss_fn=loss_fn)
+        return run, model, last
+
+    straight, model, last = run_steps(tmp_path / "a", 6)
+    saved = load_file(str(straight.state_root / "step_00000006" / "average.state"))
+    assert set(saved) == {"weight", "bias"}
+    assert not torch.allclose(saved["weight"], model.weight.detach())  # an average, not the last weights
+    weights = trained_weights(straight, "m.safetensors", last, model, tcfg_for(6, ema=0.5), Dist())
+    assert torch.equal(weights["weight"], saved["weight"])             # what the checkpoint holds
+    plain = trained_weights(straight, "m.safetensors", last, model, tcfg_for(6), Dist())
+    assert torch.equal(plain["weight"], model.weight.detach())
+
+    import shutil                                                      # stopped after step 3, then resumed
+    shutil.copytree(straight.state_root / "step_00000003", tmp_path / "b" / "state" / "step_00000003")
+    (tmp_path / "b" / "state" / "manifest.json").write_text(json.dumps({"latest": "step_00000003", "step": 3}))
+    resumed, _, _ = run_steps(tmp_path / "b", 6)
+    again = load_file(str(resumed.state_root / "step_00000006" / "average.state"))
+    assert all(torch.equal(saved[k], again[k]) for k in saved)
+
+    # by hand: the weights each step left, averaged by the rule
+    model, batch_fn, loss_fn, snaps = guard_setup(set())
+    fit(run=new_run(tmp_path / "c"), model=model, tcfg=tcfg_for(6), device=CPU, dist_info=Dist(),
+        batch_fn=batch_fn, loss_fn=loss_fn)
+    snaps[6] = {k: v.clone() for k, v in model.state_dict().items()}
+    expect = snaps[0]["weight"].clone()
+    for step in range(6):
+        rate = 1 - min(0.5, (1 + step) / (10 + step))
+        expect = expect + rate * (snaps[step + 1]["weight"] - expect)
+    assert torch.allclose(saved["weight"], expect, atol=1e-6)
+    assert WeightAverage  # the class is public
+
+
+def test_ema_writes_the_average_into_the_world_models_checkpoint(tmp_path, recorded, ae_run, capsys):
+    from engine.checkpoint import load_checkpoint
+
+    out = tmp_path / "wm"
+    rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out", str(out),
+                      "--steps", "3", "--batch", "2", "--threads", "1", "--window", "4", "--ema", "0.9",
+                      "--lr", "1e-2", "--warmup", "1")
+    assert rc == 0, err
+    from safetensors.torch import load_file
+
+    avg = load_file(str(out / "state" / "step_00000003" / "average.state"))
+    last = load_file(str(out / "state" / "step_00000003" / "model.state"))
+    ckpt = load_checkpoint(out / "model.safetensors")
+    wm = ckpt.tensors["wm"]
+    moved = [k for k in avg if not torch.allclose(avg[k], last[k])]
+    assert moved, "the average equals the last weights: nothing was averaged"
+    assert all(torch.allclose(wm[k].float(), avg[k], atol=1e-6) for k in moved)
+
+
+@pytest.mark.parametrize("value", ["1.0", "-0.1"])
+def test_ema_out_of_range_is_one_line_and_touches_nothing(tmp_path, recorded, ae_run, capsys, value):
+    rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out",
+                      str(tmp_path / "wm"), "--steps", "1", "--batch", "2", "--threads", "1", "--window", "4",
+                      "--ema", value)
+    assert rc == 1
+    line = one_line_error(err, "wm")
+    assert f"--ema {float(value)}" in line and "[0, 1)" in line, line
+    assert not (tmp_path / "wm").exists()

@@ -60,6 +60,8 @@ class TrainConfig:
     time_limit: float = _f(0.0, "stop after this many seconds (the LR schedule then follows time; not "
                                 "bit-reproducible)")
     fsdp: bool = _f(False, "under torchrun: shard the model over ranks (FSDP2) instead of replicating it (DDP)")
+    ema: float = _f(0.0, "keep an exponential moving average of the weights with this decay per step (e.g. 0.999; "
+                    "0: off); the checkpoint written at the end holds the average")
 
     def lr_at(self, step: int, time_fraction: float = 0.0) -> float:
         """Linear warm-up then cosine decay over max(step progress, time progress)."""
@@ -119,6 +121,11 @@ def add_train_flags(p: argparse.ArgumentParser, stage: str) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig of parsed flags (warm-up at most a fifth of the run)."""
     tcfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    if not 0.0 <= tcfg.ema < 1.0:
+        raise TrainingError(f"--ema {tcfg.ema}: the average's decay per step must be in [0, 1) (0.999 averages over "
+                            "about the last 1,000 steps; 0 turns it off)")
+    if tcfg.ema > 0 and tcfg.fsdp:
+        raise TrainingError("--ema with --fsdp: the average of a sharded model is not supported; drop one of them")
     return replace(tcfg, warmup=min(tcfg.warmup, max(1, tcfg.steps // 5)))
 
 

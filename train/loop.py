@@ -33,7 +33,7 @@ from train.run_dir import RunDir
 
 __all__ = ["Dist", "Logger", "RunDir", "TrainConfig", "TrainingError", "autocast_dtype", "choose_precision",
            "cpu_native_bf16", "describe_precision", "finish_distributed", "fit", "full_state", "init_distributed",
-           "resolve_device", "seed_for", "shard", "start_run", "step_generator", "trained_weights"]
+           "resolve_device", "seed_for", "shard", "start_run", "step_generator", "trained_weights", "WeightAverage"]
 
 
 def cpu_native_bf16() -> str | None:
@@ -172,6 +172,41 @@ class DeviceGuard:
         return int(longest), int(skipped)
 
 
+class WeightAverage:
+    """An exponential moving average of a model's floating-point weights, kept in fp32 on the model's device.
+
+    After step s the average moves toward the weights by 1 - min(decay, (1 + s) / (10 + s)): early in a run (from
+    scratch) it follows the weights closely, later it averages over about 1 / (1 - decay) steps. The average
+    smooths out the step-to-step noise of the last weights, which a sampled model shows as sporadic artefacts; it is
+    saved with every training state (`average.state`) and is what the checkpoint written at the end holds."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.pairs = [(k, v) for k, v in model.state_dict(keep_vars=True).items() if v.is_floating_point()]
+        self.shadow = {k: v.detach().float().clone() for k, v in self.pairs}
+
+    @torch.no_grad()
+    def update(self, step: int, ok: torch.Tensor | None = None) -> None:
+        """Move toward the current weights after optimizer step `step`; `ok` (a device flag) holds it where the
+        step was skipped on the device."""
+        rate = 1.0 - min(self.decay, (1 + step) / (10 + step))
+        weight = torch.tensor(rate) if ok is None else ok.float() * rate
+        for k, v in self.pairs:
+            self.shadow[k].lerp_(v.detach().float(), weight.to(self.shadow[k].device))
+
+    def weights(self, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A state dict shaped like `like` with the average in place of its floating-point entries."""
+        return {k: self.shadow[k].to(v.dtype) if k in self.shadow else v for k, v in like.items()}
+
+    def load(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Take a saved average; a mismatch with the model is a TrainingError."""
+        if set(tensors) != set(self.shadow):
+            raise TrainingError("the saved weight average does not fit the model being trained; start over with "
+                                "--no-resume, or pick another --out")
+        for k, v in tensors.items():
+            self.shadow[k].copy_(v.float())
+
+
 def _stop_message(what: str, bad: int) -> str:
     return (f"{what}; stopping after {bad} in a row. Lower --lr, check the data, or resume from the last state "
             "with different settings")
@@ -204,9 +239,16 @@ def fit(*, run: RunDir, model: torch.nn.Module, tcfg: TrainConfig, device: torch
                              {"params": no_decay, "weight_decay": 0.0}], lr=tcfg.lr, betas=(0.9, 0.99),
                             fused=not sharded and (device.type == "cuda" or not sync_guard))
     start, meta = 0, {}
+    average = WeightAverage(model, tcfg.ema) if tcfg.ema > 0 else None
     latest = run.latest() if resume else None
     if latest is not None:
         meta = run.load_state(latest, model, opt, sharded)
+        if average is not None:
+            saved = run.load_average(latest)
+            if saved is not None:
+                average.load(saved)
+            else:  # a state saved before --ema was given (--force): the average starts from the weights
+                average = WeightAverage(model, tcfg.ema)
         opt.param_groups[0]["weight_decay"] = tcfg.weight_decay  # the flag, not the saved group (with --force)
         start = int(meta["step"])
         if dist_info.main:
@@ -261,10 +303,14 @@ def fit(*, run: RunDir, model: torch.nn.Module, tcfg: TrainConfig, device: torch
                 opt.step()
                 guard.update(ok)
                 running.add(values, ok)
+                if average is not None:
+                    average.update(step, ok)
             elif bool(ok):
                 opt.step()
                 bad = 0
                 running.add(values)
+                if average is not None:
+                    average.update(step)
             else:
                 bad += 1
                 opt.zero_grad(set_to_none=True)
@@ -304,13 +350,13 @@ def fit(*, run: RunDir, model: torch.nn.Module, tcfg: TrainConfig, device: torch
                 if vals:
                     logger.log(done, vals)
             if save_now:
-                _save(run, done, model, opt, tcfg, dist_info, time.perf_counter() - clock0, sharded)
+                _save(run, done, model, opt, tcfg, dist_info, time.perf_counter() - clock0, sharded, average)
         if running and dist_info.main:  # steps since the last log line (a time limit can end a run between logs)
             last = running.reduce()[0]
             last["lr"] = opt.param_groups[0]["lr"]
             logger.log(done, last)
         if done != tcfg.steps and done > start:  # stopped by the time limit: keep what was learned
-            _save(run, done, model, opt, tcfg, dist_info, time.perf_counter() - clock0, sharded)
+            _save(run, done, model, opt, tcfg, dist_info, time.perf_counter() - clock0, sharded, average)
     finally:
         if logger:
             logger.close()
@@ -321,20 +367,27 @@ def fit(*, run: RunDir, model: torch.nn.Module, tcfg: TrainConfig, device: torch
 
 def trained_weights(run: RunDir, checkpoint_name: str, last: dict[str, float], model: torch.nn.Module,
                     tcfg: TrainConfig, dist_info: Dist) -> dict[str, torch.Tensor] | None:
-    """The full weights after fit() (collective when sharded), or None when a finished run was re-run."""
+    """The full weights after fit() (collective when sharded), or None when a finished run was re-run. With
+    `--ema` they are the weight average saved with the last state (on rank 0, which writes the checkpoint)."""
     final = run.root / checkpoint_name
     if last.get("steps_run") == 0 and final.exists():
         print(f"{final} is already trained to step {tcfg.steps}; nothing to do")
         return None
-    return full_state(model, None, tcfg.fsdp and dist_info.world > 1)[0]
+    weights = full_state(model, None, tcfg.fsdp and dist_info.world > 1)[0]
+    latest = run.latest() if tcfg.ema > 0 and dist_info.main else None
+    saved = run.load_average(latest) if latest is not None else None
+    if saved is not None:
+        weights = {k: saved[k].to(device=v.device, dtype=v.dtype) if k in saved else v for k, v in weights.items()}
+    return weights
 
 
 def _save(run: RunDir, done: int, model, opt, tcfg: TrainConfig, dist_info: Dist, elapsed: float,
-          sharded: bool = False) -> None:
+          sharded: bool = False, average: WeightAverage | None = None) -> None:
     """Save a whole state from rank 0 (every rank gathers a sharded model's state and meets at a barrier)."""
     gathered = full_state(model, opt, True) if sharded else None  # collective: every rank takes part
     if dist_info.main:
-        run.save_state(done, model, opt, tcfg.keep_states, {"train": asdict(tcfg), "elapsed": elapsed}, gathered)
+        run.save_state(done, model, opt, tcfg.keep_states, {"train": asdict(tcfg), "elapsed": elapsed}, gathered,
+                       average=None if average is None else average.shadow)
     if dist_info.world > 1:
         dist.barrier()
 

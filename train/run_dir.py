@@ -23,11 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from engine.checkpoint import atomic_write_text
 from engine.errors import ReverieError
 from train.config import RESUMABLE, TrainingError, flag_name, recorded_flags
+
+AVERAGE_FILE = "average.state"   # the weight average of `--ema`, beside model.state
 
 
 class RunDir:
@@ -103,10 +106,12 @@ class RunDir:
         return path
 
     def save_state(self, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer, keep: int,
-                   extra: dict[str, Any], gathered: tuple[dict, dict] | None = None) -> Path:
+                   extra: dict[str, Any], gathered: tuple[dict, dict] | None = None,
+                   average: dict[str, torch.Tensor] | None = None) -> Path:
         """Write a whole training state under a temporary name, rename it, then point the manifest at it.
 
         `gathered`: full (model, optimizer) state dicts already gathered from a sharded (FSDP2) model.
+        `average`: the run's weight average (`--ema`), written as average.state.
         """
         model_sd, opt_sd = gathered if gathered is not None else (model.state_dict(), opt.state_dict())
         name = f"step_{step:08d}"
@@ -117,6 +122,8 @@ class RunDir:
         save_file({k: v.detach().cpu().contiguous() for k, v in model_sd.items()}, str(tmp / "model.state"))
         opt_tensors, opt_meta = _flatten_optimizer(opt_sd)
         save_file(opt_tensors, str(tmp / "optim.state"))
+        if average is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in average.items()}, str(tmp / AVERAGE_FILE))
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -168,6 +175,18 @@ class RunDir:
             if states:
                 torch.cuda.set_rng_state_all(states)
         return meta
+
+
+    def load_average(self, path: Path) -> dict[str, torch.Tensor] | None:
+        """The weight average (`--ema`) saved with the state at `path`, or None when it holds none."""
+        f = path / AVERAGE_FILE
+        if not f.exists():
+            return None
+        try:
+            return load_file(str(f))
+        except (OSError, ValueError, SafetensorError) as e:
+            raise TrainingError(f"{f}: unreadable weight average ({e}); resume from an older state or start over "
+                                "with --no-resume") from None
 
 
 def check_out(args: argparse.Namespace, stage: str, resumable: Collection[str] = RESUMABLE) -> dict[str, Any]:
