@@ -689,3 +689,36 @@ def test_ema_out_of_range_is_one_line_and_touches_nothing(tmp_path, recorded, ae
     line = one_line_error(err, "wm")
     assert f"--ema {float(value)}" in line and "[0, 1)" in line, line
     assert not (tmp_path / "wm").exists()
+
+
+def test_a_fine_tune_keeps_the_sampling_defaults_of_its_init_checkpoint(tmp_path, recorded, ae_run, capsys):
+    """A model fine-tuned from the shipped one (1 step, guidance 1.75) must not start playing, evaluating and
+    benchmarking at the preset's guidance 1.0: the dream it shows would change with no flag given."""
+    import dataclasses
+
+    from engine.checkpoint import load_checkpoint, save_checkpoint
+
+    base = ("--data", str(recorded), "--ae", str(ae_run), "--steps", "1", "--batch", "2", "--threads", "1",
+            "--window", "4")
+    rc, err = reverie(capsys, "train", "wm", *base, "--out", str(tmp_path / "first"))
+    assert rc == 0, err
+    ck = load_checkpoint(tmp_path / "first" / "model.safetensors")
+    assert ck.config.world_model.guidance == 1.0                                  # the preset's, with no --init
+    tuned = dataclasses.replace(ck.config.world_model, guidance=1.75, sampling_steps=2, context_noise=0.1)
+    cfg = dataclasses.replace(ck.config, world_model=tuned)
+    save_checkpoint(tmp_path / "tuned.safetensors", kind=ck.kind, config=cfg, action_spec=ck.action_spec,
+                    parts=ck.tensors)
+
+    capsys.readouterr()
+    rc = reverie_cli.main(["train", "wm", *base, "--out", str(tmp_path / "ft"), "--init",
+                           str(tmp_path / "tuned.safetensors")])
+    said = capsys.readouterr().out
+    assert rc == 0
+    assert "sampling defaults kept from --init: 2 step(s), guidance 1.75, context noise 0.1" in said, said
+    wm = load_checkpoint(tmp_path / "ft" / "model.safetensors").config.world_model
+    assert (wm.sampling_steps, wm.guidance, wm.context_noise) == (2, 1.75, 0.1)
+
+    rc, err = reverie(capsys, "train", "wm", *base, "--out", str(tmp_path / "from_state"), "--init",
+                      str(tmp_path / "first"))                                    # a training state has none
+    assert rc == 0, err
+    assert load_checkpoint(tmp_path / "from_state" / "model.safetensors").config.world_model.guidance == 1.0

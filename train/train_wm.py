@@ -267,6 +267,16 @@ def warm_start_weights(path: str) -> dict[str, torch.Tensor]:
     return ck.tensors["wm"]
 
 
+def init_sampling(path: str) -> dict[str, float] | None:
+    """The run-time sampling defaults (head steps, guidance, context noise) of an `--init` checkpoint, which a
+    fine-tune of it keeps; None for a training state, which has none of its own."""
+    p = Path(path)
+    if p.is_dir() or p.suffix == ".state":
+        return None
+    wm = load_checkpoint(p).config.world_model
+    return {"sampling_steps": wm.sampling_steps, "guidance": wm.guidance, "context_noise": wm.context_noise}
+
+
 def tau_bin_stats(stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Flow-matching loss per tau bin (a free diagnostic of where the model struggles) + shortcut loss.
 
@@ -360,6 +370,10 @@ def run(args: argparse.Namespace) -> int:
         cfg.world_model.shortcut_decay = args.shortcut_decay
     if args.object_weight is not None:
         cfg.world_model.object_weight = args.object_weight
+    sampling = init_sampling(args.init) if args.init and not args.fresh_actions else None
+    if sampling is not None:  # a fine-tune plays as the model it came from until eval re-chooses (--write-model)
+        for k, v in sampling.items():
+            setattr(cfg.world_model, k, v)
     cfg.validate()
     probes = object_probes(src, args.objects) if cfg.world_model.object_weight > 0 else None
     if args.objects is not None and probes is None:
@@ -402,6 +416,10 @@ def run(args: argparse.Namespace) -> int:
         missing = warm_start(model, init, args.init)
         print(f"warm start from {args.init}" + (", the action inputs at zero" if args.fresh_actions else "")
               + (f"; new (freshly initialised) weights: {missing}" if missing else ""))
+        if sampling is not None:
+            print(f"sampling defaults kept from --init: {sampling['sampling_steps']} step(s), guidance "
+                  f"{sampling['guidance']:g}, context noise {sampling['context_noise']:g} "
+                  "('reverie eval --write-model' re-chooses them for the new weights)")
     latents_dev = [z.to(device) for z in latents]
     actions_dev = [torch.from_numpy(a).to(device) for a in src.actions]
     confidence_dev = [torch.from_numpy(c).to(device) for c in src.confidence]
