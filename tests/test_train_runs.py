@@ -6,6 +6,7 @@ Also the pieces the training loop stands on: the seeding rule, stats kept on the
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -641,7 +642,7 @@ def test_ema_averages_the_run_saves_it_with_every_state_and_resumes_it(tmp_path)
     plain = trained_weights(straight, "m.safetensors", last, model, tcfg_for(6), Dist())
     assert torch.equal(plain["weight"], model.weight.detach())
 
-    import shutil                                                      # stopped after step 3, then resumed
+    # stopped after step 3, then resumed
     shutil.copytree(straight.state_root / "step_00000003", tmp_path / "b" / "state" / "step_00000003")
     (tmp_path / "b" / "state" / "manifest.json").write_text(json.dumps({"latest": "step_00000003", "step": 3}))
     resumed, _, _ = run_steps(tmp_path / "b", 6)

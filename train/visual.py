@@ -161,3 +161,90 @@ def line_plot(path: str | os.PathLike, series: dict[str, Sequence[float | None]]
     with atomic_target(path) as tmp:
         img.save(tmp, format="PNG")
     return path
+
+
+def scatter_plot(path: str | os.PathLike, points: Sequence[tuple[float, float, str, int]], groups: Sequence[str] = (),
+                 xlabel: str = "", ylabel: str = "", size: tuple[int, int] = (720, 480),
+                 xlines: dict[str, float] | None = None, ylines: dict[str, float] | None = None) -> Path:
+    """A labelled scatter plot drawn with Pillow: points are (x, y, label, group index); each group gets a colour
+    (named in a legend from `groups`) and each point its label, placed beside it where it overlaps no other label
+    and stays inside the picture. `xlines` / `ylines` draw named reference lines (a bar) across the plot."""
+    from PIL import Image, ImageDraw
+
+    colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+    font = label_font()
+    W, H = size
+    left, right, top, bottom = 64, 16, 36, 48
+    img = Image.new("RGB", size, (255, 255, 255))
+    d = ImageDraw.Draw(img)
+    line_h = font.getbbox("Ag")[3] + 2
+    taken: list[tuple[float, float, float, float]] = []   # label boxes already drawn
+
+    def text(xy: tuple[float, float], label: str, fill: tuple[int, int, int], anchor: str = "la") -> None:
+        try:
+            d.text(xy, label, fill=fill, font=font, anchor=anchor)
+        except ValueError:  # a bitmap font takes no anchor
+            d.text(xy, label, fill=fill, font=font)
+
+    def span(vals: list[float]) -> tuple[float, float]:
+        lo, hi = min(vals), max(vals)
+        return (lo - 1, hi + 1) if hi - lo < 1e-9 else (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+
+    x0, x1 = span([p[0] for p in points] + list((xlines or {}).values()))
+    y0, y1 = span([p[1] for p in points] + list((ylines or {}).values()))
+
+    def xy(x: float, y: float) -> tuple[float, float]:
+        return (left + (W - left - right) * (x - x0) / (x1 - x0), top + (H - top - bottom) * (1 - (y - y0) / (y1 - y0)))
+
+    def place(px: float, py: float, label: str) -> tuple[float, float]:
+        """The top-left corner of the first spot beside (px, py) where the label fits and overlaps nothing."""
+        w = d.textlength(label, font=font)
+        spots = [(px + 6, py - line_h / 2), (px - 6 - w, py - line_h / 2), (px + 6, py - line_h - 2), (px + 6, py + 2),
+                 (px - 6 - w, py - line_h - 2), (px - 6 - w, py + 2), (px - w / 2, py - line_h - 6),
+                 (px - w / 2, py + 6)]
+        inside = [(x, y) for x, y in spots if left < x and x + w < W - right and top < y and y + line_h < H - bottom]
+        for x, y in inside or spots:
+            box = (x, y, x + w, y + line_h)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in taken):
+                taken.append(box)
+                return x, y
+        x, y = (inside or spots)[0]
+        taken.append((x, y, x + w, y + line_h))
+        return x, y
+
+    d.rectangle([left, top, W - right, H - bottom], outline=(0, 0, 0))
+    for k in range(5):
+        xv, yv = x0 + (x1 - x0) * k / 4, y0 + (y1 - y0) * k / 4
+        px, _ = xy(xv, y0)
+        _, py = xy(x0, yv)
+        d.line([px, H - bottom, px, H - bottom + 4], fill=(0, 0, 0))
+        text((px, H - bottom + 6), f"{xv:.2f}", (0, 0, 0), "ma")
+        d.line([left - 4, py, left, py], fill=(0, 0, 0))
+        text((left - 6, py), f"{yv:.2f}", (0, 0, 0), "rm")
+    for name, v in (xlines or {}).items():
+        px, _ = xy(v, y0)
+        d.line([px, top, px, H - bottom], fill=(170, 170, 170))
+        text((px + 3, H - bottom - 3), name, (110, 110, 110), "lb")
+    for name, v in (ylines or {}).items():
+        _, py = xy(x0, v)
+        d.line([left, py, W - right, py], fill=(170, 170, 170))
+        text((W - right - 4, py - 2), name, (110, 110, 110), "rb")
+    for j, name in enumerate(groups):          # the legend, top left inside the frame
+        c = colors[j % len(colors)]
+        y = top + 6 + line_h * j
+        d.ellipse([left + 8, y + line_h / 2 - 4, left + 16, y + line_h / 2 + 4], fill=c)
+        text((left + 20, y), name, c)
+        taken.append((left + 8, y, left + 24 + d.textlength(name, font=font), y + line_h))
+    marks = [(xy(x, y), label, group) for x, y, label, group in points]
+    for (px, py), _, _ in marks:               # no label may cover a point
+        taken.append((px - 4, py - 4, px + 4, py + 4))
+    for (px, py), label, group in marks:
+        c = colors[group % len(colors)]
+        d.ellipse([px - 4, py - 4, px + 4, py + 4], fill=c)
+        text(place(px, py, label), label, c)
+    text((4, top - 8), ylabel, (0, 0, 0), "lb")     # the y axis's name, above it
+    text((left + (W - left - right) / 2, H - 4), xlabel, (0, 0, 0), "md")
+    path = Path(path)
+    with atomic_target(path) as tmp:
+        img.save(tmp, format="PNG")
+    return path
