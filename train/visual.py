@@ -89,29 +89,49 @@ def label_font(size: int = LABEL_FONT_PX) -> Any:
         return ImageFont.load_default()               # an old Pillow: its fixed-width bitmap font
 
 
+PLOT_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+
+
+class _Canvas:
+    """A white picture to plot on, with the plots' font (`label_font`) and text anchored on any Pillow."""
+
+    def __init__(self, size: tuple[int, int]):
+        from PIL import Image, ImageDraw
+
+        self.img = Image.new("RGB", size, (255, 255, 255))
+        self.d = ImageDraw.Draw(self.img)
+        self.font = label_font()
+        self.line_h = self.font.getbbox("Ag")[3] + 2
+
+    def width(self, label: str) -> float:
+        return self.d.textlength(label, font=self.font)
+
+    def text(self, xy: tuple[float, float], label: str, fill: tuple[int, int, int], anchor: str = "la") -> None:
+        try:
+            self.d.text(xy, label, fill=fill, font=self.font, anchor=anchor)
+        except ValueError:  # a bitmap font (Pillow without FreeType) takes no anchor: place it by its width
+            w = self.width(label)
+            dx = {"l": 0, "m": w / 2, "r": w}[anchor[0]]
+            dy = {"a": 0, "m": self.line_h / 2, "b": self.line_h, "d": self.line_h}.get(anchor[1], 0)
+            self.d.text((xy[0] - dx, xy[1] - dy), label, fill=fill, font=self.font)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        with atomic_target(path) as tmp:
+            self.img.save(tmp, format="PNG")
+        return path
+
+
 def line_plot(path: str | os.PathLike, series: dict[str, Sequence[float | None]], title: str = "", xlabel: str = "",
               hlines: dict[str, float] | None = None, size: tuple[int, int] = (640, 400),
               xticks: Sequence[str] | None = None) -> Path:
     """A small line plot (x = 1..n) drawn with Pillow, so no plotting library is needed. A None or NaN value is a
     gap in its line; `xticks` labels x = 1..n (default: the numbers)."""
-    from PIL import Image, ImageDraw
-
-    colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
-    font = label_font()
+    colors = PLOT_COLOURS[:4]
+    cv = _Canvas(size)
+    d, text, line_h = cv.d, cv.text, cv.line_h
     W, H = size
     left, right, top, bottom = 60, 20, 30, 45
-    img = Image.new("RGB", size, (255, 255, 255))
-    d = ImageDraw.Draw(img)
-    line_h = font.getbbox("Ag")[3] + 2
-
-    def text(xy: tuple[float, float], label: str, fill: tuple[int, int, int], anchor: str = "la") -> None:
-        try:
-            d.text(xy, label, fill=fill, font=font, anchor=anchor)
-        except ValueError:  # a bitmap font (Pillow without FreeType) takes no anchor: place it by its width
-            w = d.textlength(label, font=font)
-            dx = {"l": 0, "m": w / 2, "r": w}[anchor[0]]
-            dy = {"a": 0, "m": line_h / 2, "b": line_h, "d": line_h}.get(anchor[1], 0)
-            d.text((xy[0] - dx, xy[1] - dy), label, fill=fill, font=font)
 
     def finite(v: float | None) -> bool:
         return v is not None and math.isfinite(v)
@@ -157,10 +177,7 @@ def line_plot(path: str | os.PathLike, series: dict[str, Sequence[float | None]]
         text((left + 8, top + 6 + line_h * j), name, c)
     text((left, top - 6), title, (0, 0, 0), "lb")
     text((left + (W - left - right) / 2, H - 4), xlabel, (0, 0, 0), "md")
-    path = Path(path)
-    with atomic_target(path) as tmp:
-        img.save(tmp, format="PNG")
-    return path
+    return cv.save(path)
 
 
 def scatter_plot(path: str | os.PathLike, points: Sequence[tuple[float, float, str, int]], groups: Sequence[str] = (),
@@ -169,22 +186,12 @@ def scatter_plot(path: str | os.PathLike, points: Sequence[tuple[float, float, s
     """A labelled scatter plot drawn with Pillow: points are (x, y, label, group index); each group gets a colour
     (named in a legend from `groups`) and each point its label, placed beside it where it overlaps no other label
     and stays inside the picture. `xlines` / `ylines` draw named reference lines (a bar) across the plot."""
-    from PIL import Image, ImageDraw
-
-    colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
-    font = label_font()
+    colors = PLOT_COLOURS
+    cv = _Canvas(size)
+    d, text, line_h = cv.d, cv.text, cv.line_h
     W, H = size
     left, right, top, bottom = 64, 16, 36, 48
-    img = Image.new("RGB", size, (255, 255, 255))
-    d = ImageDraw.Draw(img)
-    line_h = font.getbbox("Ag")[3] + 2
     taken: list[tuple[float, float, float, float]] = []   # label boxes already drawn
-
-    def text(xy: tuple[float, float], label: str, fill: tuple[int, int, int], anchor: str = "la") -> None:
-        try:
-            d.text(xy, label, fill=fill, font=font, anchor=anchor)
-        except ValueError:  # a bitmap font takes no anchor
-            d.text(xy, label, fill=fill, font=font)
 
     def span(vals: list[float]) -> tuple[float, float]:
         lo, hi = min(vals), max(vals)
@@ -198,7 +205,7 @@ def scatter_plot(path: str | os.PathLike, points: Sequence[tuple[float, float, s
 
     def place(px: float, py: float, label: str) -> tuple[float, float]:
         """The top-left corner of the first spot beside (px, py) where the label fits and overlaps nothing."""
-        w = d.textlength(label, font=font)
+        w = cv.width(label)
         spots = [(px + 6, py - line_h / 2), (px - 6 - w, py - line_h / 2), (px + 6, py - line_h - 2), (px + 6, py + 2),
                  (px - 6 - w, py - line_h - 2), (px - 6 - w, py + 2), (px - w / 2, py - line_h - 6),
                  (px - w / 2, py + 6)]
@@ -234,7 +241,7 @@ def scatter_plot(path: str | os.PathLike, points: Sequence[tuple[float, float, s
         y = top + 6 + line_h * j
         d.ellipse([left + 8, y + line_h / 2 - 4, left + 16, y + line_h / 2 + 4], fill=c)
         text((left + 20, y), name, c)
-        taken.append((left + 8, y, left + 24 + d.textlength(name, font=font), y + line_h))
+        taken.append((left + 8, y, left + 24 + cv.width(name), y + line_h))
     marks = [(xy(x, y), label, group) for x, y, label, group in points]
     for (px, py), _, _ in marks:               # no label may cover a point
         taken.append((px - 4, py - 4, px + 4, py + 4))
@@ -244,7 +251,4 @@ def scatter_plot(path: str | os.PathLike, points: Sequence[tuple[float, float, s
         text(place(px, py, label), label, c)
     text((4, top - 8), ylabel, (0, 0, 0), "lb")     # the y axis's name, above it
     text((left + (W - left - right) / 2, H - 4), xlabel, (0, 0, 0), "md")
-    path = Path(path)
-    with atomic_target(path) as tmp:
-        img.save(tmp, format="PNG")
-    return path
+    return cv.save(path)
