@@ -518,3 +518,32 @@ def test_strength_tells_a_dim_speck_from_the_ball_where_visible_does_not():
     assert o["ratio"] == pytest.approx(1.0)
     assert o["strength_dream"] == pytest.approx([float(s_dream[0])] * 2)
     assert all(d < 0.45 * r for d, r in zip(o["strength_dream"], o["strength_real"]))
+
+
+def test_object_shares_come_with_their_standard_error_over_rollouts():
+    """Eight 1,000-frame dreams read an avatar share to about +-0.05: eval says how far another draw could land."""
+    from train.eval_long import Rollouts
+    from train.eval_objects import object_report, rollout_se
+    from train.probes import BREAKOUT_RED, probes_for
+
+    probes = {"ball": probes_for("ale:Breakout")["ball"]}
+    real = np.zeros((4, 10, 64, 64, 3), np.uint8)
+    real[:, :, 40, 30] = BREAKOUT_RED
+    dream = real.copy()
+    shown = [10, 5, 10, 5]                                         # rollouts 1 and 3 lose the ball half way
+    for r, k in enumerate(shown):
+        dream[r, k:] = 0
+    dream[0, :, 35, 10] = BREAKOUT_RED                             # rollout 0 shows a second ball throughout
+    ok = np.ones((4, 10), bool)
+    roll = Rollouts(starts=[(0, 0)] * 4, seeds=[0, 1, 2, 3], dream=dream, real=real, real_ok=ok,
+                    actions=np.zeros((4, 10, 3), np.float32), recorded=ok.copy(), last_context=real[:, 0],
+                    replay_notes={})
+    o = object_report(probes, roll, [slice(0, 10)])["ball"]
+    per = np.array([1.0, 0.5, 1.0, 0.5])
+    assert o["visible_dream_all"] == pytest.approx(0.75)
+    assert o["visible_dream_se"] == pytest.approx(per.std(ddof=1) / 2)          # 0.5 spread over 4 rollouts
+    assert o["more_than_real"] == pytest.approx(0.25)
+    assert o["more_than_real_se"] == pytest.approx(np.array([1.0, 0, 0, 0]).std(ddof=1) / 2)
+    assert rollout_se(np.ones((1, 5), bool)) is None                              # one rollout: no spread to read
+    steady = np.tile(np.array([True, False]), (6, 3))                             # every rollout alike
+    assert rollout_se(steady) == pytest.approx(0.0)

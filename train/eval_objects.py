@@ -103,6 +103,17 @@ def position_error(c_dream: np.ndarray, c_real: np.ndarray, both: np.ndarray) ->
     return float(np.median(d)) if d.size else None
 
 
+def rollout_se(values: np.ndarray, mask: np.ndarray | None = None) -> float | None:
+    """The standard error, over rollouts, of a share of frames: each rollout's mean of `values` (R, H) where `mask`
+    holds (everywhere without one), their spread over the square root of their number. None with fewer than two
+    rollouts. Rollouts are the independent draws of an eval (their episodes and noise differ, frames within one do
+    not), so this, not the frame count, says how far another eval's share could be from this one's."""
+    m = np.ones(values.shape, bool) if mask is None else mask
+    n = m.sum(axis=1)
+    per = np.where(m, values, 0).sum(axis=1)[n > 0] / n[n > 0]
+    return float(per.std(ddof=1) / math.sqrt(per.size)) if per.size > 1 else None
+
+
 def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice],
                   hits: Sequence[Any] = ()) -> dict[str, dict]:
     """objects.<name>: the share of frames where each probe sees its object, real and dream, overall and per bucket,
@@ -126,6 +137,7 @@ def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice
             "visible_dream": [masked_mean(dream[:, sl]) for sl in slices],
             "visible_real_buckets": [masked_mean(real[:, sl], roll.real_ok[:, sl]) for sl in slices],
             "visible_dream_all": dream_share,
+            "visible_dream_se": rollout_se(dream),
             "ratio": dream_share / real_share if real_share else None,
         }
         area_dream, area_real = count_dream * area_scale(roll.dream), count_real * area_scale(roll.real)
@@ -142,6 +154,7 @@ def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice
             "count_dream": [masked_mean(n_dream[:, sl]) for sl in slices],
             "count_ratio": dream_n / real_n if real_n else None,
             "more_than_real": masked_mean(n_dream > n_real, roll.real_ok),
+            "more_than_real_se": rollout_se(n_dream > n_real, roll.real_ok),
         })
         # visible and not doubled: a dream that paints a second ball, or a haze of ball-coloured specks, passes
         # "visible" (and can pass the ratio) while a player sees no one ball. Clean: visible with no more separate
