@@ -547,3 +547,18 @@ def test_object_shares_come_with_their_standard_error_over_rollouts():
     assert rollout_se(np.ones((1, 5), bool)) is None                              # one rollout: no spread to read
     steady = np.tile(np.array([True, False]), (6, 3))                             # every rollout alike
     assert rollout_se(steady) == pytest.approx(0.0)
+
+
+def test_dreams_per_start_draws_each_start_again_with_its_own_noise(tiny, tmp_path):
+    """Episodes shorter than context + horizon give one window each; --dreams-per-start K dreams each K times, with
+    K noise seeds, so a long eval can read its shares from more draws (and says so in the JSON)."""
+    out = tmp_path / "e.json"
+    assert cli(*eval_args(tiny, out, "--horizon", "40", "--dreams-per-start", "3")) == 0
+    r = no_nan(out.read_text())
+    assert r["dreams_per_start"] == 3 and r["rollouts"] == 3 * r["episodes"] and r["frames"] == 40 * r["rollouts"]
+    assert r["control"]["starts"] <= r["episodes"]                    # control holds from distinct real starts
+    se = r["objects"]["avatar"]["visible_dream_se"]
+    assert isinstance(se, float) and se >= 0
+    with pytest.raises(SystemExit):                                   # argparse names the flag and its range
+        cli(*eval_args(tiny, tmp_path / "bad.json", "--dreams-per-start", "0"))
+    assert not (tmp_path / "bad.json").exists()

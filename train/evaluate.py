@@ -190,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rollouts-per-episode", type=arg_type(check_count(1), "--rollouts-per-episode", int),
                    default=8, help="evenly spaced windows per held-out episode (default 8; one per episode where "
                                    "the episode is shorter than context + horizon)")
+    p.add_argument("--dreams-per-start", type=arg_type(check_count(1), "--dreams-per-start", int), default=1,
+                   help="dream every start this many times, each with its own noise (default 1): more draws where "
+                        "the episodes hold one window each (a long --horizon), for shares with a smaller standard "
+                        "error")
     p.add_argument("--episodes", type=arg_type(check_count(0), "--episodes", int), default=0,
                    help="use at most this many episodes (0: all)")
     p.add_argument("--batch", type=arg_type(check_batch, "--batch", int), default=16, help="rollouts run together")
@@ -260,11 +264,13 @@ def evaluate(args: argparse.Namespace) -> int:
     if not starts:
         raise EvalError(f"{args.data}: no episode has {context + 1} frames (context {context} + 1 to dream from); "
                         "lower --context, or record longer episodes")
+    dps = args.dreams_per_start
+    starts = [s for s in starts for _ in range(dps)]          # the repeats differ in their noise (seed = index)
     R = len(starts)
     gb = 2 * R * H * int(np.prod(src.frame_shape)) / 2**30
     if gb > MAX_FRAMES_GB:
         raise EvalError(f"{R} rollouts of {H} frames need {gb:.1f} GB for their frames (at most {MAX_FRAMES_GB:g}); "
-                        "lower --horizon, --rollouts-per-episode or --episodes")
+                        "lower --horizon, --rollouts-per-episode, --dreams-per-start or --episodes")
     env_ids = {src.env_ids[e] for e, _ in starts}
     env_id = env_ids.pop() if len(env_ids) == 1 else None
     probes = probes_for(env_id) if env_id else {}
@@ -306,8 +312,9 @@ def evaluate(args: argparse.Namespace) -> int:
     objects = object_report(probes, roll, slices, hits_for(env_id) if env_id else ())
     control = after = None
     if avatar is not None:
+        firsts = list(range(0, R, dps))                       # one dream of each distinct start
         control = control_from_starts(make_session, src, roll, context, avatar, control_frames(env_id),
-                                      evenly_spaced(R, CONTROL_STARTS))
+                                      [firsts[i] for i in evenly_spaced(len(firsts), CONTROL_STARTS)])
     if after_dream is not None:
         after = after_dream.report(H)
 
@@ -341,6 +348,7 @@ def evaluate(args: argparse.Namespace) -> int:
         "control_after_dream": after,
         "steps": sess.steps, "guidance": sess.guidance, "context": context, "horizon": H,
         "context_noise": sess.context_noise, "episodes": len({e for e, _ in starts}), "rollouts": R,
+        "dreams_per_start": dps,
         "frames": R * H, "real_frames": int(ok.sum()), "recorded_actions": masked_mean(roll.recorded),
         "real_reference": {"replayed_rollouts": replayed, "not_replayed_because": why_not},
         "env_id": env_id, "model": str(ckpt.path), "decoder_from": args.ae, "data": str(args.data),
