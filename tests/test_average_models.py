@@ -1,0 +1,60 @@
+"""runs/average_models.py: a weighted average of fine-tunes' world-model weights (the 2026-12-03 candidate default)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import torch
+
+from engine.checkpoint import load_checkpoint, save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "runs"))
+import average_models  # noqa: E402
+
+SHIPPED = REPO / "engine" / "assets" / "default.safetensors"
+
+
+def shifted(path: Path, by: float) -> Path:
+    """The shipped model with every world-model weight moved by `by`: a stand-in for a fine-tune of it."""
+    ck = load_checkpoint(SHIPPED)
+    wm = {k: v + by if v.is_floating_point() else v for k, v in ck.tensors["wm"].items()}
+    save_checkpoint(path, kind=ck.kind, config=ck.config, action_spec=ck.action_spec, parts={**ck.tensors, "wm": wm},
+                    data=ck.data, metrics=ck.metrics, extra=ck.extra)
+    return path
+
+
+def test_the_average_is_weighted_and_keeps_the_first_models_parts_and_defaults(tmp_path, capsys):
+    ft = shifted(tmp_path / "ft.safetensors", 0.5)
+    out = tmp_path / "soup.safetensors"
+    assert average_models.main([str(out), f"{SHIPPED}:0.75", f"{ft}:0.25"]) == 0
+    soup, base = load_checkpoint(out), load_checkpoint(SHIPPED)
+    k = "backbone.blocks.0.attn.qkv.weight"
+    torch.testing.assert_close(soup.tensors["wm"][k], (base.tensors["wm"][k] + 0.125).half().float())
+    assert all(torch.equal(v, base.tensors["ae"][k]) for k, v in soup.tensors["ae"].items())   # the first's encoder
+    mine, theirs = soup.config.world_model, base.config.world_model
+    assert (mine.sampling_steps, mine.guidance) == (theirs.sampling_steps, theirs.guidance)
+    assert soup.extra["averaged_from"] == [{"model": str(SHIPPED), "weight": 0.75}, {"model": str(ft), "weight": 0.25}]
+
+
+def test_bad_recipes_are_one_line_and_write_nothing(tmp_path, capsys):
+    out = tmp_path / "soup.safetensors"
+    other = load_checkpoint(SHIPPED)
+    cfg = dataclasses.replace(other.config, world_model=dataclasses.replace(other.config.world_model, d_model=96))
+    small = {"wm": {k: torch.zeros(1) for k in other.tensors["wm"]}, "ae": other.tensors["ae"]}
+    save_checkpoint(tmp_path / "other.safetensors", kind=other.kind, config=cfg, action_spec=other.action_spec,
+                    parts=small)
+    cases = {
+        "sum": ([f"{SHIPPED}:0.5", f"{SHIPPED}:0.6"], "sum to 1"),
+        "form": ([f"{SHIPPED}", f"{SHIPPED}:0.5"], "PATH:WEIGHT"),
+        "one": ([f"{SHIPPED}:1"], "two models"),
+        "shapes": ([f"{SHIPPED}:0.5", f"{tmp_path / 'other.safetensors'}:0.5"], "names and shapes"),
+    }
+    for name, (specs, want) in cases.items():
+        capsys.readouterr()
+        assert average_models.main([str(out), *specs]) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and want in err[0], (name, err)
+        assert not out.exists(), name
