@@ -194,10 +194,6 @@ class WeightAverage:
         for k, v in self.pairs:
             self.shadow[k].lerp_(v.detach().float(), weight.to(self.shadow[k].device))
 
-    def weights(self, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A state dict shaped like `like` with the average in place of its floating-point entries."""
-        return {k: self.shadow[k].to(v.dtype) if k in self.shadow else v for k, v in like.items()}
-
     def load(self, tensors: dict[str, torch.Tensor]) -> None:
         """Take a saved average; a mismatch with the model is a TrainingError."""
         if set(tensors) != set(self.shadow):

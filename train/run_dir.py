@@ -176,7 +176,6 @@ class RunDir:
                 torch.cuda.set_rng_state_all(states)
         return meta
 
-
     def load_average(self, path: Path) -> dict[str, torch.Tensor] | None:
         """The weight average (`--ema`) saved with the state at `path`, or None when it holds none."""
         f = path / AVERAGE_FILE
