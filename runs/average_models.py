@@ -15,10 +15,10 @@ import sys
 
 import torch
 
-from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from engine.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 
 
-def average(specs: list[tuple[str, float]]) -> tuple[object, dict[str, torch.Tensor]]:
+def average(specs: list[tuple[str, float]]) -> tuple[Checkpoint, dict[str, torch.Tensor]]:
     """(first checkpoint, weighted sum of every checkpoint's 'wm' weights); weights must be positive and sum to 1,
     and every model must have the first one's world-model shapes."""
     if len(specs) < 2:
