@@ -7,9 +7,12 @@
 # and inverse-dynamics model side by side on one core each, world model (time-limited), a fine-tune of it on
 # scripted + random-agent play, a second, third and fourth with the action read by the head only
 # (--backbone-actions off), a fifth that adds the second scripted set, then two against long-horizon drift (the loss
-# weighted toward the tokens that change, half the windows on the model's own rollouts), eval on the held-out episodes,
-# which also writes the shipped file WORKDIR/default.safetensors (float16 weights, eval metrics and the evaluated
-# sampling steps / guidance in its metadata). About 8.5 hours on 2 cores.
+# weighted toward the tokens that change, half the windows on the model's own rollouts), the decoder again on whole
+# frames, eval on the held-out episodes (which writes WORKDIR/default_v3.safetensors: float16 weights, eval metrics
+# and the evaluated sampling steps / guidance in its metadata), and last a "soup": a fine-tune of that model that
+# samples windows where the avatar and an enemy meet and keeps an average of its weights (--focus --ema), averaged
+# half and half with the model it started from, and evaluated into the shipped file WORKDIR/default.safetensors.
+# About 10 hours on 2 cores.
 set -euo pipefail
 W=${1:-runs/default_cpu}
 WM_MINUTES=${WM_MINUTES:-65}
@@ -20,6 +23,7 @@ POLISH2_MINUTES=${POLISH2_MINUTES:-70}
 POLISH3_MINUTES=${POLISH3_MINUTES:-75}
 DRIFT_MINUTES=${DRIFT_MINUTES:-22}
 DRIFT2_MINUTES=${DRIFT2_MINUTES:-60}
+SOUP_MINUTES=${SOUP_MINUTES:-70}
 ROLLOUT_ITERS=${ROLLOUT_ITERS:-0}   # > 0: also train on the model's own rollouts (see README)
 STEPS=${STEPS:-1}
 GUIDANCE=${GUIDANCE:-1.75}
@@ -100,5 +104,18 @@ reverie train ae --data "$W/data/mix" --out "$W/ae_decoder" --preset tiny --crop
 log "eval at the shipped settings with that decoder (written into the model with its run-time defaults)"
 reverie eval --model "$W/wm_drift2/model.safetensors" --ae "$W/ae_decoder/ae.safetensors" --data "$W/data/heldout" \
   --horizon 16 --steps "$STEPS" --guidance "$GUIDANCE" --threads 2 --json "$W/eval.json" \
-  --write-model "$W/default.safetensors" --half
+  --write-model "$W/default_v3.safetensors" --half
+
+log "the soup: a fine-tune of that model on windows where the avatar and an enemy meet in one token (three in four"
+log "windows), with an exponential average of its weights, then half of it and half of the model it started from"
+log "(README 'Long play': the avatar and the enemies stay on screen for minutes of play where the model alone loses them)"
+reverie train wm --data "$W/data/mix" --init "$W/default_v3.safetensors" --ae "$W/default_v3.safetensors" \
+  --idm "$W/default_v3.safetensors" --out "$W/wm_focus_ema" --batch 8 --lr 1.5e-4 --warmup 20 --steps 20000 \
+  --time-limit $((SOUP_MINUTES * 60)) --threads 1 --log-every 50 --save-every 250 --sample-every 0 --half \
+  "${DRIFT_FLAGS[@]}" --ema 0.999 --focus avatar,enemies --focus-share 0.75
+python3 "$(dirname "${BASH_SOURCE[0]}")/average_models.py" "$W/soup.safetensors" \
+  "$W/default_v3.safetensors:0.5" "$W/wm_focus_ema/model.safetensors:0.5"
+log "eval the soup at the same settings; it writes the shipped file with the soup's own metrics"
+reverie eval --model "$W/soup.safetensors" --data "$W/data/heldout" --horizon 16 --steps "$STEPS" \
+  --guidance "$GUIDANCE" --threads 2 --json "$W/eval_soup.json" --write-model "$W/default.safetensors" --half
 log "done"

@@ -44,7 +44,7 @@ RECIPES = [  # recipe, environment, the commands it must run at least
     ("breakout.sh", {"DEVICE": "cuda"}, {"train": 5, "eval": 1}),
     ("doom.sh", {}, {"record": 4, "train": 6, "eval": 1}),
     ("default_model.sh", {}, {"record": 3, "train": 3, "eval": 1}),
-    ("default_model_cpu.sh", {}, {"record": 4, "train": 10, "eval": 1}),
+    ("default_model_cpu.sh", {}, {"record": 4, "train": 11, "eval": 1}),
 ]
 
 
@@ -164,3 +164,17 @@ def test_the_breakout_recipe_refuses_a_schedule_it_does_not_know(tmp_path):
                        env={**os.environ, "QUICK": "yes"}, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "QUICK=yes" in r.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_the_cpu_default_recipe_ends_with_the_soups_fine_tune_of_the_model_it_evaluated(tmp_path):
+    """The shipped default is half the evaluated model, half a --focus --ema fine-tune of it: the recipe's last
+    world-model stage starts from the file eval wrote (its world model, autoencoder and IDM) and keeps an average of its
+    weights, and the soup is evaluated into the shipped file."""
+    cmds = recipe_commands(tmp_path, "default_model_cpu.sh", {})
+    writes = [c for c in cmds if c[0] == "eval" and "--write-model" in c]
+    first, shipped = (c[c.index("--write-model") + 1] for c in (writes[0], writes[-1]))
+    last = [c for c in cmds if c[:2] == ["train", "wm"]][-1]
+    assert all(last[last.index(f) + 1] == first for f in ("--init", "--ae", "--idm"))
+    assert float(last[last.index("--ema") + 1]) == 0.999 and last[last.index("--focus") + 1] == "avatar,enemies"
+    # the shipped file is the soup, evaluated, not the model the fine-tune started from
+    assert shipped.endswith("/default.safetensors") and first != shipped and cmds.index(last) < cmds.index(writes[-1])
