@@ -1,8 +1,8 @@
 """Average the world-model weights of fine-tunes of one model (a "model soup"), keeping the first checkpoint's
 autoencoder, IDM, start state, config, action spec and run-time defaults; records the recipe in `extra`.
 
-The candidate default of 2026-12-03 (README "Long play", "Averaging the weights") is half the shipped model and half
-a `--focus avatar,enemies --focus-share 0.75 --ema 0.999` fine-tune of it:
+The default model since 2026-12-03 (README "Long play", "The soup ships") is half the model shipped before it and
+half a `--focus avatar,enemies --focus-share 0.75 --ema 0.999` fine-tune of it (runs/default_model_cpu.sh, last stage):
 
     python runs/average_models.py OUT.safetensors engine/assets/default.safetensors:0.5 FOCUS_EMA/model.safetensors:0.5
 """

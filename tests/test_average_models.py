@@ -1,4 +1,4 @@
-"""runs/average_models.py: a weighted average of fine-tunes' world-model weights (the 2026-12-03 candidate default)."""
+"""runs/average_models.py: a weighted average of fine-tunes' world-model weights (the default since 2026-12-03)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,6 @@ def test_bad_recipes_are_one_line_and_write_nothing(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and want in err[0], (name, err)
         assert not out.exists(), name
-
 
 
 def test_the_shipped_default_plays_at_the_settings_its_eval_measured():
