@@ -1,14 +1,19 @@
-"""Average the world-model weights of fine-tunes of one model (a "model soup"), keeping the first checkpoint's
-autoencoder, IDM, start state, config, action spec and run-time defaults; records the recipe in `extra`.
+"""Average the world-model weights of fine-tunes of one model (a "model soup"), optionally add the difference between
+two other fine-tunes of it (a "task vector", Ilharco et al. 2023), keeping the first checkpoint's autoencoder, IDM,
+start state, config, action spec and run-time defaults; records the recipe in `extra`.
 
-The default model since 2026-12-03 (README "Long play", "The soup ships") is half the model shipped before it and
-half a `--focus avatar,enemies --focus-share 0.75 --ema 0.999` fine-tune of it (runs/default_model_cpu.sh, last stage):
+The default model since 2026-12-04 (README "Long play", "A task vector from the model's own rollouts") is half the
+model shipped before 2026-12-03 and half a `--focus avatar,enemies --focus-share 0.75 --ema 0.999` fine-tune of it,
+plus, in the backbone only, the difference between a `--rollout-fraction 1.0` fine-tune of that model and a
+fine-tune with the same flags and time at the recipe's 0.5 (runs/default_model_cpu.sh, last stages):
 
-    python runs/average_models.py OUT.safetensors engine/assets/default.safetensors:0.5 FOCUS_EMA/model.safetensors:0.5
+    python runs/average_models.py OUT.safetensors BASE.safetensors:0.5 FOCUS_EMA/model.safetensors:0.5 \
+        --add OWN/model.safetensors CONTROL/model.safetensors 1.0 --parts backbone
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -55,21 +60,86 @@ def parse(spec: str) -> tuple[str, float]:
         raise CheckpointError(f"{spec!r}: give each model as PATH:WEIGHT (for example model.safetensors:0.5)") from None
 
 
+def add_differences(first: Checkpoint, wm: dict[str, torch.Tensor], adds: list[tuple[str, str, float]],
+                    parts: str) -> dict[str, torch.Tensor]:
+    """wm + sum of scale * (finetune - base) over `adds`, for the world-model weights named by `parts`: "all", or
+    comma-separated name prefixes ("backbone", "backbone.blocks.0", ...; a prefix stops at a dot, so blocks.1 is not
+    blocks.10); every model must be a model of first's game with first's world-model names and shapes."""
+    prefixes = [q.strip() for q in parts.split(",")]
+    chosen = set(wm) if parts == "all" else {k for k in wm for q in prefixes if k == q or k.startswith(q + ".")}
+    unknown = [q for q in prefixes if parts != "all" and not any(k == q or k.startswith(q + ".") for k in wm)]
+    if unknown or not chosen:
+        tops = sorted({k.split(".")[0] for k in wm})
+        raise CheckpointError(f"--parts {parts!r}: {unknown or parts} names no world-model weight; give all, or "
+                              f"comma-separated name prefixes such as {', '.join(tops)}, backbone.blocks.0")
+    shapes = {k: tuple(v.shape) for k, v in wm.items()}
+    out = {k: v.clone() for k, v in wm.items()}
+    for finetune, base, scale in adds:
+        if not math.isfinite(scale) or scale == 0:
+            raise CheckpointError(f"--add {finetune} {base} {scale}: the scale must be a finite number other than 0")
+        pair = []
+        for path in (finetune, base):
+            ck = load_checkpoint(path)
+            if not ck.has("wm"):
+                raise CheckpointError(f"{path}: holds no world-model weights")
+            if {k: tuple(v.shape) for k, v in ck.tensors["wm"].items()} != shapes:
+                raise CheckpointError(f"{path}: its world model's weights do not have {first.path}'s names and shapes; "
+                                      "only fine-tunes of one model can be added")
+            if not ck.action_spec.compatible(first.action_spec):
+                raise CheckpointError(f"{path}: a model of {ck.action_spec.game!r}, {first.path} plays "
+                                      f"{first.action_spec.game!r}")
+            pair.append(ck.tensors["wm"])
+        for k in out:
+            if k in chosen:
+                out[k] += scale * (pair[0][k].float() - pair[1][k].float())
+    return out
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="average_models.py", description=__doc__.strip().splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", help="the checkpoint to write (float16 world model)")
+    p.add_argument("models", nargs="+", metavar="PATH:WEIGHT",
+                   help="models to average, weights > 0 summing to 1 (one model with weight 1 when --add is given)")
+    p.add_argument("--add", nargs=3, action="append", default=[], metavar=("FINETUNE", "BASE", "SCALE"),
+                   help="add SCALE x (FINETUNE - BASE) to the average; repeatable")
+    p.add_argument("--parts", default="all",
+                   help="which weights --add changes: all (default), or comma-separated weight-name prefixes such as "
+                        "backbone, head, backbone.blocks.0")
+    return p.parse_args(argv)
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) < 2:
-        print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
-        return 2
+    args = parse_args(argv)
     try:
-        specs = [parse(s) for s in argv[1:]]
-        first, wm = average(specs)
-        extra = {**first.extra, "averaged_from": [{"model": p, "weight": w} for p, w in specs]}
-        save_checkpoint(argv[0], kind=first.kind, config=first.config, action_spec=first.action_spec,
-                        parts={**first.tensors, "wm": wm}, data=first.data, metrics=first.metrics, extra=extra,
-                        half=True)
+        specs = [parse(s) for s in args.models]
+        adds = []
+        for finetune, base, scale in args.add:
+            try:
+                adds.append((finetune, base, float(scale)))
+            except ValueError:
+                raise CheckpointError(f"--add {finetune} {base} {scale!r}: the scale must be a number") from None
+        if adds and len(specs) == 1 and math.isclose(specs[0][1], 1.0):
+            first = load_checkpoint(specs[0][0])
+            if not first.has("wm"):
+                raise CheckpointError(f"{specs[0][0]}: holds no world-model weights")
+            wm = {k: v.float() for k, v in first.tensors["wm"].items()}
+        else:
+            first, wm = average(specs)
+        if not adds and args.parts != "all":
+            raise CheckpointError(f"--parts {args.parts} without --add: --parts says which weights --add changes")
+        recipe = {"averaged_from": [{"model": p, "weight": w} for p, w in specs]}
+        if adds:
+            wm = add_differences(first, wm, adds, args.parts)
+            recipe["added"] = [{"finetune": f, "base": b, "scale": s, "parts": args.parts} for f, b, s in adds]
+        save_checkpoint(args.out, kind=first.kind, config=first.config, action_spec=first.action_spec,
+                        parts={**first.tensors, "wm": wm}, data=first.data, metrics=first.metrics,
+                        extra={**{k: v for k, v in first.extra.items() if k not in ("averaged_from", "added")},
+                               **recipe}, half=True)
     except CheckpointError as e:
         print(f"average_models: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"wrote": argv[0], "averaged_from": extra["averaged_from"]}, indent=1))
+    print(json.dumps({"wrote": args.out, **recipe}, indent=1))
     return 0
 
 

@@ -60,6 +60,50 @@ def test_bad_recipes_are_one_line_and_write_nothing(tmp_path, capsys):
         assert not out.exists(), name
 
 
+def test_a_task_vector_adds_two_fine_tunes_difference_to_the_chosen_parts_only(tmp_path):
+    """--add FINETUNE BASE SCALE adds SCALE x (FINETUNE - BASE) to the average, in the backbone only with --parts
+    backbone (how the default's own-rollout vector is applied); the head keeps the average, the recipe is recorded."""
+    ft, base = shifted(tmp_path / "ft.safetensors", 0.5), shifted(tmp_path / "base.safetensors", 0.25)
+    out = tmp_path / "tv.safetensors"
+    assert average_models.main([str(out), f"{SHIPPED}:1", "--add", str(ft), str(base), "2", "--parts", "backbone"]) == 0
+    got, start = load_checkpoint(out).tensors["wm"], load_checkpoint(SHIPPED).tensors["wm"]
+    kb, kh = "backbone.blocks.0.attn.qkv.weight", "head.blocks.0.attn.qkv.weight"
+    torch.testing.assert_close(got[kb], (start[kb].float() + 0.5).half().float())
+    torch.testing.assert_close(got[kh], start[kh].float())
+    assert load_checkpoint(out).extra["added"] == [{"finetune": str(ft), "base": str(base), "scale": 2.0,
+                                                    "parts": "backbone"}]
+    # name prefixes: the first backbone block alone (a prefix stops at a dot)
+    assert average_models.main([str(out), f"{SHIPPED}:1", "--add", str(ft), str(base), "1", "--parts",
+                                "backbone.blocks.0"]) == 0
+    got = load_checkpoint(out).tensors["wm"]
+    torch.testing.assert_close(got[kb], (start[kb].float() + 0.25).half().float())
+    k1 = "backbone.blocks.1.attn.qkv.weight"
+    torch.testing.assert_close(got[k1], start[k1].float())
+    # with an average: the soup and the difference, every part
+    assert average_models.main([str(out), f"{SHIPPED}:0.5", f"{ft}:0.5", "--add", str(ft), str(base), "-1"]) == 0
+    torch.testing.assert_close(load_checkpoint(out).tensors["wm"][kh], (start[kh].float() + 0.25 - 0.25).half().float(),
+                               atol=2e-3, rtol=0)
+
+
+def test_bad_task_vectors_are_one_line_and_write_nothing(tmp_path, capsys):
+    ft = shifted(tmp_path / "ft.safetensors", 0.5)
+    out = tmp_path / "tv.safetensors"
+    cases = {
+        "scale": (["--add", str(ft), str(SHIPPED), "x"], "must be a number"),
+        "zero": (["--add", str(ft), str(SHIPPED), "0"], "other than 0"),
+        "parts": (["--add", str(ft), str(SHIPPED), "1", "--parts", "neck"], "--parts 'neck'"),
+        "prefix": (["--add", str(ft), str(SHIPPED), "1", "--parts", "backbone.block"], "names no world-model weight"),
+        "alone": (["--parts", "head"], "without --add"),
+    }
+    for name, (extra, want) in cases.items():
+        capsys.readouterr()
+        specs = [f"{SHIPPED}:1"] if name != "alone" else [f"{SHIPPED}:0.5", f"{ft}:0.5"]
+        assert average_models.main([str(out), *specs, *extra]) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and want in err[0], (name, err)
+        assert not out.exists(), name
+
+
 def test_the_shipped_default_plays_at_the_settings_its_eval_measured():
     """The shipped default is a soup whose run-time defaults (what play, bench and eval use unless told) are the ones
     its recorded eval ran at, 1 step and guidance 1.75 as in the README's tables: a soup whose first model was a
