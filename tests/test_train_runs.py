@@ -460,6 +460,30 @@ def test_fresh_actions_keeps_the_pretrained_frames_and_starts_the_action_inputs_
     assert rc == 0, err
 
 
+def test_train_only_the_head_keeps_the_backbone_of_init_and_trains_the_head(tmp_path, recorded, ae_run, capsys):
+    """--train-only head: the backbone leaves the run with --init's weights to the bit, the head moves; without
+    --init the flag is refused before any work, naming the way out."""
+    from engine.checkpoint import load_checkpoint
+
+    base = ["train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--batch", "2", "--threads", "1",
+            "--window", "4"]
+    rc, err = reverie(capsys, *base, "--out", str(tmp_path / "pre"), "--steps", "1")
+    assert rc == 0, err
+    init = tmp_path / "pre" / "model.safetensors"
+    rc, err = reverie(capsys, *base, "--out", str(tmp_path / "head"), "--steps", "3", "--lr", "0.01", "--init",
+                      str(init), "--train-only", "head")
+    assert rc == 0, err
+    pre, got = (load_checkpoint(p).tensors["wm"] for p in (init, tmp_path / "head" / "model.safetensors"))
+    assert all(torch.equal(got[k], pre[k]) for k in pre if k.startswith("backbone."))
+    assert any(not torch.equal(got[k], pre[k]) for k in pre if k.startswith("head."))
+
+    rc, err = reverie(capsys, *base, "--out", str(tmp_path / "bare"), "--steps", "1", "--train-only", "head")
+    assert rc == 1
+    line = one_line_error(err, "wm")
+    assert "--train-only head" in line and "--init" in line, line
+    assert not (tmp_path / "bare").exists()
+
+
 def test_a_model_file_as_ae_passes_on_the_autoencoders_metrics_not_its_own_losses(tmp_path, recorded, ae_run, capsys):
     """A fine-tune reads its autoencoder from the model it refines (`--ae MODEL --init MODEL`): the new model file
     carries that autoencoder's PSNR, not the old world model's training losses under the autoencoder's name."""

@@ -72,6 +72,9 @@ def add_flags(p: argparse.ArgumentParser) -> None:
                    help="with --init: the weights that read the action start from zero, the rest from --init, so the "
                         "model learns what the actions do from this data alone (actions of another spec or count, "
                         "labels to compare on one pretrained model)")
+    p.add_argument("--train-only", choices=("all", "backbone", "head"), default="all",
+                   help="with --init: train only this part of the world model, the other keeps --init's weights (for "
+                        "example the head under a backbone that changed; default all)")
     p.add_argument("--half", action="store_true", help="store the final model's weights as float16 (half size)")
     p.add_argument("--rollout-iters", type=int, default=None,
                    help="train on the model's own rollouts against drift: Jacobi passes K (0: off; default: the "
@@ -321,6 +324,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.fresh_actions:
         raise TrainingError("--fresh-actions: starts the action inputs of a warm-started model afresh; it needs "
                             "--init MODEL (without --init every weight starts fresh anyway)")
+    if args.train_only != "all" and not args.init:
+        raise TrainingError(f"--train-only {args.train_only}: the other part keeps the weights of --init MODEL; give "
+                            "--init (a part left at its random start would never learn)")
     flags = check_out(args, "wm", WM_RESUMABLE)
     ae_ckpt = load_flag_checkpoint("--ae", ae_path)
     idm_weights = load_flag_checkpoint("--idm", idm_path).tensors.get("idm") if idm_path else None
@@ -420,6 +426,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"sampling defaults kept from --init: {sampling['sampling_steps']} step(s), guidance "
                   f"{sampling['guidance']:g}, context noise {sampling['context_noise']:g} "
                   "('reverie eval --write-model' re-chooses them for the new weights)")
+    if args.train_only != "all":
+        kept = "head" if args.train_only == "backbone" else "backbone"
+        getattr(model, kept).requires_grad_(False)
+        n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        print(f"--train-only {args.train_only}: {n:,} weights train, the {kept} keeps --init's")
     latents_dev = [z.to(device) for z in latents]
     actions_dev = [torch.from_numpy(a).to(device) for a in src.actions]
     confidence_dev = [torch.from_numpy(c).to(device) for c in src.confidence]
