@@ -2,13 +2,15 @@
 two other fine-tunes of it (a "task vector", Ilharco et al. 2023), keeping the first checkpoint's autoencoder, IDM,
 start state, config, action spec and run-time defaults; records the recipe in `extra`.
 
-The default model since 2026-12-04 (README "Long play", "A task vector from the model's own rollouts") is half the
-model shipped before 2026-12-03 and half a `--focus avatar,enemies --focus-share 0.75 --ema 0.999` fine-tune of it,
-plus, in the backbone only, the difference between a `--rollout-fraction 1.0` fine-tune of that model and a
-fine-tune with the same flags and time at the recipe's 0.5 (runs/default_model_cpu.sh, last stages):
+The default model since 2026-12-03 (night; README "Long play", "A task vector from the model's own rollouts") is half
+the model shipped before that day and half a `--focus avatar,enemies --focus-share 0.75 --ema 0.999` fine-tune of it,
+plus, in the backbone's input layers and first three blocks, the difference between a `--rollout-fraction 1.0`
+fine-tune of that model and a fine-tune with the same flags and time at the recipe's 0.5 (runs/default_model_cpu.sh,
+last stages):
 
     python runs/average_models.py OUT.safetensors BASE.safetensors:0.5 FOCUS_EMA/model.safetensors:0.5 \
-        --add OWN/model.safetensors CONTROL/model.safetensors 1.0 --parts backbone
+        --add OWN/model.safetensors CONTROL/model.safetensors 1.0 \
+        --parts backbone.token_in,backbone.level_in,backbone.blocks.0,backbone.blocks.1,backbone.blocks.2
 """
 
 from __future__ import annotations

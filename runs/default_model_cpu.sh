@@ -11,8 +11,10 @@
 # frames, eval on the held-out episodes (which writes WORKDIR/default_v3.safetensors: float16 weights, eval metrics
 # and the evaluated sampling steps / guidance in its metadata), and last a "soup": a fine-tune of that model that
 # samples windows where the avatar and an enemy meet and keeps an average of its weights (--focus --ema), averaged
-# half and half with the model it started from, and evaluated into the shipped file WORKDIR/default.safetensors.
-# About 10 hours on 2 cores.
+# half and half with the model it started from, plus (in the backbone's input layers and first three blocks only) the
+# difference between a fine-tune on the model's own rollouts alone and one with the same flags at the usual half (two
+# 35-minute runs beside the soup's fine-tune), evaluated into the shipped file WORKDIR/default.safetensors. About 10
+# hours on 2 cores.
 set -euo pipefail
 W=${1:-runs/default_cpu}
 WM_MINUTES=${WM_MINUTES:-65}
@@ -24,6 +26,7 @@ POLISH3_MINUTES=${POLISH3_MINUTES:-75}
 DRIFT_MINUTES=${DRIFT_MINUTES:-22}
 DRIFT2_MINUTES=${DRIFT2_MINUTES:-60}
 SOUP_MINUTES=${SOUP_MINUTES:-70}
+OWN_MINUTES=${OWN_MINUTES:-35}
 ROLLOUT_ITERS=${ROLLOUT_ITERS:-0}   # > 0: also train on the model's own rollouts (see README)
 STEPS=${STEPS:-1}
 GUIDANCE=${GUIDANCE:-1.75}
@@ -108,13 +111,26 @@ reverie eval --model "$W/wm_drift2/model.safetensors" --ae "$W/ae_decoder/ae.saf
 
 log "the soup: a fine-tune of that model on windows where the avatar and an enemy meet in one token (three in four"
 log "windows), with an exponential average of its weights, then half of it and half of the model it started from"
-log "(README 'Long play': the avatar and the enemies stay on screen for minutes of play where the model alone loses them)"
-reverie train wm --data "$W/data/mix" --init "$W/default_v3.safetensors" --ae "$W/default_v3.safetensors" \
-  --idm "$W/default_v3.safetensors" --out "$W/wm_focus_ema" --batch 8 --lr 1.5e-4 --warmup 20 --steps 20000 \
+log "(README 'Long play': the avatar and the enemies stay on screen for minutes of play where the model alone loses them)."
+log "Beside it, on the other core, two fine-tunes of the same model with the drift flags, one after the other: every window"
+log "on the model's own rollout (--rollout-fraction 1.0), and the same at the usual half; their difference, added to the"
+log "input layers and first three blocks of the soup's backbone, halves the soup's second avatars (README 'Long play',"
+log "'A task vector from the model's own rollouts')"
+V3=(--init "$W/default_v3.safetensors" --ae "$W/default_v3.safetensors" --idm "$W/default_v3.safetensors")
+reverie train wm --data "$W/data/mix" "${V3[@]}" --out "$W/wm_focus_ema" --batch 8 --lr 1.5e-4 --warmup 20 --steps 20000 \
   --time-limit $((SOUP_MINUTES * 60)) --threads 1 --log-every 50 --save-every 250 --sample-every 0 --half \
-  "${DRIFT_FLAGS[@]}" --ema 0.999 --focus avatar,enemies --focus-share 0.75
+  "${DRIFT_FLAGS[@]}" --ema 0.999 --focus avatar,enemies --focus-share 0.75 --no-progress &
+FOCUS_PID=$!
+for arm in own own_control; do
+  reverie train wm --data "$W/data/mix" "${V3[@]}" --out "$W/wm_$arm" --batch 8 --lr 1.5e-4 --warmup 20 --steps 20000 \
+    --time-limit $((OWN_MINUTES * 60)) --threads 1 --log-every 50 --save-every 250 --sample-every 0 --half \
+    "${DRIFT_FLAGS[@]}" $([[ $arm == own ]] && echo --rollout-fraction 1.0)
+done
+wait $FOCUS_PID
 python3 "$(dirname "${BASH_SOURCE[0]}")/average_models.py" "$W/soup.safetensors" \
-  "$W/default_v3.safetensors:0.5" "$W/wm_focus_ema/model.safetensors:0.5"
+  "$W/default_v3.safetensors:0.5" "$W/wm_focus_ema/model.safetensors:0.5" \
+  --add "$W/wm_own/model.safetensors" "$W/wm_own_control/model.safetensors" 1.0 \
+  --parts backbone.token_in,backbone.level_in,backbone.blocks.0,backbone.blocks.1,backbone.blocks.2
 log "eval the soup at the same settings; it writes the shipped file with the soup's own metrics"
 reverie eval --model "$W/soup.safetensors" --data "$W/data/heldout" --horizon 16 --steps "$STEPS" \
   --guidance "$GUIDANCE" --threads 2 --json "$W/eval_soup.json" --write-model "$W/default.safetensors" --half

@@ -105,9 +105,10 @@ def test_bad_task_vectors_are_one_line_and_write_nothing(tmp_path, capsys):
 
 
 def test_the_shipped_default_plays_at_the_settings_its_eval_measured():
-    """The shipped default is a soup whose run-time defaults (what play, bench and eval use unless told) are the ones
-    its recorded eval ran at, 1 step and guidance 1.75 as in the README's tables: a soup whose first model was a
-    fine-tune that kept guidance 1.0 would play as another model than the one measured. Its file holds float16."""
+    """The shipped default is a soup plus a task vector whose run-time defaults (what play, bench and eval use unless
+    told) are the ones its recorded eval ran at, 1 step and guidance 1.75 as in the README's tables: a soup whose first
+    model was a fine-tune that kept guidance 1.0 would play as another model than the one measured. Its file holds
+    float16."""
     from safetensors import safe_open
 
     ck = load_checkpoint(SHIPPED)
@@ -116,6 +117,9 @@ def test_the_shipped_default_plays_at_the_settings_its_eval_measured():
     assert (ran["steps"], ran["guidance"], ran["context_noise"]) == (1, 1.75, 0.05)
     weights = [w["weight"] for w in ck.extra["averaged_from"]]
     assert len(weights) == 2 and abs(sum(weights) - 1) < 1e-9
+    added = ck.extra["added"]   # the own-rollout vector, in the backbone's input layers and first three blocks only
+    assert len(added) == 1 and added[0]["scale"] == 1.0
+    assert all(p.startswith("backbone.") for p in added[0]["parts"].split(","))
     assert ran["psnr_mean"] > 22 and ran["psnr_step1"] > 28  # the 16-frame bars, on the recipe's held-out set A
     with safe_open(str(SHIPPED), "pt") as f:
         dtypes = {str(f.get_slice(k).get_dtype()) for k in f.keys() if k.startswith("wm.")}

@@ -44,7 +44,7 @@ RECIPES = [  # recipe, environment, the commands it must run at least
     ("breakout.sh", {"DEVICE": "cuda"}, {"train": 5, "eval": 1}),
     ("doom.sh", {}, {"record": 4, "train": 6, "eval": 1}),
     ("default_model.sh", {}, {"record": 3, "train": 3, "eval": 1}),
-    ("default_model_cpu.sh", {}, {"record": 4, "train": 11, "eval": 1}),
+    ("default_model_cpu.sh", {}, {"record": 4, "train": 13, "eval": 1}),
 ]
 
 
@@ -166,15 +166,29 @@ def test_the_breakout_recipe_refuses_a_schedule_it_does_not_know(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-def test_the_cpu_default_recipe_ends_with_the_soups_fine_tune_of_the_model_it_evaluated(tmp_path):
-    """The shipped default is half the evaluated model, half a --focus --ema fine-tune of it: the recipe's last
-    world-model stage starts from the file eval wrote (its world model, autoencoder and IDM) and keeps an average of its
-    weights, and the soup is evaluated into the shipped file."""
+def test_the_cpu_default_recipe_ends_with_the_soup_and_the_own_rollout_vector_of_the_model_it_evaluated(tmp_path):
+    """The shipped default is half the evaluated model, half a --focus --ema fine-tune of it, plus in the backbone's
+    input layers and first three blocks the difference of two fine-tunes of it that differ only in --rollout-fraction
+    (1.0 against the usual 0.5): all three start from the file eval wrote (its world model, autoencoder and IDM), and
+    the result is evaluated into the shipped file."""
+    import re
+
     cmds = recipe_commands(tmp_path, "default_model_cpu.sh", {})
     writes = [c for c in cmds if c[0] == "eval" and "--write-model" in c]
     first, shipped = (c[c.index("--write-model") + 1] for c in (writes[0], writes[-1]))
-    last = [c for c in cmds if c[:2] == ["train", "wm"]][-1]
-    assert all(last[last.index(f) + 1] == first for f in ("--init", "--ae", "--idm"))
-    assert float(last[last.index("--ema") + 1]) == 0.999 and last[last.index("--focus") + 1] == "avatar,enemies"
-    # the shipped file is the soup, evaluated, not the model the fine-tune started from
-    assert shipped.endswith("/default.safetensors") and first != shipped and cmds.index(last) < cmds.index(writes[-1])
+    tunes = [c for c in cmds if c[:2] == ["train", "wm"] and "--init" in c and c[c.index("--init") + 1] == first]
+    assert len(tunes) == 3 and all(t[t.index(f) + 1] == first for t in tunes for f in ("--ae", "--idm"))
+    focus, own, control = tunes
+    assert float(focus[focus.index("--ema") + 1]) == 0.999 and focus[focus.index("--focus") + 1] == "avatar,enemies"
+    assert float(own[own.index("--rollout-fraction") + 1]) == 1.0 and "--rollout-fraction" not in control
+    strip = [i for i, w in enumerate(own) if w == "--rollout-fraction"][0]
+    out = own.index("--out")
+    assert own[:out] + own[out + 2:strip] == control[:out] + control[out + 2:], "the pair differs in more than the flag"
+    text = (REPO / "runs" / "default_model_cpu.sh").read_text()
+    add = re.search(r'--add "\$W/(wm_\w+)/model.safetensors" "\$W/(wm_\w+)/model.safetensors" 1.0 \\\n *'
+                    r'--parts backbone.token_in,backbone.level_in,'
+                    r'backbone.blocks.0,backbone.blocks.1,backbone.blocks.2\n', text)
+    assert add and add.groups() == (own[out + 1].rsplit("/", 1)[1], control[out + 1].rsplit("/", 1)[1])
+    # the shipped file is the soup, evaluated, not the model the fine-tunes started from
+    assert shipped.endswith("/default.safetensors") and first != shipped
+    assert cmds.index(control) < cmds.index(writes[-1])
