@@ -25,6 +25,24 @@ import torch
 from engine.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 
 
+def load_wm(path: str, first: Checkpoint | None = None,
+            what: str = "averaged") -> tuple[Checkpoint, dict[str, torch.Tensor]]:
+    """(checkpoint, its world-model weights); with `first`, the weights must have first's names and shapes and the
+    model must play first's game (only fine-tunes of one model can be `what`)."""
+    ck = load_checkpoint(path)
+    if not ck.has("wm"):
+        raise CheckpointError(f"{path}: holds no world-model weights")
+    wm = ck.tensors["wm"]
+    if first is not None:
+        if {k: tuple(v.shape) for k, v in wm.items()} != {k: tuple(v.shape) for k, v in first.tensors["wm"].items()}:
+            raise CheckpointError(f"{path}: its world model's weights do not have {first.path}'s names and shapes; "
+                                  f"only fine-tunes of one model can be {what}")
+        if not ck.action_spec.compatible(first.action_spec):
+            raise CheckpointError(f"{path}: a model of {ck.action_spec.game!r}, {first.path} plays "
+                                  f"{first.action_spec.game!r}")
+    return ck, wm
+
+
 def average(specs: list[tuple[str, float]]) -> tuple[Checkpoint, dict[str, torch.Tensor]]:
     """(first checkpoint, weighted sum of every checkpoint's 'wm' weights); weights must be positive and sum to 1,
     and every model must have the first one's world-model shapes."""
@@ -32,22 +50,10 @@ def average(specs: list[tuple[str, float]]) -> tuple[Checkpoint, dict[str, torch
         raise CheckpointError("give two models or more, each as PATH:WEIGHT")
     if any(w <= 0 for _, w in specs) or not math.isclose(sum(w for _, w in specs), 1.0, abs_tol=1e-6):
         raise CheckpointError(f"weights {[w for _, w in specs]}: each must be > 0 and together they must sum to 1")
-    first, acc = None, {}
-    for path, w in specs:
-        ck = load_checkpoint(path)
-        if not ck.has("wm"):
-            raise CheckpointError(f"{path}: holds no world-model weights")
-        wm = ck.tensors["wm"]
-        if first is None:
-            first, acc = ck, {k: w * v.float() for k, v in wm.items()}
-            continue
-        if {k: tuple(v.shape) for k, v in wm.items()} != {k: tuple(v.shape) for k, v in acc.items()}:
-            raise CheckpointError(f"{path}: its world model's weights do not have {first.path}'s names and shapes; "
-                                  "only fine-tunes of one model can be averaged")
-        if not ck.action_spec.compatible(first.action_spec):
-            raise CheckpointError(f"{path}: a model of {ck.action_spec.game!r}, {first.path} plays "
-                                  f"{first.action_spec.game!r}")
-        for k, v in wm.items():
+    first, wm = load_wm(specs[0][0])
+    acc = {k: specs[0][1] * v.float() for k, v in wm.items()}
+    for path, w in specs[1:]:
+        for k, v in load_wm(path, first)[1].items():
             acc[k] += w * v.float()
     return first, acc
 
@@ -68,32 +74,23 @@ def add_differences(first: Checkpoint, wm: dict[str, torch.Tensor], adds: list[t
     comma-separated name prefixes ("backbone", "backbone.blocks.0", ...; a prefix stops at a dot, so blocks.1 is not
     blocks.10); every model must be a model of first's game with first's world-model names and shapes."""
     prefixes = [q.strip() for q in parts.split(",")]
-    chosen = set(wm) if parts == "all" else {k for k in wm for q in prefixes if k == q or k.startswith(q + ".")}
-    unknown = [q for q in prefixes if parts != "all" and not any(k == q or k.startswith(q + ".") for k in wm)]
-    if unknown or not chosen:
+
+    def named(k: str, q: str) -> bool:
+        return k == q or k.startswith(q + ".")
+
+    unknown = [] if parts == "all" else [q for q in prefixes if not any(named(k, q) for k in wm)]
+    if unknown:
         tops = sorted({k.split(".")[0] for k in wm})
-        raise CheckpointError(f"--parts {parts!r}: {unknown or parts} names no world-model weight; give all, or "
+        raise CheckpointError(f"--parts {parts!r}: {unknown} names no world-model weight; give all, or "
                               f"comma-separated name prefixes such as {', '.join(tops)}, backbone.blocks.0")
-    shapes = {k: tuple(v.shape) for k, v in wm.items()}
+    chosen = [k for k in wm if parts == "all" or any(named(k, q) for q in prefixes)]
     out = {k: v.clone() for k, v in wm.items()}
     for finetune, base, scale in adds:
         if not math.isfinite(scale) or scale == 0:
             raise CheckpointError(f"--add {finetune} {base} {scale}: the scale must be a finite number other than 0")
-        pair = []
-        for path in (finetune, base):
-            ck = load_checkpoint(path)
-            if not ck.has("wm"):
-                raise CheckpointError(f"{path}: holds no world-model weights")
-            if {k: tuple(v.shape) for k, v in ck.tensors["wm"].items()} != shapes:
-                raise CheckpointError(f"{path}: its world model's weights do not have {first.path}'s names and shapes; "
-                                      "only fine-tunes of one model can be added")
-            if not ck.action_spec.compatible(first.action_spec):
-                raise CheckpointError(f"{path}: a model of {ck.action_spec.game!r}, {first.path} plays "
-                                      f"{first.action_spec.game!r}")
-            pair.append(ck.tensors["wm"])
-        for k in out:
-            if k in chosen:
-                out[k] += scale * (pair[0][k].float() - pair[1][k].float())
+        a, b = (load_wm(path, first, "added")[1] for path in (finetune, base))
+        for k in chosen:
+            out[k] += scale * (a[k].float() - b[k].float())
     return out
 
 
@@ -122,10 +119,8 @@ def main(argv: list[str]) -> int:
             except ValueError:
                 raise CheckpointError(f"--add {finetune} {base} {scale!r}: the scale must be a number") from None
         if adds and len(specs) == 1 and math.isclose(specs[0][1], 1.0):
-            first = load_checkpoint(specs[0][0])
-            if not first.has("wm"):
-                raise CheckpointError(f"{specs[0][0]}: holds no world-model weights")
-            wm = {k: v.float() for k, v in first.tensors["wm"].items()}
+            first, wm = load_wm(specs[0][0])
+            wm = {k: v.float() for k, v in wm.items()}
         else:
             first, wm = average(specs)
         if not adds and args.parts != "all":
