@@ -640,5 +640,6 @@ def test_warm_start_finds_the_newest_state_from_a_run_or_state_folder(tmp_path):
         model.weight.add_(1.0)
     newest = run.save_state(2, model, opt, keep=2, extra={})
     for where in (run.root, run.state_root, newest):
-        got = warm_start_weights(str(where))
+        got, sampling = warm_start_weights(str(where))
+        assert sampling is None, where   # a training state has no run-time defaults of its own
         assert torch.equal(got["weight"], model.weight.detach()), where

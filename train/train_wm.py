@@ -244,9 +244,11 @@ def fingerprint_of(src: EpisodeSource, ae_path: Path) -> str:
     return h.hexdigest()
 
 
-def warm_start_weights(path: str) -> dict[str, torch.Tensor]:
+def warm_start_weights(path: str) -> tuple[dict[str, torch.Tensor], dict[str, float] | None]:
     """World-model weights to start from: a checkpoint's 'wm' part, or a training state's model.state (a state
-    folder, or a run folder or its state/ folder, whose manifest names the newest state)."""
+    folder, or a run folder or its state/ folder, whose manifest names the newest state). With them, the
+    checkpoint's run-time sampling defaults (head steps, guidance, context noise), which a fine-tune of it keeps;
+    None for a training state, which has none of its own. The file is read once."""
     p = Path(path)
     if p.is_dir():
         run = RunDir(p.parent if (p / "manifest.json").is_file() else p)  # a state/ folder or its run folder
@@ -261,23 +263,15 @@ def warm_start_weights(path: str) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(p))
+            return load_file(str(p)), None
         except Exception as e:  # safetensors raises its own error type for damaged files
             raise CheckpointError(f"{p}: not a readable training state ({e})") from None
     ck = load_checkpoint(p)
     if not ck.has("wm"):
         raise CheckpointError(f"{p}: holds no world-model weights to start from")
-    return ck.tensors["wm"]
-
-
-def init_sampling(path: str) -> dict[str, float] | None:
-    """The run-time sampling defaults (head steps, guidance, context noise) of an `--init` checkpoint, which a
-    fine-tune of it keeps; None for a training state, which has none of its own."""
-    p = Path(path)
-    if p.is_dir() or p.suffix == ".state":
-        return None
-    wm = load_checkpoint(p).config.world_model
-    return {"sampling_steps": wm.sampling_steps, "guidance": wm.guidance, "context_noise": wm.context_noise}
+    wm = ck.config.world_model
+    return ck.tensors["wm"], {"sampling_steps": wm.sampling_steps, "guidance": wm.guidance,
+                              "context_noise": wm.context_noise}
 
 
 def tau_bin_stats(stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -333,14 +327,15 @@ def run(args: argparse.Namespace) -> int:
     if idm_path and idm_weights is None:
         raise CheckpointError(f"--idm {args.idm}: {idm_path} holds no inverse-dynamics model; pass the "
                               "idm.safetensors of 'reverie train idm'")
-    init = None
+    init, sampling = None, None
     if args.init:  # read (and checked) before the encoding
         try:
-            init = warm_start_weights(args.init)
+            init, sampling = warm_start_weights(args.init)
         except (CheckpointError, TrainingError) as e:
             raise CheckpointError(f"--init: {e}") from None
         if args.fresh_actions:
             init = {k: v for k, v in init.items() if k not in ACTION_INPUTS}
+            sampling = None   # a model that learns its actions anew chooses its own sampling (eval --write-model)
     src = open_episodes(args)
     if not ae_ckpt.action_spec.compatible(src.spec):
         raise CheckpointError(f"--ae {ae_path}: trained on {ae_ckpt.action_spec.game!r}, but --data {args.data} "
@@ -376,7 +371,6 @@ def run(args: argparse.Namespace) -> int:
         cfg.world_model.shortcut_decay = args.shortcut_decay
     if args.object_weight is not None:
         cfg.world_model.object_weight = args.object_weight
-    sampling = init_sampling(args.init) if args.init and not args.fresh_actions else None
     if sampling is not None:  # a fine-tune plays as the model it came from until eval re-chooses (--write-model)
         for k, v in sampling.items():
             setattr(cfg.world_model, k, v)
