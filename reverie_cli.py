@@ -15,11 +15,11 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # name -> (module with main(argv) -> int, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "play": ("play.cli", "play inside a world model in a pygame window (default: the shipped model)"),
-    "record": ("train.record", "record episodes of play from a game into episode files"),
-    "data": ("train.data_cli", "inspect, verify, import (video + input log) and label episode files "
+    "record": ("train.data.record", "record episodes of play from a game into episode files"),
+    "data": ("train.data.cli", "inspect, verify, import (video + input log) and label episode files "
                                "(info, check, import, label)"),
-    "train": ("train.cli", "train the autoencoder (ae), world model (wm) or inverse-dynamics model (idm)"),
-    "eval": ("train.evaluate", "score a checkpoint on held-out episodes (PSNR, SSIM, action following)"),
+    "train": ("train.training.cli", "train the autoencoder (ae), world model (wm) or inverse-dynamics model (idm)"),
+    "eval": ("train.evaluation.evaluate", "score a checkpoint on held-out episodes (PSNR, SSIM, action following)"),
     "bench": ("play.bench", "measure frames/s and frame times of the real-time session"),
     "export": ("export.cli", "write a model's real-time step as ONNX graphs (for the onnxruntime backend)"),
 }

@@ -22,11 +22,11 @@ import torch
 from engine.autoencoder import Autoencoder
 from engine.checkpoint import load_checkpoint, load_into
 from engine.output import write_json
-from train.data import EpisodeSource
-from train.eval_long import evenly_spaced
-from train.evaluate import autoencoder_on_pairs, reconstruct
-from train.probes import probes_for
-from train.rollout import psnr
+from train.data.windows import EpisodeSource
+from train.evaluation.evaluate import autoencoder_on_pairs, reconstruct
+from train.evaluation.long_play import evenly_spaced
+from train.games.probes import probes_for
+from train.training.rollout import psnr
 
 
 def pairs_of(src: EpisodeSource, limit: int) -> tuple[np.ndarray, np.ndarray]:

@@ -30,8 +30,8 @@ from engine.errors import ReverieError
 from engine.knobs import arg_type, check_guidance, check_threads
 from engine.output import prepare_output, write_json
 from engine.session import Session
-from train.data import EpisodeSource
-from train.probes import AVATAR, probes_for
+from train.data.windows import EpisodeSource
+from train.games.probes import AVATAR, probes_for
 
 CONTEXT = 8
 BUCKETS = ((1, 16), (17, 100), (101, 250), (251, 500), (501, 1000), (1001, 2000))

@@ -30,9 +30,9 @@ from engine.errors import ReverieError
 from engine.knobs import arg_type, check_guidance, check_threads
 from engine.output import prepare_output, write_json
 from engine.session import Session
-from train.data import EpisodeSource
+from train.data.windows import EpisodeSource
+from train.games.probes import AVATAR, blob_centres, probes_for
 from train.games.registry import make_game
-from train.probes import AVATAR, blob_centres, probes_for
 
 ENV_ID = "builtin:gems"
 CONTEXT = 8

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from engine.errors import ReverieError
-from train.visual import scatter_plot
+from train.pictures.images import scatter_plot
 
 
 def frontier(arms: list[dict]) -> list[str]:

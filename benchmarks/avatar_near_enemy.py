@@ -29,9 +29,9 @@ from engine.errors import ReverieError
 from engine.knobs import arg_type, check_guidance, check_threads
 from engine.output import prepare_output, write_json
 from engine.session import Session
-from train.data import EpisodeSource
+from train.data.windows import EpisodeSource
 from train.games.builtin import PLAYER_FLASH
-from train.probes import AVATAR, Probe, probes_for
+from train.games.probes import AVATAR, Probe, probes_for
 
 ENV_ID = "builtin:gems"
 CONTEXT = 8          # real frames each step starts from

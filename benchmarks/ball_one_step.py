@@ -27,8 +27,8 @@ from engine.errors import ReverieError
 from engine.knobs import arg_type, check_guidance, check_steps, check_threads
 from engine.output import prepare_output, write_json
 from engine.session import Session
-from train.data import EpisodeSource
-from train.probes import BREAKOUT_RED, blob_counts, probes_for
+from train.data.windows import EpisodeSource
+from train.games.probes import BREAKOUT_RED, blob_counts, probes_for
 
 ENV_ID = "ale:Breakout"
 CONTEXT = 8          # real frames each step starts from

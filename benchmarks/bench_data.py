@@ -1,7 +1,7 @@
 """Data-path throughput: built-in game frames/s, episode writing MB/s, and random-window reads/s.
 
 Run: python benchmarks/bench_data.py [--json OUT.json]. Small defaults (well under a minute on 2 CPU cores). Each
-compression setting is measured, so the numbers also justify the default (train/episodes.py).
+compression setting is measured, so the numbers also justify the default (train/data/episodes.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 from engine.errors import ReverieError
 from engine.knobs import arg_type, check_seed
 from engine.output import check_count, prepare_output, write_json
-from train.dataset import WindowDataset
-from train.episodes import COMPRESSIONS, DEFAULT_CHUNK_FRAMES, EpisodeWriter
+from train.data.dataset import WindowDataset
+from train.data.episodes import COMPRESSIONS, DEFAULT_CHUNK_FRAMES, EpisodeWriter
 from train.games.registry import make_agent, make_game
 
 

@@ -26,7 +26,7 @@ from engine.errors import ReverieError
 from engine.knobs import arg_type, check_batch, check_threads
 from engine.output import check_count, prepare_output, write_json
 from engine.world_model import WorldModel
-from train.loop import cpu_native_bf16
+from train.training.loop import cpu_native_bf16
 
 
 def step_time(loss_fn, model: torch.nn.Module, opt, amp: bool, repeats: int) -> float:

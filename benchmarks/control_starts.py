@@ -23,10 +23,10 @@ from engine.errors import ReverieError
 from engine.knobs import arg_type, check_guidance, check_threads
 from engine.output import prepare_output, write_json
 from engine.session import Session
-from train.control import DIRECTIONS, control_dream, control_frames, displacement
-from train.data import EpisodeSource
-from train.eval_objects import real_moves
-from train.probes import AVATAR, probes_for
+from train.data.windows import EpisodeSource
+from train.evaluation.control import DIRECTIONS, control_dream, control_frames, displacement
+from train.evaluation.objects import real_moves
+from train.games.probes import AVATAR, probes_for
 
 ENV_ID = "builtin:gems"
 CONTEXT, STARTS, FIRST, STRIDE = 8, 8, 100, 37

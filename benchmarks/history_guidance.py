@@ -35,10 +35,10 @@ from engine.knobs import arg_type, check_threads
 from engine.kv_cache import NEG_INF, RingKVCache
 from engine.output import check_count, prepare_output, write_json
 from engine.session import Session
-from train.control import DIRECTIONS, control_frames, displacement
-from train.data import EpisodeSource
-from train.eval_objects import real_moves
-from train.probes import AVATAR, probes_for
+from train.data.windows import EpisodeSource
+from train.evaluation.control import DIRECTIONS, control_frames, displacement
+from train.evaluation.objects import real_moves
+from train.games.probes import AVATAR, probes_for
 
 ENV_ID = "builtin:gems"
 CONTEXT, WORLDS = 8, 8

@@ -46,7 +46,7 @@ import reverie_cli
 from engine.errors import ReverieError
 from engine.knobs import arg_type, check_threads
 from engine.output import check_count, prepare_output, write_json
-from train.episodes import SUFFIX, Episode, EpisodeWriter
+from train.data.episodes import SUFFIX, Episode, EpisodeWriter
 
 ENV_ID = "builtin:gems"
 HELDOUT_SEED = 100_000          # held-out episodes are seeds HELDOUT_SEED.., far from the training seeds 0..

@@ -1,4 +1,4 @@
-"""Recording play: the frames and actions of a session to an episode file (train.episodes) and a GIF beside it.
+"""Recording play: the frames and actions of a session to an episode file (train.data.episodes) and a GIF beside it.
 
 R starts and stops a recording in the window; `reverie play --human` records every episode of the real game, so
 a trainer can record their own play. The episode holds the frame shown when recording started (its reset frame)
@@ -55,7 +55,7 @@ class Recorder:
     def start(self, frame: np.ndarray, seed: int | None = None) -> Path:
         """Begin a new episode whose reset frame is `frame` (the game's start from `seed`, where known); returns
         the path it will be written to."""
-        from train.episodes import SUFFIX, EpisodeWriter
+        from train.data.episodes import SUFFIX, EpisodeWriter
 
         if self.active:
             raise RuntimeError("a recording is already running; stop it first")

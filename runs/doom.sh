@@ -10,7 +10,7 @@
 # shoots, with detours, shots on the move and near misses, so the data shows aiming, hits, misses and kills (median
 # episode about 50 frames); plus random-agent play, which holds each button set for 2-10 frames. Eval reports PSNR,
 # the drift measure (the Frechet distance of latents per time bucket against its real-vs-real floor), action
-# following, and the monster probe (train/probes.py): how often the dream shows the monster, against the real game.
+# following, and the monster probe (train/games/probes.py): how often the dream shows the monster, against the real game.
 #
 # The world model's loss is weighed toward the tokens where the monster probe finds the monster (OBJECT_WEIGHT, 1 +
 # 2 on those tokens): without it the first Doom model (random-agent data only) lost the monster within about ten

@@ -26,8 +26,8 @@ def heldout(tmp_path_factory) -> Path:
 
 
 def test_starts_are_split_by_the_real_distance_to_an_enemy(heldout):
-    from train.data import EpisodeSource
-    from train.probes import probes_for
+    from train.data.windows import EpisodeSource
+    from train.games.probes import probes_for
 
     src = EpisodeSource(heldout)
     groups = bench.starts_by_distance(src, np.random.default_rng(0))
@@ -47,7 +47,7 @@ def test_starts_are_split_by_the_real_distance_to_an_enemy(heldout):
 def test_flashing_is_the_avatars_white_in_the_play_area_not_the_hud(heldout):
     """A start is flagged flashing when the avatar's white shows in the play area within its 8-frame blink cycle;
     the HUD's white score text must not count (it once flagged every start)."""
-    from train.data import EpisodeSource
+    from train.data.windows import EpisodeSource
 
     src = EpisodeSource(heldout)
     groups = bench.starts_by_distance(src, np.random.default_rng(0))

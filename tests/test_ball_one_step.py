@@ -27,8 +27,8 @@ def heldout(tmp_path_factory) -> Path:
 
 
 def test_starts_have_the_real_ball_in_three_frames_and_bounces_flip_direction(heldout):
-    from train.data import EpisodeSource
-    from train.probes import probes_for
+    from train.data.windows import EpisodeSource
+    from train.games.probes import probes_for
 
     src = EpisodeSource(heldout)
     starts = bench.ball_starts(src)

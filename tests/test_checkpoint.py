@@ -20,7 +20,7 @@ from engine.autoencoder import Autoencoder
 from engine.checkpoint import CheckpointError, load_checkpoint, load_into, save_checkpoint
 from engine.config import AutoencoderConfig, ModelConfig, WorldModelConfig
 from engine.world_model import WorldModel
-from train.data import EpisodeSource
+from train.data.windows import EpisodeSource
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = ActionSpec(game="test", buttons=("a", "b", "c", "d"))

@@ -1,5 +1,5 @@
-"""Control (train/control.py): holding a direction in the real game moves the avatar the configured distance and
-leaves the game as it was; displacement is exact on synthetic sprites; an episode replays from its seed and actions
+"""Control (train/evaluation/control.py): holding a direction in the real game moves the avatar the configured distance
+and leaves the game as it was; displacement is exact on synthetic sprites; an episode replays from its seed and actions
 (and an altered frame is named); the dream runs on a fork and leaves the session untouched."""
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from tiny_model import FRAME, tiny_checkpoint
 from engine.actions import ActionSpecError
 from engine.errors import ReverieError
 from engine.session import Session
-from train.control import (
+from train.data.episodes import Episode
+from train.data.record import Job, record_episode
+from train.evaluation.control import (
     CONTROL_FRAMES,
     DIRECTIONS,
     ControlError,
@@ -24,10 +26,8 @@ from train.control import (
     measure_control,
     replay_real_game,
 )
-from train.episodes import Episode
 from train.games.builtin import ACTION_SPEC, BACKGROUND, PLAYER, GemsGame
-from train.probes import AVATAR, probes_for
-from train.record import Job, record_episode
+from train.games.probes import AVATAR, probes_for
 
 AVATAR_PROBE = probes_for("builtin:gems")[AVATAR]
 N = control_frames("builtin:gems")

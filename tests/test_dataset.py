@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from engine.actions import ActionSpec
-from train.dataset import WindowDataset
-from train.episodes import EpisodeError, EpisodeWriter
+from train.data.dataset import WindowDataset
+from train.data.episodes import EpisodeError, EpisodeWriter
 
 SPEC = ActionSpec(game="test:fake", buttons=("fire",), axes=("step",))
 SHAPE = (4, 3, 3)

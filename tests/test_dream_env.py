@@ -1,4 +1,5 @@
-"""train.dream_env.DreamEnv: the Gymnasium API over an imagined world (env checker, rollouts, seeding, spaces)."""
+"""train.agents.dream_env.DreamEnv: the Gymnasium API over an imagined world (env checker, rollouts, seeding,
+spaces)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from gymnasium.utils.env_checker import check_env
 from tiny_model import FRAME, SPEC, start_frames, tiny_checkpoint, tiny_models
 
 from engine.actions import ActionSpec
-from train.dream_env import DreamEnv
+from train.agents.dream_env import DreamEnv
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.actions import ActionSpec
-from train.episodes import (
+from train.data.episodes import (
     FORMAT_VERSION,
     MAGIC,
     PREFIX,

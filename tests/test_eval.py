@@ -15,8 +15,8 @@ from cli_main import cli
 
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.session import Session
-from train.evaluate import reconstruct, ssim, windows
-from train.rollout import psnr, rollout
+from train.evaluation.evaluate import reconstruct, ssim, windows
+from train.training.rollout import psnr, rollout
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +225,7 @@ def test_reconstruct_works_with_a_bfloat16_autoencoder():
 
 def test_eval_with_a_bfloat16_session_decoder(trained, tmp_path, monkeypatch):
     """The whole eval path with the session's decoder in bfloat16 on the CPU, as it is on CUDA."""
-    from train import evaluate
+    from train.evaluation import evaluate
 
     class Bf16Session(Session):
         def __init__(self, *a, **kw):
@@ -242,7 +242,7 @@ def test_plot_labels_keep_their_dots_and_spaces(tmp_path):
     font drew "a.b c" as "a.bc" with the dot touching its neighbours)."""
     from PIL import Image
 
-    from train.visual import line_plot
+    from train.pictures.images import line_plot
 
     def title_ink(title: str) -> list[tuple[int, int]]:
         """Column runs of ink in the title band of a plot titled `title`: [(first, end), ...]."""
@@ -268,7 +268,7 @@ def test_plot_labels_keep_their_dots_and_spaces(tmp_path):
 
 
 def test_rollout_returns_generated_and_real_side_by_side(trained):
-    from train.data import EpisodeSource
+    from train.data.windows import EpisodeSource
 
     src = EpisodeSource(trained.data)
     sess = Session(trained.model, batch=2, steps=1, cuda_graph=False)

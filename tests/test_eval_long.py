@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from cli_main import cli
 
-from train.eval_long import Track, bucket_edges, evenly_spaced, plan_starts
-from train.frechet import FrechetReference
-from train.video import side_by_side, video_frames, video_stride
+from train.evaluation.frechet import FrechetReference
+from train.evaluation.long_play import Track, bucket_edges, evenly_spaced, plan_starts
+from train.pictures.video import side_by_side, video_frames, video_stride
 
 DIRECTIONS = ("up", "down", "left", "right")
 EDGES_1000 = [(1, 16), (17, 100), (101, 250), (251, 500), (501, 1000)]
@@ -146,9 +146,9 @@ def test_long_eval_writes_the_side_by_side_video_and_plots(long_run):
 def test_real_frames_past_the_recording_are_the_real_game_under_the_dreams_actions(tiny, tmp_path, monkeypatch):
     """The real reference past the recording is the game replayed from the episode's seed under exactly the actions
     the dream got; the dream goes on where the real game ends."""
-    from train import evaluate
-    from train.data import EpisodeSource
-    from train.episodes import Episode
+    from train.data.episodes import Episode
+    from train.data.windows import EpisodeSource
+    from train.evaluation import evaluate
     from train.games.registry import make_game
 
     kept = {}
@@ -184,8 +184,8 @@ def test_real_frames_past_the_recording_are_the_real_game_under_the_dreams_actio
 def test_an_episode_without_a_seed_has_real_frames_only_while_its_recording_lasts(tiny, tmp_path):
     """A game that cannot be replayed (here: an episode file with no seed, like imported video): PSNR and the real
     probes are null past the recording; FD and IDM on dream frames are still reported per bucket."""
-    from train.data import EpisodeSource
-    from train.episodes import Episode, EpisodeWriter
+    from train.data.episodes import Episode, EpisodeWriter
+    from train.data.windows import EpisodeSource
 
     src = EpisodeSource(tiny.data)
     data = tmp_path / "noseed"
@@ -351,7 +351,7 @@ def test_track_effects_group_the_button_sets_that_do_the_same_thing():
 
 
 def test_same_effect_scores_a_read_action_by_what_it_does():
-    from train.eval_idm import same_effect
+    from train.evaluation.idm_judge import same_effect
 
     eff = torch.zeros(1, 2, 16, dtype=torch.long)
     eff[0, 0] = torch.arange(16)                                  # step 0: every button set does something else
@@ -387,7 +387,7 @@ def test_frechet_distance_of_known_gaussians():
 def test_frechet_samples_are_latent_cells(tiny):
     """encode_latents gives every cell of the encoder's grid as one sample: (N, h*w, C)."""
     from engine.checkpoint import load_checkpoint, load_world_model
-    from train.frechet import encode_latents
+    from train.evaluation.frechet import encode_latents
 
     (ae, _), frames = load_world_model(load_checkpoint(tiny.model)), np.zeros((3, 32, 32, 3), np.uint8)
     ae.eval()
@@ -435,7 +435,7 @@ def reference_ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def test_ssim_matches_the_direct_float64_computation():
-    from train.evaluate import ssim
+    from train.evaluation.evaluate import ssim
 
     rng = np.random.default_rng(3)
     a = rng.integers(0, 256, (3, 5, 32, 32, 3), dtype=np.uint8)
@@ -447,7 +447,7 @@ def test_ssim_matches_the_direct_float64_computation():
 
 
 def test_line_plot_draws_gaps_and_bucket_labels(tmp_path):
-    from train.visual import line_plot
+    from train.pictures.images import line_plot
 
     path = line_plot(tmp_path / "p.png", {"a": [1.0, None, 2.0, float("nan"), 3.0], "b": [None] * 5},
                      xticks=["1-16", "17-100", "101-250", "251-500", "501-1000"])
@@ -456,9 +456,9 @@ def test_line_plot_draws_gaps_and_bucket_labels(tmp_path):
 
 def test_object_area_counts_pixels_at_64x64_so_fewer_gems_read_as_less():
     """'Visible' holds with one gem of three; the area sees the other two missing, at any frame size."""
-    from train.eval_objects import areas
+    from train.evaluation.objects import areas
     from train.games import builtin
-    from train.probes import probes_for
+    from train.games.probes import probes_for
 
     gems = probes_for(builtin.ENV_ID)["gems"]
     real = np.zeros((1, 1, 64, 64, 3), np.uint8)
@@ -475,9 +475,9 @@ def test_object_area_counts_pixels_at_64x64_so_fewer_gems_read_as_less():
 def test_clean_visibility_does_not_count_a_second_ball_or_a_haze_of_specks():
     """Two balls, or ball-coloured specks all over, pass 'visible'; 'clean' counts a dream frame only where it shows
     no more separate objects than the real frame (or, past the real reference, than real frames typically do)."""
-    from train.eval_long import Rollouts
-    from train.eval_objects import object_report
-    from train.probes import BREAKOUT_RED, probes_for
+    from train.evaluation.long_play import Rollouts
+    from train.evaluation.objects import object_report
+    from train.games.probes import BREAKOUT_RED, probes_for
 
     probes = {"ball": probes_for("ale:Breakout")["ball"]}
     real = np.zeros((1, 4, 64, 64, 3), np.uint8)
@@ -497,9 +497,9 @@ def test_clean_visibility_does_not_count_a_second_ball_or_a_haze_of_specks():
 def test_strength_tells_a_dim_speck_from_the_ball_where_visible_does_not():
     """A dream whose ball is a dim red speck passes 'visible' in every frame; its strength (the brightest matched
     pixel against the probe's brightest colour) is under the real ball's, per bucket."""
-    from train.eval_long import Rollouts
-    from train.eval_objects import object_report
-    from train.probes import BREAKOUT_RED, probes_for
+    from train.evaluation.long_play import Rollouts
+    from train.evaluation.objects import object_report
+    from train.games.probes import BREAKOUT_RED, probes_for
 
     probe = probes_for("ale:Breakout")["ball"]
     real = np.zeros((1, 4, 64, 64, 3), np.uint8)
@@ -522,9 +522,9 @@ def test_strength_tells_a_dim_speck_from_the_ball_where_visible_does_not():
 
 def test_object_shares_come_with_their_standard_error_over_rollouts():
     """Eight 1,000-frame dreams read an avatar share to about +-0.05: eval says how far another draw could land."""
-    from train.eval_long import Rollouts
-    from train.eval_objects import object_report, rollout_se
-    from train.probes import BREAKOUT_RED, probes_for
+    from train.evaluation.long_play import Rollouts
+    from train.evaluation.objects import object_report, rollout_se
+    from train.games.probes import BREAKOUT_RED, probes_for
 
     probes = {"ball": probes_for("ale:Breakout")["ball"]}
     real = np.zeros((4, 10, 64, 64, 3), np.uint8)

@@ -14,9 +14,10 @@ iio = pytest.importorskip("imageio.v3")
 
 import reverie_cli  # noqa: E402
 from engine.errors import ReverieError  # noqa: E402
-from train import data_cli, importer  # noqa: E402
-from train.episodes import Episode  # noqa: E402
-from train.importer_formats import convert_pynput, pynput_events  # noqa: E402
+from train.data import cli as data_cli  # noqa: E402
+from train.data import importer  # noqa: E402
+from train.data.episodes import Episode  # noqa: E402
+from train.data.importer_formats import convert_pynput, pynput_events  # noqa: E402
 
 SIDE = 32
 FRAMES = 64
@@ -214,7 +215,7 @@ def test_unlabeled_import_for_the_labeler(video, tmp_path):
 
 
 def test_imported_episodes_pass_check_and_load(video, log, tmp_path, capsys):
-    from train.data import EpisodeSource
+    from train.data.windows import EpisodeSource
 
     out = tmp_path / "o"
     assert import_(video, log, out, "--map", "w=up", "--ignore", "f", "--episode-frames", "17") == 0

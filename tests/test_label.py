@@ -19,8 +19,8 @@ from test_episodes import make_data as episode_data
 from engine.actions import ActionSpec
 from engine.checkpoint import save_checkpoint
 from engine.config import ModelConfig
-from train.data import EpisodeSource, pick_windows
-from train.episodes import MAGIC, PREFIX, TRAILER, Episode, EpisodeError, EpisodeWriter
+from train.data.episodes import MAGIC, PREFIX, TRAILER, Episode, EpisodeError, EpisodeWriter
+from train.data.windows import EpisodeSource, pick_windows
 
 GEMS = "builtin:gems"
 SIZE = 32                   # 32x32 frames: the IDM trains 4x faster than at 64 and still reads the moves
@@ -288,8 +288,8 @@ def test_labeled_copies_keep_frames_and_header_and_say_where_their_labels_came_f
 
 def test_labels_are_the_idm_predictions_and_confidence_the_product_over_buttons(gems):
     from engine.checkpoint import load_checkpoint
-    from train.idm import load_idm, predict
-    from train.label import button_set_confidence, label_pairs
+    from engine.inverse_dynamics import load_idm, predict
+    from train.data.label import button_set_confidence, label_pairs
 
     idm = load_idm(load_checkpoint(gems["idm"] / "idm.safetensors"))
     with Episode(sorted(gems["unlabeled"].glob("*.episode"))[0]) as ep:
@@ -325,9 +325,9 @@ def test_all_relabels_labeled_episodes_and_skips_them_otherwise(gems, tmp_path, 
 
 
 def test_an_error_while_labeling_leaves_only_whole_files(gems, tmp_path, monkeypatch):
-    import train.label
+    import train.data.label
 
-    real, calls = train.label.label_episode, []
+    real, calls = train.data.label.label_episode, []
 
     def fail_on_the_second(*a, **kw):
         calls.append(1)
@@ -335,7 +335,7 @@ def test_an_error_while_labeling_leaves_only_whole_files(gems, tmp_path, monkeyp
             raise KeyboardInterrupt
         return real(*a, **kw)
 
-    monkeypatch.setattr(train.label, "label_episode", fail_on_the_second)
+    monkeypatch.setattr(train.data.label, "label_episode", fail_on_the_second)
     out = tmp_path / "out"
     assert cli("data", "label", str(gems["unlabeled"]), "--idm", str(gems["idm"]), "--out", str(out), "--threads",
                "1", "--no-progress") == 130
@@ -349,8 +349,8 @@ def test_an_error_while_labeling_leaves_only_whole_files(gems, tmp_path, monkeyp
 @pytest.fixture(scope="module")
 def untrained_idm(tmp_path_factory) -> Path:
     """An IDM checkpoint for builtin:gems 32x32 frames (untrained: the error paths never run it)."""
+    from engine.inverse_dynamics import InverseDynamics
     from train.games.builtin import ACTION_SPEC
-    from train.idm import InverseDynamics
 
     path = tmp_path_factory.mktemp("idm") / "idm.safetensors"
     return save_checkpoint(path, kind="idm", config=ModelConfig.from_name("tiny", action_dim=4),
@@ -468,7 +468,7 @@ def test_without_a_threshold_windows_are_drawn_exactly_as_before(tmp_path):
 def test_train_wm_min_label_confidence(tmp_path, monkeypatch, capsys):
     """`reverie train wm --min-label-confidence`: the batches it trains on hold no unsure label; too high a value is
     a one-line error; a bad value is refused by the parser."""
-    import train.train_wm
+    import train.training.wm
 
     folder, marker = confident_folder(tmp_path / "d", n_episodes=2)
     assert cli("train", "ae", "--data", str(folder), "--out", str(tmp_path / "ae"), "--steps", "1", "--batch", "2",
@@ -480,7 +480,7 @@ def test_train_wm_min_label_confidence(tmp_path, monkeypatch, capsys):
     def fake_fit(*, batch_fn, dist_info, **kw):
         raise Seen(torch.cat([batch_fn(step, dist_info)[1] for step in range(30)]))   # (30 B, W, A)
 
-    monkeypatch.setattr(train.train_wm, "fit", fake_fit)
+    monkeypatch.setattr(train.training.wm, "fit", fake_fit)
     argv = ["train", "wm", "--data", str(folder), "--ae", str(tmp_path / "ae"), "--batch", "4", "--window", "4",
             "--threads", "1", "--no-resume"]
     seen = {}
@@ -555,7 +555,7 @@ def test_unsure_actions_drop_hides_unsure_actions_from_the_head():
 
 def test_train_wm_unsure_actions_passes_each_windows_confidence(tmp_path, monkeypatch):
     """`reverie train wm --unsure-actions weight|drop`: every batch carries the confidence of its own actions."""
-    import train.train_wm
+    import train.training.wm
 
     folder, marker = confident_folder(tmp_path / "d", n_episodes=2)
     assert cli("train", "ae", "--data", str(folder), "--out", str(tmp_path / "ae"), "--steps", "1", "--batch", "2",
@@ -569,7 +569,7 @@ def test_train_wm_unsure_actions_passes_each_windows_confidence(tmp_path, monkey
         loss_fn(model, batches[0])[0].backward()                     # the batch is what the loss takes
         raise Seen(batches)
 
-    monkeypatch.setattr(train.train_wm, "fit", fake_fit)
+    monkeypatch.setattr(train.training.wm, "fit", fake_fit)
     argv = ["train", "wm", "--data", str(folder), "--ae", str(tmp_path / "ae"), "--batch", "4", "--window", "4",
             "--threads", "1", "--no-resume"]
     for mode in ("weight", "drop"):

@@ -31,7 +31,7 @@ from play.input import Autopilot, InputState
 from play.keymap import RESERVED_KEYS, KeyMap
 from play.window import Window, WindowConfig
 from play.world import ModelWorld, PlayError, RealWorld, make_real_game
-from train.episodes import Episode
+from train.data.episodes import Episode
 from train.games.registry import make_game
 
 ROOT = Path(__file__).resolve().parents[1]

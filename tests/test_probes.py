@@ -1,4 +1,4 @@
-"""Object probes (train/probes.py) on real frames: they find the avatar, gems, enemies and score of builtin:gems
+"""Object probes (train/games/probes.py) on real frames: they find the avatar, gems, enemies and score of builtin:gems
 where the game state says they are, never see an avatar that is not drawn, scale with the frame size, and find
 Breakout's paddle, bricks and ball where the Atari RAM says they are."""
 
@@ -9,8 +9,8 @@ import pytest
 
 from engine.errors import ReverieError
 from train.games.builtin import BACKGROUND, HUD_HEIGHT, PLAYER_FLASH, GemsGame
+from train.games.probes import AVATAR, Probe, ProbeError, blob_counts, mask_centroids, probes_for
 from train.games.registry import make_agent, make_game
-from train.probes import AVATAR, Probe, ProbeError, blob_counts, mask_centroids, probes_for
 
 GEMS = probes_for("builtin:gems")
 
@@ -94,7 +94,7 @@ def test_blob_counts_count_touching_groups_of_enough_pixels():
     two[...] = BACKGROUND
     two[20:26, 10:16] = two[40:46, 40:46] = GEMS[AVATAR].colours[0]   # two avatars: visible, twice the area, 2
     assert GEMS[AVATAR].visible(two) and GEMS[AVATAR].blobs(two) == 2
-    from train.probes import blob_centres
+    from train.games.probes import blob_centres
 
     assert blob_centres(m[0], 1).tolist() == [[2.0, 2.0], [7.5, 7.5]]          # the two squares' middles, (x, y)
     assert blob_centres(m[0], 5).tolist() == [[7.5, 7.5]]
@@ -237,7 +237,7 @@ def test_breakout_ball_is_not_decoder_noise():
 
 def test_token_masks_mark_the_tokens_the_state_draws_objects_in():
     # the world model's 4x4 tokens of 16x16 px (tiny: 8x8 latent, patch 2), row-major as patchify orders them
-    from train.probes import token_masks
+    from train.games.probes import token_masks
 
     frames, states = play(5, 120)
     fr = np.stack(frames)
@@ -255,7 +255,7 @@ def test_token_masks_mark_the_tokens_the_state_draws_objects_in():
 
 
 def test_shared_tokens_are_the_frames_where_avatar_and_enemy_meet_in_one_token():
-    from train.probes import shared_tokens
+    from train.games.probes import shared_tokens
 
     frames, states = play(5, 400)
     fr = np.stack(frames)
@@ -271,7 +271,7 @@ def test_shared_tokens_are_the_frames_where_avatar_and_enemy_meet_in_one_token()
 
 
 def _brick_rollout(dream: np.ndarray, real: np.ndarray):
-    from train.eval_long import Rollouts
+    from train.evaluation.long_play import Rollouts
 
     ok = np.ones(real.shape[:2], bool)
     return Rollouts(starts=[(0, 0)] * len(real), seeds=list(range(len(real))), dream=dream, real=real, real_ok=ok,
@@ -282,8 +282,8 @@ def _brick_rollout(dream: np.ndarray, real: np.ndarray):
 def test_bricks_that_vanish_where_no_ball_has_been_are_told_from_bricks_the_ball_broke():
     """'Bricks break' by area passes a dream whose bricks vanish on their own or grow back; `hits` attributes each
     broken brick to the ball when the ball was just below it, and counts what comes back."""
-    from train.eval_objects import object_report
-    from train.probes import BREAKOUT_BRICKS, BREAKOUT_RED, hits_for
+    from train.evaluation.objects import object_report
+    from train.games.probes import BREAKOUT_BRICKS, BREAKOUT_RED, hits_for
 
     probes = probes_for("ale:Breakout")
     frames = np.zeros((1, 12, 64, 64, 3), np.uint8)
@@ -313,8 +313,8 @@ def test_bricks_broken_in_real_breakout_are_reached_by_the_ball_and_a_ball_from_
     breaks; the same ball shifted 10 frames in time is in reach of few of them (chance)."""
     pytest.importorskip("gymnasium")
     pytest.importorskip("ale_py")
-    from train.eval_objects import object_report
-    from train.probes import hits_for
+    from train.evaluation.objects import object_report
+    from train.games.probes import hits_for
 
     game = make_game("ale:Breakout", size=64, seed=500_000)
     try:

@@ -11,7 +11,7 @@ import torch
 
 from engine.autoencoder import Autoencoder, changed_pixels, small_object_metrics
 from engine.config import AutoencoderConfig, ConfigError
-from train.eval_idm import judge_needs, judge_problem
+from train.evaluation.idm_judge import judge_needs, judge_problem
 
 
 # ---- the small-object metric -------------------------------------------------------------------------------
@@ -85,8 +85,8 @@ def test_a_chance_level_judge_is_refused():
 # ---- the Breakout agent ------------------------------------------------------------------------------------
 def test_breakout_agent_plays_and_breaks_bricks():
     pytest.importorskip("ale_py")
+    from train.games.probes import probes_for
     from train.games.registry import make_agent, make_game
-    from train.probes import probes_for
 
     game = make_game("ale:Breakout", size=64)
     agent = make_agent("scripted", game, seed=3)
@@ -136,7 +136,7 @@ def test_breakout_agent_is_deterministic_and_refuses_other_games():
 
 
 def test_kept_means_where_the_object_is():
-    from train.eval_objects import near
+    from train.evaluation.objects import near
 
     real = np.zeros((3, 16, 16), bool)
     real[:, 8, 8] = True                                          # the ball

@@ -15,8 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def parsers() -> dict[str, argparse.ArgumentParser]:
-    from train import cli as train_cli
-    from train import data_cli, evaluate, record
+    from train.data import cli as data_cli
+    from train.data import record
+    from train.evaluation import evaluate
+    from train.training import cli as train_cli
 
     return {"train": train_cli.parser(), "record": record.build_parser(), "eval": evaluate.build_parser(),
             "data": data_cli.build_parser()}

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import reverie_cli
-from train.episodes import Episode
+from train.data.episodes import Episode
 
 ENV = "builtin:gems"
 
@@ -129,7 +129,7 @@ def test_killed_recorder_leaves_no_whole_looking_file(tmp_path, capsys):
         import sys, time
         import numpy as np
         from engine.actions import ActionSpec
-        from train.episodes import EpisodeWriter
+        from train.data.episodes import EpisodeWriter
         spec = ActionSpec(game="test:fake", buttons=("fire",))
         w = EpisodeWriter({str(tmp_path / "k.episode")!r}, env_id="test:fake", action_spec=spec,
                           frame_shape=(8, 8, 3), chunk_frames=4)

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import reverie_cli
-from train.config import STREAMS, TrainConfig, TrainingError, seed_for, step_generator
-from train.loop import Dist, Running, fit
-from train.run_dir import RunDir
+from train.training.config import STREAMS, TrainConfig, TrainingError, seed_for, step_generator
+from train.training.loop import Dist, Running, fit
+from train.training.run_dir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -83,9 +83,9 @@ def test_another_stages_folder_is_refused_and_left_untouched(recorded, ae_run, c
 
 
 def test_wm_refuses_an_ae_folder_before_encoding(recorded, ae_run, capsys, monkeypatch):
-    import train.train_wm
+    import train.training.wm
 
-    monkeypatch.setattr(train.train_wm, "encode_dataset", lambda *a, **kw: pytest.fail("encoded"))
+    monkeypatch.setattr(train.training.wm, "encode_dataset", lambda *a, **kw: pytest.fail("encoded"))
     before = snapshot(ae_run)
     rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out", str(ae_run),
                       "--steps", "1", "--batch", "2", "--threads", "1")
@@ -164,11 +164,11 @@ def test_a_state_of_another_model_is_a_clear_error(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("flag", ["--init", "--ae", "--idm", "--data"])
 def test_missing_path_fails_fast_naming_its_flag(tmp_path, recorded, ae_run, capsys, monkeypatch, flag):
-    import train.data
-    import train.train_wm
+    import train.data.windows
+    import train.training.wm
 
-    monkeypatch.setattr(train.train_wm, "encode_dataset", lambda *a, **kw: pytest.fail("encoded"))
-    monkeypatch.setattr(train.data, "EpisodeSource", lambda *a, **kw: pytest.fail("read the episodes"))
+    monkeypatch.setattr(train.training.wm, "encode_dataset", lambda *a, **kw: pytest.fail("encoded"))
+    monkeypatch.setattr(train.data.windows, "EpisodeSource", lambda *a, **kw: pytest.fail("read the episodes"))
     missing = str(tmp_path / "nonexist")
     paths = {"--data": str(recorded), "--ae": str(ae_run), "--idm": None, "--init": None, flag: missing}
     argv = ["train", "wm", "--out", str(tmp_path / "wm"), "--steps", "1", "--batch", "2", "--threads", "1"]
@@ -192,8 +192,8 @@ def test_missing_data_fails_fast_for_every_stage(tmp_path, capsys):
 # The stages and the CLI: no import cycle
 # ---------------------------------------------------------------------------------------------------------------
 def test_stages_do_not_import_the_cli():
-    code = ("import sys, train.train_ae, train.train_wm, train.idm; "
-            "assert 'train.cli' not in sys.modules, 'a stage imported train.cli'")
+    code = ("import sys, train.training.ae, train.training.wm, train.training.idm; "
+            "assert 'train.training.cli' not in sys.modules, 'a stage imported train.training.cli'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
@@ -216,8 +216,8 @@ def test_seed_for_is_a_pure_function_with_independent_streams():
 # Stats stay on the device; the device-side non-finite guard
 # ---------------------------------------------------------------------------------------------------------------
 def test_stage_stats_are_tensors_and_empty_bins_are_left_out():
-    from train.idm import accuracy, action_accuracy
-    from train.train_wm import tau_bin_stats
+    from engine.inverse_dynamics import accuracy, action_accuracy
+    from train.training.wm import tau_bin_stats
 
     stats = {"tau": torch.tensor([0.1, 0.15, 0.9, 0.5]), "loss": torch.tensor([1.0, 3.0, 5.0, 7.0]),
              "shortcut": torch.tensor([False, False, False, True]), "level": torch.tensor([6, 6, 6, 0])}
@@ -529,7 +529,7 @@ def test_object_weight_trains_on_a_game_with_probes_and_records_it(tmp_path, rec
 def test_object_weight_refusals_are_one_line_and_touch_nothing(tmp_path, recorded, ae_run, capsys, case):
     data = recorded
     if case == "no_probes":  # the same episodes, said to be from a game that declares no probes
-        from train.episodes import Episode, EpisodeWriter
+        from train.data.episodes import Episode, EpisodeWriter
 
         data = tmp_path / "other"
         data.mkdir()
@@ -561,7 +561,7 @@ def test_object_weight_refusals_are_one_line_and_touch_nothing(tmp_path, recorde
 def test_focused_windows_give_the_share_to_every_rank_and_fall_back_to_the_plain_draw():
     import numpy as np
 
-    from train.data import pick_focused_windows, pick_windows
+    from train.data.windows import pick_focused_windows, pick_windows
 
     starts = [np.arange(100), np.arange(50)]
     focus = [np.array([3, 7]), np.array([], dtype=np.int64)]
@@ -624,7 +624,7 @@ def test_no_progress_leaves_a_log_file_without_bars_and_still_resumes(tmp_path, 
 # The weight average (--ema)
 # ---------------------------------------------------------------------------------------------------------------
 def test_weight_average_follows_the_rule_and_holds_on_a_skipped_step():
-    from train.loop import WeightAverage
+    from train.training.loop import WeightAverage
 
     model = torch.nn.Linear(3, 2)
     avg = WeightAverage(model, 0.9)
@@ -645,7 +645,7 @@ def test_ema_averages_the_run_saves_it_with_every_state_and_resumes_it(tmp_path)
     """Six steps with --ema equal three, then three more resumed: the average is part of the whole state."""
     from safetensors.torch import load_file
 
-    from train.loop import WeightAverage, trained_weights
+    from train.training.loop import WeightAverage, trained_weights
 
     def run_steps(root: Path, steps: int):
         model, batch_fn, loss_fn, _ = guard_setup(set())

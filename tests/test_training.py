@@ -20,12 +20,12 @@ from cli_main import cli
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-import train.loop as train_loop
-import train.run_dir as run_dir_module
+import train.training.loop as train_loop
+import train.training.run_dir as run_dir_module
 from engine.checkpoint import load_checkpoint
 from engine.config import WorldModelConfig
 from engine.world_model import WorldModel
-from train.loop import Dist, RunDir, TrainConfig, TrainingError, fit, step_generator
+from train.training.loop import Dist, RunDir, TrainConfig, TrainingError, fit, step_generator
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -319,7 +319,7 @@ DDP_WORKER = textwrap.dedent("""
     from pathlib import Path
     import torch
     from safetensors.torch import save_file
-    from train.loop import TrainConfig, finish_distributed, fit, start_run, step_generator
+    from train.training.loop import TrainConfig, finish_distributed, fit, start_run, step_generator
 
     out = Path(sys.argv[1])
     tcfg = TrainConfig(steps=6, batch=8, lr=1e-2, warmup=1, save_every=3, log_every=1, threads=1, device="cpu",
@@ -478,9 +478,10 @@ def stage_argv(stage: str, recorded: Path, ae_run: Path, out: Path, steps: int) 
 @pytest.mark.parametrize("stage", ["ae", "wm"])
 def test_cli_interrupted_and_resumed_equals_straight_run(tmp_path, recorded, ae_run, monkeypatch, capsys, stage):
     """5 steps straight vs the same command interrupted (Ctrl-C) right after the state of step 2, then re-run."""
-    import train.rollout
+    import train.training.rollout
 
-    monkeypatch.setattr(train.rollout, "write_samples", lambda *a, **kw: {})  # end-of-run previews: not compared
+    # end-of-run previews: not compared
+    monkeypatch.setattr(train.training.rollout, "write_samples", lambda *a, **kw: {})
     assert cli(*stage_argv(stage, recorded, ae_run, tmp_path / "straight", 5)) == 0
 
     real_save = RunDir.save_state
@@ -571,7 +572,7 @@ def idm_run(tmp_path_factory, recorded) -> Path:
 
 
 def test_cli_idm_trains_and_writes_checkpoint(idm_run):
-    from train.idm import load_idm
+    from engine.inverse_dynamics import load_idm
 
     ck = load_checkpoint(idm_run / "idm.safetensors")
     assert ck.kind == "idm" and "accuracy" in ck.metrics
@@ -629,8 +630,8 @@ def test_state_files_hold_every_rng_and_the_step(tmp_path):
 def test_warm_start_finds_the_newest_state_from_a_run_or_state_folder(tmp_path):
     """`train wm --init` takes a checkpoint, a state folder, the run's state/ folder or the run folder itself; the
     last two follow the manifest to the newest whole state."""
-    from train.loop import RunDir
-    from train.train_wm import warm_start_weights
+    from train.training.loop import RunDir
+    from train.training.wm import warm_start_weights
 
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters())

@@ -330,7 +330,7 @@ class DoomBasicAgent:
     (an episode ends when the monster dies). Never holds left and right together."""
 
     def __init__(self, game, seed: int | None = None, config: DoomBasicConfig | None = None):
-        from train.probes import probes_for  # train.probes imports this package's builtin game
+        from train.games.probes import probes_for  # train.games.probes imports this package's builtin game
 
         env_id = getattr(game, "env_id", None)
         if env_id != "vizdoom:basic":

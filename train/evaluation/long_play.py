@@ -7,10 +7,10 @@ train.games knows it, else the random agent. The agent acts on the real game's f
 real game's state), so the real game and the dream get the same actions.
 
 The real reference: the recording while it lasts. Where the game can be replayed from the episode's seed
-(train.control.replay_real_game: builtin:gems, Atari), the real game also runs alongside for the whole horizon with
-its time limit lifted, so there are real frames to compare with long after the recording ends; a game over (no lives
-left) ends the real reference there, and the dream goes on under the random agent. Where the game cannot be replayed
-(Doom, imported video), there is no real frame past the recording.
+(train.evaluation.control.replay_real_game: builtin:gems, Atari), the real game also runs alongside for the whole
+horizon with its time limit lifted, so there are real frames to compare with long after the recording ends; a game over
+(no lives left) ends the real reference there, and the dream goes on under the random agent. Where the game cannot be
+replayed (Doom, imported video), there is no real frame past the recording.
 
 All rollouts have the same length, the horizon, and run `batch` worlds to a Session; the `real_ok` mask says where a
 real frame exists. Where the real game runs alongside and can save its state, each step also records which button
@@ -31,7 +31,7 @@ import numpy as np
 
 from engine.errors import ReverieError
 from engine.session import Session
-from train.data import EpisodeSource
+from train.data.windows import EpisodeSource
 
 BUCKETS = ((1, 16), (17, 100), (101, 250), (251, 500), (501, 1000))  # horizon steps; past 1000 they double
 NO_TIME_LIMIT = sys.maxsize   # the replayed real game's time limit: only a game over ends it
@@ -96,7 +96,7 @@ def replay_game(env_id: str, seed: int | None, frames: np.ndarray, actions: np.n
     """The real game at the last of `frames` (replayed from the episode's seed through `actions`, checked against
     `frames`), with its time limit lifted, or None and why not. `unreplayable` (env id -> why) remembers games that
     cannot be replayed at all, so that each is made (an emulator, for Atari) once."""
-    from train.control import ReplayMismatch, replay_real_game
+    from train.evaluation.control import ReplayMismatch, replay_real_game
 
     unreplayable = {} if unreplayable is None else unreplayable
     if seed is None:
@@ -223,7 +223,7 @@ class EpisodeInfo:
 
 
 def episode_info(src: EpisodeSource, e: int) -> EpisodeInfo:
-    from train.episodes import Episode
+    from train.data.episodes import Episode
 
     with Episode(src.ds.episodes[e].path) as ep:
         return EpisodeInfo(ep.env_id, ep.header.get("seed"), str(ep.header.get("agent") or ""))

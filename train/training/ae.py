@@ -9,10 +9,17 @@ import torch
 from engine.autoencoder import Autoencoder, frames_to_tensor
 from engine.checkpoint import CheckpointError, load_checkpoint, resolve_model, save_checkpoint
 from engine.config import ModelConfig
-from train.config import TrainingError, add_train_flags, config_from_args, data_path, open_episodes, step_generator
-from train.loop import Dist, fit, start_run, trained_weights
-from train.run_dir import check_out
-from train.visual import save_grid
+from train.pictures.images import save_grid
+from train.training.config import (
+    TrainingError,
+    add_train_flags,
+    config_from_args,
+    data_path,
+    open_episodes,
+    step_generator,
+)
+from train.training.loop import Dist, fit, start_run, trained_weights
+from train.training.run_dir import check_out
 
 HELP = "the autoencoder (frame <-> latent grid)"
 

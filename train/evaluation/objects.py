@@ -1,6 +1,6 @@
 """What a player sees, for `reverie eval`: object probes per time bucket and the control test.
 
-Object probes (train.probes) are detectors a game declares on its own frames (builtin:gems: avatar, gems, enemies,
+Object probes (train.games.probes) are detectors a game declares on its own frames (builtin:gems: avatar, gems, enemies,
 score; ale:Breakout: paddle, ball, bricks). A lost 6x6 avatar or a 1-pixel ball costs almost nothing in PSNR, so
 eval reports for each probe the share of frames where it is visible, in the real game and in the dream, per bucket
 of a long rollout, their ratio, and for the avatar the share of rollouts that end without it. "Visible" is met by one
@@ -11,14 +11,14 @@ so `visible_clean_dream` and `clean_ratio` count a dream frame only where it sho
 Where both show an object, `position_error_px` is the median distance between the dream's and the real one per
 bucket (a paddle a few pixels off); `area_lost_real` / `area_lost_dream` is how much of its area went between the
 first and the last frames of a rollout (bricks that break, gems that are taken). Where a game declares that one
-object goes only where another reaches it (train.probes.Hit: a brick breaks where the ball hits it), `hits` says how
-much of it went where the other was in reach, real and dream, and how much came back: a dream whose bricks vanish
+object goes only where another reaches it (train.games.probes.Hit: a brick breaks where the ball hits it), `hits` says
+how much of it went where the other was in reach, real and dream, and how much came back: a dream whose bricks vanish
 where no ball has been, or grow back, passes "bricks break" by area alone.
 
-Control (games with an avatar probe; train.control): from real starts, hold each direction for N frames in the real
-game and on forks of dreams primed from the same frames (one batch), and compare how far the avatar moved; then the
-same at the end of every rollout's dream (for horizons past the first bucket), where there is no real game to compare
-with: how far the avatar moves and how often it is missing after a long dream.
+Control (games with an avatar probe; train.evaluation.control): from real starts, hold each direction for N frames in
+the real game and on forks of dreams primed from the same frames (one batch), and compare how far the avatar moved;
+then the same at the end of every rollout's dream (for horizons past the first bucket), where there is no real game to
+compare with: how far the avatar moves and how often it is missing after a long dream.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from engine.session import Session
-from train.data import EpisodeSource
-from train.eval_long import Rollouts, episode_info, masked_mean, replay_game
+from train.data.windows import EpisodeSource
+from train.evaluation.long_play import Rollouts, episode_info, masked_mean, replay_game
 
 END_FRAMES = 4          # the avatar is gone at the end when no one of the last this many frames shows it (it flashes)
 CONTROL_STARTS = 8      # real starts the control test runs from, as one batch: 4 directions x N steps of it
@@ -58,7 +58,7 @@ def mask_counts(probe: Any, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     """(R, H, h, w, 3) uint8 -> the probe's matched pixels (R, H), the separate objects it sees (R, H), the centroid
     of its matched pixels (R, H, 2) as (x, y) in 64x64 pixels (NaN where nothing matched) and how strongly it shows
     (R, H) per frame (Probe.blobs, Probe.centroid, Probe.strength), from one mask per frame, one rollout at a time."""
-    from train.probes import blob_counts, mask_centroids
+    from train.games.probes import blob_counts, mask_centroids
 
     h, w = frames.shape[-3:-1]
     need = probe.min_pixels_at(h, w)
@@ -118,9 +118,9 @@ def object_report(probes: dict[str, Any], roll: Rollouts, slices: Sequence[slice
                   hits: Sequence[Any] = ()) -> dict[str, dict]:
     """objects.<name>: the share of frames where each probe sees its object, real and dream, overall and per bucket,
     their ratio, the object's area (pixels per frame at 64x64) real and dream per bucket with its overall ratio,
-    (for the avatar) how many rollouts end without it, and for the game's Hit rules (train.probes.hits_for) what
+    (for the avatar) how many rollouts end without it, and for the game's Hit rules (train.games.probes.hits_for) what
     went where the hitting object reached it (`hits`, hit_report)."""
-    from train.probes import AVATAR
+    from train.games.probes import AVATAR
 
     out = {}
     for name, probe in probes.items():
@@ -278,7 +278,7 @@ def real_moves(src: EpisodeSource, starts: Sequence[tuple[int, int]], context: i
     """Per direction button, how far the real avatar moves in n held frames from each start (episode, first context
     frame): the real game replayed to the start's last context frame, restored after each hold; None for a start
     whose game cannot be replayed, NaN where the avatar is not visible at both ends."""
-    from train.control import DIRECTIONS, control_real, displacement
+    from train.evaluation.control import DIRECTIONS, control_real, displacement
 
     real: dict[str, list[float | None]] = {b: [] for b in buttons}
     infos, unreplayable = {}, {}
@@ -303,7 +303,7 @@ def control_from_starts(make_session: Callable[[int], Session], src: EpisodeSour
     """control.<direction>: real_px, dream_px, dream_missing, ratio, from the real starts of `rollouts`: the dreams
     primed from their contexts as one batch (held on forks), the real game replayed to the same frames (where it can
     be) and held from each; ratio = dream_px / real_px of the means."""
-    from train.control import measure_control
+    from train.evaluation.control import measure_control
 
     sess = make_session(len(rollouts))
     fr = np.stack([src.episode_frames(e)[s:s + context] for e, s in (roll.starts[r] for r in rollouts)])
@@ -329,7 +329,7 @@ class AfterDream:
         self.rollouts: list[int] = []
 
     def __call__(self, session: Session, rollouts: list[int]) -> None:
-        from train.control import measure_control
+        from train.evaluation.control import measure_control
 
         self.results.append(measure_control(session, None, self.probe, self.n))
         self.rollouts.append(len(rollouts))

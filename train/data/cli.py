@@ -1,6 +1,7 @@
-"""`reverie data`: inspect (info) and verify (check) a directory of episode files (train/episodes.py), turn gameplay
-video plus an input log into episode files (import: train/importer.py), and fill in the actions of episodes
-recorded without inputs with an inverse-dynamics model (label: train/label.py)."""
+"""`reverie data`: inspect (info) and verify (check) a directory of episode files (train/data/episodes.py), turn
+gameplay video plus an input log into episode files (import: train/data/importer.py), and fill in the actions of
+episodes
+recorded without inputs with an inverse-dynamics model (label: train/data/label.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from train.episodes import SUFFIX, TMP_SUFFIX, Episode, EpisodeError
+from train.data.episodes import SUFFIX, TMP_SUFFIX, Episode, EpisodeError
 
 
 def _files(target: Path) -> tuple[list[Path], list[Path]]:
@@ -117,7 +118,7 @@ def check(target: Path, quiet: bool) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from train import importer, label
+    from train.data import importer, label
 
     p = argparse.ArgumentParser(prog="reverie data", description="Inspect, verify, import and label episode files.")
     sub = p.add_subparsers(dest="command", required=True, metavar="{info,check,import,label}")
@@ -137,11 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     if a.command == "import":
-        from train import importer
+        from train.data import importer
 
         return importer.run(a)
     if a.command == "label":
-        from train import label
+        from train.data import label
 
         return label.run(a)
     if not a.path.exists():

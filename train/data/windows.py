@@ -1,13 +1,13 @@
 """Training data access for every stage: random windows of (frames, actions) drawn by a step's generator.
 
 Small datasets (under `preload_gb`) are read once into memory as uint8 and sampled by slicing, which keeps a GPU
-busy; larger ones are streamed window by window through `train.dataset.WindowDataset`, which reads only the
+busy; larger ones are streamed window by window through `train.data.dataset.WindowDataset`, which reads only the
 chunks a window needs. Either way the windows of one step are a pure function of the step's generator, so a
 resumed run sees the same data as an uninterrupted one.
 
 Every action carries a confidence: 1 for recorded actions, the inverse-dynamics model's for labels that
-`reverie data label` filled in (train/label.py). `window_starts(window, min_confidence)` lists the windows whose every
-action is at least that sure, and pick_windows() draws among them; with no threshold that is every window, drawn
+`reverie data label` filled in (train/data/label.py). `window_starts(window, min_confidence)` lists the windows whose
+every action is at least that sure, and pick_windows() draws among them; with no threshold that is every window, drawn
 exactly as before.
 """
 
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from engine.actions import ActionSpec
-from train.dataset import WindowDataset
-from train.episodes import Episode
+from train.data.dataset import WindowDataset
+from train.data.episodes import Episode
 
 
 @dataclass

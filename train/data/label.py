@@ -41,7 +41,7 @@ from engine.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from engine.errors import ReverieError
 from engine.knobs import arg_type, check_device, check_threads
 from engine.output import check_count
-from train.episodes import SUFFIX, Episode, EpisodeWriter
+from train.data.episodes import SUFFIX, Episode, EpisodeWriter
 
 HELP = "fill in the actions of unlabeled episodes with an inverse-dynamics model"
 UNLABELED = "none"             # metadata "labels" of episodes recorded without inputs
@@ -86,7 +86,8 @@ def button_set_confidence(button_logits: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def label_pairs(idm: torch.nn.Module, before: torch.Tensor, after: torch.Tensor,
                 n_buttons: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 frames (B, H, W, 3) -> the IDM's actions (B, A) (as train.idm.predict reads them) and their confidence
+    """uint8 frames (B, H, W, 3) -> the IDM's actions (B, A) (as engine.inverse_dynamics.predict reads them) and their
+    confidence
     (B,) in [0, 1]."""
     logits = idm(frames_to_tensor(before), frames_to_tensor(after)).float()  # (B, A)
     actions = torch.tanh(logits)
@@ -217,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     if skipped:
         print(f"skipping {skipped} episode(s) that already carry labels (pass --all to relabel them)")
     torch.set_num_threads(args.threads)
-    from train.idm import load_idm
+    from engine.inverse_dynamics import load_idm
 
     idm = load_idm(ckpt).to(device)
     args.out.mkdir(parents=True, exist_ok=True)

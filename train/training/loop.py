@@ -1,11 +1,11 @@
 """The training loop every stage shares: resumable, data-parallel, NaN-guarded, logged.
 
 fit() runs the optimizer steps; start_run() sets a run up (threads, device, process group, initial-weight seed,
-config.json). The pieces it stands on have their own files: train.config (TrainConfig, flags, the seeding rule),
-train.distributed (device, ranks, sharding) and train.run_dir (the run folder, its states and their owner). Their
-public names are importable from here too.
+config.json). The pieces it stands on have their own files: train.training.config (TrainConfig, flags, the seeding
+rule), train.training.distributed (device, ranks, sharding) and train.training.run_dir (the run folder, its states and
+their owner). Their public names are importable from here too.
 
-Each step's randomness is a pure function of (seed, step, rank) (train.config.seed_for), so resuming needs no
+Each step's randomness is a pure function of (seed, step, rank) (train.training.config.seed_for), so resuming needs no
 iterator state and 20 + 30 steps equal 50 straight steps bit for bit on CPU.
 
 Nothing waits for the GPU in a step: the logged values (loss, gradient norm, a stage's stats) stay on the device
@@ -27,9 +27,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from train.config import TrainConfig, TrainingError, seed_for, step_generator
-from train.distributed import Dist, finish_distributed, full_state, init_distributed, resolve_device, shard
-from train.run_dir import RunDir
+from train.training.config import TrainConfig, TrainingError, seed_for, step_generator
+from train.training.distributed import Dist, finish_distributed, full_state, init_distributed, resolve_device, shard
+from train.training.run_dir import RunDir
 
 __all__ = ["Dist", "Logger", "RunDir", "TrainConfig", "TrainingError", "autocast_dtype", "choose_precision",
            "cpu_native_bf16", "describe_precision", "finish_distributed", "fit", "full_state", "init_distributed",
@@ -391,7 +391,7 @@ def _save(run: RunDir, done: int, model, opt, tcfg: TrainConfig, dist_info: Dist
 def start_run(out: str, tcfg: TrainConfig, resolved: dict[str, Any], dry_run: bool = False,
               fresh: bool = False) -> tuple[RunDir, torch.device, Dist] | None:
     """Resolve device and threads, join the process group, seed the initial weights, write config.json; None when
-    it was a dry run. Call train.run_dir.check_out first: this writes into `out`."""
+    it was a dry run. Call train.training.run_dir.check_out first: this writes into `out`."""
     if dry_run:
         print(json.dumps({"train": asdict(tcfg), **resolved}, indent=2, sort_keys=True, default=str))
         return None

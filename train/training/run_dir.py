@@ -8,8 +8,8 @@ written under a temporary name and renamed when whole, so a run killed at any mo
 state.
 
 A folder belongs to the stage that made it: `reverie train idm --out <an ae run>` is refused before any work and
-touches nothing. Re-running a stage into its own folder resumes it, with the same flags (see train.config.RESUMABLE
-for the ones that may change).
+touches nothing. Re-running a stage into its own folder resumes it, with the same flags (see
+train.training.config.RESUMABLE for the ones that may change).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.checkpoint import atomic_write_text
 from engine.errors import ReverieError
-from train.config import RESUMABLE, TrainingError, flag_name, recorded_flags
+from train.training.config import RESUMABLE, TrainingError, flag_name, recorded_flags
 
 AVERAGE_FILE = "average.state"   # the weight average of `--ema`, beside model.state
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from engine.autoencoder import Autoencoder, frames_to_tensor
-from train.eval_long import evenly_spaced
+from train.evaluation.long_play import evenly_spaced
 
 FD_FRAMES = 512          # at most this many frames a side of a distance (the encoder costs ~8 ms a frame on a CPU)
 ENCODE_CHUNK = 256       # frames through the encoder at a time

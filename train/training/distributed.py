@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from train.config import TrainingError
+from train.training.config import TrainingError
 
 
 @dataclass

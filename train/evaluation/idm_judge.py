@@ -1,4 +1,5 @@
-"""Action following for `reverie eval`: an inverse-dynamics model (train.idm) reads the actions back from frame pairs.
+"""Action following for `reverie eval`: an inverse-dynamics model (engine.inverse_dynamics) reads the actions back from
+frame pairs.
 
 If the world model follows the actions, the IDM reads them from dream frame pairs about as well as from the real
 game's pairs under the same actions. The score is reported only beside the IDM's own accuracy on real frames and the
@@ -7,12 +8,12 @@ bucket. The IDM is --idm, else the one bundled in the checkpoint, else one train
 IDM does not read real frames clearly above chance (`judge_needs`), the ratio is null, `available` false and
 `unavailable_because` says why: the ratio of two chance-level accuracies is near 1 whatever the dream does.
 
-Where the real game ran alongside and could tell (train.eval_long: Track.effects), the same scores are also reported
-by effect (`*_by_effect`): a read action counts as right when it would have done in the real game what the taken one
-did (led it to the same next frame). In builtin:gems the avatar spends much of its time against a wall, where "right"
-and nothing pressed give the same frame, and up + down cancel: no judge can tell those apart, so by keys the judge
-reads about 0.82 of real steps and the ratio carries that noise; by effect it reads nearly all, and the ratio measures
-the dream.
+Where the real game ran alongside and could tell (train.evaluation.long_play: Track.effects), the same scores are
+also reported by effect (`*_by_effect`): a read action counts as right when it would have done in the real game what
+the taken one did (led it to the same next frame). In builtin:gems the avatar spends much of its time against a wall,
+where "right" and nothing pressed give the same frame, and up + down cancel: no judge can tell those apart, so by keys
+the judge reads about 0.82 of real steps and the ratio carries that noise; by effect it reads nearly all, and the
+ratio measures the dream.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import torch
 
 from engine.autoencoder import frames_to_tensor
 from engine.checkpoint import Checkpoint, load_checkpoint
-from train.data import EpisodeSource
-from train.eval_long import Rollouts
+from train.data.windows import EpisodeSource
+from train.evaluation.long_play import Rollouts
 
 IDM_CHUNK = 512          # frame pairs through the IDM at a time
 # A judge is usable when it reads real transitions clearly above chance: by at least this share of what chance leaves
@@ -40,7 +41,7 @@ JUDGE_MIN_LEAD = 0.1
 
 def load_or_train_idm(args: argparse.Namespace, ckpt: Checkpoint, src: EpisodeSource) -> tuple[Any, str]:
     """The IDM to score with and how it was obtained."""
-    from train.idm import load_idm
+    from engine.inverse_dynamics import load_idm
 
     if args.idm:
         return load_idm(load_checkpoint(args.idm)), str(args.idm)
@@ -51,8 +52,8 @@ def load_or_train_idm(args: argparse.Namespace, ckpt: Checkpoint, src: EpisodeSo
 
 def quick_idm(args: argparse.Namespace, src: EpisodeSource) -> Any:
     """Train a small IDM on the evaluation data in-process (only when none is available)."""
-    from train.idm import InverseDynamics, idm_loss
-    from train.loop import step_generator
+    from engine.inverse_dynamics import InverseDynamics, idm_loss
+    from train.training.loop import step_generator
 
     print(f"reverie eval: no inverse-dynamics model given; training one on {args.data} for {args.idm_steps} "
           "steps (pass --idm or bundle one with 'reverie train wm --idm' for a fixed instrument)", file=sys.stderr)
@@ -74,7 +75,7 @@ def quick_idm(args: argparse.Namespace, src: EpisodeSource) -> Any:
 def read_actions(idm: Any, frames: np.ndarray, first: np.ndarray, pairs: np.ndarray, n_buttons: int) -> torch.Tensor:
     """The IDM's actions for frame pairs (r, t): frames[r, t - 1] (first[r] for t = 0) -> frames[r, t].
     frames (R, H, h, w, 3), first (R, h, w, 3), pairs (k, 2) -> (k, A)."""
-    from train.idm import predict
+    from engine.inverse_dynamics import predict
 
     out = []
     for j in range(0, len(pairs), IDM_CHUNK):
@@ -113,8 +114,8 @@ def judge_problem(real_accuracy: float | None, chance: float, note: str) -> str 
 
 def same_effect(effects: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, n_buttons: int) -> torch.Tensor:
     """(R, H) bool: whether each read action `pred` (R, H, A) would have done what `target` did, by the per-step classes
-    of button sets `effects` (R, H, 2^buttons) (train.eval_long.Track.effects); the axes must be within 0.25 as in
-    train.idm.accuracy."""
+    of button sets `effects` (R, H, 2^buttons) (train.evaluation.long_play.Track.effects); the axes must be within
+    0.25 as in engine.inverse_dynamics.accuracy."""
     bits = 2 ** torch.arange(n_buttons)
 
     def code(x: torch.Tensor) -> torch.Tensor:
@@ -129,7 +130,7 @@ def same_effect(effects: torch.Tensor, pred: torch.Tensor, target: torch.Tensor,
 def action_following(idm: Any, note: str, roll: Rollouts, n_buttons: int,
                      slices: Sequence[slice]) -> tuple[dict[str, Any], list[dict[str, float | None]]]:
     """action_following (overall and per horizon step) and, per bucket, idm_accuracy_dream / idm_accuracy_real."""
-    from train.idm import action_accuracy
+    from engine.inverse_dynamics import action_accuracy
 
     R, H, A = roll.actions.shape
     ok_pair = roll.real_ok & np.concatenate([np.ones((R, 1), bool), roll.real_ok[:, :-1]], axis=1)  # (R, H)

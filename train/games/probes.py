@@ -7,7 +7,7 @@ object is visible (count >= min_pixels) and its centroid. Regions and pixel coun
 the frame's size, so one probe serves 32x32, 64x64 and 128x128 frames.
 
 `probes_for(env_id)` lists a game's probes ({} for games without). The probe named AVATAR is the thing the player
-steers; train.control measures how far it moves when a direction is held.
+steers; train.evaluation.control measures how far it moves when a direction is held.
 
 Measured (1953 frames of builtin:gems, 6 episodes of scripted and random play, 256 of them with the player
 flashing; "recon" = the shipped model's autoencoder, decode(encode(frame)), engine/assets/default.safetensors):
@@ -44,7 +44,7 @@ import numpy as np
 from engine.errors import ReverieError
 from train.games import builtin
 
-AVATAR = "avatar"     # the probe name train.control uses
+AVATAR = "avatar"     # the probe name train.evaluation.control uses
 PROBE_SIZE = 64       # regions and min_pixels are given for frames of PROBE_SIZE x PROBE_SIZE
 
 

@@ -1,7 +1,7 @@
 """`reverie train ae|wm|idm`: registers the training stages; each stage module owns its flags and its run.
 
-A stage module (train.train_ae, train.train_wm, train.idm) has HELP, add_flags(parser) and run(args); the shared
-flags and the configuration they build live in train.config. Stages never import this module.
+A stage module (train.training.ae, train.training.wm, train.training.idm) has HELP, add_flags(parser) and run(args);
+the shared flags and the configuration they build live in train.training.config. Stages never import this module.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 
 from engine.errors import ReverieError
 
-STAGES = {"ae": "train.train_ae", "wm": "train.train_wm", "idm": "train.idm"}
+STAGES = {"ae": "train.training.ae", "wm": "train.training.wm", "idm": "train.training.idm"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse, run the stage, print a Reverie error as one line; leave the process group at the end."""
     args = parser().parse_args(argv)
-    from train.distributed import finish_distributed
+    from train.training.distributed import finish_distributed
 
     ok = False
     try:

@@ -2,7 +2,7 @@
 
 From a real start, each direction is held for N frames (CONTROL_FRAMES; 12 for builtin:gems, 24 px at 2 px a
 frame) in the real game, restored from its state afterwards so that one start serves every direction, and in the
-dream, on a fork of the session so that the session itself is untouched. The avatar probe (train.probes.AVATAR)
+dream, on a fork of the session so that the session itself is untouched. The avatar probe (train.games.probes.AVATAR)
 finds the avatar in the first and last frame; the displacement is the move of its centroid along the held
 direction, in pixels of a 64x64 frame. After a long dream there is no real reference: measure_control(session,
 None, ...) reports the dream's move and how often the avatar was missing.
@@ -20,7 +20,7 @@ import numpy as np
 
 from engine.actions import ActionSpec
 from engine.errors import ReverieError
-from train.probes import PROBE_SIZE, Probe
+from train.games.probes import PROBE_SIZE, Probe
 
 DIRECTIONS: dict[str, tuple[int, int]] = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0)}
 DEFAULT_CONTROL_FRAMES = 12

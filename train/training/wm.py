@@ -28,7 +28,9 @@ from engine.autoencoder import Autoencoder, frames_to_tensor
 from engine.checkpoint import Checkpoint, CheckpointError, atomic_target, load_checkpoint, load_into, save_checkpoint
 from engine.config import ModelConfig
 from engine.world_model import ACTION_INPUTS, UNSURE_ACTIONS, WorldModel
-from train.config import (
+from train.data.windows import EpisodeSource, pick_focused_windows, pick_windows
+from train.games.probes import Probe, probe_games, probes_for, shared_tokens, token_masks
+from train.training.config import (
     RESUMABLE,
     TrainingError,
     add_train_flags,
@@ -40,10 +42,8 @@ from train.config import (
     seed_for,
     step_generator,
 )
-from train.data import EpisodeSource, pick_focused_windows, pick_windows
-from train.loop import Dist, fit, start_run, trained_weights
-from train.probes import Probe, probe_games, probes_for, shared_tokens, token_masks
-from train.run_dir import RunDir, check_out
+from train.training.loop import Dist, fit, start_run, trained_weights
+from train.training.run_dir import RunDir, check_out
 
 HELP = "the world model (causal backbone + diffusion head) on cached latents"
 TAU_BINS = 4
@@ -460,7 +460,7 @@ def run(args: argparse.Namespace) -> int:
 
     def sample_fn(step: int):
         """Rollouts of the model against the training data: images and their PSNR."""
-        from train.rollout import write_samples
+        from train.training.rollout import write_samples
 
         preview_seed = seed_for(tcfg.seed, stream="preview") % 2**31  # the rollout adds to it: keep it small
         return write_samples(run_dir.root / "samples", step, ae, model, src, device, seed=preview_seed)

@@ -16,7 +16,7 @@ from engine.actions import ActionSpec
 from engine.autoencoder import Autoencoder
 from engine.session import Session
 from engine.world_model import WorldModel
-from train.data import EpisodeSource
+from train.data.windows import EpisodeSource
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -49,7 +49,7 @@ def session_from_training(ae: Autoencoder, wm: WorldModel, spec: ActionSpec, dev
 def write_samples(folder: Path, step: int, ae: Autoencoder, wm: WorldModel, src: EpisodeSource,
                   device: torch.device, seed: int = 0, n: int = 4, horizon: int = 16) -> dict[str, float]:
     """Roll out `n` windows of the training data, save a PNG grid (real row over generated row) and a GIF."""
-    from train.visual import grid, save_gif, save_png
+    from train.pictures.images import grid, save_gif, save_png
 
     context = max(1, wm.cfg.context_frames // 2)
     need = context + horizon

@@ -2,18 +2,18 @@
 
 Each rollout primes a session with real context frames of a held-out episode and dreams `--horizon` frames under the
 episode's recorded actions, then (past the end of the recording) an agent's, beside the real game under the same
-actions where it can be replayed (train.eval_long). Metrics, against the real frames where there are some:
+actions where it can be replayed (train.evaluation.long_play). Metrics, against the real frames where there are some:
   psnr, ssim        per horizon step 1..H, mean over rollouts (SSIM: Wang et al. 2004, 11x11 Gaussian window)
   ae_psnr           autoencoder reconstruction PSNR of the real frames (the ceiling of the above)
   ae_small_objects  the reconstruction where the frame changed from the one before (PSNR and recall of those pixels,
                     where a ball or a cursor is), and per probe the share of real frames showing the object whose
                     reconstruction shows it too: a model cannot dream what its autoencoder erases
   action_following  an inverse-dynamics model reading the actions back from dream vs real frame pairs, beside its
-                    accuracy on real frames and the chance level (train.eval_idm)
-  fd_floor          Fréchet distance of autoencoder latents, real vs real (train.frechet)
+                    accuracy on real frames and the chance level (train.evaluation.idm_judge)
+  fd_floor          Fréchet distance of autoencoder latents, real vs real (train.evaluation.frechet)
   objects           object probes: the share of frames where each object is visible, real and dream
   control           how far the avatar moves while a direction is held, real vs dream; control_after_dream: the same
-                    at the end of the dreams, for horizons past the first bucket (train.eval_objects)
+                    at the end of the dreams, for horizons past the first bucket (train.evaluation.objects)
   horizon_buckets   every metric per time bucket of horizon steps: 1-16, 17-100, 101-250, 251-500, 501-1000, then
                     doubling
 Beside the JSON: a PNG of PSNR against horizon, a PNG per bucket (objects visible, real vs dream; or the Fréchet
@@ -51,8 +51,9 @@ from engine.knobs import (
 )
 from engine.output import check_count, prepare_output, write_json
 from engine.session import DEFAULT_MODEL, Session
-from train.data import EpisodeSource
-from train.eval_long import (
+from train.data.windows import EpisodeSource
+from train.evaluation.frechet import FrechetReference, bucket_distances, encode_latents, module_dtype, split_halves
+from train.evaluation.long_play import (
     BUCKETS,
     bucket_edges,
     bucket_slices,
@@ -62,8 +63,7 @@ from train.eval_long import (
     run_rollouts,
     windows,
 )
-from train.frechet import FrechetReference, bucket_distances, encode_latents, module_dtype, split_halves
-from train.rollout import psnr
+from train.training.rollout import psnr
 
 __all__ = ["EvalError", "evaluate", "main", "module_dtype", "reconstruct", "ssim", "windows"]
 
@@ -126,7 +126,7 @@ def autoencoder_on_pairs(ae: Autoencoder, before: np.ndarray, after: np.ndarray,
     counts, since a decoder's speckle can pass for a ball) and `false_recon` (the share of frames without it whose
     reconstruction shows it); None where there are no such frames."""
     from engine.autoencoder import small_object_metrics
-    from train.eval_objects import near
+    from train.evaluation.objects import near
 
     out: dict[str, Any] = {"pairs": len(after), "changed_psnr": None, "changed_recall": None, "changed_share": None,
                            "objects": {}}
@@ -231,10 +231,10 @@ def finite_json(x: Any) -> Any:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from train.control import control_frames
-    from train.eval_idm import action_following, load_or_train_idm
-    from train.eval_objects import CONTROL_STARTS, AfterDream, control_from_starts, object_report
-    from train.probes import AVATAR, hits_for, probes_for
+    from train.evaluation.control import control_frames
+    from train.evaluation.idm_judge import action_following, load_or_train_idm
+    from train.evaluation.objects import CONTROL_STARTS, AfterDream, control_from_starts, object_report
+    from train.games.probes import AVATAR, hits_for, probes_for
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -251,7 +251,7 @@ def evaluate(args: argparse.Namespace) -> int:
         swap_decoder(ckpt, args.ae)
     try:
         src = EpisodeSource(args.data)
-    except FileNotFoundError as e:                 # train.dataset says what is missing
+    except FileNotFoundError as e:                 # train.data.dataset says what is missing
         raise EvalError(f"--data {e}") from None
     except ValueError as e:
         raise EvalError(f"--data {args.data}: {e}") from None
@@ -357,8 +357,8 @@ def evaluate(args: argparse.Namespace) -> int:
     }
     result = finite_json(result)
     try:
-        from train.video import side_by_side
-        from train.visual import line_plot
+        from train.pictures.images import line_plot
+        from train.pictures.video import side_by_side
 
         line_plot(plot, {"PSNR (dB)": result["psnr"]}, title=f"{ckpt.path.name}: PSNR vs horizon",
                   xlabel="horizon step", hlines={"AE ceiling": ae_psnr})

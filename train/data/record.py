@@ -1,4 +1,4 @@
-"""`reverie record`: play a game with an agent and write each episode to an episode file (train/episodes.py).
+"""`reverie record`: play a game with an agent and write each episode to an episode file (train/data/episodes.py).
 
 Episode e of a run with ``--seed K`` resets the game and the agent with seed K+e, so a recording is reproducible
 and runs with disjoint seed ranges never repeat an episode; it is written to ``OUT/<env>_s<K>_e<e>.episode``.
@@ -17,7 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from train.episodes import (
+from train.data.episodes import (
     COMPRESSIONS,
     DEFAULT_CHUNK_FRAMES,
     DEFAULT_COMPRESSION,

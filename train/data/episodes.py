@@ -14,7 +14,7 @@ frame t+1. On disk (all integers little-endian):
     trailer  footer offset (u64), crc32 of the footer (u32), b"RVEP"
 
 Version 2 added the optional per-action confidence (labels filled in by an inverse-dynamics model carry how sure
-it was; see train/label.py); a version-2 file without it differs from a version-1 file only in the version number,
+it was; see train/data/label.py); a version-2 file without it differs from a version-1 file only in the version number,
 and readers read both. Recorded actions have no confidence field and read as confidence 1.
 
 Every byte is covered by a check: the header by the footer's crc, chunks by their own, the footer by the trailer's.
@@ -542,7 +542,7 @@ class Episode:
 
     @property
     def metadata(self) -> dict:
-        """The header's user metadata (a label source in "labels" and friends, see train/label.py)."""
+        """The header's user metadata (a label source in "labels" and friends, see train/data/label.py)."""
         return self.header.get("metadata") or {}
 
     def verify(self) -> None:

@@ -1,4 +1,4 @@
-"""Converters from other loggers' key logs to the input log of `reverie data import` (train/input_log.py).
+"""Converters from other loggers' key logs to the input log of `reverie data import` (train/data/input_log.py).
 
 pynput: the text log written by this listener, one event a line, `TIME EVENT [ARGS]` with TIME in Unix seconds
 and keys and buttons as pynput prints them ('a', Key.space, Button.left, <65437> for a key with no character):
@@ -27,7 +27,7 @@ mouse_<name>, <N> -> vkN. Times are kept as written (Unix seconds), so pass `--v
 video's first frame) to `reverie data import`. Mouse motion is the difference of positions, which a game that
 captures the pointer (most first-person games) recentres: log raw motion there instead.
 
-    python -m train.importer_formats keys.log keys.csv
+    python -m train.data.importer_formats keys.log keys.csv
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from engine.errors import ReverieError
-from train.input_log import COLUMNS, InputLogError
+from train.data.input_log import COLUMNS, InputLogError
 
 SCROLL = {(0, 1): "scroll_up", (0, -1): "scroll_down", (-1, 0): "scroll_left", (1, 0): "scroll_right"}
 
@@ -129,7 +129,7 @@ def convert_pynput(src: str | Path, dst: str | Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.importer_formats", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m train.data.importer_formats", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", type=Path, help="the pynput listener's log")
     p.add_argument("dst", type=Path, help="the import log to write (CSV)")

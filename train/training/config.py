@@ -3,7 +3,7 @@
 TrainConfig's fields are the shared flags of `reverie train ae|wm|idm` (`--weight-decay` sets `weight_decay`);
 add_train_flags() derives them from the dataclass, with each stage's defaults from STAGE_DEFAULTS, and
 config_from_args() builds the config back from the parsed flags. A stage module adds its own flags and reads them
-from the namespace; it never imports train.cli (which only registers the stages).
+from the namespace; it never imports train.training.cli (which only registers the stages).
 
 Every flag the user gave is recorded in the run folder's config.json ("flags"). Re-running into the same `--out`
 may change only the RESUMABLE flags (how long and how often, not what is trained); any other change is refused
@@ -144,7 +144,7 @@ def recorded_flags(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------------
 def data_path(value: str) -> Path:
     """`--data`: a folder of episode files (or one file); a TrainingError naming the flag otherwise."""
-    from train.episodes import SUFFIX
+    from train.data.episodes import SUFFIX
 
     p = Path(value)
     if not p.exists():
@@ -181,7 +181,7 @@ def init_path(value: str) -> Path:
 
 def open_episodes(args: argparse.Namespace):
     """The EpisodeSource of `--data` (checked first); the dataset's own errors are said as errors of the flag."""
-    from train.data import EpisodeSource
+    from train.data.windows import EpisodeSource
 
     data_path(args.data)
     try:

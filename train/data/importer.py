@@ -8,8 +8,8 @@ blank lines and "#" lines are skipped. One event a line: `down` / `up` of the ke
 mouse_left; any case), `move` of the mouse by `dx`, `dy` pixels, and optional `start` / `end` as the first / last
 line, for when logging began / ended (by default the logged span runs from the first event to the last). `time` is
 in seconds on the log's clock and never decreases. A key is held from its `down` to its next `up`; an `up` of a key
-that is not down is an error. The format in full: train/input_log.py. Converters from other loggers' formats:
-train/importer_formats.py (`python -m train.importer_formats --help`).
+that is not down is an error. The format in full: train/data/input_log.py. Converters from other loggers' formats:
+train/data/importer_formats.py (`python -m train.data.importer_formats --help`).
 
   time,event,name,dx,dy                 {"time": 0.0, "event": "start"}
   0.0,start,,,                          {"time": 0.5, "event": "down", "name": "space"}
@@ -60,8 +60,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.actions import ActionSpec, ActionSpecError
-from train.episodes import MAX_SIDE, SUFFIX, EpisodeWriter
-from train.input_log import ImporterError, InputLog, actions_from_log, key_map, read_log
+from train.data.episodes import MAX_SIDE, SUFFIX, EpisodeWriter
+from train.data.input_log import ImporterError, InputLog, actions_from_log, key_map, read_log
 
 HELP = "gameplay video + an input log -> episode files"
 

@@ -14,7 +14,7 @@ JSON line leaves its key out). Any other column or key is an error. Fields:
   name   the key or button, e.g. w, space, mouse_left (compared in lower case)
   dx dy  numbers, for `move` only
 
-An example of both forms is in `reverie data import --help` (train/importer.py), a worked one in docs/IMPORT.md.
+An example of both forms is in `reverie data import --help` (train/data/importer.py), a worked one in docs/IMPORT.md.
 
 HELD KEYS. A key is held from its `down` to its next `up` (or to the end of the log); a repeated `down` of a held
 key (key repeat) changes nothing; an `up` of a key that is not down is an error (add a `down` on the first line for
@@ -31,7 +31,7 @@ exactly T_k counts in action k, not k-1; an up at exactly T_k ends the press bef
 at the same time, counts in the action whose interval holds that time, so no press is lost). A mouse axis is the
 sum of the motion logged in the interval divided by the mouse scale, clipped to [-1, 1].
 
-Converters from other loggers' formats: train/importer_formats.py. The whole import, with a worked example:
+Converters from other loggers' formats: train/data/importer_formats.py. The whole import, with a worked example:
 docs/IMPORT.md.
 """
 

@@ -1,7 +1,7 @@
 """Windows of consecutive frames over a directory of episode files, for training (a torch-compatible Dataset).
 
 Item i is a window of ``window`` consecutive frames of one episode (windows never cross episodes) with, for each
-frame, the action that led to it and that action's confidence (1 for recorded actions; see train/label.py); an
+frame, the action that led to it and that action's confidence (1 for recorded actions; see train/data/label.py); an
 episode's first frame gets the null (zero) action, with confidence 1, which is also the action dropped for
 classifier-free guidance. Files are opened lazily and a few readers are kept open (LRU); a copy of the
 dataset in a DataLoader worker opens its own.
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.actions import ActionSpec
-from train.episodes import SUFFIX, Episode, EpisodeError
+from train.data.episodes import SUFFIX, Episode, EpisodeError
 
 DEFAULT_OPEN_FILES = 8
 
