@@ -1,8 +1,8 @@
 """Label 90% of the episodes with an inverse-dynamics model trained on the other 10% (the VPT / Dreamer 4 recipe), and
 measure what that costs (builtin:gems).
 
-    python benchmarks/label_fraction.py [--episodes 40] [--steps 500] [--fraction 0.1] [--idm-steps 600]
-        [--ae-steps 2000 | --ae FILE] [--wm-steps 3000] [--init-wm MODEL] [--unsure-actions weight drop] [--heldout 8]
+    python experiments/label_fraction.py [--episodes 40] [--steps 500] [--fraction 0.1] [--idm-steps 600]
+        [--ae-steps 2000 | --ae FILE] [--wm-steps 3000] [--init-wm MODEL] [--heldout 8]
         [--horizon 16] [--labels-only] [--jobs 2 --threads 1] [--work DIR] [--json OUT]
 
 1. Record --episodes episodes with the scripted agent (seeds 0..) and --heldout more (seeds 100000..) for eval.
@@ -14,7 +14,8 @@ measure what that costs (builtin:gems).
 4. (b) Unless --labels-only: one autoencoder on every training frame (it reads no actions; or --ae), then world
    models at the same budget (--wm-steps, --wm-batch): on the relabeled data (the kept episodes with their own
    actions plus the IDM-labeled rest), on the fully labeled data and on the kept episodes alone (and, with
-   --min-label-confidence X or --unsure-actions MODE.., on the relabeled data trained with that threshold or mode).
+   --min-label-confidence X, on the relabeled data trained with that threshold). The 2026-12 runs also trained an
+   arm with `train wm --unsure-actions weight`, an option that was not adopted (docs/research/label-fraction.md).
    From scratch by default; with --init-wm MODEL each starts from MODEL's world model with its action inputs at
    zero ('reverie train wm --init MODEL --fresh-actions'): the Dreamer 4 setting, where a model that already knows
    the game's frames learns from the labels what the actions do, at a budget a CPU can afford. Each is scored by
@@ -22,8 +23,8 @@ measure what that costs (builtin:gems).
    (--judge-steps), the same instrument for every model, and reported also as a share of the fully labeled model's.
 
 Every step leaves its output in --work and is skipped when run again with the same --work (a long run can be
-resumed; the training commands resume their own runs). Writes JSON (default benchmarks/results/label_fraction_<date>
-.json, or _labels_ with --labels-only).
+resumed; the training commands resume their own runs). Writes JSON (default docs/research/results/
+label_fraction_<date>.json, or _labels_ with --labels-only).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from train.data.episodes import SUFFIX, Episode, EpisodeWriter
 
 ENV_ID = "builtin:gems"
 HELDOUT_SEED = 100_000          # held-out episodes are seeds HELDOUT_SEED.., far from the training seeds 0..
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "research" / "results"
 SURE = 0.5                      # the report also gives the share and accuracy of labels at least this confident
 
 
@@ -226,8 +227,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="also stop each world model after this many seconds (0: steps only)")
     p.add_argument("--min-label-confidence", type=float, default=None,
                    help="also train a world model on the relabeled data with this --min-label-confidence")
-    p.add_argument("--unsure-actions", nargs="+", choices=("weight", "drop"), default=[],
-                   help="also train a world model on the relabeled data with each of these --unsure-actions modes")
     p.add_argument("--horizon", type=count, default=16, help="eval horizon (default 16)")
     p.add_argument("--labels-only", action="store_true", help="measure the labels only (no world models)")
     p.add_argument("--threads", type=arg_type(check_threads, "--threads", int), default=2)
@@ -305,8 +304,6 @@ def main(argv: list[str] | None = None) -> int:
             if args.min_label_confidence is not None:
                 runs["relabeled_min_confidence"] = (f"wm_relabeled_min{tag}", w / "mixed",
                                                     ["--min-label-confidence", str(args.min_label_confidence)])
-            for mode in args.unsure_actions:
-                runs[f"relabeled_{mode}"] = (f"wm_relabeled_{mode}{tag}", w / "mixed", ["--unsure-actions", mode])
             run_chains([world_model_chain(args, name, data, ae, extra) for name, data, extra in runs.values()],
                        args.jobs, args.threads, w / "logs")
             wm = {key: world_model_result(args, name, data, extra) for key, (name, data, extra) in runs.items()}

@@ -7,8 +7,8 @@ lever it tried (`group`) and the file its numbers come from (`source`). Draws th
 issue's bar (0.95) and the shipped model's copies as reference lines, and prints the arms that no other arm beats
 on both axes (the frontier).
 
-    python3 benchmarks/avatar_frontier.py --json benchmarks/results/avatar_frontier_2026-12-03.json \
-        --png docs/avatar_frontier.png
+    python3 experiments/avatar_frontier.py --json docs/research/results/avatar_frontier_2026-12-03.json \
+        --png docs/research/media/avatar_frontier.png
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@ from the previous frame, and per object probe the share of real frames showing t
 it too where it is (the Breakout ball: a model cannot dream what its autoencoder erases), and how often the
 reconstruction shows one where the frame has none (decoder speckle).
 
-    python benchmarks/ae_small_objects.py --data HELDOUT --ae run_a/ae.safetensors run_b/ae.safetensors \
-        --json benchmarks/results/ae_small_objects.json
+    python experiments/ae_small_objects.py --data HELDOUT --ae run_a/ae.safetensors run_b/ae.safetensors \
+        --json docs/research/results/ae_small_objects.json
 
 Frames: every consecutive pair of the held-out episodes (at most --pairs, evenly spaced). Writes the JSON and prints
 one line per autoencoder.

@@ -1,8 +1,8 @@
 """Where a second avatar comes from in long dreams (builtin:gems).
 
-    python benchmarks/avatar_births.py --data HELDOUT [--model CKPT] [--frames 990] [--json OUT]
+    python experiments/avatar_births.py --data HELDOUT [--model CKPT] [--frames 990] [--json OUT]
 
-Every change that kept the avatar on screen longer also showed two avatars more often (README, "Long play"). This
+Every change that kept the avatar on screen longer also showed two avatars more often (docs/research/avatar.md). This
 dreams one rollout per held-out episode from its first 8 real frames under its recorded actions (replayed from the
 start again past the episode's end), finds the avatar probe's separate blobs in every frame (groups of touching
 avatar-coloured pixels, at least the probe's 9 each), and at every "birth", a frame with more avatars than the frame

@@ -1,6 +1,6 @@
 """One step from real context: does the Breakout world model draw the ball where it flies? (ale:Breakout)
 
-    python benchmarks/ball_one_step.py --data HELDOUT [--model CKPT] [--max-starts 512] [--json OUT]
+    python experiments/ball_one_step.py --data HELDOUT [--model CKPT] [--max-starts 512] [--json OUT]
 
 A 100-frame dream of the Breakout model (before its lr 3e-4 stage) showed the ball in 0.41x as many frames as the real
 game, yet more sampling steps (2, 4, 8) and run-time context noise (0, 0.05, 0.15) moved that by no more than 0.01:

@@ -1,7 +1,7 @@
 """Control start by start: how far the dream's avatar moves when a direction is held, against the real game, per
 guidance scale (builtin:gems).
 
-    python benchmarks/control_starts.py --data HELDOUT [--model CKPT] [--guidance 1.0 1.25 1.5 1.75] [--json OUT]
+    python experiments/control_starts.py --data HELDOUT [--model CKPT] [--guidance 1.0 1.25 1.5 1.75] [--json OUT]
 
 `reverie eval` reports control as means over its starts, which mixes starts against a wall (no move in either) with
 starts in the open. This keeps every start: from 8 real starts (episode e, frame 100 + 37 e, 8 real context frames),

@@ -1,9 +1,10 @@
 """One step from real context: is the avatar lost where an enemy is near it? (builtin:gems)
 
-    python benchmarks/avatar_near_enemy.py --data HELDOUT [--model CKPT] [--reps 2] [--json OUT]
+    python experiments/avatar_near_enemy.py --data HELDOUT [--model CKPT] [--reps 2] [--json OUT]
 
-Long dreams lose the avatar mostly where an enemy comes near it (README, "Where the avatar is lost"), but a
-1,000-frame eval of 8 dreams moves by about +-0.1 between runs, too noisy to rank fine-tunes that differ by less.
+Long dreams lose the avatar mostly where an enemy comes near it (docs/research/avatar.md, "Where the avatar is
+lost"), but a 1,000-frame eval of 8 dreams moves by about +-0.1 between runs, too noisy to rank fine-tunes that differ
+by less.
 This asks the same question one step at a time, teacher-forced: for every frame t of the held-out episodes where the
 real avatar's centre is within 10 px of an enemy pixel ("near"), and for as many again drawn at random where no enemy
 is within 16 px ("far"), a session is reset on the 8 real frames up to t and stepped once with the recorded action;
