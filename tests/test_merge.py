@@ -1,4 +1,4 @@
-"""runs/average_models.py: a weighted average of fine-tunes' world-model weights (the default since 2026-12-03)."""
+"""`reverie train merge` (train/training/merge.py): a weighted average of fine-tunes' world-model weights (the default since 2026-12-03)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,14 @@ import torch
 
 from engine.checkpoint import load_checkpoint, save_checkpoint
 
+from cli_main import cli
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "runs"))
-import average_models  # noqa: E402
+
+
+def merge(out, *specs) -> int:
+    """`reverie train merge --out OUT SPECS...`, in this process."""
+    return cli("train", "merge", "--out", out, *specs)
 
 SHIPPED = REPO / "engine" / "assets" / "default.safetensors"
 
@@ -29,7 +34,7 @@ def shifted(path: Path, by: float) -> Path:
 def test_the_average_is_weighted_and_keeps_the_first_models_parts_and_defaults(tmp_path, capsys):
     ft = shifted(tmp_path / "ft.safetensors", 0.5)
     out = tmp_path / "soup.safetensors"
-    assert average_models.main([str(out), f"{SHIPPED}:0.75", f"{ft}:0.25"]) == 0
+    assert merge(out, f"{SHIPPED}:0.75", f"{ft}:0.25") == 0
     soup, base = load_checkpoint(out), load_checkpoint(SHIPPED)
     k = "backbone.blocks.0.attn.qkv.weight"
     torch.testing.assert_close(soup.tensors["wm"][k], (base.tensors["wm"][k] + 0.125).half().float())
@@ -54,7 +59,7 @@ def test_bad_recipes_are_one_line_and_write_nothing(tmp_path, capsys):
     }
     for name, (specs, want) in cases.items():
         capsys.readouterr()
-        assert average_models.main([str(out), *specs]) == 2, name
+        assert merge(out, *specs) == 1, name
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and want in err[0], (name, err)
         assert not out.exists(), name
@@ -65,7 +70,7 @@ def test_a_task_vector_adds_two_fine_tunes_difference_to_the_chosen_parts_only(t
     backbone (how the default's own-rollout vector is applied); the head keeps the average, the recipe is recorded."""
     ft, base = shifted(tmp_path / "ft.safetensors", 0.5), shifted(tmp_path / "base.safetensors", 0.25)
     out = tmp_path / "tv.safetensors"
-    assert average_models.main([str(out), f"{SHIPPED}:1", "--add", str(ft), str(base), "2", "--parts", "backbone"]) == 0
+    assert merge(out, f"{SHIPPED}:1", "--add", str(ft), str(base), "2", "--parts", "backbone") == 0
     got, start = load_checkpoint(out).tensors["wm"], load_checkpoint(SHIPPED).tensors["wm"]
     kb, kh = "backbone.blocks.0.attn.qkv.weight", "head.blocks.0.attn.qkv.weight"
     torch.testing.assert_close(got[kb], (start[kb].float() + 0.5).half().float())
@@ -73,14 +78,14 @@ def test_a_task_vector_adds_two_fine_tunes_difference_to_the_chosen_parts_only(t
     assert load_checkpoint(out).extra["added"] == [{"finetune": str(ft), "base": str(base), "scale": 2.0,
                                                     "parts": "backbone"}]
     # name prefixes: the first backbone block alone (a prefix stops at a dot)
-    assert average_models.main([str(out), f"{SHIPPED}:1", "--add", str(ft), str(base), "1", "--parts",
+    assert merge(out, f"{SHIPPED}:1", "--add", str(ft), str(base), "1", "--parts",
                                 "backbone.blocks.0"]) == 0
     got = load_checkpoint(out).tensors["wm"]
     torch.testing.assert_close(got[kb], (start[kb].float() + 0.25).half().float())
     k1 = "backbone.blocks.1.attn.qkv.weight"
     torch.testing.assert_close(got[k1], start[k1].float())
     # with an average: the soup and the difference, every part
-    assert average_models.main([str(out), f"{SHIPPED}:0.5", f"{ft}:0.5", "--add", str(ft), str(base), "-1"]) == 0
+    assert merge(out, f"{SHIPPED}:0.5", f"{ft}:0.5", "--add", str(ft), str(base), "-1") == 0
     torch.testing.assert_close(load_checkpoint(out).tensors["wm"][kh], (start[kh].float() + 0.25 - 0.25).half().float(),
                                atol=2e-3, rtol=0)
 
@@ -98,7 +103,7 @@ def test_bad_task_vectors_are_one_line_and_write_nothing(tmp_path, capsys):
     for name, (extra, want) in cases.items():
         capsys.readouterr()
         specs = [f"{SHIPPED}:1"] if name != "alone" else [f"{SHIPPED}:0.5", f"{ft}:0.5"]
-        assert average_models.main([str(out), *specs, *extra]) == 2, name
+        assert merge(out, *specs, *extra) == 1, name
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and want in err[0], (name, err)
         assert not out.exists(), name

@@ -1,14 +1,14 @@
-"""Average the world-model weights of fine-tunes of one model (a "model soup"), optionally add the difference between
+"""`reverie train merge`: average the world-model weights of fine-tunes of one model (a "model soup"), optionally add the difference between
 two other fine-tunes of it (a "task vector", Ilharco et al. 2023), keeping the first checkpoint's autoencoder, IDM,
 start state, config, action spec and run-time defaults; records the recipe in `extra`.
 
 The default model since 2026-12-03 (night; README "Long play", "A task vector from the model's own rollouts") is half
 the model shipped before that day and half a `--focus avatar,enemies --focus-share 0.75 --ema 0.999` fine-tune of it,
 plus, in the backbone's input layers and first three blocks, the difference between a `--rollout-fraction 1.0`
-fine-tune of that model and a fine-tune with the same flags and time at the recipe's 0.5 (runs/default_model_cpu.sh,
-last stages):
+fine-tune of that model and a fine-tune with the same flags and time at the recipe's 0.5 (the `gems` recipe's last
+stages, train/training/recipes/gems.toml):
 
-    python runs/average_models.py OUT.safetensors BASE.safetensors:0.5 FOCUS_EMA/model.safetensors:0.5 \
+    reverie train merge --out OUT.safetensors BASE.safetensors:0.5 FOCUS_EMA/model.safetensors:0.5 \
         --add OWN/model.safetensors CONTROL/model.safetensors 1.0 \
         --parts backbone.token_in,backbone.level_in,backbone.blocks.0,backbone.blocks.1,backbone.blocks.2
 """
@@ -18,11 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
+from pathlib import Path
 
 import torch
 
 from engine.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+
+HELP = "average fine-tunes of one model's world-model weights, and add task vectors (a model soup)"
 
 
 def load_wm(path: str, first: Checkpoint | None = None,
@@ -94,10 +96,9 @@ def add_differences(first: Checkpoint, wm: dict[str, torch.Tensor], adds: list[t
     return out
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="average_models.py", description=__doc__.strip().splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", help="the checkpoint to write (float16 world model)")
+def add_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of `reverie train merge`."""
+    p.add_argument("--out", required=True, help="the checkpoint to write (float16 world model)")
     p.add_argument("models", nargs="+", metavar="PATH:WEIGHT",
                    help="models to average, weights > 0 summing to 1 (one model with weight 1 when --add is given)")
     p.add_argument("--add", nargs=3, action="append", default=[], metavar=("FINETUNE", "BASE", "SCALE"),
@@ -105,40 +106,40 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--parts", default="all",
                    help="which weights --add changes: all (default), or comma-separated weight-name prefixes such as "
                         "backbone, head, backbone.blocks.0")
-    return p.parse_args(argv)
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
-    try:
-        specs = [parse(s) for s in args.models]
-        adds = []
-        for finetune, base, scale in args.add:
-            try:
-                adds.append((finetune, base, float(scale)))
-            except ValueError:
-                raise CheckpointError(f"--add {finetune} {base} {scale!r}: the scale must be a number") from None
-        if adds and len(specs) == 1 and math.isclose(specs[0][1], 1.0):
-            first, wm = load_wm(specs[0][0])
-            wm = {k: v.float() for k, v in wm.items()}
-        else:
-            first, wm = average(specs)
-        if not adds and args.parts != "all":
-            raise CheckpointError(f"--parts {args.parts} without --add: --parts says which weights --add changes")
-        recipe = {"averaged_from": [{"model": p, "weight": w} for p, w in specs]}
-        if adds:
-            wm = add_differences(first, wm, adds, args.parts)
-            recipe["added"] = [{"finetune": f, "base": b, "scale": s, "parts": args.parts} for f, b, s in adds]
-        save_checkpoint(args.out, kind=first.kind, config=first.config, action_spec=first.action_spec,
-                        parts={**first.tensors, "wm": wm}, data=first.data, metrics=first.metrics,
-                        extra={**{k: v for k, v in first.extra.items() if k not in ("averaged_from", "added")},
-                               **recipe}, half=True)
-    except CheckpointError as e:
-        print(f"average_models: {e}", file=sys.stderr)
-        return 2
+def merge(out: str | Path, models: list[tuple[str, float]], adds: list[tuple[str, str, float]] = (),
+          parts: str = "all") -> dict:
+    """Write the average of `models` (PATH, WEIGHT) plus the task vectors `adds` (FINETUNE, BASE, SCALE) in the
+    weights `parts` names to `out`; returns the record of how it was made (also kept in the checkpoint's extra)."""
+    adds = list(adds)
+    if adds and len(models) == 1 and math.isclose(models[0][1], 1.0):
+        first, wm = load_wm(models[0][0])
+        wm = {k: v.float() for k, v in wm.items()}
+    else:
+        first, wm = average(models)
+    if not adds and parts != "all":
+        raise CheckpointError(f"--parts {parts} without --add: --parts says which weights --add changes")
+    recipe = {"averaged_from": [{"model": str(p), "weight": w} for p, w in models]}
+    if adds:
+        wm = add_differences(first, wm, adds, parts)
+        recipe["added"] = [{"finetune": str(f), "base": str(b), "scale": s, "parts": parts} for f, b, s in adds]
+    save_checkpoint(out, kind=first.kind, config=first.config, action_spec=first.action_spec,
+                    parts={**first.tensors, "wm": wm}, data=first.data, metrics=first.metrics,
+                    extra={**{k: v for k, v in first.extra.items() if k not in ("averaged_from", "added")},
+                           **recipe}, half=True)
+    return recipe
+
+
+def run(args: argparse.Namespace) -> int:
+    """`reverie train merge`: parse the model and --add specs, merge, print what was written."""
+    specs = [parse(s) for s in args.models]
+    adds = []
+    for finetune, base, scale in args.add:
+        try:
+            adds.append((finetune, base, float(scale)))
+        except ValueError:
+            raise CheckpointError(f"--add {finetune} {base} {scale!r}: the scale must be a number") from None
+    recipe = merge(args.out, specs, adds, args.parts)
     print(json.dumps({"wrote": args.out, **recipe}, indent=1))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
