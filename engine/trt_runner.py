@@ -175,6 +175,7 @@ class TrtRunner:
 
     in_place_cache = False
     cache_dtype = torch.float32
+    name = "tensorrt"
 
     def __init__(self, folder: str | Path, device: str | torch.device, precision: str):
         trt = require_tensorrt(device)

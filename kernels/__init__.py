@@ -11,7 +11,9 @@
 (engine.fused_step) calls them, and draws its noise with kernels.noise (whose reference is engine/noise.py). Modes:
 "reference" (PyTorch, anywhere), "triton" (the kernels: CUDA tensors, or CPU tensors under TRITON_INTERPRET=1) and
 "auto" (Triton on CUDA where it imports, the references elsewhere). Triton is the `kernels` extra, not a
-dependency of the base install; nothing here imports it until a kernel is asked for.
+dependency of the base install; nothing here imports it until a kernel is asked for. A Triton older than the kernels
+need (kernels._triton.MIN_VERSION) counts as one that cannot run them: "triton" is refused, "auto" takes the
+references (the torch runner says so in one line).
 """
 
 from __future__ import annotations
@@ -52,6 +54,13 @@ def triton_problem(device: str | torch.device) -> str | None:
     if device.type == "cuda" and not torch.cuda.is_available():
         return "torch sees no CUDA device"
     return device_problem(device.type)
+
+
+def version_problem(device: str | torch.device) -> str | None:
+    """Why the installed Triton is too old for `device` (None: new enough, or not installed at all)."""
+    from kernels._triton import version_problem as problem
+
+    return problem(torch.device(device).type)
 
 
 def resolve(mode: str, device: str | torch.device) -> str:
