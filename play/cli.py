@@ -19,21 +19,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.knobs import (
-    MAX_FPS,
-    arg_type,
-    check_fps,
-    check_guidance,
-    check_scale,
-    check_seed,
-    check_steps,
-    check_threads,
-)
-from engine.output import check_count
+from play.display import check_display, start_display
+from play.world import PlayError
 
+# engine.knobs and engine.output import torch (seconds on a busy machine): they are imported where the parser is
+# built, after a missing display has already been told (main)
 DEFAULT_ENV = "builtin:gems"
 HEADLESS_FRAMES = 300       # --headless without --frames
 UNCAPPED = ("max", "uncapped")  # --fps words for as fast as the model goes
+CHECKPOINT_KINDS = {"autoencoder": "an autoencoder", "idm": "an inverse-dynamics model"}   # kind -> what it is
 
 
 def default_threads() -> int:
@@ -43,6 +37,8 @@ def default_threads() -> int:
 
 def fps_arg(text: str) -> float:
     """--fps: frames per second in (0, MAX_FPS], or 'max' for as fast as the model goes (returned as 0.0)."""
+    from engine.knobs import arg_type, check_fps
+
     if text.strip().lower() in UNCAPPED:
         return 0.0
     try:
@@ -52,6 +48,17 @@ def fps_arg(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from engine.knobs import (
+        MAX_FPS,
+        arg_type,
+        check_guidance,
+        check_scale,
+        check_seed,
+        check_steps,
+        check_threads,
+    )
+    from engine.output import check_count
+
     p = argparse.ArgumentParser(
         prog="reverie play", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Play inside a world model in a pygame window: your keys go to the model, the model imagines "
@@ -133,11 +140,20 @@ def checkpoint_env_id(ckpt: Any) -> str:
     return ckpt.action_spec.game
 
 
+def check_world_model(ckpt: Any) -> None:
+    """PlayError where the checkpoint holds no world model (an autoencoder's or an inverse-dynamics model's own)."""
+    if ckpt.has("wm"):
+        return
+    what = CHECKPOINT_KINDS.get(ckpt.kind, f"a {ckpt.kind!r}")
+    raise PlayError(f"{ckpt.path} is {what} checkpoint, not a world model: pass the model.safetensors that "
+                    "'reverie train wm' (or 'reverie train --recipe') writes")
+
+
 def make_world(a: argparse.Namespace, say) -> tuple[Any, dict[str, Any]]:
     """The world the flags ask for, and facts about it for the benchmark JSON."""
     from engine.checkpoint import load_checkpoint
     from engine.session import DEFAULT_MODEL
-    from play.world import ModelWorld, PlayError, RealWorld, make_real_game
+    from play.world import ModelWorld, RealWorld, make_real_game
 
     model_path = a.model or DEFAULT_MODEL
     if a.real or a.human:
@@ -157,6 +173,7 @@ def make_world(a: argparse.Namespace, say) -> tuple[Any, dict[str, Any]]:
     device = resolve_device(a.device)
     threads = a.threads or (default_threads() if device == "cpu" else None)
     ckpt = load_checkpoint(model_path)
+    check_world_model(ckpt)                                        # before any export
     t_export = time.perf_counter()   # a first onnxruntime run of a checkpoint exports its graphs once
     backend, graphs = prepare_backend(ckpt, a.backend, 1, device)
     export_s = time.perf_counter() - t_export
@@ -171,8 +188,22 @@ def make_world(a: argparse.Namespace, say) -> tuple[Any, dict[str, Any]]:
     return world, info
 
 
+def may_run_without_window(argv: list[str]) -> bool:
+    """argv asks for --headless or --help, possibly abbreviated (argparse's prefixes); only then may there be no
+    display."""
+    return any(t == "-h" or (len(t) > 2 and any(flag.startswith(t) for flag in ("--headless", "--help")))
+               for t in argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not may_run_without_window(argv):
+        try:
+            check_display()      # at once: torch, imported next for the flags' checks, takes seconds to import
+        except PlayError as e:
+            print(f"reverie play: error: {e}", file=sys.stderr)
+            return 1
     p = build_parser()
     a = p.parse_args(argv)
     check_args(p, a)
@@ -195,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             prepare_output(a.json)                      # before the run, not after it
         if a.human:
             prepare_folder(a.out, "--out")
+        if not a.headless:
+            start_display()                             # before the model loads (and exports)
         world, info = make_world(a, say)
         frames = a.frames or (HEADLESS_FRAMES if a.headless else 0)
         fps = a.fps if a.fps is not None else (0.0 if a.headless else world.fps)
