@@ -1,4 +1,10 @@
-"""The HUD: measured frame statistics drawn over the window, toggled with H, and the help overlay on F1.
+"""The HUD: measured frame statistics in a strip of their own below the frames, toggled with H, and the help
+overlay on F1.
+
+The strip is part of the window, under the game, so the HUD never covers what the games draw in their own frames
+(the score of builtin:gems and of Atari games along the top, lives, the paddle at the bottom). Its height is fixed
+when the window opens, from the font and the frame's width: the statistics lines in as many columns as fit, plus a
+row for short messages.
 
 Every number shown is measured while playing: frames/s and p50/p99 frame time from the intervals between frames
 the window actually presented, action-to-frame latency from the moment the main thread sampled the input a step
@@ -7,9 +13,10 @@ used to the flip that showed that step's frame, and the model's own step time.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pygame
@@ -18,6 +25,15 @@ STATS_WINDOW = 240          # recent frames the HUD's numbers are computed over
 TEXT_CACHE = 64             # rendered text lines kept for reuse
 TOAST_SECONDS = 2.5
 REFRESH_SECONDS = 0.1       # the statistics text changes at most this often (readable, and cheaper)
+MAX_LINES = 5               # statistics lines at most: three of timings, the world's knobs, PAUSED / REC
+STRIP_PADDING = 4           # pixels around the strip's text
+COLUMN_GAP = 16             # pixels between columns of statistics
+STRIP_BACKGROUND = (16, 16, 22)
+TEXT_COLOUR = (240, 240, 240)
+# the widest numbers a statistics line is laid out for (its columns do not move as the numbers change)
+WIDEST_SUMMARY = {"fps": 999.9, "p50_ms": 999.9, "p99_ms": 9999.9, "step_ms": 999.9, "latency_ms": 9999.9}
+WIDEST_FRAME = 999_999
+WIDEST_GUIDANCE = 99.99
 
 
 def percentile(values, q: float) -> float:
@@ -123,28 +139,58 @@ class Hud:
             lines.append("  ".join(flags))
         return lines
 
-    def draw(self, surface: pygame.Surface, stats: FrameStats, info: HudInfo, help_lines: list[str]) -> None:
-        """Draw whatever is visible onto `surface`; the statistics text is refreshed REFRESH_SECONDS apart."""
+    def columns(self, width: int, info: HudInfo) -> int:
+        """How many columns of statistics lines fit in `width` pixels (at least one)."""
+        widest = replace(info, frame=WIDEST_FRAME, paused=True, recording=True,
+                         guidance=None if info.guidance is None else WIDEST_GUIDANCE)
+        line_width = max(self.font.size(t)[0] for t in self.lines(WIDEST_SUMMARY, widest))
+        usable = width - 2 * STRIP_PADDING + COLUMN_GAP
+        return max(1, min(MAX_LINES, usable // (line_width + COLUMN_GAP)))
+
+    def rows(self, width: int, info: HudInfo) -> int:
+        """Rows of statistics in a strip `width` pixels wide."""
+        return math.ceil(MAX_LINES / self.columns(width, info))
+
+    def strip_height(self, width: int, info: HudInfo) -> int:
+        """Height of the strip below frames `width` pixels wide: the statistics' rows and a message row."""
+        return (self.rows(width, info) + 1) * self.font.get_linesize() + 2 * STRIP_PADDING
+
+    def draw(self, surface: pygame.Surface, strip: pygame.Rect, stats: FrameStats, info: HudInfo,
+             help_lines: list[str], width: int | None = None) -> None:
+        """Fill `strip` (the window's area below the frames) and draw into it the statistics (in the strip's first
+        `width` pixels, the model's frame) and a message; the help overlay goes over the frame while F1 shows it.
+        The statistics text is refreshed REFRESH_SECONDS apart."""
         now = time.perf_counter()
         if now - self._refreshed >= REFRESH_SECONDS:
             self._summary, self._refreshed = stats.summary(), now
         self.last_lines = self.lines(self._summary, info)
+        area = surface.subsurface(strip)          # text that does not fit is cut at the strip's edge, never drawn
+        area.fill(STRIP_BACKGROUND)               # over the game
+        step = self.font.get_linesize()
+        width = strip.width if width is None else min(width, strip.width)
+        rows = self.rows(width, info)
         if self.visible:
-            self.box(surface, self.last_lines, (4, 4))
+            column_width = (width - 2 * STRIP_PADDING + COLUMN_GAP) // self.columns(width, info)
+            for i, text in enumerate(self.last_lines):
+                column, row = divmod(i, rows)
+                area.blit(self._text(text), (STRIP_PADDING + column * column_width, STRIP_PADDING + row * step))
         if self._toast is not None:
             message, until = self._toast
-            if time.perf_counter() < until:
-                self.box(surface, [message], (4, surface.get_height() - self.font.get_linesize() - 8))
+            if now < until:
+                area.blit(self._text(message), (STRIP_PADDING, STRIP_PADDING + rows * step))
             else:
                 self._toast = None
         if self.help_visible:
-            self.box(surface, help_lines, (4, 4 + (len(self.last_lines) + 1) * self.font.get_linesize()
-                                            if self.visible else 4))
+            self.box(surface, help_lines, (4, 4))
+
+    def label(self, surface: pygame.Surface, text: str, at: tuple[int, int]) -> None:
+        """One line of text with its top-left corner at `at` (the strip's caption under the real game)."""
+        surface.blit(self._text(text), at)
 
     def _text(self, text: str) -> pygame.Surface:
         surf = self._cache.get(text)
         if surf is None:
-            surf = self.font.render(text, True, (240, 240, 240))
+            surf = self.font.render(text, True, TEXT_COLOUR)
             self._cache[text] = surf
             if len(self._cache) > TEXT_CACHE:
                 self._cache.popitem(last=False)

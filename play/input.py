@@ -140,6 +140,30 @@ class InputState:
         return held
 
 
+class KeyPresses:
+    """Key-down edges of the window's controls: a toggle (Tab, P, H, F1, R) fires once per press.
+
+    A key-down while the key is already down is no press: auto-repeat, or a key-down that follows a missed key-up.
+    The key's next key-up, or the window losing focus, makes the next key-down a press again.
+    """
+
+    def __init__(self) -> None:
+        self._down: set[int] = set()
+
+    def press(self, event: pygame.event.Event) -> bool:
+        """Update from one event; True for a key-down that is a new press."""
+        if event.type == pygame.KEYUP:
+            self._down.discard(event.key)
+        elif event.type == pygame.KEYDOWN:
+            if event.key in self._down or getattr(event, "repeat", False):
+                return False
+            self._down.add(event.key)
+            return True
+        elif event.type == pygame.WINDOWFOCUSLOST:
+            self._down.clear()
+        return False
+
+
 class Autopilot:
     """A scripted held-key pattern for headless runs: hold a random button set for a while, with some short taps.
 

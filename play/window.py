@@ -2,9 +2,11 @@
 
 The main thread pumps events at least `pump_hz` times a second, leaves the input for the model worker
 (play/worker.py) and presents each frame the worker hands back: the frame scaled up by an integer factor with
-nearest neighbour (pygame.transform.scale), the real game beside it on Tab, the HUD over it. It sleeps on the
-worker's condition variable between frames, so it reacts to a new frame at once and never spins. Headless runs
-(`--headless`) use SDL's dummy video driver and the same loop, driven by the autopilot's posted key events.
+nearest neighbour (pygame.transform.scale), the real game beside it on Tab, the HUD in a strip below them (never
+over the game). It sleeps on the worker's condition variable between frames, so it reacts to a new frame at once
+and never spins. The session keeps one window: Tab resizes it. The window's controls act on a key's press (its
+key-down edge), never on a held or repeated key. Headless runs (`--headless`) use SDL's dummy video driver and the
+same loop, driven by the autopilot's posted key events.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import numpy as np
 import pygame
 
 from engine.knobs import MAX_GUIDANCE, check_guidance, check_steps
-from play.hud import FrameStats, Hud, HudInfo, percentile
-from play.input import Autopilot, InputState
+from play.display import start_display
+from play.hud import STRIP_PADDING, FrameStats, Hud, HudInfo, percentile
+from play.input import Autopilot, InputState, KeyPresses
 from play.keymap import KeyMap
 from play.record import Recorder, model_env_id
 from play.worker import Output, Worker
@@ -96,8 +99,11 @@ class Window:
         self.scale = cfg.scale or max(1, TARGET_SIDE // max(h, w))
         self.side_by_side = False
         self.hud: Hud | None = None
-        self.screen: pygame.Surface | None = None
+        self.window: pygame.Window | None = None     # one window for the whole session: Tab resizes it
+        self.screen: pygame.Surface | None = None    # the window's surface: the frames, and the HUD's strip below
         self.window_size = (0, 0)
+        self._strip = pygame.Rect(0, 0, 0, 0)        # the HUD's strip (below the frames)
+        self.presses = KeyPresses()                  # the controls fire on key-down edges only
         self._src: pygame.Surface | None = None
         self._dest: list[pygame.Surface] = []
         self.messages: queue.SimpleQueue[str] = queue.SimpleQueue()   # worker thread -> screen and console
@@ -120,6 +126,8 @@ class Window:
         self.started_at = time.perf_counter()
         if self.cfg.headless:
             os.environ["SDL_VIDEODRIVER"] = "dummy"
+        else:
+            start_display()           # no display: one clear line, before SDL's own warnings or a window nobody sees
         try:
             pygame.display.init()
             pygame.font.init()
@@ -132,7 +140,6 @@ class Window:
             pass  # no gamepad support on this system: keyboard only
         self.hud = Hud(visible=self.cfg.hud)
         self._open_window(self.cfg.side_by_side and self.world.has_twin)
-        pygame.display.set_caption(self.cfg.caption)
         first = self.world.reset()
         self._last_frame = first.frame
         if self.cfg.human_dir is not None:
@@ -144,22 +151,33 @@ class Window:
         self._next_pump = time.perf_counter()
 
     def _open_window(self, side_by_side: bool) -> None:
+        """Open the window, or resize the open one (Tab), for the model's frame (and the real game's beside it)
+        above the HUD's strip; a resized window shows its frames again at once."""
         h, w, _ = self.world.frame_shape
         k = self.scale
-        size = (w * k * 2 + SIDE_GAP if side_by_side else w * k, h * k)
+        strip_height = self.hud.strip_height(w * k, self._info())
+        size = (w * k * 2 + SIDE_GAP if side_by_side else w * k, h * k + strip_height)
         try:
-            self.screen = pygame.display.set_mode(size)
+            if self.window is None:
+                self.window = pygame.Window(self.cfg.caption, size, position=pygame.WINDOWPOS_CENTERED)
+            else:   # the same window, resized about its centre: re-creating it flashed black and took the focus
+                (x, y), width = self.window.position, self.window.size[0]
+                self.window.size = size
+                self.window.position = (x + (width - size[0]) // 2, y)
+            self.screen = self.window.get_surface()
         except pygame.error as e:
             raise PlayError(f"cannot open a {size[0]}x{size[1]} window ({e}); is there a display? Use --headless "
                             "to run without one") from None
         self.side_by_side = side_by_side
         self.window_size = size
+        self._strip = pygame.Rect(0, h * k, size[0], strip_height)
         # frames are converted into a small surface of the screen's format, then scaled straight into the screen
         self._src = pygame.Surface((w, h), 0, self.screen)
         self._dest = [self.screen.subsurface((0, 0, w * k, h * k))]
         if side_by_side:
             self._dest.append(self.screen.subsurface((w * k + SIDE_GAP, 0, w * k, h * k)))
         self._dirty = True
+        self._present(None)
 
     def run(self) -> int:
         """Play until a quit or the frame budget is spent (returns 0); errors raise PlayError after a clean close."""
@@ -184,6 +202,8 @@ class Window:
         try:
             self.world.close()
         finally:
+            if self.window is not None:
+                self.window.destroy()
             pygame.display.quit()
 
     # ---- one display frame ----------------------------------------------------------------------------------------
@@ -227,17 +247,18 @@ class Window:
         step = self._last.step
         h, w, _ = self.world.frame_shape
         k = self.scale
+        x = w * k + SIDE_GAP                      # the real game's left edge, side by side
         self._blit_scaled(step.frame, 0)
         if self.side_by_side:
-            x = w * k + SIDE_GAP
             self.screen.fill((0, 0, 0), (w * k, 0, SIDE_GAP, h * k))
             if step.twin is not None:
                 self._blit_scaled(step.twin, 1)
             else:
                 self._dest[1].fill((0, 0, 0))
-            self.hud.box(self.screen, ["real game"], (x + 4, h * k - self.hud.font.get_linesize() - 8))
-        self.hud.draw(self.screen, self.stats, self._info(), self.help_lines)
-        pygame.display.flip()
+        self.hud.draw(self.screen, self._strip, self.stats, self._info(), self.help_lines, width=w * k)
+        if self.side_by_side:
+            self.hud.label(self.screen, "real game", (x + STRIP_PADDING, self._strip.top + STRIP_PADDING))
+        self.window.flip()
         shown = time.perf_counter()
         self._dirty = False
         if out is None:
@@ -268,10 +289,12 @@ class Window:
         if event.type in (pygame.QUIT, pygame.WINDOWCLOSE):
             self.exit_reason = "window closed"
             return
-        if event.type == pygame.KEYDOWN and self._control(event.key):
+        if event.type in (pygame.KEYDOWN, pygame.KEYUP) and self.keymap.control(event.key) is None:
+            if self.presses.press(event):     # a window control (or an unbound key): on its key-down edge only
+                self._control(event.key)
             return
-        if event.type == pygame.KEYUP and self.keymap.control(event.key) is None:
-            return
+        if event.type == pygame.WINDOWFOCUSLOST:
+            self.presses.press(event)
         self.input.handle(event)
 
     def _control(self, key: int) -> bool:

@@ -93,6 +93,12 @@ def key(kind: int, k: int) -> None:
     pygame.event.post(pygame.event.Event(kind, key=k, mod=0))
 
 
+def tap(k: int) -> None:
+    """A press and release of `k`, as a keyboard sends them (the window's controls act on the press)."""
+    key(pygame.KEYDOWN, k)
+    key(pygame.KEYUP, k)
+
+
 def next_frame(win: Window, timeout: float = 10.0) -> None:
     """Tick until one more stepped frame has been presented."""
     n, deadline = win.stats.frames, time.perf_counter() + timeout
@@ -106,6 +112,14 @@ def settle(win: Window, seconds: float = 0.05) -> None:
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         assert win.tick()
+
+
+def settle_until(win: Window, done, timeout: float = 10.0) -> None:
+    """Tick until done() (a command on the worker has run, however busy the machine is)."""
+    deadline = time.perf_counter() + timeout
+    while not done():
+        assert win.tick()
+        assert time.perf_counter() < deadline, "timed out"
 
 
 # ---- key maps -------------------------------------------------------------------------------------------------------
@@ -159,7 +173,7 @@ def test_posted_key_events_give_held_actions_and_a_short_tap_still_counts(displa
     np.testing.assert_array_equal(pump(), RIGHT)                     # counted once
     key(pygame.KEYUP, pygame.K_RIGHT)
     np.testing.assert_array_equal(pump(), NULL)
-    key(pygame.KEYDOWN, pygame.K_p)                                  # a window control, not game input
+    tap(pygame.K_p)                                                  # a window control, not game input
     np.testing.assert_array_equal(pump(), NULL)
 
 
@@ -199,7 +213,7 @@ def test_esc_exits_cleanly(ckpt, tmp_path):
     try:
         win.start()
         next_frame(win)
-        key(pygame.KEYDOWN, pygame.K_ESCAPE)
+        tap(pygame.K_ESCAPE)
         while win.tick():
             pass
         assert win.exit_reason == "Esc"
@@ -212,9 +226,9 @@ def test_number_and_bracket_keys_set_steps_and_guidance(ckpt, tmp_path):
     win, _ = model_window(ckpt, tmp_path)
     try:
         win.start()
-        key(pygame.KEYDOWN, pygame.K_1)
-        key(pygame.KEYDOWN, pygame.K_RIGHTBRACKET)
-        key(pygame.KEYDOWN, pygame.K_RIGHTBRACKET)
+        tap(pygame.K_1)
+        tap(pygame.K_RIGHTBRACKET)
+        tap(pygame.K_RIGHTBRACKET)
         next_frame(win)
         settle(win)
         assert win.world.session.steps == 1 and win.world.session.guidance == 1.5
@@ -222,11 +236,11 @@ def test_number_and_bracket_keys_set_steps_and_guidance(ckpt, tmp_path):
         assert "steps 1   guidance 1.50" in " ".join(win.hud.last_lines)
         lo, hi = win.cfg.guidance_range
         for _ in range(int((hi - 1.5) / win.cfg.guidance_step) + 3):   # past the top: held at it
-            key(pygame.KEYDOWN, pygame.K_RIGHTBRACKET)
+            tap(pygame.K_RIGHTBRACKET)
         settle(win, 0.3)
         assert win.world.session.guidance == hi
         for _ in range(int(hi / win.cfg.guidance_step) + 3):           # past the bottom: held at it
-            key(pygame.KEYDOWN, pygame.K_LEFTBRACKET)
+            tap(pygame.K_LEFTBRACKET)
         settle(win, 0.3)
         assert win.world.session.guidance == lo
         next_frame(win)                                   # still a frame
@@ -264,17 +278,17 @@ def test_pause_makes_no_model_calls_and_does_not_spin(ckpt, tmp_path):
         win.start()
         for _ in range(3):
             next_frame(win)
-        key(pygame.KEYDOWN, pygame.K_p)
+        tap(pygame.K_p)
         settle(win, 0.1)                                  # a step in flight when P was pressed finishes
         calls, cpu0, wall0 = len(counter.calls), time.process_time(), time.perf_counter()
         settle(win, 0.3)
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         assert len(counter.calls) == calls
         assert cpu < 0.35 * wall, f"paused loop used {cpu:.3f} s of CPU in {wall:.3f} s"
-        key(pygame.KEYDOWN, pygame.K_PERIOD)              # one step while paused
+        tap(pygame.K_PERIOD)                              # one step while paused
         settle(win, 0.2)
         assert len(counter.calls) == calls + 1
-        key(pygame.KEYDOWN, pygame.K_p)
+        tap(pygame.K_p)
         next_frame(win)
         assert len(counter.calls) > calls + 1
     finally:
@@ -286,11 +300,11 @@ def test_recording_writes_a_valid_episode_and_gif(ckpt, tmp_path):
     try:
         win.start()
         next_frame(win)
-        key(pygame.KEYDOWN, pygame.K_r)
+        tap(pygame.K_r)
         key(pygame.KEYDOWN, pygame.K_LEFT)
         for _ in range(5):
             next_frame(win)
-        key(pygame.KEYDOWN, pygame.K_r)
+        tap(pygame.K_r)
         next_frame(win)
     finally:
         win.close()
@@ -335,7 +349,7 @@ def screenshot(ckpt: Path, tmp_path: Path, held: int, frames: int = 8) -> np.nda
         key(pygame.KEYDOWN, held)
         for _ in range(frames):
             next_frame(win)
-        return pygame.surfarray.array3d(win.screen).copy()
+        return pygame.surfarray.array3d(win.screen)[:, :512].copy()   # (x, y, 3): the frame, above the HUD's strip
     finally:
         win.close()
 
@@ -355,27 +369,102 @@ def test_tab_shows_the_real_game_beside_the_model_and_f5_f9_restore_the_world(ck
     try:
         win.start()
         next_frame(win)
-        key(pygame.KEYDOWN, pygame.K_TAB)
+        tap(pygame.K_TAB)
         next_frame(win)
-        assert win.screen.get_size() == (2 * 512 + 8, 512)
-        real = pygame.surfarray.array3d(win.screen)[520:, :]            # (x, y, 3)
+        assert win.screen.get_size() == (2 * 512 + 8, 512 + win.hud.strip_height(512, win._info()))
+        real = pygame.surfarray.array3d(win.screen)[520:, :512]         # (x, y, 3)
         twin = np.repeat(np.repeat(win._last.step.twin, 8, 0), 8, 1).transpose(1, 0, 2)
-        np.testing.assert_array_equal(real[:, :400], twin[:, :400])   # above the label
-        key(pygame.KEYDOWN, pygame.K_p)                                # paused: only '.' steps
+        np.testing.assert_array_equal(real, twin)                       # whole: its label is in the strip below
+        tap(pygame.K_p)                                                # paused: only '.' steps
         settle(win)
         saved_frame = win._last.step.frame
-        key(pygame.KEYDOWN, pygame.K_F5)
+        tap(pygame.K_F5)
         settle(win)
         assert (tmp_path / "world.safetensors").exists()
         key(pygame.KEYDOWN, pygame.K_RIGHT)
         for _ in range(3):
-            key(pygame.KEYDOWN, pygame.K_PERIOD)
+            tap(pygame.K_PERIOD)
             settle(win)
         assert not np.array_equal(win._last.step.frame, saved_frame)
-        key(pygame.KEYDOWN, pygame.K_F9)
-        settle(win, 0.2)
-        assert win._last.action is None                                # the load's frame is shown
+        tap(pygame.K_F9)
+        settle_until(win, lambda: win._last.action is None)              # the load's frame is shown
         np.testing.assert_array_equal(win._last.step.frame, saved_frame)
+    finally:
+        win.close()
+
+
+def scaled(frame: np.ndarray, k: int = 8) -> np.ndarray:
+    """(H, W, 3) -> (H*k, W*k, 3), nearest neighbour, as the window draws it."""
+    return np.repeat(np.repeat(frame, k, 0), k, 1)
+
+
+def on_screen(win: Window) -> np.ndarray:
+    """The window's pixels, (y, x, 3)."""
+    return pygame.surfarray.array3d(win.screen).transpose(1, 0, 2)
+
+
+@pytest.mark.parametrize("env", ["builtin:gems", "ale:Breakout"])
+def test_the_hud_covers_no_pixel_of_the_game_its_score_included(env, tmp_path):
+    """The statistics, a message and the real game's caption sit in a strip below the frames: the score both games
+    draw along their top rows, and every other pixel of the game, is on screen as the game drew it."""
+    if env.startswith("ale:"):
+        pytest.importorskip("ale_py")
+    win = Window(RealWorld(make_real_game(env, 64, 0)), WindowConfig(headless=True, lockstep=True,
+                                                                     record_dir=tmp_path), print_fn=lambda m: None)
+    try:
+        win.start()
+        win.hud.toast("recorded 999 frames: recordings/a-long-episode-name.episode, recordings/a-long-name.gif")
+        for _ in range(5):
+            next_frame(win)
+        screen, frame = on_screen(win), win._last.step.frame
+        size = win.window_size
+        tap(pygame.K_h)                                    # the HUD off: the same window, the strip left empty
+        settle(win)
+        hidden_size, hidden = win.window_size, on_screen(win)
+    finally:
+        win.close()
+    assert win.hud.last_lines and size[0] == 512 and size[1] > 512 + 3 * win.hud.font.get_linesize()
+    np.testing.assert_array_equal(screen[:64], scaled(frame)[:64])    # the score: the frame's top 8 rows
+    np.testing.assert_array_equal(screen[:512], scaled(frame))        # and all the rest of the game
+    strip = screen[512:].reshape(-1, 3)
+    assert len(np.unique(strip, axis=0)) > 2                          # text drawn in the strip
+    assert hidden_size == size
+    hidden_strip = hidden[512:].reshape(-1, 3)
+    assert len(np.unique(hidden_strip, axis=0)) < len(np.unique(strip, axis=0))
+
+
+def test_tab_toggles_once_per_press_and_resizes_the_same_window(ckpt, tmp_path):
+    """A held Tab (auto-repeat, or key-downs after a missed key-up) toggles once; the window is resized, never
+    re-created (a new window flashed black and took the keyboard focus), and shows the frames at once."""
+    win, _ = model_window(ckpt, tmp_path, hud=False)
+    try:
+        win.start()
+        next_frame(win)
+        window, window_id, height = win.window, win.window.id, win.window_size[1]
+        for _ in range(4):                                 # Tab held down: one key-down edge
+            key(pygame.KEYDOWN, pygame.K_TAB)
+            settle(win, 0.02)
+        assert win.side_by_side and win.window_size == (2 * 512 + 8, height)
+        assert win.window is window and win.window.id == window_id and win.screen.get_size() == win.window_size
+        screen = on_screen(win)
+        np.testing.assert_array_equal(screen[:512, :512], scaled(win._last.step.frame))
+        np.testing.assert_array_equal(screen[:512, 520:], scaled(win._last.step.twin))
+        key(pygame.KEYUP, pygame.K_TAB)
+        key(pygame.KEYDOWN, pygame.K_TAB)                  # the next press toggles back; its key-up is missed
+        settle(win, 0.02)
+        assert not win.side_by_side and win.window_size == (512, height) and win.window.id == window_id
+        np.testing.assert_array_equal(on_screen(win)[:512], scaled(win._last.step.frame))
+        key(pygame.KEYDOWN, pygame.K_TAB)                  # down again with no key-up between: not a press
+        settle(win, 0.02)
+        assert not win.side_by_side
+        pygame.event.post(pygame.event.Event(pygame.WINDOWFOCUSLOST))   # focus lost: every key counts as up
+        key(pygame.KEYDOWN, pygame.K_TAB)
+        settle(win, 0.02)
+        assert win.side_by_side
+        key(pygame.KEYUP, pygame.K_TAB)
+        pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_TAB, mod=0, repeat=1))  # SDL's repeat
+        settle(win, 0.02)
+        assert win.side_by_side and win.window.id == window_id
     finally:
         win.close()
 
