@@ -20,7 +20,7 @@ W = 4  # context frames (ring capacity)
 
 
 def tiny_config(spec: ActionSpec = SPEC, context_frames: int = W, time_period: int = 4096,
-                backbone_actions: bool = True, head_patch: int = 0) -> ModelConfig:
+                backbone_actions: bool = True) -> ModelConfig:
     cfg = ModelConfig.from_name("tiny", action_dim=spec.size)
     cfg.autoencoder = AutoencoderConfig(height=FRAME[0], width=FRAME[1], latent_channels=16,
                                         encoder_channels=(8, 8, 8), decoder_channels=(8, 8, 8))
@@ -28,7 +28,6 @@ def tiny_config(spec: ActionSpec = SPEC, context_frames: int = W, time_period: i
     wm.latent_height = wm.latent_width = FRAME[0] // 8
     wm.d_model, wm.heads, wm.backbone_layers, wm.head_layers = 32, 2, 2, 1
     wm.context_frames, wm.time_period, wm.backbone_actions = context_frames, time_period, backbone_actions
-    wm.head_patch = head_patch
     cfg.validate()
     return cfg
 
@@ -44,9 +43,6 @@ def tiny_models(seed: int = 0, spec: ActionSpec = SPEC, **cfg_kwargs) -> tuple[A
             nn.init.normal_(m.weight, std=0.1)
             nn.init.normal_(m.bias, std=0.1)
         nn.init.normal_(wm.head.null_action, std=0.5)
-        if wm.head.r > 1:  # finer head tokens: each cell's own input and place too
-            nn.init.normal_(wm.head.cell_pos, std=0.5)
-            nn.init.normal_(wm.head.x_cell.weight, std=0.1)
         wm.latent_mean.normal_(std=0.1)
         wm.latent_std.uniform_(0.5, 1.5)
     return ae, wm
