@@ -1,4 +1,4 @@
-"""Behaviour of engine.Session: ring KV-cache bookkeeping, cached == recomputed rollout, save-games, forks,
+"""Behaviour of engine.Session: ring KV-cache bookkeeping, the cached rollout == engine.reference, save-games, forks,
 batches, bad inputs and constant memory over long play.
 
 Every test runs a tiny random model (32x32 frames, 4x4x16 latents, d=32, 2 + 1 layers, W=4 context frames) whose
@@ -13,8 +13,9 @@ import pytest
 import torch
 from tiny_model import FRAME, SPEC, W, tiny_config, tiny_models
 
+from engine import reference
 from engine.actions import ActionSpec
-from engine.autoencoder import Autoencoder, frames_to_tensor
+from engine.autoencoder import Autoencoder
 from engine.checkpoint import CheckpointError, save_checkpoint
 from engine.noise import counter_normal
 from engine.session import Session, SessionError
@@ -104,55 +105,19 @@ def test_ring_cache_bookkeeping(models, T):
     assert buffers() == layout
 
 
-# ---- 2. cached rollout == recompute-everything rollout ---------------------------------------------------------
-@torch.no_grad()
-def recompute_rollout(session: Session, frames: np.ndarray, reset_actions: np.ndarray, actions: np.ndarray,
-                      steps: int, guidance: float) -> torch.Tensor:
-    """Reference without a KV cache: each frame reruns the full block-causal backbone over every context frame.
-
-    Same noise as the session: counter_normal(seed, counter, ., stream=1) corrupts the context frame with index
-    `counter`, stream=0 starts the head when predicting the frame with index `counter`.
-    """
-    ae, wm, c = session.ae, session.wm, session.cfg
-    B, seed = session.batch, session.seed.clone()
-    level = torch.full((B,), session.context_noise)
-    ctx, acts = [], []
-
-    def append(z: torch.Tensor, a: torch.Tensor) -> None:  # z (B, C, h, w), a (B, A)
-        counter = torch.full((B,), len(ctx), dtype=torch.long)
-        noise = counter_normal(seed, counter, tuple(z.shape[1:]), stream=1)
-        ctx.append(wm.patchify(wm.corrupt(wm.normalize(z), level, noise)))  # (B, N, Dt)
-        acts.append(a)
-
-    z0 = ae.encode(frames_to_tensor(torch.from_numpy(frames)))  # (T, C, h, w)
-    for t in range(frames.shape[0]):
-        append(z0[t].expand(B, *z0.shape[1:]), torch.from_numpy(reset_actions[t]).expand(B, -1))
-    out = []
-    for a in actions:
-        a = torch.from_numpy(a).expand(B, -1)
-        T = len(ctx)
-        h = wm.backbone(torch.stack(ctx, 1), torch.stack(acts, 1), level[:, None].expand(B, T), wm.rope,
-                        start=0)[:, -1]  # (B, N, D): the newest frame's output
-        noise = counter_normal(seed, torch.full((B,), T, dtype=torch.long), (c.tokens_per_frame, c.token_dim))
-        z = wm.denormalize(wm.unpatchify(wm.sample(h, a, noise, steps, guidance)))  # (B, C, h, w)
-        out.append(z)
-        append(z, a)
-    return torch.stack(out)  # (n, B, C, h, w)
-
-
+# ---- 2. cached rollout == engine/reference.py, the plain rollout that recomputes everything ----------------------
 @pytest.mark.parametrize("T,steps,guidance", [(1, 1, 1.0), (2, 3, 2.0)])
-def test_ring_rollout_equals_recompute(models, T, steps, guidance):
+def test_ring_rollout_equals_the_reference(models, T, steps, guidance):
     s = make_session(models, batch=2, steps=steps, guidance=guidance, seed=11)
     frames, reset_actions = real_frames(T, seed=2), random_actions(T, seed=3)
-    actions = random_actions(W - T + 1, seed=4, batch=2)  # the last prediction reads exactly W context frames
+    actions = random_actions(W + 3, seed=4, batch=2)  # past a full ring: every slot is replaced
     s.reset(frames, reset_actions)
     got_frames, got = rollout(s, actions)
-    want = recompute_rollout(s, frames, reset_actions, actions, steps, guidance)
+    want_frames, want = reference.rollout(
+        *models, torch.from_numpy(frames).expand(2, *frames.shape), torch.from_numpy(reset_actions).expand(2, T, -1),
+        torch.from_numpy(actions), seed=11, steps=steps, guidance=guidance, context_noise=s.context_noise)
     torch.testing.assert_close(got, want, atol=LATENT_ATOL, rtol=LATENT_ATOL)
-    with torch.no_grad():
-        x = s.ae.decoder(want.reshape(-1, *want.shape[2:]))
-    want_frames = (x.clamp(0, 1) * 255 + 0.5).to(torch.uint8).movedim(1, -1).reshape(got_frames.shape).numpy()
-    assert np.abs(got_frames.astype(int) - want_frames).max() <= 1
+    assert np.abs(got_frames.astype(int) - want_frames.numpy()).max() <= 1
 
 
 # ---- 3. save-games -------------------------------------------------------------------------------------------
@@ -222,6 +187,18 @@ def test_fork_branches_independently(models):
     assert torch.equal(rollout(started().fork(seed=7), tail)[1], lat_reseeded)  # ... deterministically
 
 
+def test_a_fork_is_a_new_session_over_the_same_runtime(models):
+    s = make_session(models, steps=2, guidance=1.5, context_noise=0.1)
+    s.reset(real_frames(2))
+    f = s.fork()
+    assert f.runtime is s.runtime and f.runner is s.runner and f.world is not s.world
+    assert (f.steps, f.guidance, f.context_noise, f.batch) == (2, 1.5, 0.1, 1)
+    with pytest.raises(SessionError, match="runtime"):
+        Session(runtime=s.runtime, batch=2)
+    with pytest.raises(SessionError, match="runtime"):
+        Session(models=(*models, SPEC), runtime=s.runtime)
+
+
 # ---- 5. a batch of B equals B single runs ----------------------------------------------------------------------
 def test_batch_equals_single_runs(models):
     B, T = 3, 2
@@ -232,9 +209,7 @@ def test_batch_equals_single_runs(models):
     batch_frames, batch_lat = rollout(batch, actions)
     for b in range(B):
         single = make_session(models, batch=1, steps=2, guidance=1.5)
-        # Session seeds world b as b + seed * 1_000_003 and has no public per-world seed, so copy world b's seed.
-        single.seed.copy_(batch.seed[b:b + 1])
-        single.reset(frames[b], reset_actions[b])
+        single.reset(frames[b], reset_actions[b], seed=[int(batch.seed[b])])   # world b's own seed
         single_frames, single_lat = rollout(single, actions[:, b])
         torch.testing.assert_close(batch_lat[:, b], single_lat[:, 0], atol=BATCH_ATOL, rtol=BATCH_ATOL)
         assert np.abs(batch_frames[:, b].astype(int) - single_frames.astype(int)).max() <= 1
@@ -399,6 +374,73 @@ def test_deferred_update_gives_the_same_world(models):
     sa, sb = a.state(), b.state()  # state() runs a pending pass first
     for k in sa["tensors"]:
         assert torch.equal(sa["tensors"][k], sb["tensors"][k]), k
+
+
+@pytest.mark.parametrize("mode", ["profiled", "overlapped", "overlapped deferred", "profiled deferred"])
+def test_every_way_of_running_a_step_gives_the_same_world(models, mode):
+    """engine.scheduler runs a step's parts plain, profiled (apart, each timed), overlapped (the backbone pass on a
+    second thread beside the decode) or deferred (that pass in finish()): the same frames and state, bit for bit."""
+    plain, other = make_session(models, steps=2, guidance=1.5), make_session(models, steps=2, guidance=1.5)
+    other.profile, other.overlap = "profiled" in mode, "overlapped" in mode
+    for s in (plain, other):
+        s.reset(real_frames(2), seed=4)
+    for act in random_actions(W + 2, seed=6):
+        assert np.array_equal(plain.step(act), other.step(act, defer_update="deferred" in mode))
+    for k, t in plain.state()["tensors"].items():
+        assert torch.equal(t, other.state()["tensors"][k]), k
+    if other.profile:
+        assert min(other.times.head_ms, other.times.decode_ms, other.times.backbone_ms) > 0
+    other.close()
+    assert other.scheduler.executor is None
+
+
+# ---- 8. research hooks: the head's loop and the ring replaced through public seams --------------------------------
+def test_a_sampler_replaces_the_heads_euler_loop(models):
+    s = make_session(models, batch=2, steps=2, guidance=1.5, seed=2)
+    s.reset(real_frames(2))
+    saved, acts = s.state(), random_actions(3, seed=3)
+    want = rollout(s, acts)[1]
+    calls = []
+
+    def same(x, schedule, guided):   # the runner's loop, watched
+        calls.append((tuple(x.shape), len(schedule), guided))
+        return s.parts.euler(x, schedule, guided)
+
+    s.load_state(saved)
+    s.set_sampler(same)
+    assert torch.equal(rollout(s, acts)[1], want)
+    assert calls[0] == ((2, s.cfg.tokens_per_frame, s.cfg.token_dim), 2, True)
+    s.load_state(saved)
+    s.set_sampler(lambda x, schedule, guided: torch.zeros_like(x))
+    zero = s.wm.denormalize(torch.zeros(s.latent.shape[1:]))   # the latent of all-zero tokens
+    torch.testing.assert_close(rollout(s, acts[:1])[1][0, 0], zero)
+    s.set_sampler(None)
+    s.load_state(saved)
+    assert torch.equal(rollout(s, acts)[1], want)
+
+
+def test_a_cache_of_the_same_shape_replaces_the_ring(models):
+    from engine.kv_cache import RingKVCache
+
+    class Watched(RingKVCache):
+        masks = 0
+
+        def mask(self, *args, **kwargs):
+            Watched.masks += 1
+            return super().mask(*args, **kwargs)
+
+    s = make_session(models, batch=2, steps=1, seed=5)
+    c = s.cfg
+    s.reset(real_frames(2))
+    saved, acts = s.state(), random_actions(W + 1, seed=2)
+    want = rollout(s, acts)[1]
+    mine = Watched(c.backbone_layers, 2, c.heads, W, c.tokens_per_frame, c.head_dim, torch.float32, s.device)
+    s.set_cache(mine)
+    s.load_state(saved)
+    assert s.kv is mine and torch.equal(rollout(s, acts)[1], want) and Watched.masks > 0
+    with pytest.raises(SessionError, match="set_cache"):
+        s.set_cache(RingKVCache(c.backbone_layers, 2, c.heads, W + 1, c.tokens_per_frame, c.head_dim,
+                                torch.float32, s.device))
 
 
 @pytest.mark.parametrize("stream,shape", [(0, (4, 64)), (1, (16, 4, 4))])
