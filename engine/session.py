@@ -77,9 +77,8 @@ class Session:
                                "pass no checkpoint, models or other batch with it")
         rt = self.runtime = runtime
         self.spec, self.ae, self.wm, self.cfg, self.runner = rt.spec, rt.ae, rt.wm, rt.wm.cfg, rt.runner
-        self.backend, self.dtype, self.device, self.batch, self.checkpoint = rt.backend, rt.dtype, rt.device, \
-            rt.batch, rt.checkpoint
-        self.frame_shape = rt.frame_shape
+        self.backend, self.dtype, self.device, self.batch = rt.backend, rt.dtype, rt.device, rt.batch
+        self.checkpoint, self.frame_shape = rt.checkpoint, rt.frame_shape
         self.world = World.allocate(self.cfg, self.batch, self.frame_shape, self.runner.cache_dtype, self.device, seed)
         self.parts = StepParts(self.runner, self.wm, self.world)
         self.knob_limits = {"steps": set(self.parts.schedule)}
