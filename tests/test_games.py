@@ -12,7 +12,7 @@ import pytest
 from engine.actions import ActionSpecError
 from train.games.agents import RandomAgent, ScriptedAgent
 from train.games.builtin import PLAYER, GemsGame
-from train.games.gym_adapters import DiscreteActions, MultiDiscreteActions, resize_area
+from train.games.gym_adapters import DiscreteActions, MultiDiscreteActions, headless_sdl, resize_area
 from train.games.registry import game_help_text, list_games, make_agent, make_game
 
 SPEC = GemsGame.action_spec
@@ -265,6 +265,18 @@ def test_multidiscrete_actions_are_multi_hot():
     assert m.buttons == ("d0_1", "d0_2", "b1")
     assert list(m.to_env(np.array([0, 1, 1], np.float32))) == [2, 1]
     assert list(m.to_env(np.zeros(3, np.float32))) == [0, 0]
+
+
+def test_headless_sdl_picks_dummy_drivers_for_the_block_and_keeps_the_users_choice():
+    env: dict[str, str] = {"SDL_VIDEODRIVER": "x11", "HOME": "/h"}
+    with headless_sdl(env):
+        assert env == {"SDL_VIDEODRIVER": "x11", "HOME": "/h", "SDL_AUDIODRIVER": "dummy", "SDL_AUDIO_DRIVER": "dummy"}
+    assert env == {"SDL_VIDEODRIVER": "x11", "HOME": "/h"}
+    empty: dict[str, str] = {"SDL_AUDIO_DRIVER": " "}   # a blank choice is no choice
+    with headless_sdl(empty):
+        assert empty == dict.fromkeys(("SDL_VIDEODRIVER", "SDL_VIDEO_DRIVER", "SDL_AUDIODRIVER", "SDL_AUDIO_DRIVER"),
+                                      "dummy")
+    assert empty == {"SDL_AUDIO_DRIVER": " "}
 
 
 # ---- adapters (need the data extra) ------------------------------------------------------------------------

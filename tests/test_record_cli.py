@@ -16,8 +16,13 @@ import pytest
 
 import reverie_cli
 from train.data.episodes import Episode
+from train.data.record import episode_path
 
 ENV = "builtin:gems"
+ROOT = Path(__file__).resolve().parents[1]
+# what a server without a desktop session lacks, and the SDL driver choices a user may have exported
+NO_SESSION = ("XDG_RUNTIME_DIR", "DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER", "SDL_VIDEO_DRIVER",
+              "SDL_AUDIODRIVER", "SDL_AUDIO_DRIVER")
 
 
 def run(*argv: str) -> int:
@@ -65,7 +70,11 @@ def test_help_lists_the_games(capsys):
     with pytest.raises(SystemExit) as e:
         run("record", "--help")
     assert e.value.code == 0
-    assert "builtin:gems" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "builtin:gems" in out
+    # the file names as they are: the env id with ':' made safe, the episode index in four digits
+    assert episode_path(Path("OUT"), ENV, 0, 0).as_posix() == "OUT/builtin-gems_s0_e0000.episode"
+    assert "OUT/builtin-gems_s0_e0000.episode" in out and "<env>_s" not in out
 
 
 @pytest.mark.parametrize("args, message", [
@@ -173,3 +182,23 @@ def test_the_command_gives_numpy_one_blas_thread_unless_the_user_set_it():
 
     assert run(env) == ["1", "False"]              # set, and numpy not yet imported, so it takes effect
     assert run({**env, "OPENBLAS_NUM_THREADS": "3"}) == ["3", "False"]
+
+
+@pytest.mark.parametrize("env, agent, workers, needs", [
+    ("gym:CartPole-v1", "random", 2, ("gymnasium", "pygame")),
+    ("ale:Breakout", "scripted", 1, ("ale_py",)),
+    ("vizdoom:basic", "scripted", 1, ("vizdoom",)),
+])
+def test_a_recording_without_a_desktop_session_prints_only_its_own_line(tmp_path, env, agent, workers, needs):
+    """On a server (no display, no XDG_RUNTIME_DIR) gymnasium's pygame renderer started SDL's video, which tried
+    Wayland, and libwayland printed `error: XDG_RUNTIME_DIR is invalid or not set`; ale-py printed its banner. A
+    successful recording prints its summary and nothing else, in the workers too."""
+    for module in needs:
+        pytest.importorskip(module)
+    env_vars = {k: v for k, v in os.environ.items() if k not in NO_SESSION}
+    r = subprocess.run([sys.executable, "-m", "reverie_cli", "record", "--env", env, "--agent", agent, "--episodes",
+                        str(workers), "--workers", str(workers), "--steps", "6", "--out", str(tmp_path / "o"),
+                        "--no-progress"], env=env_vars, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    assert len(r.stdout.splitlines()) == 1 and r.stdout.startswith(f"recorded {workers} episode")

@@ -1,8 +1,10 @@
 """`reverie record`: play a game with an agent and write each episode to an episode file (train/data/episodes.py).
 
 Episode e of a run with ``--seed K`` resets the game and the agent with seed K+e, so a recording is reproducible
-and runs with disjoint seed ranges never repeat an episode; it is written to ``OUT/<env>_s<K>_e<e>.episode``.
-``--workers`` records episodes in parallel processes (spawned, so it works on every platform).
+and runs with disjoint seed ranges never repeat an episode; it is written to ``OUT/<env>_s<K>_e<eeee>.episode``, where
+<env> is the env id with ':' (and any other character unsafe in a file name) as '-': builtin-gems_s0_e0000.episode.
+``--workers`` records episodes in parallel processes (spawned, so it works on every platform). Nothing is shown on
+a screen, so SDL, which some games start, gets its dummy drivers (train.games.gym_adapters.headless_sdl).
 """
 
 from __future__ import annotations
@@ -104,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="reverie record", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Record episodes of a game played by an agent into episode files (one file per episode).",
-        epilog=f"{games}\n\nEpisode e uses seed SEED+e for the game and the agent; files are named "
-               f"OUT/<env>_s<SEED>_e<e>{SUFFIX}.")
+        epilog=f"{games}\n\nEpisode e uses seed SEED+e for the game and the agent. Files are named after the env id "
+               f"with ':' as '-', the seed of\nepisode 0 and the episode index; --env builtin:gems --seed 0 writes\n  "
+               f"{', '.join(episode_path(Path('OUT'), 'builtin:gems', 0, e).as_posix() for e in (0, 1))}, ...")
     p.add_argument("--env", required=True, help="game id, e.g. builtin:gems (see the list below)")
     p.add_argument("--agent", default="scripted", help=f"who plays: {' | '.join(AGENTS)} (default scripted)")
     p.add_argument("--episodes", type=int, default=1, help="number of episodes (default 1)")
@@ -210,6 +213,14 @@ def _run_parallel(jobs: list[Job], workers: int, bar) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    from train.games.gym_adapters import headless_sdl
+
+    with headless_sdl():   # before any game starts SDL, here and in the spawned workers, which inherit the environment
+        return run(a)
+
+
+def run(a: argparse.Namespace) -> int:
+    """Check the arguments, record every episode, print one summary line; the exit status."""
     msg = _check_args(a) or _probe(a)
     if msg:
         return _fail(msg)

@@ -13,6 +13,11 @@ axes) into the env's action, and returns frames resized to (size, size, 3) uint8
   with a Discrete, MultiDiscrete, MultiBinary or bounded 1-D Box action space.
 
 gymnasium, ale_py and vizdoom are imported only when an adapter is built (the `data` extra).
+
+None of them needs a window to give frames, but SDL does not know that: gymnasium's pygame renderers (CartPole and
+the other classic-control envs) and vizdoom start SDL's video, and SDL, finding no X display, tries Wayland, whose
+library prints `error: XDG_RUNTIME_DIR is invalid or not set in the environment.` on a server. A program that only
+records or replays games runs them inside `with headless_sdl():`.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,30 @@ VIZDOOM_FRAME_SKIP = 2      # 35 Hz Doom -> 17.5 frames/s
 VIZDOOM_DELTA_SCALE = 10.0  # an axis value of 1 is this many units of a vizdoom delta button per tic
 ATARI_HZ = 60.0
 _ALE_TOKENS = re.compile(r"UP|DOWN|LEFT|RIGHT|FIRE")
+# SDL's drivers that need no display and no sound card, under SDL 2's and SDL 3's variable names
+HEADLESS_SDL = {("SDL_VIDEODRIVER", "SDL_VIDEO_DRIVER"): "dummy", ("SDL_AUDIODRIVER", "SDL_AUDIO_DRIVER"): "dummy"}
+
+
+@contextlib.contextmanager
+def headless_sdl(environ: MutableMapping[str, str] | None = None) -> Iterator[None]:
+    """Within the block, point SDL at its dummy video and audio drivers (in this process and the processes it starts)
+    where the user has not chosen a driver: the games' frames are read from memory, never shown, so SDL need not look
+    for a display. The variables are as they were again on exit."""
+    env = os.environ if environ is None else environ
+    added: dict[str, str] = {}
+    for names, driver in HEADLESS_SDL.items():
+        if not any(env.get(name, "").strip() for name in names):
+            added.update(dict.fromkeys(names, driver))
+    before = {name: env.get(name) for name in added}
+    env.update(added)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
 
 
 def require(module: str) -> Any:
@@ -291,11 +321,19 @@ def _known_gym_ids(gym: Any, prefix: str = "", suffix: str = "") -> list[str]:
     return sorted(k for k in gym.registry if k.startswith(prefix) and k.endswith(suffix))
 
 
+def _ale(gym: Any) -> Any:
+    """ale_py, registered with Gymnasium, its log at warnings: each emulator it makes would print its banner."""
+    ale_py = require("ale_py")
+    gym.register_envs(ale_py)
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Warning)
+    return ale_py
+
+
 def make_ale(game: str, size: int = 64, seed: int | None = None, frameskip: int = ALE_FRAMESKIP,
              full_action_space: bool = False, **kw: Any) -> GymGame:
     """`ale:<Game>`: Atari through Gymnasium's ALE/<Game>-v5, sticky actions off, fixed frameskip."""
-    gym, ale_py = require("gymnasium"), require("ale_py")
-    gym.register_envs(ale_py)
+    gym = require("gymnasium")
+    ale_py = _ale(gym)
     gym_id = f"ALE/{game}-v5"
     if gym_id not in gym.registry:
         names = [k[4:-3] for k in _known_gym_ids(gym, "ALE/", "-v5")]
@@ -312,7 +350,7 @@ def make_gym(env_id: str, size: int = 64, seed: int | None = None, **kw: Any) ->
     """`gym:<EnvId>`: any registered Gymnasium env with image observations or an rgb_array renderer."""
     gym = require("gymnasium")
     if env_id.startswith("ALE/"):
-        gym.register_envs(require("ale_py"))
+        _ale(gym)
     elif env_id.startswith("Vizdoom"):
         require("vizdoom.gymnasium_wrapper")
     if env_id not in gym.registry:
