@@ -12,6 +12,8 @@ import sys
 # Set before any sub-command imports numpy; a value the user exported wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+EXIT_READER_LEFT = 128 + 13   # the shell's status of a command killed by SIGPIPE (13), e.g. `cat big | head -1`
+
 # name -> (module with main(argv) -> int, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "play": ("play.cli", "play inside a world model in a pygame window (default: the shipped model)"),
@@ -25,6 +27,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def command_parser(name: str):
+    """The argparse parser of command `name` (its module's build_parser()): what a recipe checks an eval stage's
+    settings against, without depending on the command's package (train/training/recipe.py runs it by name)."""
+    return importlib.import_module(COMMANDS[name][0]).build_parser()
+
+
 def usage() -> str:
     lines = ["usage: reverie <command> [options]", "", "commands:"]
     lines += [f"  {name:<8} {helptext}" for name, (_, helptext) in COMMANDS.items()]
@@ -32,7 +40,32 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def _reader_left() -> int:
+    """End quietly once stdout's reader has gone (`reverie data info --json DIR | head -1`), as `cat` does.
+
+    Python's advice (the signal module's note on SIGPIPE): point stdout at devnull, so that flushing it at exit raises
+    no second error; the status is that of a command killed by SIGPIPE."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):   # stdout is no file (a test's capture): there is nothing left to flush into
+        pass
+    return EXIT_READER_LEFT
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run `reverie ARGV...` and return its exit status."""
+    try:
+        try:
+            return _dispatch(argv)
+        finally:   # a reader that left shows here (after --help's SystemExit too), where it can still be caught
+            sys.stdout.flush()
+    except BrokenPipeError:
+        return _reader_left()
+
+
+def _dispatch(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())

@@ -202,3 +202,18 @@ def test_a_recording_without_a_desktop_session_prints_only_its_own_line(tmp_path
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""
     assert len(r.stdout.splitlines()) == 1 and r.stdout.startswith(f"recorded {workers} episode")
+
+
+@pytest.mark.parametrize("argv", [["data", "info", "--json"], ["data", "check"], ["--help"], ["record", "--help"]])
+def test_a_reader_that_leaves_early_ends_the_command_quietly(recorded, argv):
+    """`reverie data info --json DIR | head -1`: once the reader has gone, the command ends with the status of a
+    command killed by SIGPIPE (141, as `cat` does) and prints nothing, no traceback and no 'Broken pipe'. (argparse
+    ignores a failed write of a sub-command's --help itself, and exits 0.)"""
+    if argv[0] == "data":
+        argv = [*argv, str(recorded)]
+    proc = subprocess.Popen([sys.executable, "-m", "reverie_cli", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc.stdout.close()                          # the reader leaves before the first line is written
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) in (reverie_cli.EXIT_READER_LEFT, 0)
+    assert err == ""

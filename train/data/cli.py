@@ -97,14 +97,16 @@ def check(target: Path, quiet: bool) -> int:
             with Episode(path) as ep:
                 ep.verify()
                 frames += len(ep)
-            if not quiet:
-                print(f"ok          {path.name} ({len(ep)} frames)")
         except EpisodeError as e:
             n_bad += 1
             print(f"BAD         {path.name}: {e}")
+            continue
         except Exception as e:  # a checker reports every file, whatever went wrong with one of them
             n_bad += 1
             print(f"BAD         {path.name}: {path}: {type(e).__name__}: {e}")
+            continue
+        if not quiet:
+            print(f"ok          {path.name} ({len(ep)} frames)")
     for path in tmps:
         n_bad += 1
         print(f"INCOMPLETE  {path.name}: an unfinished episode (the recorder was killed or failed); delete it "
@@ -150,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return info(a.path, a.json) if a.command == "info" else check(a.path, a.quiet)
+    except BrokenPipeError:   # stdout's reader left (`| head`): the command's business, not a file error
+        raise
     except OSError as e:
         print(f"reverie data {a.command}: error: {e}", file=sys.stderr)
         return 2
