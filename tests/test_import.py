@@ -16,7 +16,7 @@ import reverie_cli  # noqa: E402
 from engine.errors import ReverieError  # noqa: E402
 from train.data import cli as data_cli  # noqa: E402
 from train.data import importer  # noqa: E402
-from train.data.episodes import Episode  # noqa: E402
+from train.data.episodes import FORMAT_VERSION, Episode  # noqa: E402
 from train.data.importer_formats import convert_pynput, pynput_events  # noqa: E402
 
 SIDE = 32
@@ -214,6 +214,19 @@ def test_unlabeled_import_for_the_labeler(video, tmp_path):
         assert meta["labels"] == "none" and meta["log"] is None and meta["key_map"] == {}
 
 
+def test_data_info_on_imported_video(video, tmp_path, capsys):
+    """A video has no game version to report: info names the env id alone (it said 'version ?')."""
+    out = tmp_path / "o"
+    assert import_(video, None, out, "--no-inputs") == 0
+    capsys.readouterr()
+    assert data_cli.main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "env ids:      video:play x1\n" in text and "version" not in text
+    assert data_cli.main(["info", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["env_ids"] == {"video:play": 1} and report["format_versions"] == {f"v{FORMAT_VERSION}": 1}
+
+
 def test_imported_episodes_pass_check_and_load(video, log, tmp_path, capsys):
     from train.data.windows import EpisodeSource
 
@@ -371,8 +384,14 @@ def test_bad_flags(video, log, tmp_path, flags, message):
 def test_flags_that_need_a_log(video, tmp_path):
     with pytest.raises(ReverieError, match="no input log given"):
         import_(video, None, tmp_path / "out")
-    with pytest.raises(ReverieError, match="--offset, --trim act on the input log"):
-        import_(video, None, tmp_path / "out", "--no-inputs", "--offset", "1", "--trim")
+    with pytest.raises(ReverieError) as one:
+        import_(video, None, tmp_path / "out", "--no-inputs", "--offset", "1")
+    assert str(one.value) == ("--offset acts on the input log, and --no-inputs imports the video without one: drop "
+                              "--offset, or give the log after the video instead of --no-inputs")
+    with pytest.raises(ReverieError) as two:
+        import_(video, None, tmp_path / "out", "--no-inputs", "--offset", "1", "--trim", "--map", "w=up")
+    assert str(two.value) == ("--map, --offset and --trim act on the input log, and --no-inputs imports the video "
+                              "without one: drop them, or give the log after the video instead of --no-inputs")
     with pytest.raises(ReverieError, match="declare the action spec"):
         data_cli.main(["import", str(video), "--no-inputs", "--out", str(tmp_path / "out")])
     assert_nothing_written(tmp_path / "out")

@@ -113,6 +113,11 @@ def test_data_info(recorded, capsys):
     assert info["frame_shapes"] == {"64x64x3": 2} and info["action_specs"][0]["game"] == ENV
     assert run("data", "info", str(recorded)) == 0
     assert "2 episodes" in capsys.readouterr().out
+    one = next(recorded.iterdir())
+    assert run("data", "info", str(one)) == 0
+    assert f"{one}: 1 episode, " in capsys.readouterr().out
+    assert run("data", "check", str(one)) == 0
+    assert f"{one}: 1 episode file, " in capsys.readouterr().out
 
 
 def test_data_check_reports_every_bad_file(recorded, tmp_path, capsys):

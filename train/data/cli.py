@@ -21,6 +21,11 @@ def _files(target: Path) -> tuple[list[Path], list[Path]]:
     return [target], []
 
 
+def _count(n: int, noun: str) -> str:
+    """'1 episode', '2 episodes'."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _summary(values: list[int]) -> dict:
     if not values:
         return {}
@@ -42,7 +47,8 @@ def info(target: Path, as_json: bool) -> int:
         try:
             with Episode(path) as ep:
                 lengths.append(len(ep))
-                envs[f"{ep.env_id} (version {ep.header.get('env_version') or '?'})"] += 1
+                version = ep.header.get("env_version")   # none for imported video and dreams: no game made them
+                envs[f"{ep.env_id} (version {version})" if version else ep.env_id] += 1
                 shapes["x".join(map(str, ep.frame_shape))] += 1
                 specs[json.dumps(ep.spec.to_dict(), sort_keys=True)] = ep.spec.to_dict()
                 compressions[ep.compression] += 1
@@ -64,8 +70,8 @@ def info(target: Path, as_json: bool) -> int:
     if as_json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"{target}: {report['episodes']} episodes, {report['frames']} frames, {report['actions']} actions, "
-              f"{total_bytes / 1e6:.1f} MB on disk")
+        print(f"{target}: {_count(report['episodes'], 'episode')}, {_count(report['frames'], 'frame')}, "
+              f"{_count(report['actions'], 'action')}, {total_bytes / 1e6:.1f} MB on disk")
         print(f"  env ids:      {', '.join(f'{k} x{v}' for k, v in envs.items()) or '-'}")
         print(f"  frame shape:  {', '.join(f'{k} x{v}' for k, v in shapes.items()) or '-'}")
         for spec in specs.values():
@@ -115,7 +121,7 @@ def check(target: Path, quiet: bool) -> int:
         print(f"reverie data check: no *{SUFFIX} files in {target}", file=sys.stderr)
         return 1
     status = "all ok" if not n_bad else f"{n_bad} bad"
-    print(f"{target}: {len(files)} episode files, {frames} frames checked, {status}")
+    print(f"{target}: {_count(len(files), 'episode file')}, {_count(frames, 'frame')} checked, {status}")
     return 1 if n_bad else 0
 
 

@@ -463,7 +463,11 @@ def config_from_args(a: argparse.Namespace) -> ImportConfig:
                                                   ("--mouse-scale", a.mouse_scale, DEFAULT_MOUSE_SCALE))
                 if value != default]
         if used:
-            raise ImporterError(f"{', '.join(used)} act on the input log, which --no-inputs has not; drop them")
+            one = len(used) == 1
+            flags = used[0] if one else f"{', '.join(used[:-1])} and {used[-1]}"
+            raise ImporterError(f"{flags} {'acts' if one else 'act'} on the input log, and --no-inputs imports the "
+                                f"video without one: drop {used[0] if one else 'them'}, or give the log after the "
+                                "video instead of --no-inputs")
     if not (0 < a.fps <= MAX_FPS):
         raise ImporterError(f"--fps must be above 0 and at most {MAX_FPS:g}, got {a.fps:g}")
     if not MIN_SIZE <= a.size <= MAX_SIDE:
