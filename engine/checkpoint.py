@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from engine.actions import ActionSpec, ActionSpecError
-from engine.config import ConfigError, ModelConfig
+from engine.config import ConfigError, ModelConfig, split_training
 from engine.errors import ReverieError
 
 FORMAT = "reverie-checkpoint"
@@ -151,11 +151,15 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CheckpointError(f"{path}: checkpoint format version {meta.get('format_version')!r}; this Reverie "
                               f"reads version {FORMAT_VERSION}")
     try:
-        config = ModelConfig.from_dict(json.loads(meta["config"]))
+        raw = json.loads(meta["config"])
+        config = ModelConfig.from_dict(raw)
         spec = ActionSpec.from_dict(json.loads(meta["action_spec"]), where=f"{path}: action_spec")
         data, metrics, extra = (json.loads(meta.get(k, "{}")) for k in ("data", "metrics", "extra"))
     except (KeyError, json.JSONDecodeError, ConfigError, ActionSpecError) as e:
         raise CheckpointError(f"{path}: bad metadata: {e}") from None
+    trained = split_training(raw.get("world_model"))[1]   # an older file's training keys: kept as its record
+    if trained and isinstance(extra, dict) and "loss" not in extra:
+        extra["loss"] = trained
     tensors: dict[str, dict[str, torch.Tensor]] = {}
     for name, t in flat.items():
         part, _, key = name.partition(".")

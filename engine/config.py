@@ -75,8 +75,6 @@ class WorldModelConfig:
     latent_height: int = 8
     latent_width: int = 8
     patch: int = 2                      # tokens are patch x patch cells of the latent grid
-    head_patch: int = 0                 # the head's tokens: head_patch x head_patch cells (0: the backbone's patch);
-                                        # 1 under a patch-2 backbone gives the head a token per latent cell
     action_dim: int = 4
     d_model: int = 192
     heads: int = 3
@@ -86,22 +84,12 @@ class WorldModelConfig:
     context_frames: int = 16            # W: training window and KV-cache capacity in frames
     rope_base: float = 100.0            # spatial RoPE base
     time_period: int = 4096             # temporal RoPE is exactly periodic in this many frames (ring positions)
-    context_noise_max: float = 0.6      # training: per-frame context corruption level in [0, max]
-    context_noise: float = 0.05         # run time: fixed small level
+    context_noise: float = 0.05         # run time: the context's fixed noise level (training draws it at random)
     sampling_steps: int = 1             # run time: default head steps per frame (eval --write-model records it)
     guidance: float = 1.0               # run time: default classifier-free guidance scale (likewise)
-    action_dropout: float = 0.1         # p of the null action in the head (classifier-free guidance)
     backbone_actions: bool = True       # the backbone also reads the action that led to each frame; off: the
                                         # action enters at the head only, where the frame it leads to is made
     shortcut_levels: int = 6            # step sizes d = 1, 1/2, ..., 1/2^(levels-1); index `levels` means d=0
-    shortcut_fraction: float = 0.25     # share of each batch trained on the self-consistency target
-    shortcut_decay: float = 1.0         # self-consistency level j is drawn with weight decay^j: 1 = uniform over
-                                        # d = 1 .. 1/32; < 1 trains the coarse steps that sampling uses more often
-    rollout_iters: int = 0              # training: Jacobi passes that replace context with the model's own frames
-    rollout_fraction: float = 0.5       # training: share of windows whose context is the model's own rollout
-    change_weight: float = 0.0          # training: extra loss weight on tokens that change from the last frame
-    object_weight: float = 0.0          # training: extra loss weight on tokens that hold an object the game's
-                                        # probes find in the target frame (the avatar, a ball)
 
     @property
     def token_grid(self) -> tuple[int, int]:
@@ -117,19 +105,6 @@ class WorldModelConfig:
         return self.latent_channels * self.patch * self.patch
 
     @property
-    def head_cell(self) -> int:
-        """Latent cells per side of a head token (head_patch, or the backbone's patch where it is 0)."""
-        return self.head_patch or self.patch
-
-    @property
-    def head_tokens_per_frame(self) -> int:
-        return (self.latent_height // self.head_cell) * (self.latent_width // self.head_cell)
-
-    @property
-    def head_token_dim(self) -> int:
-        return self.latent_channels * self.head_cell * self.head_cell
-
-    @property
     def head_dim(self) -> int:
         return self.d_model // self.heads
 
@@ -137,8 +112,6 @@ class WorldModelConfig:
         if self.latent_height % self.patch or self.latent_width % self.patch:
             raise ConfigError(f"world model: latent {self.latent_height}x{self.latent_width} not divisible by "
                               f"patch {self.patch}")
-        if self.head_patch < 0 or self.patch % self.head_cell:
-            raise ConfigError(f"world model: head_patch={self.head_patch} must divide patch={self.patch} (0: the same)")
         if self.d_model % self.heads or self.head_dim % 8:
             raise ConfigError(f"world model: d_model={self.d_model} must split into heads={self.heads} of a "
                               "multiple of 8")
@@ -146,16 +119,6 @@ class WorldModelConfig:
             raise ConfigError("world model: context_frames must be >= 2")
         if self.action_dim < 1:
             raise ConfigError("world model: action_dim must be >= 1")
-        if self.rollout_iters < 0 or not 0.0 <= self.rollout_fraction <= 1.0:
-            raise ConfigError(f"world model: rollout_iters={self.rollout_iters} must be >= 0 and "
-                              f"rollout_fraction={self.rollout_fraction} in [0, 1]")
-        if not 0.0 <= self.change_weight <= 100.0:
-            raise ConfigError(f"world model: change_weight={self.change_weight} must be in [0, 100]")
-        if not 0.0 <= self.object_weight <= 100.0:
-            raise ConfigError(f"world model: object_weight={self.object_weight} must be in [0, 100]")
-        if not 0.0 < self.shortcut_decay <= 1.0:
-            raise ConfigError(f"world model: shortcut_decay={self.shortcut_decay} must be in (0, 1] (1: every "
-                              "step size as often)")
 
 
 @dataclass
@@ -193,14 +156,34 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """A config from its JSON form; a world model's training keys of older files are set aside (split_training)."""
         try:
             ae = _build(AutoencoderConfig, d["autoencoder"])
-            wm = _build(WorldModelConfig, d["world_model"])
+            wm = _build(WorldModelConfig, split_training(d["world_model"])[0])
             cfg = cls(name=str(d.get("name", "custom")), autoencoder=ae, world_model=wm)
             cfg.validate()
         except (KeyError, TypeError, AttributeError) as e:
             raise ConfigError(f"model config: {e}") from None
         return cfg
+
+
+# Keys of the world model's config in files written before its training loss moved out of the architecture (to
+# train/training/wm_loss.py): a record of how the model was trained, set aside on reading. `head_patch` is the finer
+# head that was measured and removed (docs/research/avatar.md): 0 (none) reads, any other value is refused.
+TRAINING_KEYS = ("context_noise_max", "action_dropout", "shortcut_fraction", "shortcut_decay", "rollout_iters",
+                 "rollout_fraction", "change_weight", "object_weight")
+
+
+def split_training(world_model: Any) -> tuple[Any, dict[str, Any]]:
+    """A world model's config dict -> (its architecture and run-time keys, the training keys older files carry)."""
+    if not isinstance(world_model, dict):
+        return world_model, {}
+    if world_model.get("head_patch", 0) != 0:
+        raise ConfigError(f"world model: head_patch={world_model['head_patch']}: a head with finer tokens than the "
+                          "backbone, which this Reverie no longer has (measured and not adopted); retrain the model "
+                          "without it")
+    arch = {k: v for k, v in world_model.items() if k not in TRAINING_KEYS and k != "head_patch"}
+    return arch, {k: world_model[k] for k in TRAINING_KEYS if k in world_model}
 
 
 def _build(kind: type, d: Any) -> Any:

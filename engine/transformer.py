@@ -52,11 +52,6 @@ class Rope3D(nn.Module):
         self.register_buffer("s_sin", s_angle.sin().float(), persistent=False)
         self.period = period
         cos0, sin0 = self.frames(torch.zeros(1, dtype=torch.long))  # time 0: the head's purely spatial angles
-        if cfg.head_cell != cfg.patch:  # finer head tokens sit at their backbone token's place (cell_pos tells the
-            r = cfg.patch // cfg.head_cell  # cells apart), so a fine head attends as the coarse head it started from
-            ys, xs = torch.arange(hh).repeat_interleave(r), torch.arange(ww).repeat_interleave(r)
-            parent = (ys[:, None] * ww + xs[None, :]).reshape(-1)  # each fine token's backbone token
-            cos0, sin0 = cos0[:, parent], sin0[:, parent]
         self.register_buffer("s_cos_full", cos0[0].clone(), persistent=False)
         self.register_buffer("s_sin_full", sin0[0].clone(), persistent=False)
 
@@ -70,8 +65,7 @@ class Rope3D(nn.Module):
         return cos, sin  # (T, N, hd/2)
 
     def spatial(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of shape (N_head, head_dim/2) with time fixed at 0 (the head never attends across frames), one
-        row per head token (the backbone's tokens, or finer ones with `head_patch`)."""
+        """cos, sin of shape (N, head_dim/2) with time fixed at 0 (the head never attends across frames)."""
         return self.s_cos_full, self.s_sin_full
 
 
@@ -243,23 +237,6 @@ class Head(nn.Module):
         d = cfg.d_model
         self.x_in = nn.Linear(cfg.token_dim, d)
         self.h_in = nn.Linear(d, d)
-        # finer head tokens (head_patch q < patch p = r q): each of a backbone token's r x r cells gets a head token
-        # that reads what a coarse head token reads (x_in of the whole backbone token, h_in of its context), plus its
-        # own cell's values (x_cell) and the cell's place in the token (cell_pos); it writes the whole token's
-        # velocity (out) and keeps its own cell's. x_cell and cell_pos start at zero, so a fine head warm-started from
-        # a coarse one computes exactly what the coarse one did, and training only has to learn what differs by cell.
-        self.r = cfg.patch // cfg.head_cell
-        self.grid = (cfg.latent_height // cfg.patch, cfg.latent_width // cfg.patch)
-        self.cell = (cfg.latent_channels, cfg.head_cell)
-        if self.r > 1:
-            self.x_cell = nn.Linear(cfg.head_token_dim, d)
-            self.cell_pos = nn.Parameter(torch.zeros(self.r * self.r, d))
-            nn.init.zeros_(self.x_cell.weight)
-            nn.init.zeros_(self.x_cell.bias)
-            eye = torch.eye(self.r)
-            own = eye[:, None, :, None] * eye[None, :, None, :]   # (dy, dx, ey, ex): 1 where (ey, ex) = (dy, dx)
-            self.register_buffer("own_cell", own.reshape(1, 1, self.r, 1, self.r, 1, self.r, 1, self.r, 1),
-                                 persistent=False)
         self.tau_in = ScalarEmbed(d)
         self.step_in = nn.Embedding(cfg.shortcut_levels + 1, d)
         self.action_in = nn.Linear(cfg.action_dim, d)
@@ -286,37 +263,17 @@ class Head(nn.Module):
         t = torch.where(drop[:, None], self.null_action_tokens.to(t.dtype).expand_as(t), t)
         return self.tau_in(tau) + self.step_in(step_index) + a, t
 
-    def cells(self, x_tokens: torch.Tensor) -> torch.Tensor:
-        """Backbone-layout tokens (M, N, Dt) -> the same values cell by cell in the head's finer layout (M, N_head,
-        Dt_head): head token n holds latent cell (n // fine width, n % fine width), all channels."""
-        (hp, wp), r, (C, q) = self.grid, self.r, self.cell
-        x = x_tokens.reshape(-1, hp, wp, C, r, q, r, q).permute(0, 1, 4, 2, 6, 3, 5, 7)  # (M, Y, ey, X, ex, C, ., .)
-        return x.reshape(-1, hp * r * wp * r, C * q * q)
-
     def embed(self, x_tokens: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """Noisy tokens (M, N, Dt) and backbone output (M, N, D), both in the backbone's layout -> the head's input
-        tokens (M, N_head, D)."""
+        """Noisy tokens (M, N, Dt) and backbone output (M, N, D) -> the head's input tokens (M, N, D)."""
         dt = self.x_in.weight.dtype
-        x = self.x_in(x_tokens.to(dt)) + self.h_in(h.to(dt))
-        if self.r == 1:
-            return x
-        (hp, wp), r, D = self.grid, self.r, x.shape[-1]
-        x = x.reshape(-1, hp, 1, wp, 1, D) + self.cell_pos.to(dt).reshape(1, 1, r, 1, r, D)  # (M, hp, r, wp, r, D)
-        return x.reshape(-1, hp * r * wp * r, D) + self.x_cell(self.cells(x_tokens).to(dt))
+        return self.x_in(x_tokens.to(dt)) + self.h_in(h.to(dt))
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        """The last normed head tokens (M, N_head, D) -> velocity tokens (M, N, Dt) in the backbone's layout: each
-        head token's output for its own cell (with finer head tokens; otherwise the output as it is)."""
-        y = self.out(x)
-        if self.r == 1:
-            return y
-        (hp, wp), r, (C, q) = self.grid, self.r, self.cell
-        y = y.reshape(-1, hp, r, wp, r, C, r, q, r, q) * self.own_cell.to(y.dtype)  # (M, Y, dy, X, dx, C, ey, ., ex, .)
-        return y.sum(dim=(2, 4)).reshape(-1, hp * wp, C * r * q * r * q)
+        """The last normed head tokens (M, N, D) -> velocity tokens (M, N, Dt)."""
+        return self.out(x)
 
     def forward(self, x_tokens, h, c, cos, sin, action_tokens=None) -> torch.Tensor:
-        """x_tokens (M, N, Dt) and h (M, N, D) in the backbone's layout, c (M, D), action_tokens (M, D) -> velocity
-        tokens (M, N, Dt), whatever the head's own token layout."""
+        """x_tokens (M, N, Dt), h (M, N, D), c (M, D), action_tokens (M, D) -> velocity tokens (M, N, Dt)."""
         x = self.embed(x_tokens, h)
         if action_tokens is not None:
             x = x + action_tokens[:, None]

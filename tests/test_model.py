@@ -17,6 +17,7 @@ from engine.autoencoder import Autoencoder, frames_to_tensor, tensor_to_frames
 from engine.config import AutoencoderConfig, WorldModelConfig
 from engine.session import Session
 from engine.world_model import WorldModel, step_schedule
+from train.training.wm_loss import WorldModelLoss, change_weights, object_weights, own_rollout
 
 FP32_TOL = {"rtol": 1e-5, "atol": 1e-5}  # same math, different summation order (cached vs full attention)
 
@@ -122,60 +123,6 @@ def test_patchify_round_trip_and_patch_contents(patch):
         assert sorted(tokens[1, 2, n].tolist()) == sorted(cell.tolist())
 
 
-def test_a_head_of_finer_tokens_keeps_each_cell_its_own_and_trains():
-    """head_patch 1 under a patch-2 backbone: the head has a token per latent cell, the velocity comes back in the
-    backbone's layout, and the velocity of a cell is written by that cell's own head token: with the blocks and the
-    shared inputs silenced, nudging one latent cell moves the velocity of that cell alone. Training reaches the
-    weights that tell a token's cells apart."""
-    wm = make_wm(latent_height=4, latent_width=8, patch=2, head_patch=1).train()
-    C = wm.cfg.latent_channels
-    assert (wm.cfg.tokens_per_frame, wm.cfg.head_tokens_per_frame, wm.cfg.head_token_dim) == (8, 32, C)
-    z = torch.randn(3, C, 4, 8)
-    cells = wm.head.cells(wm.patchify(z))
-    assert cells.shape == (3, 32, C) and torch.equal(cells[:, 8 + 5], z[:, :, 1, 5])  # token n: cell (n // 8, n % 8)
-    with torch.no_grad():
-        for blk in wm.head.blocks:
-            blk.ada.weight.zero_()
-            blk.ada.bias.zero_()                   # gates 0: each block passes its input on
-        for lin in (wm.head.x_in, wm.head.h_in):
-            lin.weight.zero_()
-        for lin in (wm.head.x_cell, wm.head.out):
-            lin.weight.normal_()
-    h, tau = torch.randn(3, 8, wm.cfg.d_model), torch.rand(3)
-    args = (h, tau, torch.zeros(3, dtype=torch.long), torch.zeros(3, 4), torch.zeros(3, dtype=torch.bool))
-    z2 = z.clone()
-    z2[:, 2, 1, 5] += 1.0
-    dv = wm.unpatchify(wm.velocity(wm.patchify(z2), *args) - wm.velocity(wm.patchify(z), *args))   # (3, C, 4, 8)
-    moved = dv.abs().amax(dim=(0, 1)) > 1e-5
-    assert moved[1, 5] and moved.sum() == 1, moved
-    zz, actions, _ = window_inputs(wm, B=2, T=4)
-    loss, _ = wm.loss(zz, actions)
-    loss.backward()
-    assert torch.isfinite(loss) and wm.head.cell_pos.grad is not None and wm.head.x_cell.weight.grad.abs().sum() > 0
-
-
-def test_a_head_patch_that_does_not_divide_the_backbones_is_refused():
-    from engine.config import ConfigError
-
-    with pytest.raises(ConfigError, match="head_patch=3 must divide patch=2"):
-        WorldModelConfig(head_patch=3).validate()
-
-
-def test_a_finer_head_warm_started_from_a_coarse_one_computes_what_it_did():
-    """train wm --init from a patch-2 model into a head_patch-1 one: every coarse weight loads as it is, the new
-    ones (each cell's own input and place) start at zero, and the fine head's velocity is the coarse head's, with
-    guidance's null action too; training then only has to learn what differs from cell to cell."""
-    coarse, fine = make_wm(latent_height=4, latent_width=8), make_wm(latent_height=4, latent_width=8, head_patch=1)
-    with torch.no_grad():
-        for prm in coarse.parameters():
-            prm.normal_(std=0.3)
-    missing, unexpected = fine.load_state_dict(coarse.state_dict(), strict=False)
-    assert sorted(missing) == ["head.cell_pos", "head.x_cell.bias", "head.x_cell.weight"] and not unexpected
-    x, h = torch.randn(3, 8, coarse.cfg.token_dim), torch.randn(3, 8, coarse.cfg.d_model)
-    args = (torch.rand(3), torch.tensor([0, 2, 6]), torch.randn(3, 4), torch.tensor([False, True, False]))
-    torch.testing.assert_close(fine.velocity(x, h, *args), coarse.velocity(x, h, *args), atol=1e-4, rtol=1e-5)
-
-
 def test_backbone_output_shape():
     wm = make_wm()
     z, actions, levels = window_inputs(wm, B=3, T=4)
@@ -187,12 +134,12 @@ def test_backbone_output_shape():
 def test_world_model_loss_is_finite_scalar_with_per_sample_stats():
     wm = make_wm().train()
     z, actions, _ = window_inputs(wm, B=3, T=4)
-    loss, stats = wm.loss(z, actions)
+    loss, stats = WorldModelLoss()(wm, z, actions)
     M = 3 * (4 - 1)  # one prediction per (window, next frame)
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert stats["tau"].shape == (M,) and stats["loss"].shape == (M,) and stats["shortcut"].shape == (M,)
     assert stats["shortcut"].dtype == torch.bool
-    assert int(stats["shortcut"].sum()) == round(M * wm.cfg.shortcut_fraction)
+    assert int(stats["shortcut"].sum()) == round(M * WorldModelLoss.shortcut_fraction)
     assert ((stats["tau"] >= 0) & (stats["tau"] <= 1)).all()
     assert torch.allclose(stats["loss"].mean(), loss.detach())
     loss.backward()
@@ -212,7 +159,7 @@ def test_backbone_without_actions_reads_frames_only_and_the_head_still_reads_the
     with torch.no_grad():  # the head's zero-initialised output layers, random: gradients reach its inputs
         for m in [blk.ada for blk in wm.head.blocks] + [wm.head.ada_out, wm.head.out]:
             m.weight.normal_(std=0.1)
-    loss, _ = wm.loss(z, actions)
+    loss, _ = WorldModelLoss()(wm, z, actions)
     loss.backward()
     assert all(p.grad is None for p in wm.backbone.action_in.parameters())
     assert wm.head.action_tokens.weight.grad is not None and wm.head.action_tokens.weight.grad.abs().sum() > 0
@@ -222,12 +169,12 @@ def test_backbone_without_actions_reads_frames_only_and_the_head_still_reads_the
 
 
 def test_own_rollout_is_causal_keeps_frame0_and_deepens_per_pass():
-    wm = make_wm(action_dropout=0.0)
+    wm = make_wm()
     z, actions, _ = window_inputs(wm, B=2, T=4)
 
     def run(zz, iters):
         torch.manual_seed(5)
-        return wm.own_rollout(zz, actions, iters)
+        return own_rollout(wm, zz, actions, iters)
 
     one = run(z, 1)
     assert one.shape == z.shape and torch.equal(one[:, 0], z[:, 0])  # the first frame stays real
@@ -242,10 +189,10 @@ def test_own_rollout_is_causal_keeps_frame0_and_deepens_per_pass():
 
 
 def test_loss_with_own_rollout_context_is_finite_and_backpropagates():
-    wm = make_wm(rollout_iters=2, rollout_fraction=0.5).train()
+    wm = make_wm().train()
     z, actions, _ = window_inputs(wm, B=4, T=4)
     torch.manual_seed(0)
-    loss, stats = wm.loss(z, actions)
+    loss, stats = WorldModelLoss(rollout_iters=2, rollout_fraction=0.5)(wm, z, actions)
     assert loss.ndim == 0 and torch.isfinite(loss) and wm.training  # the no-grad rollout restores train mode
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in wm.parameters() if p.grad is not None)
@@ -253,58 +200,48 @@ def test_loss_with_own_rollout_context_is_finite_and_backpropagates():
 
 def test_change_weights_favour_the_tokens_that_move():
     # a static background with one sprite that moves by a token each frame: its tokens weigh more, the mean stays 1
-    wm = make_wm(change_weight=1.0)
+    wm = make_wm()
     c = wm.cfg
     z = torch.zeros(2, 4, c.latent_channels, c.latent_height, c.latent_width)
     for t in range(4):
         z[:, t, :, 0:2, (t % 2) * 2:(t % 2) * 2 + 2] = 3.0  # the sprite hops between two token columns
-    w = wm.change_weights(z).reshape(2, 3, -1)              # (B, T-1, N)
+    w = change_weights(wm, z, 1.0).reshape(2, 3, -1)        # (B, T-1, N)
     assert torch.allclose(w.mean(), torch.tensor(1.0))
     moved = torch.zeros(c.tokens_per_frame, dtype=torch.bool)
     moved[[0, 1]] = True                                    # tokens (0, 0) and (0, 1) change every frame
     assert (w[..., moved].min() > 2 * w[..., ~moved].max()).item()
     # no change anywhere: every token weighs the same
     still = torch.randn(1, 3, c.latent_channels, c.latent_height, c.latent_width)[:, :1].expand(1, 3, -1, -1, -1)
-    assert torch.allclose(wm.change_weights(still.contiguous()), torch.ones(2, c.tokens_per_frame))
+    assert torch.allclose(change_weights(wm, still.contiguous(), 1.0), torch.ones(2, c.tokens_per_frame))
 
 
 def test_loss_with_change_weights_is_finite_and_backpropagates():
-    wm = make_wm(change_weight=2.0).train()
+    wm = make_wm().train()
     z, actions, _ = window_inputs(wm, B=4, T=4)
-    loss, _ = wm.loss(z, actions)
+    loss, _ = WorldModelLoss(change_weight=2.0)(wm, z, actions)
     assert torch.isfinite(loss)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in wm.parameters() if p.grad is not None)
-    with pytest.raises(Exception, match="change_weight"):
-        tiny_wm_cfg(change_weight=-1.0).validate()
 
 
-def test_shortcut_decay_trains_the_coarse_steps_more():
-    # uniform (decay 1): each level about as often; decay 0.5: d = 1 (level 0) far more often than the finest level
-    def level_counts(decay: float) -> torch.Tensor:
-        wm = make_wm(shortcut_levels=4, shortcut_fraction=1.0, shortcut_decay=decay).train()
-        z, actions, _ = window_inputs(wm, B=64, T=4)
-        torch.manual_seed(0)
-        loss, stats = wm.loss(z, actions)
-        assert torch.isfinite(loss) and stats["shortcut"].all()
-        return torch.bincount(stats["level"], minlength=5)[:4].float()
+def test_a_checkpoint_config_of_before_the_loss_moved_out_reads_and_a_finer_head_is_refused():
+    """Configs written while the world model's config held its training knobs (the shipped models') read: the knobs
+    are set aside as a record; a model with the finer head that was removed is refused with what to do."""
+    from engine.config import ConfigError, ModelConfig, split_training
 
-    uniform, decayed = level_counts(1.0), level_counts(0.5)
-    assert uniform.sum() == decayed.sum() == 64 * 3
-    assert uniform.min() > 0.6 * uniform.mean()                 # 48 each in expectation
-    assert decayed[0] > 2.5 * decayed[3] and decayed[0] > uniform[0] * 1.4   # 102 and 13 in expectation
-    for bad in (0.0, 1.5):
-        with pytest.raises(Exception, match="shortcut_decay"):
-            tiny_wm_cfg(shortcut_decay=bad).validate()
-
-
-def test_rollout_config_is_checked():
-    from engine.config import ConfigError
-
-    with pytest.raises(ConfigError, match="rollout"):
-        tiny_wm_cfg(rollout_iters=-1).validate()
-    with pytest.raises(ConfigError, match="rollout_fraction"):
-        tiny_wm_cfg(rollout_iters=1, rollout_fraction=1.5).validate()
+    old = ModelConfig().to_dict()
+    old["world_model"].update(rollout_iters=2, change_weight=1.0, shortcut_decay=1.0, head_patch=0,
+                              context_noise_max=0.6, action_dropout=0.1, shortcut_fraction=0.25)
+    cfg = ModelConfig.from_dict(old)
+    assert cfg.world_model == ModelConfig().world_model
+    assert split_training(old["world_model"])[1]["rollout_iters"] == 2
+    old["world_model"]["head_patch"] = 1
+    with pytest.raises(ConfigError, match="head_patch=1.*retrain"):
+        ModelConfig.from_dict(old)
+    old["world_model"]["head_patch"] = 0
+    old["world_model"]["shortcut_fraction_typo"] = 0.3
+    with pytest.raises(ConfigError, match="unknown fields"):
+        ModelConfig.from_dict(old)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3, 4, 8])
@@ -437,14 +374,15 @@ def test_world_model_overfits_two_windows():
     # No context corruption and no action dropout: with nothing random left in the conditioning, the flow target
     # is a function of (x_tau, tau, the memorised window), so the loss can fall far below its start (~1.3).
     torch.manual_seed(0)
-    wm = WorldModel(tiny_wm_cfg(context_noise_max=0.0, action_dropout=0.0)).train()
+    wm = WorldModel(tiny_wm_cfg()).train()
+    objective = WorldModelLoss(context_noise_max=0.0, action_dropout=0.0)
     z = torch.randn(2, 4, 4, 4, 4)
     actions = torch.zeros(2, 4, 4)
     actions[:, 1:, 0] = 1
     opt = torch.optim.Adam(wm.parameters(), lr=5e-3)
     losses = []
     for _ in range(200):
-        loss, _ = wm.loss(z, actions)
+        loss, _ = objective(wm, z, actions)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -484,25 +422,24 @@ def test_world_model_loss_ignores_memory_layout():
     z_channels_last = z.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)  # same values, other strides
     assert torch.equal(z, z_channels_last) and z.stride() != z_channels_last.stride()
     torch.manual_seed(5)
-    a, _ = wm.loss(z, actions)
+    a, _ = wm(WorldModelLoss(), z, actions)      # through forward, as the training loop calls it
     torch.manual_seed(5)
-    b, _ = wm.loss(z_channels_last, actions)
+    b, _ = WorldModelLoss()(wm, z_channels_last, actions)
     assert torch.equal(a, b)
 
 
 def test_object_weights_favour_the_object_tokens_and_the_loss_needs_the_masks():
-    wm = make_wm(object_weight=3.0).train()
+    wm = make_wm().train()
     c = wm.cfg
     z, actions, _ = window_inputs(wm, B=2, T=4)
     objects = torch.zeros(2, 4, c.tokens_per_frame, dtype=torch.bool)
     objects[:, :, 0] = True                                    # one token holds the avatar in every frame
-    w = wm.object_weights(objects)
+    w = object_weights(objects, 3.0)
     assert w.shape == (2 * 3, c.tokens_per_frame) and torch.allclose(w.mean(), torch.tensor(1.0))
     assert torch.allclose(w[:, 0], 4 * w[:, 1])                # 1 + 3 against 1
-    loss, _ = wm.loss(z, actions, objects=objects)
+    objective = WorldModelLoss(object_weight=3.0)
+    loss, _ = objective(wm, z, actions, objects)
     assert torch.isfinite(loss)
     loss.backward()
     with pytest.raises(ValueError, match="object masks"):
-        wm.loss(z, actions)
-    with pytest.raises(Exception, match="object_weight"):
-        tiny_wm_cfg(object_weight=-1.0).validate()
+        objective(wm, z, actions)
