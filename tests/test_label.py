@@ -1,5 +1,5 @@
 """`reverie data label`: episode format v2 (per-action confidence) next to v1, IDM labels on the built-in game that
-recover the true actions, every bad request a clear error that writes nothing, and `--min-label-confidence`."""
+recover the true actions, every bad request a clear error that writes nothing, and `min_label_confidence`."""
 
 from __future__ import annotations
 
@@ -415,7 +415,7 @@ def test_bad_requests_give_one_line_errors_and_write_nothing(tmp_path, untrained
         assert not out.exists()
 
 
-# ---- training on labels: --min-label-confidence -------------------------------------------------------------------
+# ---- training on labels: min_label_confidence ---------------------------------------------------------------------
 def confident_folder(folder: Path, n_episodes: int = 3, n_actions: int = 40) -> tuple[Path, np.ndarray]:
     """Episodes whose actions under confidence 0.5 are all four buttons at once (which the gems agent never
     presses), so a batch shows whether it holds a low-confidence label."""
@@ -466,8 +466,8 @@ def test_without_a_threshold_windows_are_drawn_exactly_as_before(tmp_path):
 
 
 def test_train_wm_min_label_confidence(tmp_path, monkeypatch, capsys):
-    """`reverie train wm --min-label-confidence`: the batches it trains on hold no unsure label; too high a value is
-    a one-line error; a bad value is refused by the parser."""
+    """`reverie train wm --set min_label_confidence=X`: the batches it trains on hold no unsure label; too high a
+    value is a one-line error, and so is one outside 0..1."""
     import train.training.wm
 
     folder, marker = confident_folder(tmp_path / "d", n_episodes=2)
@@ -486,101 +486,11 @@ def test_train_wm_min_label_confidence(tmp_path, monkeypatch, capsys):
     seen = {}
     for x in ("0", "0.5"):
         with pytest.raises(Seen) as info:
-            cli(*argv, "--out", str(tmp_path / f"wm{x}"), "--min-label-confidence", x)
+            cli(*argv, "--out", str(tmp_path / f"wm{x}"), "--set", f"min_label_confidence={x}")
         seen[x] = (info.value.args[0] == torch.from_numpy(marker)).all(dim=-1)
     assert seen["0"].any() and not seen["0.5"].any()
     assert "training on" in capsys.readouterr().out
-    assert cli(*argv, "--out", str(tmp_path / "wm1"), "--min-label-confidence", "0.99") == 1
+    assert cli(*argv, "--out", str(tmp_path / "wm1"), "--set", "min_label_confidence=0.99") == 1
     assert "no window of 4 frames has every action that sure" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        cli(*argv, "--out", str(tmp_path / "wm2"), "--min-label-confidence", "2")
-    assert "--min-label-confidence: must be in 0..1" in capsys.readouterr().err
-
-
-def tiny_model_and_batch(actions: float | None = None, **cfg):
-    """A tiny world model (seeded) and one fixed batch: 3 windows of 4 latent frames, random button sets (or every
-    button at `actions`)."""
-    from test_model import tiny_wm_cfg
-
-    from engine.world_model import WorldModel
-
-    torch.manual_seed(0)
-    model = WorldModel(tiny_wm_cfg(**cfg))
-    z = torch.randn(3, 4, 4, 4, 4)
-    a = ((torch.rand(3, 4, model.cfg.action_dim) > 0.5).float() if actions is None
-         else torch.full((3, 4, model.cfg.action_dim), actions))
-    return model, z, a
-
-
-def seeded_loss(model, z, a, confidence, unsure):
-    torch.manual_seed(1)                                              # the same noise and tau for every call
-    return model.loss(z, a, confidence, unsure)
-
-
-# ---- training on labels: --unsure-actions --------------------------------------------------------------------------
-def test_unsure_actions_weight_scales_each_frame_by_its_confidence():
-    model, z, a = tiny_model_and_batch()
-    keep, _ = seeded_loss(model, z, a, torch.full((3, 4), 0.3), "keep")
-    same, _ = seeded_loss(model, z, a, torch.full((3, 4), 0.3), "weight")
-    assert same.item() == pytest.approx(keep.item(), rel=1e-6)       # the same confidence everywhere: a plain mean
-    conf = torch.ones(3, 4)
-    conf[1, 1:] = 0.0                                                 # window 1's labels are worthless
-    total, stats = seeded_loss(model, z, a, conf, "weight")
-    per = stats["loss"].reshape(3, 3)                                 # (B, T-1): frames 1.. of each window
-    assert total.item() == pytest.approx(per[[0, 2]].mean().item(), rel=1e-5)
-    assert total.item() != pytest.approx(per.mean().item(), rel=1e-3)
-
-
-def test_unsure_actions_drop_hides_unsure_actions_from_the_head():
-    grads = {}
-    for conf in (1.0, 0.0):
-        model, z, a = tiny_model_and_batch(action_dropout=0.0)
-        with torch.no_grad():                 # off the zero init (adaLN-zero stops every gradient into the head)
-            for p in model.parameters():
-                p.add_(0.1 * torch.randn_like(p))
-        seeded_loss(model, z, a, torch.full((3, 4), conf), "drop")[0].backward()
-        grads[conf] = [p.grad for p in (model.head.action_in.weight, model.head.action_tokens.weight)]
-    assert all(float(g.abs().sum()) > 0 for g in grads[1.0])          # sure labels teach the action embedding
-    assert all(g is None or float(g.abs().sum()) == 0 for g in grads[0.0])   # labels sure to 0 never reach it
-    model, z, a = tiny_model_and_batch(actions=1.0)
-    torch.manual_seed(1)
-    plain, _ = model.loss(z, a)
-    kept, _ = seeded_loss(model, z, a, torch.zeros(3, 4), "keep")     # keep (the default) ignores the confidence
-    assert torch.equal(plain, kept)
-    with pytest.raises(ValueError, match="needs a confidence"):
-        model.loss(z, a, None, "drop")
-    with pytest.raises(ValueError, match="unsure must be one of"):
-        model.loss(z, a, torch.ones(3, 4), "maybe")
-
-
-def test_train_wm_unsure_actions_passes_each_windows_confidence(tmp_path, monkeypatch):
-    """`reverie train wm --unsure-actions weight|drop`: every batch carries the confidence of its own actions."""
-    import train.training.wm
-
-    folder, marker = confident_folder(tmp_path / "d", n_episodes=2)
-    assert cli("train", "ae", "--data", str(folder), "--out", str(tmp_path / "ae"), "--steps", "1", "--batch", "2",
-               "--threads", "1") == 0
-
-    class Seen(Exception):
-        pass
-
-    def fake_fit(*, batch_fn, dist_info, model, loss_fn, **kw):
-        batches = [batch_fn(step, dist_info) for step in range(30)]
-        loss_fn(model, batches[0])[0].backward()                     # the batch is what the loss takes
-        raise Seen(batches)
-
-    monkeypatch.setattr(train.training.wm, "fit", fake_fit)
-    argv = ["train", "wm", "--data", str(folder), "--ae", str(tmp_path / "ae"), "--batch", "4", "--window", "4",
-            "--threads", "1", "--no-resume"]
-    for mode in ("weight", "drop"):
-        with pytest.raises(Seen) as info:
-            cli(*argv, "--out", str(tmp_path / f"wm_{mode}"), "--unsure-actions", mode)
-        batches = info.value.args[0]
-        assert all(len(b) == 5 and b[3] == mode and b[4] is None for b in batches)   # no object masks asked
-        actions, conf = torch.cat([b[1] for b in batches]), torch.cat([b[2] for b in batches])
-        marked = (actions == torch.from_numpy(marker)).all(dim=-1)          # (30 B, W): the unsure labels
-        assert marked.any() and torch.allclose(conf[marked], torch.tensor(0.1))
-        assert bool((conf[~marked] > 0.5).all())
-    with pytest.raises(Seen) as info:
-        cli(*argv, "--out", str(tmp_path / "wm_keep"))
-    assert all(b[2] is None and b[3] == "keep" for b in info.value.args[0])   # the default: no confidence
+    assert cli(*argv, "--out", str(tmp_path / "wm2"), "--set", "min_label_confidence=2") == 1
+    assert "--set min_label_confidence=2.0: must be in [0, 1]" in capsys.readouterr().err

@@ -55,7 +55,7 @@ def recorded(tmp_path_factory) -> Path:
 
 def ae_argv(recorded: Path, out: Path, *extra: str) -> list[str]:
     return ["train", "ae", "--data", str(recorded), "--out", str(out), "--steps", "2", "--batch", "2", "--threads",
-            "1", "--save-every", "1", *extra]
+            "1", "--set", "save_every=1", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -102,23 +102,23 @@ def test_changed_flag_is_refused_unless_forced(tmp_path, recorded, capsys):
     config = (out / "config.json").read_bytes()
     states = snapshot(out / "state")
 
-    rc, err = reverie(capsys, *ae_argv(recorded, out, "--crop", "32", "--lr", "0.002"))
+    rc, err = reverie(capsys, *ae_argv(recorded, out, "--set", "crop=32", "--lr", "0.002"))
     assert rc == 1
     line = one_line_error(err, "ae")
-    assert "--crop 0 -> 32" in line and "--lr 0.001 -> 0.002" in line and "--force" in line, line
+    assert "crop 0 -> 32" in line and "lr 0.001 -> 0.002" in line and "--force" in line, line
     assert (out / "config.json").read_bytes() == config and snapshot(out / "state") == states
 
     # the same flags resume; so do the ones that only say how long and how often
-    rc, _ = reverie(capsys, *ae_argv(recorded, out, "--steps", "3", "--log-every", "2", "--threads", "2"))
+    rc, _ = reverie(capsys, *ae_argv(recorded, out, "--steps", "3", "--set", "log_every=2", "--threads", "2"))
     assert rc == 0
     assert json.loads((out / "state" / "manifest.json").read_text())["step"] == 3
 
     # --force resumes with the new value and says what changed
     capsys.readouterr()
     torch.manual_seed(0)
-    assert reverie_cli.main(ae_argv(recorded, out, "--steps", "4", "--crop", "32", "--force")) == 0
+    assert reverie_cli.main(ae_argv(recorded, out, "--steps", "4", "--set", "crop=32", "--force")) == 0
     said = capsys.readouterr().out
-    assert "--crop 0 -> 32" in said and "resuming from" in said
+    assert "crop 0 -> 32" in said and "resuming from" in said
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["flags"]["crop"] == 32 and cfg["crop"] == 32 and cfg["train"]["steps"] == 4
 
@@ -126,7 +126,7 @@ def test_changed_flag_is_refused_unless_forced(tmp_path, recorded, capsys):
 def test_no_resume_starts_over_with_changed_flags(tmp_path, recorded, capsys):
     out = tmp_path / "r"
     assert reverie(capsys, *ae_argv(recorded, out))[0] == 0
-    rc, _ = reverie(capsys, *ae_argv(recorded, out, "--seed", "5", "--steps", "1", "--no-resume"))
+    rc, _ = reverie(capsys, *ae_argv(recorded, out, "--set", "seed=5", "--steps", "1", "--no-resume"))
     assert rc == 0
     assert json.loads((out / "config.json").read_text())["flags"]["seed"] == 5
     assert sorted(p.name for p in (out / "state").glob("step_*")) == ["step_00000001"]
@@ -142,9 +142,9 @@ def test_run_dir_claim_unit(tmp_path):
     (run.state_root / "step_00000002" / "state.json").write_text("{}")
     (run.state_root / "manifest.json").write_text(json.dumps({"latest": "step_00000002", "step": 2}))
     assert run.claim("ae", {"crop": 0, "steps": 9}) == []
-    with pytest.raises(TrainingError, match="--crop 0 -> 32"):
+    with pytest.raises(TrainingError, match="crop 0 -> 32"):
         run.claim("ae", {"crop": 32, "steps": 2})
-    assert run.claim("ae", {"crop": 32}, force=True) == ["--crop 0 -> 32"]
+    assert run.claim("ae", {"crop": 32}, force=True) == ["crop 0 -> 32"]
     assert run.claim("ae", {"crop": 32}, fresh=True) == []
     with pytest.raises(TrainingError, match="'reverie train ae'"):
         run.claim("wm", {"crop": 0})
@@ -217,7 +217,7 @@ def test_seed_for_is_a_pure_function_with_independent_streams():
 # ---------------------------------------------------------------------------------------------------------------
 def test_stage_stats_are_tensors_and_empty_bins_are_left_out():
     from engine.inverse_dynamics import accuracy, action_accuracy
-    from train.training.wm import tau_bin_stats
+    from train.training.wm_loss import tau_bin_stats
 
     stats = {"tau": torch.tensor([0.1, 0.15, 0.9, 0.5]), "loss": torch.tensor([1.0, 3.0, 5.0, 7.0]),
              "shortcut": torch.tensor([False, False, False, True]), "level": torch.tensor([6, 6, 6, 0])}
@@ -312,7 +312,8 @@ def ae_parts(path: Path) -> tuple[dict, dict]:
 def test_decoder_only_training_keeps_the_encoder_bit_for_bit(tmp_path, recorded, ae_run, capsys):
     start = ae_run / "ae.safetensors"
     out = tmp_path / "dec"
-    rc, err = reverie(capsys, *ae_argv(recorded, out, "--init", str(start), "--freeze-encoder", "--lr", "0.01"))
+    rc, err = reverie(capsys, *ae_argv(recorded, out, "--init", str(start), "--set", "freeze_encoder=true", "--lr",
+                                      "0.01"))
     assert rc == 0, err
     enc0, dec0 = ae_parts(start)
     enc1, dec1 = ae_parts(out / "ae.safetensors")
@@ -330,7 +331,7 @@ def test_decoder_only_training_keeps_the_encoder_bit_for_bit(tmp_path, recorded,
 def test_bad_init_is_one_line_naming_the_flag(tmp_path, recorded, ae_run, capsys, case):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a checkpoint")
-    argv = {"no_init": ["--freeze-encoder"],
+    argv = {"no_init": ["--set", "freeze_encoder=on"],
             "missing": ["--init", str(tmp_path / "none.safetensors")],
             "not_a_checkpoint": ["--init", str(junk)]}[case]
     out = tmp_path / "r"
@@ -342,7 +343,7 @@ def test_bad_init_is_one_line_naming_the_flag(tmp_path, recorded, ae_run, capsys
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# --patch: tokens per frame
+# patch: tokens per frame
 # ---------------------------------------------------------------------------------------------------------------
 def test_patch_1_trains_a_model_with_a_token_per_latent_cell_that_plays(tmp_path, recorded, ae_run, capsys):
     import numpy as np
@@ -352,7 +353,7 @@ def test_patch_1_trains_a_model_with_a_token_per_latent_cell_that_plays(tmp_path
 
     out = tmp_path / "wm"
     rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out", str(out),
-                      "--steps", "1", "--batch", "2", "--threads", "1", "--window", "4", "--patch", "1")
+                      "--steps", "1", "--batch", "2", "--threads", "1", "--window", "4", "--set", "patch=1")
     assert rc == 0, err
     wm = load_checkpoint(out / "model.safetensors").config.world_model
     assert (wm.patch, wm.tokens_per_frame, wm.token_dim) == (1, 64, 16)
@@ -368,58 +369,21 @@ def test_patch_1_trains_a_model_with_a_token_per_latent_cell_that_plays(tmp_path
                       "--init", str(out / "model.safetensors"))
     assert rc == 1
     line = one_line_error(err, "wm")
-    assert "--init" in line and "--patch 2" in line and "16 latent values" in line, line
+    assert "--init" in line and "patch 2" in line and "16 latent values" in line and "--set patch=P" in line, line
     assert not (tmp_path / "wm2").exists()
-
-
-def test_a_finer_head_warm_starts_from_a_coarse_model_and_plays(tmp_path, recorded, ae_run, capsys):
-    """--head-patch 1 under the preset's patch-2 backbone: --init from a patch-2 model keeps every weight it has (only
-    each cell's own input and place are new), and the result plays; a head patch that does not divide the
-    backbone's is refused before any work."""
-    import numpy as np
-
-    from engine.checkpoint import load_checkpoint
-    from engine.session import Session
-
-    coarse, fine = tmp_path / "coarse", tmp_path / "fine"
-    base = ("--steps", "1", "--batch", "2", "--threads", "1", "--window", "4")
-    rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out", str(coarse), *base)
-    assert rc == 0, err
-    rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out", str(fine), *base,
-                      "--head-patch", "1", "--init", str(coarse / "model.safetensors"), "--lr", "1e-9")
-    assert rc == 0, err
-    ck = load_checkpoint(fine / "model.safetensors")
-    wm = ck.config.world_model
-    assert (wm.patch, wm.head_patch, wm.tokens_per_frame, wm.head_tokens_per_frame) == (2, 1, 16, 64)
-    before = load_checkpoint(coarse / "model.safetensors").tensors["wm"]
-    after = ck.tensors["wm"]
-    for k in ("backbone.blocks.0.attn.qkv.weight", "head.blocks.0.mlp.0.weight"):   # kept (lr 1e-9: one tiny step)
-        torch.testing.assert_close(after[k].float(), before[k].float(), atol=1e-5, rtol=0)
-    assert after["head.x_cell.weight"].shape == (wm.d_model, 16) and "head.cell_pos" in after
-    sess = Session(fine / "model.safetensors", backend="torch", threads=1)
-    sess.reset(np.zeros((2, 64, 64, 3), np.uint8), np.zeros((2, sess.spec.size), np.float32))
-    frame = sess.step(sess.spec.encode(["right"]))
-    assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8
-
-    rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out",
-                      str(tmp_path / "bad"), *base, "--head-patch", "3")
-    assert rc == 1
-    line = one_line_error(err, "wm")
-    assert "--head-patch 3" in line and "1, 2" in line, line
-    assert not (tmp_path / "bad").exists()
 
 
 def test_a_patch_that_does_not_split_the_latent_grid_is_refused(tmp_path, recorded, ae_run, capsys):
     rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out",
-                      str(tmp_path / "wm"), "--steps", "1", "--batch", "2", "--threads", "1", "--patch", "3")
+                      str(tmp_path / "wm"), "--steps", "1", "--batch", "2", "--threads", "1", "--set", "patch=3")
     assert rc == 1
     line = one_line_error(err, "wm")
-    assert "--patch 3" in line and "1, 2, 4, 8" in line, line
+    assert "--set patch=3" in line and "1, 2, 4, 8" in line, line
     assert not (tmp_path / "wm").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# --fresh-actions: a warm start that learns the actions anew
+# fresh_actions: a warm start that learns the actions anew
 # ---------------------------------------------------------------------------------------------------------------
 def test_fresh_actions_keeps_the_pretrained_frames_and_starts_the_action_inputs_from_zero(tmp_path, recorded, ae_run,
                                                                                         capsys):
@@ -436,7 +400,7 @@ def test_fresh_actions_keeps_the_pretrained_frames_and_starts_the_action_inputs_
     assert pre["head.action_in.weight"].abs().max() > 0.05     # the pretrained model reads its actions
 
     rc, err = reverie(capsys, *base, "--out", str(tmp_path / "fresh"), "--steps", "1", "--lr", "1e-6", "--init",
-                      str(tmp_path / "pre" / "model.safetensors"), "--fresh-actions")
+                      str(tmp_path / "pre" / "model.safetensors"), "--set", "fresh_actions=true")
     assert rc == 0, err
     fresh = {k: v.float() for k, v in load_checkpoint(tmp_path / "fresh" / "model.safetensors").tensors["wm"].items()}
     for name in ACTION_INPUTS:       # one step of lr 1e-6 away from zero
@@ -444,7 +408,7 @@ def test_fresh_actions_keeps_the_pretrained_frames_and_starts_the_action_inputs_
     others = [k for k in pre if k not in ACTION_INPUTS and k not in ("latent_mean", "latent_std")]
     assert others and all((fresh[k] - pre[k]).abs().max() < 1e-4 for k in others)
 
-    # a model that reads actions of another size: refused with the way out named, then taken with --fresh-actions
+    # a model that reads actions of another size: refused with the way out named, then taken with fresh_actions
     wider = dict(pre)
     for name in ("backbone.action_in.weight", "head.action_in.weight", "head.action_tokens.weight"):
         wider[name] = torch.cat([pre[name], pre[name][:, :2]], dim=1)
@@ -453,35 +417,11 @@ def test_fresh_actions_keeps_the_pretrained_frames_and_starts_the_action_inputs_
                       str(tmp_path / "six_buttons.state"))
     assert rc == 1
     line = one_line_error(err, "wm")
-    assert "--init" in line and "6 values" in line and "--fresh-actions" in line, line
+    assert "--init" in line and "6 values" in line and "--set fresh_actions=true" in line, line
     assert not (tmp_path / "six").exists()
     rc, err = reverie(capsys, *base, "--out", str(tmp_path / "six"), "--steps", "1", "--init",
-                      str(tmp_path / "six_buttons.state"), "--fresh-actions")
+                      str(tmp_path / "six_buttons.state"), "--set", "fresh_actions=true")
     assert rc == 0, err
-
-
-def test_train_only_the_head_keeps_the_backbone_of_init_and_trains_the_head(tmp_path, recorded, ae_run, capsys):
-    """--train-only head: the backbone leaves the run with --init's weights to the bit, the head moves; without
-    --init the flag is refused before any work, naming the way out."""
-    from engine.checkpoint import load_checkpoint
-
-    base = ["train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--batch", "2", "--threads", "1",
-            "--window", "4"]
-    rc, err = reverie(capsys, *base, "--out", str(tmp_path / "pre"), "--steps", "1")
-    assert rc == 0, err
-    init = tmp_path / "pre" / "model.safetensors"
-    rc, err = reverie(capsys, *base, "--out", str(tmp_path / "head"), "--steps", "3", "--lr", "0.01", "--init",
-                      str(init), "--train-only", "head")
-    assert rc == 0, err
-    pre, got = (load_checkpoint(p).tensors["wm"] for p in (init, tmp_path / "head" / "model.safetensors"))
-    assert all(torch.equal(got[k], pre[k]) for k in pre if k.startswith("backbone."))
-    assert any(not torch.equal(got[k], pre[k]) for k in pre if k.startswith("head."))
-
-    rc, err = reverie(capsys, *base, "--out", str(tmp_path / "bare"), "--steps", "1", "--train-only", "head")
-    assert rc == 1
-    line = one_line_error(err, "wm")
-    assert "--train-only head" in line and "--init" in line, line
-    assert not (tmp_path / "bare").exists()
 
 
 def test_a_model_file_as_ae_passes_on_the_autoencoders_metrics_not_its_own_losses(tmp_path, recorded, ae_run, capsys):
@@ -500,27 +440,54 @@ def test_a_model_file_as_ae_passes_on_the_autoencoders_metrics_not_its_own_losse
     assert load_checkpoint(tmp_path / "ft" / "model.safetensors").extra["ae_metrics"] == ae_metrics
 
 
+
+def test_a_warm_start_on_another_encoders_latents_is_refused(tmp_path, recorded, ae_run, capsys):
+    """`--init MODEL --ae OTHER`: MODEL's world model reads the latents of its own encoder, so an --ae with another
+    encoder is refused before any work, saying what to pass; an autoencoder whose decoder alone was retrained
+    (--freeze-encoder) keeps the encoder and is taken. The same holds for --init of a training run, whose config.json
+    records the autoencoder it was trained with."""
+    base = ["train", "wm", "--data", str(recorded), "--batch", "2", "--threads", "1", "--window", "4", "--steps", "1"]
+    rc, err = reverie(capsys, *base, "--ae", str(ae_run), "--out", str(tmp_path / "pre"))
+    assert rc == 0, err
+    pre = tmp_path / "pre" / "model.safetensors"
+    assert reverie(capsys, *ae_argv(recorded, tmp_path / "other", "--set", "seed=1"))[0] == 0   # another encoder
+    rc, err = reverie(capsys, *ae_argv(recorded, tmp_path / "decoder", "--init", str(ae_run / "ae.safetensors"),
+                                       "--set", "freeze_encoder=true"))              # the same encoder, a new decoder
+    assert rc == 0, err
+    for init in (pre, tmp_path / "pre"):                                             # a model file, a run folder
+        out = tmp_path / f"foreign_{init.name}"
+        rc, err = reverie(capsys, *base, "--ae", str(tmp_path / "other"), "--init", str(init), "--out", str(out))
+        assert rc == 1
+        line = one_line_error(err, "wm")
+        assert f"--ae {tmp_path / 'other'}" in line and "is not the one" in line and "leave --init out" in line, line
+        assert "--ae " + (str(pre) if init == pre else str(ae_run / "ae.safetensors")) in line, line
+        assert not out.exists()
+    rc, err = reverie(capsys, *base, "--ae", str(tmp_path / "decoder"), "--init", str(pre), "--out",
+                      str(tmp_path / "ok"))
+    assert rc == 0, err
+
 def test_fresh_actions_without_init_is_refused(tmp_path, recorded, ae_run, capsys):
     rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out",
-                      str(tmp_path / "wm"), "--steps", "1", "--batch", "2", "--threads", "1", "--fresh-actions")
+                      str(tmp_path / "wm"), "--steps", "1", "--batch", "2", "--threads", "1", "--set",
+                      "fresh_actions=true")
     assert rc == 1
     line = one_line_error(err, "wm")
-    assert "--fresh-actions" in line and "--init" in line, line
+    assert "--set fresh_actions=true" in line and "--init" in line, line
     assert not (tmp_path / "wm").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# --object-weight: the loss weighs the tokens that hold what a player looks at
+# object_weight: the loss weighs the tokens that hold what a player looks at
 # ---------------------------------------------------------------------------------------------------------------
 def test_object_weight_trains_on_a_game_with_probes_and_records_it(tmp_path, recorded, ae_run, capsys):
     from engine.checkpoint import load_checkpoint
 
     out = tmp_path / "wm"
     rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out", str(out),
-                      "--steps", "2", "--batch", "2", "--threads", "1", "--window", "4", "--object-weight", "2",
-                      "--objects", "avatar,enemies")
+                      "--steps", "2", "--batch", "2", "--threads", "1", "--window", "4", "--set", "object_weight=2",
+                      "--set", "objects=avatar,enemies")
     assert rc == 0, err
-    assert load_checkpoint(out / "model.safetensors").config.world_model.object_weight == 2.0
+    assert load_checkpoint(out / "model.safetensors").extra["loss"]["object_weight"] == 2.0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if "loss" in r)
 
@@ -541,22 +508,22 @@ def test_object_weight_refusals_are_one_line_and_touch_nothing(tmp_path, recorde
                 w.append(frames[0])
                 for frame, action in zip(frames[1:], actions):
                     w.append(frame, action)
-    flags = {"unknown_object": ["--object-weight", "1", "--objects", "avatar,ghost"],
-             "objects_alone": ["--objects", "avatar"],
-             "no_probes": ["--object-weight", "1"]}[case]
+    flags = {"unknown_object": ["--set", "object_weight=1", "--set", "objects=avatar,ghost"],
+             "objects_alone": ["--set", "objects=avatar"],
+             "no_probes": ["--set", "object_weight=1"]}[case]
     rc, err = reverie(capsys, "train", "wm", "--data", str(data), "--ae", str(ae_run), "--out", str(tmp_path / "wm"),
                       "--steps", "1", "--batch", "2", "--threads", "1", "--window", "4", *flags)
     assert rc == 1
     line = one_line_error(err, "wm")
-    want = {"unknown_object": ("--objects", "ghost", "avatar, gems, enemies, score"),
-            "objects_alone": ("--objects", "--object-weight"),
-            "no_probes": ("--object-weight", "gym:CartPole-v1", "builtin:gems")}[case]
+    want = {"unknown_object": ("--set objects=avatar,ghost", "ghost", "avatar, gems, enemies, score"),
+            "objects_alone": ("--set objects=avatar", "object_weight"),
+            "no_probes": ("--set object_weight", "gym:CartPole-v1", "builtin:gems")}[case]
     assert all(w in line for w in want), line
     assert not (tmp_path / "wm").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# --focus: a share of each batch from the windows where two probes meet in one token
+# focus: a share of each batch from the windows where two probes meet in one token
 # ---------------------------------------------------------------------------------------------------------------
 def test_focused_windows_give_the_share_to_every_rank_and_fall_back_to_the_plain_draw():
     import numpy as np
@@ -582,8 +549,8 @@ def test_focused_windows_give_the_share_to_every_rank_and_fall_back_to_the_plain
 def test_focus_trains_on_the_windows_where_the_probes_meet(tmp_path, recorded, ae_run, capsys):
     out = tmp_path / "wm"
     rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out", str(out),
-                      "--steps", "2", "--batch", "2", "--threads", "1", "--window", "4", "--focus", "avatar,enemies",
-                      "--focus-share", "0.5")
+                      "--steps", "2", "--batch", "2", "--threads", "1", "--window", "4", "--set",
+                      "focus=avatar,enemies", "--set", "focus_share=0.5")
     said = capsys.readouterr().out if rc else ""
     assert rc == 0, err + said
     assert (out / "model.safetensors").is_file()
@@ -592,25 +559,26 @@ def test_focus_trains_on_the_windows_where_the_probes_meet(tmp_path, recorded, a
 
 @pytest.mark.parametrize("case", ["one_probe", "unknown", "share"])
 def test_focus_refusals_are_one_line_and_touch_nothing(tmp_path, recorded, ae_run, capsys, case):
-    flags = {"one_probe": ["--focus", "avatar"], "unknown": ["--focus", "avatar,ghost"],
-             "share": ["--focus", "avatar,enemies", "--focus-share", "1.5"]}[case]
+    flags = {"one_probe": ["--set", "focus=avatar"], "unknown": ["--set", "focus=avatar,ghost"],
+             "share": ["--set", "focus=avatar,enemies", "--set", "focus_share=1.5"]}[case]
     rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out",
                       str(tmp_path / "wm"), "--steps", "1", "--batch", "2", "--threads", "1", "--window", "4", *flags)
     assert rc == 1
     line = one_line_error(err, "wm")
-    want = {"one_probe": ("--focus", "two different probes"), "unknown": ("--focus", "ghost", "avatar, gems"),
-            "share": ("--focus-share", "1.5", "(0, 1]")}[case]
+    want = {"one_probe": ("--set focus=avatar", "two different probes"),
+            "unknown": ("--set focus=avatar,ghost", "ghost", "avatar, gems"),
+            "share": ("--set focus_share=1.5", "(0, 1]")}[case]
     assert all(w in line for w in want), line
     assert not (tmp_path / "wm").exists()
 
 
 def test_no_progress_leaves_a_log_file_without_bars_and_still_resumes(tmp_path, recorded, capsys):
     """`reverie train ... > log`: a bar redraws itself hundreds of times into a file; --no-progress leaves only the
-    --log-every lines, and it is no flag of the run (the same run resumes with or without it)."""
+    log_every lines, and it is no setting of the run (the same run resumes with or without it)."""
     out = tmp_path / "r"
     torch.manual_seed(0)
     capsys.readouterr()
-    rc = reverie_cli.main(ae_argv(recorded, out, "--log-every", "1", "--no-progress"))
+    rc = reverie_cli.main(ae_argv(recorded, out, "--set", "log_every=1", "--no-progress"))
     said = capsys.readouterr()
     assert rc == 0 and "it/s" not in said.err and "\r" not in said.err, said.err
     assert "step 1/2: loss " in said.out and "step 2/2: loss " in said.out, said.out
@@ -621,7 +589,7 @@ def test_no_progress_leaves_a_log_file_without_bars_and_still_resumes(tmp_path, 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The weight average (--ema)
+# The weight average (ema)
 # ---------------------------------------------------------------------------------------------------------------
 def test_weight_average_follows_the_rule_and_holds_on_a_skipped_step():
     from train.training.loop import WeightAverage
@@ -642,7 +610,7 @@ def test_weight_average_follows_the_rule_and_holds_on_a_skipped_step():
 
 
 def test_ema_averages_the_run_saves_it_with_every_state_and_resumes_it(tmp_path):
-    """Six steps with --ema equal three, then three more resumed: the average is part of the whole state."""
+    """Six steps with ema equal three, then three more resumed: the average is part of the whole state."""
     from safetensors.torch import load_file
 
     from train.training.loop import WeightAverage, trained_weights
@@ -689,8 +657,8 @@ def test_ema_writes_the_average_into_the_world_models_checkpoint(tmp_path, recor
 
     out = tmp_path / "wm"
     rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out", str(out),
-                      "--steps", "3", "--batch", "2", "--threads", "1", "--window", "4", "--ema", "0.9",
-                      "--lr", "1e-2", "--warmup", "1")
+                      "--steps", "3", "--batch", "2", "--threads", "1", "--window", "4", "--set", "ema=0.9",
+                      "--lr", "1e-2", "--set", "warmup=1")
     assert rc == 0, err
     from safetensors.torch import load_file
 
@@ -707,10 +675,10 @@ def test_ema_writes_the_average_into_the_world_models_checkpoint(tmp_path, recor
 def test_ema_out_of_range_is_one_line_and_touches_nothing(tmp_path, recorded, ae_run, capsys, value):
     rc, err = reverie(capsys, "train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out",
                       str(tmp_path / "wm"), "--steps", "1", "--batch", "2", "--threads", "1", "--window", "4",
-                      "--ema", value)
+                      "--set", f"ema={value}")
     assert rc == 1
     line = one_line_error(err, "wm")
-    assert f"--ema {float(value)}" in line and "[0, 1)" in line, line
+    assert f"--set ema={float(value)}" in line and "[0, 1)" in line, line
     assert not (tmp_path / "wm").exists()
 
 

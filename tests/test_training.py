@@ -26,6 +26,7 @@ from engine.checkpoint import load_checkpoint
 from engine.config import WorldModelConfig
 from engine.world_model import WorldModel
 from train.training.loop import Dist, RunDir, TrainConfig, TrainingError, fit, step_generator
+from train.training.wm_loss import WorldModelLoss
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -52,7 +53,7 @@ def wm_batch(step: int, d: Dist):
 
 
 def wm_loss(m, batch):
-    loss, _ = m(*batch)  # WorldModel.loss draws tau, noise, context levels and action dropout from torch's RNG
+    loss, _ = m(WorldModelLoss(), *batch)  # the loss draws tau, noise, context levels and action dropout from torch
     return loss, {}
 
 
@@ -411,15 +412,15 @@ def test_two_process_wm_on_its_own_rollouts_through_the_cli(tmp_path, recorded, 
     out = tmp_path / "wm2"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "reverie_cli", *stage_argv("wm", recorded, ae_run, out, 2), "--rollout-iters", "2",
-                           "--backbone-actions", "off", "--change-weight", "1.5"],
+                           "-m", "reverie_cli", *stage_argv("wm", recorded, ae_run, out, 2), "--set",
+                           "rollout_iters=2", "--set", "backbone_actions=off", "--set", "change_weight=1.5"],
                           capture_output=True, text=True, timeout=180, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("wrote ") == 1
     assert (proc.stdout + proc.stderr).count("encode:   0%") == 1  # one encoding pass, not one per rank
     ck = load_checkpoint(out / "model.safetensors")
-    assert ck.config.world_model.rollout_iters == 2 and (out / "latents.cache").is_file()
-    assert ck.config.world_model.backbone_actions is False and ck.config.world_model.change_weight == 1.5
+    assert ck.extra["loss"]["rollout_iters"] == 2 and (out / "latents.cache").is_file()
+    assert ck.config.world_model.backbone_actions is False and ck.extra["loss"]["change_weight"] == 1.5
 
 
 def test_two_process_fsdp_through_the_cli_resumes(tmp_path, recorded):
@@ -431,7 +432,8 @@ def test_two_process_fsdp_through_the_cli_resumes(tmp_path, recorded):
     def run(steps: int) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                                "-m", "reverie_cli", "train", "idm", "--data", str(recorded), "--out", str(out),
-                               "--steps", str(steps), "--batch", "4", "--threads", "1", "--fsdp", "--save-every", "1"],
+                               "--steps", str(steps), "--batch", "4", "--threads", "1", "--set", "fsdp=true", "--set",
+                               "save_every=1"],
                               capture_output=True, text=True, timeout=180, cwd=REPO, env=env)
 
     first = run(2)
@@ -467,7 +469,7 @@ def ae_run(tmp_path_factory, recorded) -> Path:
 
 def stage_argv(stage: str, recorded: Path, ae_run: Path, out: Path, steps: int) -> list[str]:
     argv = ["train", stage, "--data", str(recorded), "--out", str(out), "--steps", str(steps), "--batch", "2",
-            "--threads", "1", "--save-every", "1"]
+            "--threads", "1", "--set", "save_every=1"]
     if stage == "wm":
         argv += ["--ae", str(ae_run / "ae.safetensors"), "--window", "4"]
     return argv
@@ -513,7 +515,7 @@ def test_cli_seed_sets_initial_weights(tmp_path, recorded):
         torch.manual_seed(rng_state)  # e.g. a notebook or a sweep that ran something before
         out = tmp_path / f"r{i}"
         assert cli("train", "idm", "--data", str(recorded), "--out", str(out), "--steps", "1", "--batch", "2",
-                   "--threads", "1", "--seed", "3", seed_torch=False) == 0
+                   "--threads", "1", "--set", "seed=3", seed_torch=False) == 0
         outs.append(out)
     assert_bit_equal(state_tensors(outs[0], 1), state_tensors(outs[1], 1))
 
@@ -591,6 +593,105 @@ def test_cli_dry_run_prints_config_and_writes_nothing(tmp_path, recorded, capsys
     assert not out.exists()
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The stage commands are derived from one settings dataclass per stage
+# ---------------------------------------------------------------------------------------------------------------
+DELETED = ("--shortcut-decay", "--head-patch", "--unsure-actions", "--train-only", "--decoder-noise")
+
+
+def stage_parser(stage: str):
+    from train.training import cli as train_cli
+
+    sub = next(a for a in train_cli.parser()._actions if a.dest == "stage")
+    return sub.choices[stage]
+
+
+@pytest.mark.parametrize("stage", ["ae", "idm", "wm"])
+def test_each_stage_has_a_settings_dataclass_its_flags_come_from(stage):
+    """SETTINGS is the stage's dataclass (TrainConfig's fields and its own): every field has help, the flags are
+    the fields marked as flags (plus paths and controls), and --help lists every field with its default."""
+    import dataclasses
+    import importlib
+
+    cls = importlib.import_module(f"train.training.{stage}").SETTINGS
+    assert dataclasses.is_dataclass(cls) and issubclass(cls, TrainConfig)
+    names = [f.name for f in dataclasses.fields(cls)]
+    assert all(f.metadata["help"] for f in dataclasses.fields(cls))
+    p = stage_parser(stage)
+    options = [o for a in p._actions for o in a.option_strings if o.startswith("--")]
+    assert len(options) + 1 <= 25, options                            # -h counts too
+    assert not [o for o in options if o in DELETED]
+    flagged = {f.name for f in dataclasses.fields(cls) if f.metadata.get("flag")}
+    settings_flags = {o[2:].replace("-", "_") for o in options} & set(names)
+    assert settings_flags == flagged
+    text = p.format_help()
+    assert all(f"  {n}=" in text for n in names), text
+    assert not [d for d in DELETED if d in text]
+
+
+def test_train_wm_help_lists_at_most_25_options():
+    from train.training import cli as train_cli
+
+    with pytest.raises(SystemExit):
+        train_cli.parser().parse_args(["wm", "--help"])
+    options = [o for a in stage_parser("wm")._actions for o in a.option_strings]
+    assert len([o for o in options if o.startswith("--")]) <= 25 and "-h" in options
+
+
+def test_set_takes_every_setting_typed_by_its_field(tmp_path, recorded, ae_run, capsys):
+    """`--set NAME=VALUE` sets any field, typed (a bool from true/false/on/off/yes/no/1/0; a string may hold commas);
+    the run records the resolved settings."""
+    out = tmp_path / "dry"
+    capsys.readouterr()
+    assert cli("train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out", str(out), "--window", "4",
+               "--set", "rollout_iters=2", "--set", "backbone_actions=off", "--set", "focus=avatar,enemies",
+               "--set", "focus_share=0.75", "--set", "precision=fp32", "--set", "ema=0.999", "--set", "half=1",
+               "--set", "steps=9", "--dry-run") == 0
+    printed = json.loads(capsys.readouterr().out.split("\n", 1)[1])   # after the line --focus prints
+    train = printed["train"]
+    assert (train["rollout_iters"], train["backbone_actions"], train["focus"], train["focus_share"]) == \
+        (2, False, "avatar,enemies", 0.75)
+    assert (train["precision"], train["ema"], train["half"], train["steps"], train["window"]) == \
+        ("fp32", 0.999, True, 9, 4)
+    assert printed["loss"]["rollout_iters"] == 2 and printed["model"]["world_model"]["backbone_actions"] is False
+    assert printed["flags"]["rollout_iters"] == 2 and "set" not in printed["flags"]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("argv", "needles"), [
+    (["--set", "rolout_iters=2"], ["--set rolout_iters=2", "no setting 'rolout_iters'", "did you mean rollout_iters"]),
+    (["--set", "rollout-iters=2"], ["did you mean rollout_iters"]),
+    (["--set", "colour=red"], ["no setting 'colour'", "'reverie train wm --help'"]),
+    (["--set", "rollout_iters"], ["--set rollout_iters", "NAME=VALUE"]),
+    (["--set", "rollout_iters=two"], ["--set rollout_iters=two", "whole number"]),
+    (["--set", "focus_share=half"], ["--set focus_share=half", "takes a number"]),
+    (["--set", "backbone_actions=maybe"], ["--set backbone_actions=maybe", "true or false"]),
+    (["--set", "precision=fp16"], ["--set precision=fp16", "auto, fp32, bf16"]),
+    (["--set", "focus_share=1.5"], ["--set focus_share=1.5", "(0, 1]"]),
+    (["--set", "rollout_fraction=nan"], ["--set rollout_fraction=nan", "[0, 1]"]),
+    (["--set", "min_label_confidence=2"], ["--set min_label_confidence=2.0", "[0, 1]"]),
+    (["--set", "ema=1"], ["--set ema=1.0", "[0, 1)"]),
+    (["--set", "ema=0.9", "--set", "fsdp=true"], ["ema=0.9", "fsdp=true", "drop one"]),
+    (["--steps", "0"], ["--steps 0", "at least 1"]),
+    (["--steps", "5", "--set", "steps=6"], ["--set steps=6", "also given as --steps", "give it once"]),
+    (["--set", "steps=5", "--set", "steps=6"], ["--set steps=6", "also given as --set steps"]),
+    (["--set", "ae=x.safetensors"], ["--set ae=x.safetensors", "is a path", "--ae"]),
+    (["--set", "objects=avatar"], ["--set objects=avatar", "object_weight"]),
+    (["--set", "fresh_actions=true"], ["--set fresh_actions=true", "needs --init"]),
+    (["--set", "patch=3"], ["--set patch=3", "1, 2, 4, 8"]),
+])
+def test_a_bad_setting_is_one_line_naming_it(tmp_path, recorded, ae_run, capsys, argv, needles):
+    out = tmp_path / "wm"
+    capsys.readouterr()
+    rc = cli("train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out", str(out), "--threads", "1",
+             "--window", "4", *argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == 1 and len(lines) == 1 and lines[0].startswith("reverie train wm: error: "), err
+    assert all(n in lines[0] for n in needles), (needles, lines[0])
+    assert not out.exists()
+
+
 def test_cli_bad_inputs_give_one_line_errors(tmp_path, recorded, ae_run, capsys):
     small = tmp_path / "small"
     assert cli("record", "--env", "builtin:gems", "--episodes", "1", "--steps", "5", "--size", "32", "--out",
@@ -604,6 +705,13 @@ def test_cli_bad_inputs_give_one_line_errors(tmp_path, recorded, ae_run, capsys)
           str(tmp_path / "c"), "--steps", "1"], ["no such checkpoint file"]),
         (["train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out", str(tmp_path / "d"), "--steps", "1",
           "--batch", "1", "--threads", "1", "--window", "64"], ["fewer than the window of 64"]),
+        # the autoencoder of another preset: say which preset it is, or how to train one of this preset
+        (["train", "wm", "--data", str(recorded), "--ae", str(ae_run), "--out", str(tmp_path / "e"), "--steps", "1",
+          "--preset", "small"], ["latents are 16x8x8", "preset 'small' reads 16x16x16", "--preset tiny",
+                                 "'reverie train ae --preset small --data"]),
+        # frames the autoencoder does not encode
+        (["train", "wm", "--data", str(small), "--ae", str(ae_run), "--out", str(tmp_path / "f"), "--steps", "1"],
+         ["--data", "frames are (32, 32, 3)", "encodes (64, 64, 3)", "--size 64"]),
     ]
     for argv, needles in cases:
         capsys.readouterr()
@@ -641,6 +749,7 @@ def test_warm_start_finds_the_newest_state_from_a_run_or_state_folder(tmp_path):
         model.weight.add_(1.0)
     newest = run.save_state(2, model, opt, keep=2, extra={})
     for where in (run.root, run.state_root, newest):
-        got, sampling = warm_start_weights(str(where))
-        assert sampling is None, where   # a training state has no run-time defaults of its own
-        assert torch.equal(got["weight"], model.weight.detach()), where
+        got = warm_start_weights(str(where))
+        assert got.sampling is None, where   # a training state has no run-time defaults of its own
+        assert got.encoder is None, where    # nor a recorded autoencoder (this run has no config.json)
+        assert torch.equal(got.weights["weight"], model.weight.detach()), where

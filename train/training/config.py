@@ -1,12 +1,15 @@
-"""The training configuration every stage shares, its command-line flags, path checks and the one seeding rule.
+"""The settings every stage shares, how a stage's command line is derived from its settings, path checks and the one
+seeding rule.
 
-TrainConfig's fields are the shared flags of `reverie train ae|wm|idm` (`--weight-decay` sets `weight_decay`);
-add_train_flags() derives them from the dataclass, with each stage's defaults from STAGE_DEFAULTS, and
-config_from_args() builds the config back from the parsed flags. A stage module adds its own flags and reads them
-from the namespace; it never imports train.training.cli (which only registers the stages).
+Each stage (train.training.ae, .idm, .wm) has one settings dataclass (`SETTINGS`): TrainConfig's fields plus its own.
+Every field is settable as `--set NAME=VALUE` (`--set rollout_iters=2 --set backbone_actions=false`), typed by the
+field (a bool takes true/false/on/off/yes/no/1/0); the common ones (metadata `flag=True`) are also flags (`--steps`).
+add_settings() derives the flags, `--set` and the list of settings in `--help` from the dataclass; settings_from_args()
+builds the settings back, each bad name or value a one-line error. Paths (`--data`, `--out`, `--ae`, `--idm`,
+`--init`) are flags of the stage, never settings.
 
-Every flag the user gave is recorded in the run folder's config.json ("flags"). Re-running into the same `--out`
-may change only the RESUMABLE flags (how long and how often, not what is trained); any other change is refused
+Every resolved setting is recorded in the run folder's config.json ("flags", with the paths). Re-running into the same
+`--out` may change only the RESUMABLE ones (how long and how often, not what is trained); any other change is refused
 unless `--force` (resume with the new values) or `--no-resume` (start over) says so.
 
 Paths are checked before any work (loading data, encoding): a missing `--data`, `--ae`, `--idm` or `--init` fails
@@ -16,9 +19,13 @@ at once with an error that names the flag the user typed.
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import math
-from dataclasses import MISSING, dataclass, field, fields, replace
+import textwrap
+import typing
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,41 +34,61 @@ from engine.errors import ReverieError
 
 
 class TrainingError(ReverieError, RuntimeError):
-    """A run that cannot go on (diverged, bad resume state, a refused run folder, a bad flag)."""
+    """A run that cannot go on (diverged, bad resume state, a refused run folder, a bad setting)."""
 
 
-def _f(default: Any, help: str = "", **kw: Any) -> Any:
-    """A TrainConfig field whose flag help text travels in its metadata."""
-    return field(default=default, metadata={"help": help, **kw})
+def setting(default: Any, help: str, *, flag: bool = False, check: tuple[Callable[[Any], bool], str] | None = None,
+            choices: tuple[str, ...] | None = None) -> Any:
+    """A settings field: its help, whether it is also a flag, and a check with what it must be ("at least 1")."""
+    return field(default=default, metadata={"help": help, "flag": flag, "check": check, "choices": choices})
+
+
+def at_least(lo: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= lo), f"at least {lo:g}"
+
+
+def within(lo: float, hi: float, open_lo: bool = False, open_hi: bool = False) -> tuple[Callable[[Any], bool], str]:
+    """A check for a number in [lo, hi] (or open at either end); NaN fails it."""
+    def ok(v: float) -> bool:
+        return (lo < v if open_lo else lo <= v) and (v < hi if open_hi else v <= hi)
+    return ok, f"in {'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}"
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings shared by every stage (CLI flags map onto these fields)."""
+    """Optimisation settings shared by every stage."""
 
-    steps: int = _f(2000, "optimizer steps")
-    batch: int = _f(16, "global batch (split across ranks)")
-    lr: float = _f(3e-4, "peak learning rate")
-    weight_decay: float = _f(0.01, "AdamW weight decay (matrices only)")
-    warmup: int = _f(100, "linear warm-up steps (at most a fifth of --steps)")
-    min_lr_ratio: float = _f(0.1, "cosine decay ends at lr times this")
-    grad_clip: float = _f(1.0, "clip the gradient norm to this")
-    seed: int = _f(0, "seed of initial weights, data order and noise (see seed_for)")
-    precision: str = _f("auto", "auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX-512 BF16, AMX), fp32 "
-                        "on other CPUs", choices=("auto", "fp32", "bf16"))
-    device: str = _f("auto", "auto, cpu, cuda, cuda:1 ...")
-    threads: int = _f(0, "torch CPU threads (0: torch's default)")
-    save_every: int = _f(500, "write a whole training state every N steps")
-    log_every: int = _f(25, "log averaged metrics every N steps")
-    sample_every: int = _f(0, "write sample images every N steps (0: at the end)")
-    keep_states: int = _f(2, "how many training states to keep")
-    max_bad_steps: int = _f(5, "stop after this many non-finite steps in a row")
+    steps: int = setting(2000, "optimizer steps", flag=True, check=at_least(1))
+    batch: int = setting(16, "global batch (split across ranks)", flag=True, check=at_least(1))
+    lr: float = setting(3e-4, "peak learning rate", flag=True, check=within(0, 1, open_lo=True))
+    weight_decay: float = setting(0.01, "AdamW weight decay (matrices only)", check=at_least(0))
+    warmup: int = setting(100, "linear warm-up steps (at most a fifth of the steps)", check=at_least(0))
+    min_lr_ratio: float = setting(0.1, "cosine decay ends at lr times this", check=within(0, 1))
+    grad_clip: float = setting(1.0, "clip the gradient norm to this", check=within(0, math.inf, open_lo=True))
+    seed: int = setting(0, "seed of initial weights, data order and noise (see seed_for)", check=at_least(0))
+    precision: str = setting("auto", "auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX-512 BF16, AMX), "
+                             "fp32 on other CPUs", choices=("auto", "fp32", "bf16"))
+    device: str = setting("auto", "auto, cpu, cuda, cuda:1 ...", flag=True)
+    threads: int = setting(2, "torch CPU threads (0: torch's default)", flag=True, check=at_least(0))
+    save_every: int = setting(500, "write a whole training state every N steps", check=at_least(1))
+    log_every: int = setting(25, "log averaged metrics every N steps", check=at_least(1))
+    sample_every: int = setting(0, "write sample images every N steps (0: at the end)", check=at_least(0))
+    keep_states: int = setting(2, "how many training states to keep", check=at_least(1))
+    max_bad_steps: int = setting(5, "stop after this many non-finite steps in a row", check=at_least(1))
     # > 0 ends the run when either steps or time run out; the schedule follows whichever is further along
-    time_limit: float = _f(0.0, "stop after this many seconds (the LR schedule then follows time; not "
-                                "bit-reproducible)")
-    fsdp: bool = _f(False, "under torchrun: shard the model over ranks (FSDP2) instead of replicating it (DDP)")
-    ema: float = _f(0.0, "keep an exponential moving average of the weights with this decay per step (e.g. 0.999; "
-                    "0: off); the checkpoint written at the end holds the average")
+    time_limit: float = setting(0.0, "stop after this many seconds (0: none; the LR schedule then follows time; not "
+                                "bit-reproducible)", flag=True, check=at_least(0))
+    fsdp: bool = setting(False, "under torchrun: shard the model over ranks (FSDP2) instead of replicating it (DDP)")
+    ema: float = setting(0.0, "keep an exponential moving average of the weights with this decay per step (0.999 "
+                         "averages about the last 1,000 steps; 0: off); the checkpoint holds the average",
+                         check=within(0, 1, open_hi=True))
+
+    def said(self, name: str) -> str:
+        """Setting `name` as a user types it, for an error: `--steps 0` (a flag), `--set focus_share=1.5`."""
+        text = shown(getattr(self, name))
+        if type(self).__dataclass_fields__[name].metadata.get("flag"):
+            return f"{flag_of(name)} {text}"
+        return f"--set {name}={text}"
 
     def lr_at(self, step: int, time_fraction: float = 0.0) -> float:
         """Linear warm-up then cosine decay over max(step progress, time progress)."""
@@ -71,17 +98,14 @@ class TrainConfig:
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-# flag defaults that differ from TrainConfig's: per stage, and for every command line
-STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "ae": {"steps": 2000, "batch": 32, "lr": 1e-3},
-    "wm": {"steps": 3000, "batch": 8, "lr": 3e-4},
-    "idm": {"steps": 600, "batch": 64, "lr": 1e-3},
-}
-CLI_DEFAULTS: dict[str, Any] = {"threads": 2}
+def restate(name: str, default: Any) -> Any:
+    """TrainConfig's field `name` with a stage's own default (help, flag and check kept)."""
+    return field(default=default, metadata=TrainConfig.__dataclass_fields__[name].metadata)
 
-# Flags that may change when a run resumes: they say how long and how often, not what is trained. `--steps`
-# raised continues a finished run (the cosine schedule stretches to the new length). A stage adds its own (wm:
-# --half and --idm, which only shape the file written at the end).
+
+# Settings that may change when a run resumes: they say how long and how often, not what is trained. `steps` raised
+# continues a finished run (the cosine schedule stretches to the new length). A stage adds its own (wm: half and
+# idm, which only shape the file written at the end).
 RESUMABLE = frozenset({"steps", "time_limit", "save_every", "log_every", "sample_every", "keep_states", "threads",
                        "max_bad_steps"})
 # Flags that steer the command rather than the run: never recorded or compared.
@@ -91,46 +115,140 @@ PATH_FLAGS = frozenset({"data", "ae", "idm", "init"})
 
 
 def flag_name(dest: str) -> str:
-    """The flag a user types for an argparse destination: weight_decay -> --weight-decay."""
-    return "--" + dest.replace("_", "-")
+    """A recorded name as a user sets it, for messages: a path or control as its flag (--data), a setting by name."""
+    return "--" + dest.replace("_", "-") if dest in PATH_FLAGS or dest in CONTROL or dest == "skip_bad" else dest
 
 
-def add_train_flags(p: argparse.ArgumentParser, stage: str) -> None:
-    """Add the flags every stage shares: the run's paths and controls, then one flag per TrainConfig field."""
-    p.add_argument("--data", required=True, help="folder of episode files (from 'reverie record')")
-    p.add_argument("--out", required=True, help="run folder (created; an existing run of this stage resumes)")
-    p.add_argument("--preset", default="tiny", help="model size: tiny, small, oasis (default tiny)")
-    defaults = {**CLI_DEFAULTS, **STAGE_DEFAULTS[stage]}
-    for f in fields(TrainConfig):
-        default = defaults.get(f.name, f.default)
-        assert default is not MISSING, f.name
-        if isinstance(default, bool):
-            p.add_argument(flag_name(f.name), action="store_true", default=default, help=f.metadata["help"])
+def shown(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def flag_of(name: str) -> str:
+    """The flag of a field: weight_decay -> --weight-decay."""
+    return "--" + name.replace("_", "-")
+
+
+def field_types(cls: type) -> dict[str, type]:
+    """The type of each field of a settings dataclass (int, float, str or bool)."""
+    return typing.get_type_hints(cls)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The command line of a stage, derived from its settings dataclass
+# ---------------------------------------------------------------------------------------------------------------
+TRUE, FALSE = ("true", "on", "yes", "1"), ("false", "off", "no", "0")
+HELP_WIDTH, HELP_INDENT = 100, 28   # the settings list of --help: line width, column of the help text
+
+
+def parse_value(name: str, kind: type, text: str, choices: tuple[str, ...] | None = None) -> Any:
+    """`text` as a value of setting `name` of type `kind`; a TrainingError saying what it takes."""
+    t = text.strip()
+    if kind is bool:
+        if t.lower() in TRUE + FALSE:
+            return t.lower() in TRUE
+        raise TrainingError(f"--set {name}={text}: {name} is true or false (also on/off, yes/no, 1/0)")
+    if kind is int:
+        try:
+            return int(t)
+        except ValueError:
+            raise TrainingError(f"--set {name}={text}: {name} takes a whole number") from None
+    if kind is float:
+        try:
+            return float(t)
+        except ValueError:
+            raise TrainingError(f"--set {name}={text}: {name} takes a number") from None
+    if choices and t not in choices:
+        raise TrainingError(f"--set {name}={text}: {name} is one of {', '.join(choices)}")
+    return t
+
+
+def add_settings(p: argparse.ArgumentParser, settings: type[TrainConfig]) -> None:
+    """Add a stage's settings to its parser (the flagged ones as flags, every one through `--set`, all listed in the
+    epilog), then the controls every stage shares. Flags default to None: settings_from_args knows what was given."""
+    types = field_types(settings)
+    for f in fields(settings):
+        if not f.metadata.get("flag"):
             continue
-        p.add_argument(flag_name(f.name), type=type(default), default=default, choices=f.metadata.get("choices"),
-                       help=f"{f.metadata['help']} (default {default})")
+        kind, help_text = types[f.name], f.metadata["help"]
+        if kind is bool:
+            p.add_argument(flag_of(f.name), action="store_true", default=None, help=help_text)
+        else:
+            p.add_argument(flag_of(f.name), type=kind, default=None, metavar=f.name.upper(),
+                           choices=f.metadata.get("choices"), help=f"{help_text} (default {shown(f.default)})")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="set any setting listed below (repeatable), e.g. --set rollout_iters=2")
     p.add_argument("--skip-bad", action="store_true", help="skip damaged episode files with a warning")
     p.add_argument("--no-resume", action="store_true", help="ignore saved states in --out and start over")
     p.add_argument("--force", action="store_true",
-                   help="resume although flags other than steps, time limit and cadences changed")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
+                   help="resume although settings other than steps, time limit and cadences changed")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved settings and exit")
     p.add_argument("--no-progress", action="store_true",
-                   help="no progress bars: one line per --log-every step instead (for a log file)")
+                   help="no progress bars: one line per log_every steps instead (for a log file)")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = settings_help(settings)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig of parsed flags (warm-up at most a fifth of the run)."""
-    tcfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    if not 0.0 <= tcfg.ema < 1.0:
-        raise TrainingError(f"--ema {tcfg.ema}: the average's decay per step must be in [0, 1) (0.999 averages over "
-                            "about the last 1,000 steps; 0 turns it off)")
-    if tcfg.ema > 0 and tcfg.fsdp:
-        raise TrainingError("--ema with --fsdp: the average of a sharded model is not supported; drop one of them")
-    return replace(tcfg, warmup=min(tcfg.warmup, max(1, tcfg.steps // 5)))
+def settings_help(settings: type[TrainConfig]) -> str:
+    """The list of settings for `--help`: name=default, then its help (and its flag, where it has one)."""
+    lines = ["settings (--set NAME=VALUE; a bool takes true/false; those with a flag above may be given either way):"]
+    for f in fields(settings):
+        head = f"  {f.name}={shown(f.default)}"
+        text = f.metadata["help"] + (f" [{flag_of(f.name)}]" if f.metadata.get("flag") else "")
+        wrapped = textwrap.wrap(text, HELP_WIDTH - HELP_INDENT)
+        lines.append(f"{head:<{HELP_INDENT}}{wrapped[0]}" if len(head) < HELP_INDENT
+                     else f"{head}\n{'':<{HELP_INDENT}}{wrapped[0]}")
+        lines += [f"{'':<{HELP_INDENT}}{w}" for w in wrapped[1:]]
+    return "\n".join(lines)
+
+
+def settings_from_args(args: argparse.Namespace, settings: type[TrainConfig], stage: str):
+    """The stage's settings from its parsed flags and `--set`s, every value checked (one-line errors); the namespace
+    then holds every resolved setting, as config.json records it. Warm-up is at most a fifth of the run."""
+    by_name = {f.name: f for f in fields(settings)}
+    types = field_types(settings)
+    values: dict[str, Any] = {}
+    given: dict[str, str] = {}
+    for name, f in by_name.items():
+        if f.metadata.get("flag") and getattr(args, name, None) is not None:
+            values[name], given[name] = getattr(args, name), flag_of(name)
+    for item in getattr(args, "set", None) or []:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise TrainingError(f"--set {item}: write NAME=VALUE, e.g. --set rollout_iters=2")
+        if name not in by_name:
+            raise TrainingError(unknown_setting(item, name, list(by_name), stage))
+        if name in given:
+            raise TrainingError(f"--set {item}: {name} is also given as {given[name]}; give it once")
+        f = by_name[name]
+        values[name], given[name] = parse_value(name, types[name], text, f.metadata.get("choices")), f"--set {name}"
+    s = settings(**values)
+    for name, f in by_name.items():
+        check, value = f.metadata.get("check"), getattr(s, name)
+        if check is not None and not check[0](value):
+            by_flag = given[name] == flag_of(name)
+            where = f"{flag_of(name)} {shown(value)}" if by_flag else f"--set {name}={shown(value)}"
+            raise TrainingError(f"{where}: must be {check[1]}")
+    if s.ema > 0 and s.fsdp:
+        raise TrainingError(f"{s.said('ema')} with {s.said('fsdp')}: the average of a sharded model is not "
+                            "supported; drop one of them")
+    if hasattr(args, "set"):
+        del args.set
+    vars(args).update(asdict(s))
+    return replace(s, warmup=min(s.warmup, max(1, s.steps // 5)))
+
+
+def unknown_setting(item: str, name: str, known: list[str], stage: str) -> str:
+    """The error of a `--set` of a name the stage does not have: the close matches, or where to look."""
+    if name in PATH_FLAGS or name in ("out", "data"):
+        return f"--set {item}: {name} is a path; give it as --{name}"
+    close = difflib.get_close_matches(name.replace("-", "_"), known, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}?" if close else f"see 'reverie train {stage} --help' for the settings"
+    return f"--set {item}: 'reverie train {stage}' has no setting {name!r}; {hint}"
 
 
 def recorded_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags a run is made with, as config.json keeps them (paths absolute, controls left out)."""
+    """The settings and paths a run is made with, as config.json keeps them (paths absolute, controls left out)."""
     out = {}
     for k, v in sorted(vars(args).items()):
         if k in CONTROL:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 import torch
 
@@ -15,21 +16,43 @@ from engine.autoencoder import frames_to_tensor
 from engine.checkpoint import save_checkpoint
 from engine.config import ModelConfig
 from engine.inverse_dynamics import InverseDynamics, accuracy, idm_loss
-from train.training.config import add_train_flags, config_from_args, data_path, open_episodes, step_generator
+from train.training.config import (
+    TrainConfig,
+    add_settings,
+    data_path,
+    open_episodes,
+    restate,
+    settings_from_args,
+    step_generator,
+)
 from train.training.loop import Dist, fit, start_run, trained_weights
 from train.training.run_dir import check_out
 
 HELP = "the inverse-dynamics model (action from two frames) used by eval"
 
 
+@dataclass
+class IDMSettings(TrainConfig):
+    """`reverie train idm`: the shared settings, with this stage's own steps, batch and learning rate."""
+
+    steps: int = restate("steps", 600)
+    batch: int = restate("batch", 64)
+    lr: float = restate("lr", 1e-3)
+
+
+SETTINGS = IDMSettings
+
+
 def add_flags(p: argparse.ArgumentParser) -> None:
-    """The flags of `reverie train idm`: the shared ones."""
-    add_train_flags(p, "idm")
+    """The flags of `reverie train idm`: its paths, then its settings (train.training.config.add_settings)."""
+    p.add_argument("--data", required=True, help="folder of episode files (from 'reverie record')")
+    p.add_argument("--out", required=True, help="run folder (created; an existing run of this stage resumes)")
+    add_settings(p, IDMSettings)
 
 
 def run(args: argparse.Namespace) -> int:
     """Train the inverse-dynamics model; write RUN/idm.safetensors."""
-    tcfg = config_from_args(args)
+    tcfg = settings_from_args(args, IDMSettings, "idm")
     data_path(args.data)  # every path, then the run folder, before any work
     flags = check_out(args, "idm")
     src = open_episodes(args)
