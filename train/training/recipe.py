@@ -196,10 +196,10 @@ def stage_settings(kind: str) -> dict[str, str]:
         p = argparse.ArgumentParser()
         module.add_flags(p)
         return {a.dest: a.help or "" for a in p._actions if a.option_strings}
-    if kind == "eval":
-        from train.evaluation.evaluate import build_parser
+    if kind == "eval":   # a command the recipe runs by name, as it runs every stage: asked through the dispatcher
+        import reverie_cli
 
-        return {a.dest: a.help or "" for a in build_parser()._actions if a.option_strings}
+        return {a.dest: a.help or "" for a in reverie_cli.command_parser("eval")._actions if a.option_strings}
     return {}
 
 
@@ -394,7 +394,7 @@ def split_data(data: Path, heldout: Path | None, folders: dict[str, Path]) -> No
 
     files = sorted(data.glob("*" + SUFFIX)) if data.is_dir() else []
     if not files:
-        raise RecipeError(f"--data {data}: no *{SUFFIX} episode files; record some with "
+        raise RecipeError(f"--data {data}: holds no episode files (*{SUFFIX}); record some with "
                           f"'reverie record --env GAME --agent random --episodes 20 --out {data}'")
     if heldout is None:
         if len(files) < 2:
@@ -405,7 +405,8 @@ def split_data(data: Path, heldout: Path | None, folders: dict[str, Path]) -> No
         link_all(held, folders["heldout"])
     else:
         if not any(heldout.glob("*" + SUFFIX)):
-            raise RecipeError(f"--heldout {heldout}: no *{SUFFIX} episode files")
+            raise RecipeError(f"--heldout {heldout}: holds no episode files (*{SUFFIX}); record some, or leave "
+                              "--heldout out to hold out every tenth episode of --data")
         link_all(files, folders["train"])
 
 
