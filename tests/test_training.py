@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -117,6 +120,123 @@ def test_fit_killed_and_resumed_equals_straight_run(tmp_path):
     assert_bit_equal(resumed.state_dict(), straight.state_dict())
     # and training did move the weights
     assert not torch.equal(straight.state_dict()["head.out.weight"], tiny_wm(0).state_dict()["head.out.weight"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ctrl-C and SIGTERM: the step under way ends, a whole state of it is saved, and the same call resumes from it
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["SIGINT", "KeyboardInterrupt raised in a step"])
+def test_fit_interrupted_at_a_random_step_resumes_from_that_step(tmp_path, capsys, how):
+    """Ctrl-C at a random step between state saves (every 10): a real SIGINT lets step k finish and saves step k + 1;
+    a KeyboardInterrupt raised inside step k (no handler holds it: fit() off the main thread) saves step k. Either
+    way the same call resumes there, not at the last periodic save, and ends bit for bit where a straight run ends."""
+    steps, save_every = 30, 10
+    k = random.choice([s for s in range(1, steps - 1) if (s + 1) % save_every and s % save_every])
+    saved = k + 1 if how == "SIGINT" else k
+    straight = tiny_wm(0)
+    fit(run=new_run(tmp_path / "a"), model=straight, tcfg=tcfg_for(steps, save_every=save_every), device=CPU,
+        dist_info=Dist(), batch_fn=wm_batch, loss_fn=wm_loss)
+
+    def ctrl_c_at_step_k(step, d):
+        if step == k:
+            if how == "SIGINT":
+                os.kill(os.getpid(), signal.SIGINT)
+            else:
+                raise KeyboardInterrupt
+        return wm_batch(step, d)
+
+    run_b = new_run(tmp_path / "b")
+    capsys.readouterr()
+    with pytest.raises(KeyboardInterrupt):
+        fit(run=run_b, model=tiny_wm(0), tcfg=tcfg_for(steps, save_every=save_every), device=CPU, dist_info=Dist(),
+            batch_fn=ctrl_c_at_step_k, loss_fn=wm_loss)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "fit() left its handler behind"
+    assert manifest(run_b.root)["step"] == saved, f"Ctrl-C at step {k}"
+    err = capsys.readouterr().err
+    assert f"stopped at step {saved}, its whole training state is saved in" in err, err
+    assert "run the same command to resume from it" in err
+    seen = []
+
+    def recording(step, d):
+        seen.append(step)
+        return wm_batch(step, d)
+
+    resumed = tiny_wm(99)
+    fit(run=run_b, model=resumed, tcfg=tcfg_for(steps, save_every=save_every), device=CPU, dist_info=Dist(),
+        batch_fn=recording, loss_fn=wm_loss)
+    assert seen == list(range(saved, steps)), f"Ctrl-C at step {k}"
+    assert_bit_equal(resumed.state_dict(), straight.state_dict())
+    for name in ("model", "optim"):
+        assert_bit_equal(state_tensors(run_b.root, steps, name), state_tensors(tmp_path / "a", steps, name))
+
+
+def test_signals_while_saving_finish_the_save(tmp_path, monkeypatch, capsys):
+    """Ctrl-C, then Ctrl-C again and SIGTERM while the state is written: the save completes, the first signal
+    decides (KeyboardInterrupt), and no half-written state is left."""
+    real_save = RunDir.save_state
+
+    def impatient(self, step, *a, **kw):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_save(self, step, *a, **kw)
+
+    monkeypatch.setattr(RunDir, "save_state", impatient)
+    run = new_run(tmp_path / "r")
+    with pytest.raises(KeyboardInterrupt):
+        fit(run=run, model=tiny_wm(0), tcfg=tcfg_for(6, save_every=3), device=CPU, dist_info=Dist(),
+            batch_fn=wm_batch, loss_fn=wm_loss)
+    assert manifest(run.root)["step"] == 3
+    assert sorted(p.name for p in run.state_root.iterdir()) == ["manifest.json", "step_00000003"]
+    assert "Ctrl-C (SIGINT): stopped at step 3" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_sigterm_stops_with_exit_status_143_after_saving(tmp_path, capsys):
+    """SIGTERM (a scheduler's, torchrun's): the step ends, its state is saved, and fit() raises SystemExit(143)."""
+    def term_at_step_4(step, d):
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return wm_batch(step, d)
+
+    run = new_run(tmp_path / "r")
+    with pytest.raises(SystemExit) as stopped:
+        fit(run=run, model=tiny_wm(0), tcfg=tcfg_for(9, save_every=100), device=CPU, dist_info=Dist(),
+            batch_fn=term_at_step_4, loss_fn=wm_loss)
+    assert stopped.value.code == 143
+    assert manifest(run.root)["step"] == 5
+    assert "SIGTERM: stopped at step 5" in capsys.readouterr().err
+
+
+def test_training_says_once_that_tensorboard_logs_are_off_without_it(tmp_path, monkeypatch, capsys):
+    """The play set-up has no tensorboard: one line at the start names the extra that writes the logs."""
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)   # `import` of it raises ImportError
+    run = new_run(tmp_path / "r")
+    fit(run=run, model=tiny_wm(0), tcfg=tcfg_for(3), device=CPU, dist_info=Dist(), batch_fn=wm_batch,
+        loss_fn=wm_loss)
+    out = capsys.readouterr().out
+    line = f"TensorBoard logs off: pip install -e '.[train]' (tensorboard) to write them to {run.root / 'tb'}"
+    assert out.count("TensorBoard") == 1 and line in out, out
+    assert not (run.root / "tb").exists() and (run.root / "metrics.jsonl").is_file()
+
+
+def test_ddps_grad_strides_warning_alone_is_filtered(tmp_path):
+    """DDP's "Grad strides do not match bucket view strides" (a harmless layout note, once per rank, four lines) is
+    not shown; any other warning during training still is."""
+    def loss_warning(m, batch):
+        warnings.warn("Grad strides do not match bucket view strides. This may indicate grad was not created "
+                      "according to the gradient layout contract, or that the param's strides changed since DDP "
+                      "was constructed.  This is not an error, but may impair performance.", UserWarning, stacklevel=2)
+        warnings.warn("something else", UserWarning, stacklevel=2)
+        return wm_loss(m, batch)
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        fit(run=new_run(tmp_path / "r"), model=tiny_wm(0), tcfg=tcfg_for(2), device=CPU, dist_info=Dist(),
+            batch_fn=wm_batch, loss_fn=loss_warning)
+    said = [str(w.message) for w in seen]
+    assert said.count("something else") == 2 and not any("Grad strides" in s for s in said), said
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -627,6 +747,32 @@ def test_each_stage_has_a_settings_dataclass_its_flags_come_from(stage):
     text = p.format_help()
     assert all(f"  {n}=" in text for n in names), text
     assert not [d for d in DELETED if d in text]
+
+
+@pytest.mark.parametrize("stage", ["ae", "idm", "wm"])
+def test_every_setting_round_trips_through_set(stage):
+    """The recipe runner's contract: every field of SETTINGS, written as --set NAME=VALUE the way a recipe writes it
+    (bools as true/false), comes back as the same value."""
+    import argparse
+    import dataclasses
+    import importlib
+
+    from train.training.config import settings_from_args
+
+    cls = importlib.import_module(f"train.training.{stage}").SETTINGS
+    other = {bool: lambda v: not v, int: lambda v: v + 3, float: lambda v: v / 2 + 0.25, str: lambda v: v}
+    want = {f.name: other[type(f.default)](f.default) for f in dataclasses.fields(cls)}
+    want.update(precision="fp32", fsdp=False, preset="small", focus="avatar,enemies", objects="avatar", ema=0.5)
+    argv = [stage, "--data", "d", "--out", "o", *(["--ae", "a"] if stage == "wm" else [])]
+    for k, v in want.items():
+        if k in {f.name for f in dataclasses.fields(cls)}:
+            argv += ["--set", f"{k}={('true' if v else 'false') if isinstance(v, bool) else v}"]
+    args = argparse.Namespace(**vars(stage_parser(stage).parse_args(argv[1:])))
+    got = settings_from_args(args, cls, stage)
+    for f in dataclasses.fields(cls):
+        expect = min(want[f.name], max(1, want["steps"] // 5)) if f.name == "warmup" else want[f.name]
+        assert getattr(got, f.name) == expect, f.name
+        assert getattr(args, f.name) == want[f.name], f.name          # what config.json records: as given
 
 
 def test_train_wm_help_lists_at_most_25_options():
