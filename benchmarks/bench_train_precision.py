@@ -27,6 +27,7 @@ from engine.knobs import arg_type, check_batch, check_threads
 from engine.output import check_count, prepare_output, write_json
 from engine.world_model import WorldModel
 from train.training.loop import cpu_native_bf16
+from train.training.wm_loss import WorldModelLoss
 
 
 def step_time(loss_fn, model: torch.nn.Module, opt, amp: bool, repeats: int) -> float:
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     z = torch.randn(args.batch, T, c.latent_channels, c.latent_height, c.latent_width)
     a = torch.zeros(args.batch, T, c.action_dim)
     frames = torch.rand(8 * args.batch, 3, cfg.autoencoder.height, cfg.autoencoder.width)
-    parts = {"world_model": (wm, lambda m: m.loss(z, a)[0]), "autoencoder": (ae, lambda m: m.loss(frames)[0])}
+    wm_loss = WorldModelLoss()            # the trainer's default knobs, run through forward as it runs them
+    parts = {"world_model": (wm, lambda m: m(wm_loss, z, a)[0]), "autoencoder": (ae, lambda m: m.loss(frames)[0])}
     out: dict = {"cpu": cpu_name(), "cpu_native_bf16": cpu_native_bf16(),
                  "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": args.threads,
                  "wm_batch": args.batch, "wm_window": T, "ae_batch": 8 * args.batch, "rounds": args.rounds,
