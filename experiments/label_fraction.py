@@ -17,8 +17,8 @@ measure what that costs (builtin:gems).
    --min-label-confidence X, on the relabeled data trained with that threshold). The 2026-12 runs also trained an
    arm with `train wm --unsure-actions weight`, an option that was not adopted (docs/research/label-fraction.md).
    From scratch by default; with --init-wm MODEL each starts from MODEL's world model with its action inputs at
-   zero ('reverie train wm --init MODEL --fresh-actions'): the Dreamer 4 setting, where a model that already knows
-   the game's frames learns from the labels what the actions do, at a budget a CPU can afford. Each is scored by
+   zero ('reverie train wm --init MODEL --set fresh_actions=true'): the Dreamer 4 setting, where a model that already
+   knows the game's frames learns from the labels what the actions do, at a budget a CPU can afford. Each is scored by
    'reverie eval' on the held-out episodes; action following is read by one judge IDM trained on the fully labeled data
    (--judge-steps), the same instrument for every model, and reported also as a share of the fully labeled model's.
 
@@ -154,7 +154,7 @@ def label_accuracy(labeled: Path, truth: Path) -> dict:
 
 
 def train_flags(args: argparse.Namespace) -> list[str]:
-    return ["--threads", str(args.threads), "--device", args.device, "--seed", str(args.seed)]
+    return ["--threads", str(args.threads), "--device", args.device, "--set", f"seed={args.seed}"]
 
 
 def world_model_chain(args: argparse.Namespace, name: str, data: Path, ae: Path, extra: list[str]) -> list[list[str]]:
@@ -186,7 +186,7 @@ def init_flags(model: Path) -> list[str]:
     if not ck.has("wm"):
         raise ReverieError(f"--init-wm {model}: holds no world model to start from")
     on = ck.config.world_model.backbone_actions
-    return ["--init", str(model), "--fresh-actions", "--backbone-actions", "on" if on else "off"]
+    return ["--init", str(model), "--set", "fresh_actions=true", "--set", f"backbone_actions={str(on).lower()}"]
 
 
 def world_model_result(args: argparse.Namespace, name: str, data: Path, extra: list[str]) -> dict:
@@ -221,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wm-lr", type=float, default=0.0, help="world-model learning rate (default: the trainer's)")
     p.add_argument("--init-wm", type=Path, default=None,
                    help="start every world model from this model's (its action inputs at zero, 'reverie train wm "
-                        "--fresh-actions'): a model pretrained on the game's frames that learns the actions from "
-                        "each arm's labels")
+                        "--set fresh_actions=true'): a model pretrained on the game's frames that learns the actions "
+                        "from each arm's labels")
     p.add_argument("--wm-time-limit", type=float, default=0.0,
                    help="also stop each world model after this many seconds (0: steps only)")
     p.add_argument("--min-label-confidence", type=float, default=None,
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                     "kept_only": (f"wm_kept{tag}", w / "kept", [])}
             if args.min_label_confidence is not None:
                 runs["relabeled_min_confidence"] = (f"wm_relabeled_min{tag}", w / "mixed",
-                                                    ["--min-label-confidence", str(args.min_label_confidence)])
+                                                    ["--set", f"min_label_confidence={args.min_label_confidence}"])
             run_chains([world_model_chain(args, name, data, ae, extra) for name, data, extra in runs.values()],
                        args.jobs, args.threads, w / "logs")
             wm = {key: world_model_result(args, name, data, extra) for key, (name, data, extra) in runs.items()}
