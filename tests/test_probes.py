@@ -376,3 +376,34 @@ def test_doom_monster_where_the_labels_buffer_puts_it(tmp_path, monkeypatch):
     painted = fr.copy()
     painted[ms > 0] = (80, 60, 40)                                       # a wall brown
     assert not monster.visible(painted).any()
+
+
+# ---- Boxing ----------------------------------------------------------------------------------------------------
+BOXING_PLAYER_X, BOXING_PLAYER_Y = 32, 34     # Boxing RAM (AtariARI's labels): the player's boxer
+
+
+def test_boxing_avatar_is_the_players_boxer():
+    """The white boxer is found in every frame, and its centroid moves with the player's position in the RAM (the
+    opponent, black, is a probe of its own), so eval's control test reads how far a held key moves the player."""
+    pytest.importorskip("gymnasium")
+    pytest.importorskip("ale_py")
+    game = make_game("ale:Boxing", size=64, seed=0)
+    try:
+        ale = game.env.unwrapped.ale
+        agent = make_agent("random", game, seed=3)
+        frames, rams = [game.reset(3)], [ale.getRAM().copy()]
+        for _ in range(200):
+            frame, done = game.step(agent.act(frames[-1]))
+            frames.append(frame)
+            rams.append(ale.getRAM().copy())
+            if done:
+                break
+    finally:
+        game.close()
+    fr, ram = np.stack(frames), np.stack(rams).astype(float)
+    p = probes_for("ale:Boxing")
+    assert p["avatar"].visible(fr).all() and p["opponent"].visible(fr).all()
+    c = p["avatar"].centroid(fr)                              # (T, 2) x, y
+    for axis, addr in ((0, BOXING_PLAYER_X), (1, BOXING_PLAYER_Y)):
+        assert np.ptp(ram[:, addr]) > 10, "the random agent should move the boxer"
+        assert np.corrcoef(c[:, axis], ram[:, addr])[0, 1] > 0.9

@@ -246,7 +246,18 @@ DOOM_MONSTER = ((31, 19, 39), (47, 24, 43), (33, 26, 64), (59, 10, 21), (16, 7, 
                 (74, 19, 39))
 DOOM_PROBES = (Probe("monster", DOOM_MONSTER, min_pixels=3, region=(26, 42, 0, 64), tolerance=12),)
 
-_PROBES = {builtin.ENV_ID: GEMS_PROBES, "ale:Breakout": BREAKOUT_PROBES, "vizdoom:basic": DOOM_PROBES}
+# ale:Boxing at 64x64: a green ring (110, 156, 66) with orange ropes, the player's boxer white (214, 214, 214), the
+# opponent black; the boxers stay within rows 12..51 and columns 14..50, the score digits (white too) in row 2 and a
+# black bar in columns 0..2 lie outside the region. On 4,004 frames of 4 random-agent episodes the player's boxer
+# matched 26-53 px (tolerance 64; the green, 148 away, and the ropes, 152 away, never match) and the opponent 20-53
+# px: both visible in every frame (2026-12-07).
+BOXING_PROBES = (
+    Probe(AVATAR, ((214, 214, 214),), min_pixels=12, region=(8, 58, 8, 58), tolerance=64),
+    Probe("opponent", ((0, 0, 0),), min_pixels=10, region=(8, 58, 8, 58), tolerance=48),
+)
+
+_PROBES = {builtin.ENV_ID: GEMS_PROBES, "ale:Breakout": BREAKOUT_PROBES, "vizdoom:basic": DOOM_PROBES,
+           "ale:Boxing": BOXING_PROBES}
 
 
 @dataclass(frozen=True)
