@@ -15,7 +15,8 @@ from pathlib import Path
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The `reverie export` parser."""
     p = argparse.ArgumentParser(prog="reverie export", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="world-model checkpoint (default: the shipped model)")
     p.add_argument("--format", default="onnx", choices=["onnx", "tensorrt"],
@@ -27,7 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=1, help="worlds stepped together (the graphs have static shapes)")
     p.add_argument("--device", default="cuda", help="the CUDA device TensorRT engines are built for (default cuda)")
     p.add_argument("--out", default=None, help="output folder (default: the backends' cache)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     tensorrt = args.format == "tensorrt"
     precision = args.precision or ("fp16" if tensorrt else "fp32")
 
