@@ -444,8 +444,10 @@ def test_a_model_file_as_ae_passes_on_the_autoencoders_metrics_not_its_own_losse
 def test_a_warm_start_on_another_encoders_latents_is_refused(tmp_path, recorded, ae_run, capsys):
     """`--init MODEL --ae OTHER`: MODEL's world model reads the latents of its own encoder, so an --ae with another
     encoder is refused before any work, saying what to pass; an autoencoder whose decoder alone was retrained
-    (--freeze-encoder) keeps the encoder and is taken. The same holds for --init of a training run, whose config.json
-    records the autoencoder it was trained with."""
+    (freeze_encoder) keeps the encoder and is taken, and so is one trained on from it. The same holds for --init of a
+    training run, whose config.json records the autoencoder it was trained with."""
+    from engine.checkpoint import load_checkpoint
+
     base = ["train", "wm", "--data", str(recorded), "--batch", "2", "--threads", "1", "--window", "4", "--steps", "1"]
     rc, err = reverie(capsys, *base, "--ae", str(ae_run), "--out", str(tmp_path / "pre"))
     assert rc == 0, err
@@ -464,6 +466,14 @@ def test_a_warm_start_on_another_encoders_latents_is_refused(tmp_path, recorded,
         assert not out.exists()
     rc, err = reverie(capsys, *base, "--ae", str(tmp_path / "decoder"), "--init", str(pre), "--out",
                       str(tmp_path / "ok"))
+    assert rc == 0, err
+    # an autoencoder trained on from the model's (`train ae --init`, encoder and all) descends from its encoder: taken
+    rc, err = reverie(capsys, *ae_argv(recorded, tmp_path / "tuned", "--init", str(pre), "--lr", "0.01"))
+    assert rc == 0, err
+    assert not torch.equal(*(load_checkpoint(p).tensors["ae"]["encoder.out.0.conv1.bias"]
+                             for p in (pre, tmp_path / "tuned" / "ae.safetensors")))
+    rc, err = reverie(capsys, *base, "--ae", str(tmp_path / "tuned"), "--init", str(pre), "--out",
+                      str(tmp_path / "ok2"))
     assert rc == 0, err
 
 def test_fresh_actions_without_init_is_refused(tmp_path, recorded, ae_run, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,7 @@ from train.training.loop import Dist, fit, start_run, trained_weights
 from train.training.run_dir import check_out
 
 HELP = "the autoencoder (frame <-> latent grid)"
+LINEAGE = 8   # how many encoders back a checkpoint records (encoder_lineage)
 
 
 @dataclass
@@ -59,16 +61,32 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     add_settings(p, AESettings)
 
 
-def init_weights(path: str) -> dict[str, torch.Tensor]:
+def init_weights(path: str) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The autoencoder weights of a checkpoint (an autoencoder's, or a model file's 'ae' part; load_checkpoint gives
-    float16 weights back as float32)."""
+    float16 weights back as float32), and the lineage of encoders they descend from (encoder_lineage)."""
     try:
         ck = load_checkpoint(resolve_model(path))
     except (CheckpointError, OSError) as e:
         raise TrainingError(f"--init {path}: {e}") from None
     if not ck.has("ae"):
         raise TrainingError(f"--init {path}: holds no autoencoder weights (parts: {sorted(ck.tensors)})")
-    return ck.tensors["ae"]
+    return ck.tensors["ae"], encoder_lineage(ck.tensors["ae"], ck.extra)
+
+
+def encoder_fingerprint(ae: dict[str, torch.Tensor]) -> str:
+    """A hash of an autoencoder's encoder weights at float16 (the precision models ship in)."""
+    h = hashlib.sha256()
+    for k in sorted(k for k in ae if k.startswith("encoder.")):
+        h.update(f"{k}:{tuple(ae[k].shape)}".encode())
+        h.update(ae[k].detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def encoder_lineage(ae: dict[str, torch.Tensor], extra: dict) -> list[str]:
+    """The fingerprints of the encoder `ae` holds and of those it was trained from, newest first (a checkpoint's
+    extra records them): a world model trained on one of them may warm-start on this autoencoder's latents."""
+    older = [x for x in extra.get("encoder_lineage", []) if isinstance(x, str)] if isinstance(extra, dict) else []
+    return list(dict.fromkeys([encoder_fingerprint(ae), *older]))[:LINEAGE]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = ModelConfig.from_name(s.preset, action_dim=src.spec.size)
     cfg.autoencoder.change_weight = s.change_weight
     cfg.autoencoder.validate()
-    init = init_weights(args.init) if args.init else None
+    init, lineage = init_weights(args.init) if args.init else (None, [])
     H, W = cfg.autoencoder.height, cfg.autoencoder.width
     if tuple(src.frame_shape) != (H, W, 3):
         raise TrainingError(f"--data {args.data}: frames are {src.frame_shape}, preset {s.preset!r} expects "
@@ -150,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
         sample_fn(s.steps)
         path = save_checkpoint(run_dir.root / "ae.safetensors", kind="autoencoder", config=cfg,
                                action_spec=src.spec, parts={"ae": weights}, data=src.summary(),
-                               metrics={k: float(v) for k, v in last.items()})
+                               metrics={k: float(v) for k, v in last.items()},
+                               extra={"encoder_lineage": encoder_lineage(weights, {"encoder_lineage": lineage})})
         print(f"wrote {path} (train psnr {last.get('psnr', float('nan')):.2f} dB; over the pixels that changed from "
               f"the previous frame {last.get('changed_psnr', float('nan')):.2f} dB, recall "
               f"{last.get('changed_recall', float('nan')):.3f})")

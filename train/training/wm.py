@@ -34,6 +34,7 @@ from engine.config import PRESETS, ModelConfig
 from engine.world_model import ACTION_INPUTS, WorldModel
 from train.data.windows import EpisodeSource, pick_focused_windows, pick_windows
 from train.games.probes import Probe, probe_games, probes_for, shared_tokens, token_masks
+from train.training.ae import encoder_fingerprint, encoder_lineage
 from train.training.config import (
     RESUMABLE,
     TrainConfig,
@@ -249,20 +250,17 @@ def model_config(args: argparse.Namespace, s: WMSettings, ae_ckpt: Checkpoint, s
 
 def check_encoder(args: argparse.Namespace, ae_ckpt: Checkpoint, init: WarmStart) -> None:
     """--init's world model reads the latents of one encoder: --ae must hold it (equal at float16, the precision
-    models ship in; a decoder retrained with --freeze-encoder keeps it), or the warm start reads latents it never
-    saw."""
+    models ship in; a decoder retrained with freeze_encoder keeps it) or one trained from it (`train ae --init`,
+    which records the encoders it descends from), or the warm start reads latents it was never trained on."""
     if init.encoder is None:
         return
-    mine = {k: v for k, v in ae_ckpt.tensors["ae"].items() if k.startswith("encoder.")}
-    theirs = {k: v for k, v in init.encoder.items() if k.startswith("encoder.")}
-    differ = sorted(set(mine) ^ set(theirs)) + [
-        k for k in sorted(set(mine) & set(theirs))
-        if mine[k].shape != theirs[k].shape or not torch.equal(mine[k].half(), theirs[k].half())]
-    if differ:
-        raise TrainingError(f"--ae {args.ae}: its encoder is not the one --init {args.init}'s world model reads "
-                            f"({len(differ)} tensors differ, e.g. {differ[0]}), so the warm start would read latents "
-                            f"it was never trained on; pass --ae {init.encoder_from}, or leave --init out to train a "
-                            "world model on this autoencoder")
+    theirs = encoder_fingerprint(init.encoder)
+    if theirs in encoder_lineage(ae_ckpt.tensors["ae"], ae_ckpt.extra):
+        return
+    raise TrainingError(f"--ae {args.ae}: its encoder is not the one --init {args.init}'s world model reads, nor "
+                        "trained from it, so the warm start would read latents it was never trained on; pass --ae "
+                        f"{init.encoder_from}, or an autoencoder trained from it ('reverie train ae --init "
+                        f"{init.encoder_from}'), or leave --init out to train a world model on this autoencoder")
 
 
 def load_flag_checkpoint(flag: str, path: Path):
@@ -561,7 +559,8 @@ def write(plan: Plan, run_dir: RunDir, weights: dict[str, torch.Tensor], ae: Aut
         parts["idm"] = plan.idm_weights
     path = save_checkpoint(run_dir.root / "model.safetensors", kind="world_model", config=plan.cfg,
                            action_spec=src.spec, parts=parts, data=src.summary(), metrics=metrics,
-                           extra={"ae_metrics": autoencoder_metrics(plan.ae_ckpt), "loss": asdict(s.loss())},
+                           extra={"ae_metrics": autoencoder_metrics(plan.ae_ckpt), "loss": asdict(s.loss()),
+                                  "encoder_lineage": encoder_lineage(plan.ae_ckpt.tensors["ae"], plan.ae_ckpt.extra)},
                            half=s.half)
     print(f"wrote {path}")
     print(json.dumps({k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}))
