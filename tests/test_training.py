@@ -511,6 +511,51 @@ def test_two_process_ddp_ranks_agree_and_match_one_process(tmp_path):
     assert_bit_equal(state_tensors(tmp_path / "run", 6), ddp_weights)
 
 
+DDP_SIGNAL_WORKER = textwrap.dedent("""
+    import json, os, signal, sys
+    from pathlib import Path
+    import torch
+    from train.training.loop import TrainConfig, finish_distributed, fit, start_run
+
+    out, k = Path(sys.argv[1]), int(sys.argv[2])
+    tcfg = TrainConfig(steps=50, batch=4, lr=1e-2, warmup=1, save_every=100, log_every=1, threads=1, device="cpu",
+                       precision="fp32")
+    run, device, d = start_run(str(out / "run"), tcfg, {"stage": "ddp-test"})
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+
+    def batch_fn(step, di):
+        if step == k and di.rank == 1:   # SIGTERM to rank 1 alone
+            os.kill(os.getpid(), signal.SIGTERM)
+        return torch.randn(2, 8), torch.randn(2, 1)
+
+    try:
+        fit(run=run, model=model, tcfg=tcfg, device=device, dist_info=d, batch_fn=batch_fn,
+            loss_fn=lambda m, b: (torch.nn.functional.mse_loss(m(b[0]), b[1]), {}))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    (out / f"rank{d.rank}.json").write_text(json.dumps({"code": code}))
+    finish_distributed()   # both ranks have written theirs before either leaves
+    sys.exit(code)
+""")
+
+
+def test_sigterm_to_one_rank_stops_every_rank_after_one_save(tmp_path):
+    """Under torchrun a signal may reach one rank (or each at another step): the ranks agree at the next step
+    boundary, save one whole state of that step together and all exit 143, none left waiting in an all-reduce."""
+    script = tmp_path / "worker.py"
+    script.write_text(DDP_SIGNAL_WORKER)
+    k = random.randrange(1, 40)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script), str(tmp_path), str(k)], capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    said = proc.stdout + proc.stderr
+    codes = [json.loads((tmp_path / f"rank{r}.json").read_text())["code"] for r in (0, 1)]
+    assert codes == [143, 143], said[-3000:]
+    assert manifest(tmp_path / "run")["step"] == k + 1
+    assert said.count(f"SIGTERM: stopped at step {k + 1}, its whole training state is saved") == 1, said[-3000:]
+
+
 def test_two_process_ddp_through_the_cli(tmp_path, recorded):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -627,6 +672,81 @@ def test_cli_interrupted_and_resumed_equals_straight_run(tmp_path, recorded, ae_
     a, b = load_checkpoint(resumed / final), load_checkpoint(tmp_path / "straight" / final)
     for part in a.tensors:
         assert_bit_equal(a.tensors[part], b.tensors[part])
+
+
+def test_cli_ctrl_c_at_a_random_step_saves_it_and_the_same_command_resumes(tmp_path, recorded, monkeypatch,
+                                                                          capsys):
+    """Ctrl-C (a real SIGINT) at a random step between state saves: the step under way ends, its whole state is
+    saved and said in one line, `reverie` exits 130, and the same command resumes from that step and ends where a
+    straight run ends."""
+    import train.training.rollout
+
+    monkeypatch.setattr(train.training.rollout, "write_samples", lambda *a, **kw: {})  # previews: not compared
+    steps = 6
+
+    def argv(out: Path) -> list[str]:
+        return ["train", "ae", "--data", recorded, "--out", out, "--steps", steps, "--batch", "2", "--threads", "1",
+                "--set", "save_every=100"]
+
+    assert cli(*argv(tmp_path / "straight")) == 0
+    k = random.randrange(1, steps - 1)     # the step under way when Ctrl-C comes
+    real_step = train_loop._step
+
+    def ctrl_c_at_step_k(loop, step, *a):
+        if step == k:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(loop, step, *a)
+
+    monkeypatch.setattr(train_loop, "_step", ctrl_c_at_step_k)
+    resumed = tmp_path / "resumed"
+    capsys.readouterr()
+    assert cli(*argv(resumed)) == 130
+    monkeypatch.setattr(train_loop, "_step", real_step)
+    err = capsys.readouterr().err
+    assert f"Ctrl-C (SIGINT): stopped at step {k + 1}, its whole training state is saved in" in err, err
+    assert manifest(resumed)["step"] == k + 1
+    assert cli(*argv(resumed)) == 0
+    assert f"(step {k + 1})" in capsys.readouterr().out
+    a, b = load_checkpoint(resumed / "ae.safetensors"), load_checkpoint(tmp_path / "straight" / "ae.safetensors")
+    assert_bit_equal(a.tensors["ae"], b.tensors["ae"])
+
+
+def test_sigterm_to_a_training_process_saves_and_the_same_command_resumes(tmp_path, recorded):
+    """SIGTERM to `reverie train ae` at whatever step it has reached: it exits 143 with a whole state of that step
+    (between saves), and the same command resumes from there."""
+    import time
+
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "reverie_cli", "train", "ae", "--data", str(recorded), "--out", str(out),
+            "--steps", "100000", "--batch", "2", "--threads", "1", "--no-progress", "--set", "save_every=100000",
+            "--set", "log_every=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run_until(ready) -> tuple[int, str, str]:
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not ready() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+        return proc.returncode, stdout, stderr
+
+    def logged_steps() -> int:
+        f = out / "metrics.jsonl"
+        return len(f.read_text().splitlines()) if f.is_file() else 0
+
+    rc, stdout, stderr = run_until(lambda: logged_steps() >= 3)
+    assert rc == 143, stdout[-2000:] + stderr[-2000:]
+    step = manifest(out)["step"]
+    assert 3 <= step < 100000
+    assert f"SIGTERM: stopped at step {step}, its whole training state is saved in" in stderr, stderr[-2000:]
+    assert "Traceback" not in stderr
+
+    rows_before = logged_steps()
+    rc, stdout, _ = run_until(lambda: logged_steps() > rows_before + 1)
+    assert rc == 143
+    assert f"resuming from {out / 'state' / f'step_{step:08d}'} (step {step})" in stdout
+    assert manifest(out)["step"] > step
 
 
 def test_cli_seed_sets_initial_weights(tmp_path, recorded):

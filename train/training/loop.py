@@ -12,6 +12,10 @@ Nothing waits for the GPU in a step: the logged values (loss, gradient norm, a s
 and are reduced with one host sync at log time. On CUDA the fused optimizer skips a non-finite step on the device
 (its `found_inf`), and the guard's counters are read at log and save time; on CPU (and with a sharded model, whose
 optimizer is not fused) each step's flag is read at once, which costs nothing there.
+
+Ctrl-C and SIGTERM end the step under way; then a whole state of it is saved and the run stops, saying which
+(train.training.interrupt). fit() is a page of its own over its parts: _prepare, _step, _after_step (_log, _save) and
+_wrap_up.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +36,7 @@ import torch.distributed as dist
 
 from train.training.config import TrainConfig, TrainingError, seed_for, step_generator
 from train.training.distributed import Dist, finish_distributed, full_state, init_distributed, resolve_device, shard
+from train.training.interrupt import StopSignals, signal_name
 from train.training.run_dir import RunDir
 
 __all__ = ["Dist", "Logger", "RunDir", "TrainConfig", "TrainingError", "autocast_dtype", "choose_precision",
@@ -81,16 +89,18 @@ def describe_precision(amp: torch.dtype | None, why: str) -> str:
 
 
 class Logger:
-    """metrics.jsonl always; TensorBoard when it is installed. Only rank 0 makes one."""
+    """metrics.jsonl always; TensorBoard when it is installed (the `train` extra), and a line at the start saying
+    so when it is not. Only rank 0 makes one."""
 
-    def __init__(self, root):
+    def __init__(self, root: Path):
         self.file = open(root / "metrics.jsonl", "a")
         try:
             from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(root / "tb"))
-        except ImportError:
+        except ImportError:   # the play set-up has no tensorboard: say so once, not silently write nothing
             self.tb = None
+            print(f"TensorBoard logs off: pip install -e '.[train]' (tensorboard) to write them to {root / 'tb'}")
+        else:
+            self.tb = SummaryWriter(str(root / "tb"))
 
     def log(self, step: int, values: dict[str, float]) -> None:
         """Append one row (and TensorBoard scalars)."""
@@ -203,9 +213,41 @@ class WeightAverage:
             self.shadow[k].copy_(v.float())
 
 
-def _stop_message(what: str, bad: int) -> str:
-    return (f"{what}; stopping after {bad} in a row. Lower --lr, check the data, or resume from the last state "
-            "with different settings")
+# DDP warns once a process, in four lines, where a gradient's strides differ from those of its slot in DDP's bucket
+# ("Grad strides do not match bucket view strides"), e.g. a 1x1 convolution's weight gradient that cuDNN or oneDNN
+# hands back channels-last, which differs from the weight's strides only on its size-1 dims. DDP copies the gradient
+# into its bucket either way, so it is harmless and leaves a user nothing to do: fit() ignores that one message while
+# it runs (EDM2's training does the same).
+DDP_STRIDES_WARNING = "Grad strides do not match bucket view strides"
+
+
+@dataclass
+class _Loop:
+    """What one fit() works with, from its preparation to its last save."""
+
+    run: RunDir
+    model: torch.nn.Module
+    ddp: torch.nn.Module                 # what the loss sees: the model, wrapped in DDP under torchrun (not sharded)
+    tcfg: TrainConfig
+    device: torch.device
+    dist_info: Dist
+    opt: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]
+    sharded: bool
+    amp: torch.dtype | None
+    average: WeightAverage | None
+    guard: DeviceGuard | None            # None: each step's flag is read at once (the sync guard)
+    logger: Logger | None                # rank 0's
+    start: int                           # the step it resumed from (0: a new run)
+    clock0: float                        # perf_counter() at the run's start, earlier by the time before a resume
+    done: int = 0                        # optimizer steps taken: the step the next state is saved as
+    saved: int = -1                      # the step of the newest whole state on disk (this run's or resumed from)
+    bad: int = 0                         # non-finite steps in a row (the sync guard)
+    busy: str = ""                       # what is under way while the weights on hand are no whole step's
+    stopped: bool = False                # a signal stopped the run and it was said
+    running: Running = field(default_factory=Running)
+    last: dict[str, float] = field(default_factory=dict)
+    t0: float = field(default_factory=time.perf_counter)
 
 
 def fit(*, run: RunDir, model: torch.nn.Module, tcfg: TrainConfig, device: torch.device, dist_info: Dist,
@@ -218,13 +260,48 @@ def fit(*, run: RunDir, model: torch.nn.Module, tcfg: TrainConfig, device: torch
     Returns the last logged values. Raises TrainingError after `max_bad_steps` non-finite steps in a row: at once
     with `sync_guard` (the default on CPU and for a sharded model), else at the next log or save step. With
     `tcfg.fsdp` under torchrun the model is sharded in place (FSDP2); read its weights with full_state().
+    Ctrl-C or SIGTERM ends the step under way, saves a whole state of it and raises KeyboardInterrupt or
+    SystemExit(143) (train.training.interrupt): the same call resumes from that state.
     """
     from tqdm import tqdm
 
+    loop = _prepare(run, model, tcfg, device, dist_info, resume, sync_guard)
+    if loop.sharded:
+        sample_fn = None  # previews run one rank's model alone, which a sharded model cannot
+    bar = tqdm(range(loop.start, tcfg.steps), initial=loop.start, total=tcfg.steps,
+               disable=not (dist_info.main and progress), dynamic_ncols=True, desc=run.root.name)
+    try:
+        with StopSignals(dist_info) as signals, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=DDP_STRIDES_WARNING)
+            for step in bar:
+                _stop_if_signalled(loop, signals, bar)
+                time_fraction = _time_fraction(loop)
+                if time_fraction >= 1.0:
+                    if dist_info.main:
+                        tqdm.write(f"time limit of {tcfg.time_limit:.0f} s reached after {step} steps")
+                    break
+                if _step(loop, step, time_fraction, batch_fn, loss_fn):
+                    _after_step(loop, bar, describe, progress, sample_fn)
+            _wrap_up(loop)
+            _stop_if_signalled(loop, signals, bar)  # a signal during the last step or the wrap-up
+    except KeyboardInterrupt:
+        _save_on_keyboard_interrupt(loop, bar)
+        raise
+    finally:
+        bar.close()
+        if loop.logger:
+            loop.logger.close()
+    # steps_run: the same on every rank
+    return {**loop.last, "steps_done": float(loop.done), "steps_run": float(loop.done - loop.start)}
+
+
+def _prepare(run: RunDir, model: torch.nn.Module, tcfg: TrainConfig, device: torch.device, dist_info: Dist,
+             resume: bool, sync_guard: bool | None) -> _Loop:
+    """Shard the model (FSDP2) or wrap it in DDP under torchrun, build the optimizer and the weight average, resume
+    from the newest whole state, choose the precision and open the log."""
     sharded = tcfg.fsdp and dist_info.world > 1
     if sharded:
         shard(model, device, dist_info.world)
-        sample_fn = None  # previews run one rank's model alone, which a sharded model cannot
     if sync_guard is None:
         sync_guard = device.type != "cuda"
     sync_guard = sync_guard or sharded  # only the fused optimizer skips a step on the device
@@ -234,21 +311,11 @@ def fit(*, run: RunDir, model: torch.nn.Module, tcfg: TrainConfig, device: torch
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=tcfg.lr, betas=(0.9, 0.99),
                             fused=not sharded and (device.type == "cuda" or not sync_guard))
-    start, meta = 0, {}
     average = WeightAverage(model, tcfg.ema) if tcfg.ema > 0 else None
+    start, elapsed = 0, 0.0
     latest = run.latest() if resume else None
     if latest is not None:
-        meta = run.load_state(latest, model, opt, sharded)
-        if average is not None:
-            saved = run.load_average(latest)
-            if saved is not None:
-                average.load(saved)
-            else:  # a state saved before --ema was given (--force): the average starts from the weights
-                average = WeightAverage(model, tcfg.ema)
-        opt.param_groups[0]["weight_decay"] = tcfg.weight_decay  # the flag, not the saved group (with --force)
-        start = int(meta["step"])
-        if dist_info.main:
-            print(f"resuming from {latest} (step {start})")
+        start, elapsed, average = _resume(run, latest, model, opt, tcfg, sharded, average, dist_info)
     ddp = model
     if dist_info.world > 1 and not sharded:
         ddp = torch.nn.parallel.DistributedDataParallel(
@@ -256,109 +323,225 @@ def fit(*, run: RunDir, model: torch.nn.Module, tcfg: TrainConfig, device: torch
     amp, why = choose_precision(tcfg, device)
     if dist_info.main:
         print(describe_precision(amp, why))
-    logger = Logger(run.root) if dist_info.main else None
-    guard = None if sync_guard else DeviceGuard(device)
-    running, bad, last = Running(), 0, {}
-    t0 = time.perf_counter()
-    clock0 = time.perf_counter() - float(meta.get("elapsed", 0.0))
-    done = start
-    bar = tqdm(range(start, tcfg.steps), initial=start, total=tcfg.steps, disable=not (dist_info.main and progress),
-               dynamic_ncols=True, desc=run.root.name)
+    return _Loop(run=run, model=model, ddp=ddp, tcfg=tcfg, device=device, dist_info=dist_info, opt=opt,
+                 params=params, sharded=sharded, amp=amp, average=average,
+                 guard=None if sync_guard else DeviceGuard(device),
+                 logger=Logger(run.root) if dist_info.main else None, start=start, done=start,
+                 saved=start if latest is not None else -1, clock0=time.perf_counter() - elapsed)
+
+
+def _resume(run: RunDir, latest: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, tcfg: TrainConfig,
+            sharded: bool, average: WeightAverage | None, dist_info: Dist) -> tuple[int, float, WeightAverage | None]:
+    """Load the state at `latest` into the model, the optimizer and the weight average; returns its step, the
+    seconds trained before it, and the average."""
+    meta = run.load_state(latest, model, opt, sharded)
+    if average is not None:
+        saved = run.load_average(latest)
+        if saved is not None:
+            average.load(saved)
+        else:  # a state saved before --ema was given (--force): the average starts from the weights
+            average = WeightAverage(model, tcfg.ema)
+    opt.param_groups[0]["weight_decay"] = tcfg.weight_decay  # the flag, not the saved group (with --force)
+    start = int(meta["step"])
+    if dist_info.main:
+        print(f"resuming from {latest} (step {start})")
+    return start, float(meta.get("elapsed", 0.0)), average
+
+
+def _time_fraction(loop: _Loop) -> float:
+    """The share of `--time-limit` used so far (0 without one); under torchrun the ranks agree on the largest."""
+    tcfg = loop.tcfg
+    if tcfg.time_limit <= 0:
+        return 0.0
+    fraction = (time.perf_counter() - loop.clock0) / tcfg.time_limit
+    if loop.dist_info.world > 1:  # ranks must agree on when to stop
+        tf = torch.tensor([fraction], device=loop.device)
+        dist.all_reduce(tf, op=dist.ReduceOp.MAX)
+        fraction = float(tf)
+    return fraction
+
+
+def _step(loop: _Loop, step: int, time_fraction: float, batch_fn: Callable, loss_fn: Callable) -> bool:
+    """One optimizer step of `loss_fn(model, batch_fn(step))`; False where a non-finite loss or gradient skipped it
+    (with the sync guard; the device guard skips on the device and counts)."""
+    tcfg, dist_info, opt = loop.tcfg, loop.dist_info, loop.opt
+    # the one seeding rule: the noise of step s depends on (seed, s, rank) alone, not on where it resumed
+    torch.manual_seed(seed_for(tcfg.seed, step, dist_info.rank, "noise"))
+    batch = batch_fn(step, dist_info)
+    for g in opt.param_groups:
+        g["lr"] = tcfg.lr_at(step, time_fraction)
+    with torch.autocast(loop.device.type, dtype=loop.amp, enabled=loop.amp is not None):
+        loss, stats = loss_fn(loop.ddp, batch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(loop.params, tcfg.grad_clip)
+    if hasattr(gnorm, "full_tensor"):  # FSDP2: a DTensor norm over the shards
+        gnorm = gnorm.full_tensor()
+    ok = torch.isfinite(loss.detach()) & torch.isfinite(gnorm)
+    if dist_info.world > 1:
+        flag = ok.float().reshape(1)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        ok = flag[0] > 0
+    values = {**stats, "loss": loss.detach(), "grad_norm": gnorm.detach()}
+    if loop.guard is None and not bool(ok):
+        _skip(loop, step, loss, gnorm)
+        return False
+    loop.busy = "an optimizer step"  # until `done` moves on, the weights are no whole step's
+    if loop.guard is not None:  # decided on the device: the fused step does nothing where found_inf is set
+        opt.found_inf = (~ok).float()
+        opt.step()
+        loop.guard.update(ok)
+        loop.running.add(values, ok)
+    else:
+        opt.step()
+        loop.bad = 0
+        loop.running.add(values)
+    if loop.average is not None:
+        loop.average.update(step, ok if loop.guard is not None else None)
+    loop.done, loop.busy = step + 1, ""
+    return True
+
+
+def _skip(loop: _Loop, step: int, loss: torch.Tensor, gnorm: torch.Tensor) -> None:
+    """A non-finite loss or gradient under the sync guard: no optimizer step; TrainingError after
+    `max_bad_steps` in a row."""
+    from tqdm import tqdm
+
+    loop.bad += 1
+    loop.opt.zero_grad(set_to_none=True)
+    msg = f"step {step}: non-finite loss or gradient (loss={loss.item()}, grad norm={gnorm.item()}); " \
+          f"optimizer step skipped ({loop.bad} in a row)"
+    if loop.logger:
+        loop.logger.log(step, {"skipped_steps": float(loop.bad)})
+        tqdm.write(msg)
+    if loop.bad >= loop.tcfg.max_bad_steps:
+        raise TrainingError(_stop_message(msg, loop.bad))
+
+
+def _after_step(loop: _Loop, bar: Any, describe: Callable[[dict], str] | None, progress: bool,
+                sample_fn: Callable[[int], dict[str, float] | None] | None) -> None:
+    """After an optimizer step, each when due: the device guard's counters, a log line, previews, a whole state."""
+    tcfg, done, main = loop.tcfg, loop.done, loop.dist_info.main
+    log_now = done % tcfg.log_every == 0 or done == tcfg.steps
+    save_now = done % tcfg.save_every == 0 or done == tcfg.steps
+    if loop.guard is not None and (log_now or save_now):  # every rank reads the same (all-reduced) counters
+        _read_guard(loop)
+    if main and log_now:
+        _log(loop, bar, describe, progress)
+    if sample_fn is not None and main and tcfg.sample_every and done % tcfg.sample_every == 0:
+        vals = sample_fn(done)
+        if vals:
+            loop.logger.log(done, vals)
+    if save_now:
+        _save(loop)
+
+
+def _read_guard(loop: _Loop) -> None:
+    """Log the steps the device guard skipped since its last read; TrainingError after `max_bad_steps` in a row."""
+    from tqdm import tqdm
+
+    longest, skipped = loop.guard.read()
+    if skipped and loop.logger:
+        loop.logger.log(loop.done, {"skipped_steps": float(skipped)})
+        tqdm.write(f"steps before {loop.done}: {skipped} non-finite loss or gradient, optimizer step skipped")
+    if longest >= loop.tcfg.max_bad_steps:
+        raise TrainingError(_stop_message(f"steps before {loop.done}: non-finite loss or gradient in {longest} steps",
+                                          longest))
+
+
+def _log(loop: _Loop, bar: Any, describe: Callable[[dict], str] | None, progress: bool) -> None:
+    """Rank 0: one row of metrics.jsonl (the means since the last) and the progress bar's text, or a line of its
+    own without a bar."""
+    dt = time.perf_counter() - loop.t0
+    last, counts = loop.running.reduce()
+    last["lr"] = loop.opt.param_groups[0]["lr"]
+    last["steps_per_s"] = counts.get("loss", 0.0) / max(dt, 1e-9)
+    loop.logger.log(loop.done, last)
+    said = describe(last) if describe else f"loss {last.get('loss', math.nan):.4f}"
+    bar.set_postfix_str(said)
+    if not progress:                  # no bar to carry it: one line per log step, for a log file
+        print(f"step {loop.done}/{loop.tcfg.steps}: {said}, {last['steps_per_s']:.2f} steps/s, lr {last['lr']:.3g}",
+              flush=True)
+    loop.last, loop.t0 = last, time.perf_counter()
+
+
+def _log_rest(loop: _Loop) -> None:
+    """Rank 0: a row for the steps since the last log line (a time limit or a signal can end a run between logs)."""
+    if loop.running and loop.dist_info.main:
+        loop.last = loop.running.reduce()[0]
+        loop.last["lr"] = loop.opt.param_groups[0]["lr"]
+        loop.logger.log(loop.done, loop.last)
+
+
+def _wrap_up(loop: _Loop) -> None:
+    """After the last step: log the rest, and save what was learned where a time limit stopped the run early."""
+    _log_rest(loop)
+    if loop.done != loop.tcfg.steps and loop.done > loop.start:
+        _save(loop)
+
+
+def _save(loop: _Loop) -> None:
+    """Save a whole state of step `loop.done` from rank 0 (every rank gathers a sharded model's state and meets at
+    a barrier)."""
+    loop.busy = "a save"
+    gathered = full_state(loop.model, loop.opt, True) if loop.sharded else None  # collective: every rank takes part
+    if loop.dist_info.main:
+        loop.run.save_state(loop.done, loop.model, loop.opt, loop.tcfg.keep_states,
+                            {"train": asdict(loop.tcfg), "elapsed": time.perf_counter() - loop.clock0}, gathered,
+                            average=None if loop.average is None else loop.average.shadow)
+    if loop.dist_info.world > 1:
+        dist.barrier()
+    loop.saved, loop.busy = loop.done, ""
+
+
+def _stop_if_signalled(loop: _Loop, signals: StopSignals, bar: Any) -> None:
+    """At a step boundary (a collective under torchrun): where a signal came to any rank, save a whole state of this
+    step, say so and stop (train.training.interrupt)."""
+    signum = signals.agreed()
+    if signum is None:
+        return
+    signals.acted = True
+    _log_rest(loop)
+    if loop.done not in (loop.saved, 0):
+        _save(loop)
+    line = _say_stopped(loop, bar, signal_name(signum))
+    signals.stop(signum, line)
+
+
+def _save_on_keyboard_interrupt(loop: _Loop, bar: Any) -> None:
+    """A KeyboardInterrupt raised inside a step (where no handler holds Ctrl-C: fit() off the main thread; or raised
+    by code): save the last whole step's state where that is safe, and say so."""
+    if loop.stopped or loop.dist_info.world > 1:  # said already; or the other ranks are elsewhere: no save together
+        return
+    if not loop.busy and loop.done not in (loop.saved, 0):
+        _log_rest(loop)
+        _save(loop)
+    _say_stopped(loop, bar, "interrupted" + (f" during {loop.busy}" if loop.busy else ""))
+
+
+def _say_stopped(loop: _Loop, bar: Any, why: str) -> str:
+    """Rank 0 says, in one line after the progress bar, which whole state the same command resumes from (the one the
+    manifest names: an interrupt inside a save may come after the save became whole)."""
+    loop.stopped = True
+    if not loop.dist_info.main:
+        return f"{why}: stopped"
     try:
-        for step in bar:
-            # the one seeding rule: the noise of step s depends on (seed, s, rank) alone, not on where it resumed
-            torch.manual_seed(seed_for(tcfg.seed, step, dist_info.rank, "noise"))
-            elapsed = time.perf_counter() - clock0
-            time_fraction = elapsed / tcfg.time_limit if tcfg.time_limit > 0 else 0.0
-            if dist_info.world > 1 and tcfg.time_limit > 0:  # ranks must agree on when to stop
-                tf = torch.tensor([time_fraction], device=device)
-                dist.all_reduce(tf, op=dist.ReduceOp.MAX)
-                time_fraction = float(tf)
-            if time_fraction >= 1.0:
-                if dist_info.main:
-                    tqdm.write(f"time limit of {tcfg.time_limit:.0f} s reached after {step} steps")
-                break
-            batch = batch_fn(step, dist_info)
-            for g in opt.param_groups:
-                g["lr"] = tcfg.lr_at(step, time_fraction)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                loss, stats = loss_fn(ddp, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
-            if hasattr(gnorm, "full_tensor"):  # FSDP2: a DTensor norm over the shards
-                gnorm = gnorm.full_tensor()
-            ok = torch.isfinite(loss.detach()) & torch.isfinite(gnorm)
-            if dist_info.world > 1:
-                flag = ok.float().reshape(1)
-                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-                ok = flag[0] > 0
-            values = {**stats, "loss": loss.detach(), "grad_norm": gnorm.detach()}
-            if guard is not None:  # decided on the device: the fused step does nothing where found_inf is set
-                opt.found_inf = (~ok).float()
-                opt.step()
-                guard.update(ok)
-                running.add(values, ok)
-                if average is not None:
-                    average.update(step, ok)
-            elif bool(ok):
-                opt.step()
-                bad = 0
-                running.add(values)
-                if average is not None:
-                    average.update(step)
-            else:
-                bad += 1
-                opt.zero_grad(set_to_none=True)
-                msg = f"step {step}: non-finite loss or gradient (loss={loss.item()}, grad norm={gnorm.item()}); " \
-                      f"optimizer step skipped ({bad} in a row)"
-                if logger:
-                    logger.log(step, {"skipped_steps": float(bad)})
-                    tqdm.write(msg)
-                if bad >= tcfg.max_bad_steps:
-                    raise TrainingError(_stop_message(msg, bad))
-                continue
-            done = step + 1
-            log_now = done % tcfg.log_every == 0 or done == tcfg.steps
-            save_now = done % tcfg.save_every == 0 or done == tcfg.steps
-            if guard is not None and (log_now or save_now):  # every rank reads the same (all-reduced) counters
-                longest, skipped = guard.read()
-                if skipped and logger:
-                    logger.log(done, {"skipped_steps": float(skipped)})
-                    tqdm.write(f"steps before {done}: {skipped} non-finite loss or gradient, optimizer step skipped")
-                if longest >= tcfg.max_bad_steps:
-                    raise TrainingError(_stop_message(f"steps before {done}: non-finite loss or gradient in "
-                                                      f"{longest} steps", longest))
-            if dist_info.main and log_now:
-                dt = time.perf_counter() - t0
-                last, counts = running.reduce()
-                last["lr"] = opt.param_groups[0]["lr"]
-                last["steps_per_s"] = counts.get("loss", 0.0) / max(dt, 1e-9)
-                logger.log(done, last)
-                said = describe(last) if describe else f"loss {last.get('loss', math.nan):.4f}"
-                bar.set_postfix_str(said)
-                if not progress:                  # no bar to carry it: one line per log step, for a log file
-                    print(f"step {done}/{tcfg.steps}: {said}, {last['steps_per_s']:.2f} steps/s, lr {last['lr']:.3g}",
-                          flush=True)
-                t0 = time.perf_counter()
-            if sample_fn is not None and dist_info.main and tcfg.sample_every and done % tcfg.sample_every == 0:
-                vals = sample_fn(done)
-                if vals:
-                    logger.log(done, vals)
-            if save_now:
-                _save(run, done, model, opt, tcfg, dist_info, time.perf_counter() - clock0, sharded, average)
-        if running and dist_info.main:  # steps since the last log line (a time limit can end a run between logs)
-            last = running.reduce()[0]
-            last["lr"] = opt.param_groups[0]["lr"]
-            logger.log(done, last)
-        if done != tcfg.steps and done > start:  # stopped by the time limit: keep what was learned
-            _save(run, done, model, opt, tcfg, dist_info, time.perf_counter() - clock0, sharded, average)
-    finally:
-        if logger:
-            logger.close()
-    last["steps_done"] = float(done)
-    last["steps_run"] = float(done - start)  # the same on every rank
-    return last
+        latest = loop.run.latest()
+    except TrainingError:
+        latest = None
+    if latest is None:
+        line = f"{why}: stopped before a state was saved; the same command starts the run over"
+    else:
+        line = (f"{why}: stopped at step {int(latest.name.removeprefix('step_'))}, its whole training state is saved "
+                f"in {latest}; run the same command to resume from it")
+    bar.close()
+    print(line, file=sys.stderr, flush=True)
+    return line
+
+
+def _stop_message(what: str, bad: int) -> str:
+    return (f"{what}; stopping after {bad} in a row. Lower --lr, check the data, or resume from the last state "
+            "with different settings")
 
 
 def trained_weights(run: RunDir, checkpoint_name: str, last: dict[str, float], model: torch.nn.Module,
@@ -375,17 +558,6 @@ def trained_weights(run: RunDir, checkpoint_name: str, last: dict[str, float], m
     if saved is not None:
         weights = {k: saved[k].to(device=v.device, dtype=v.dtype) if k in saved else v for k, v in weights.items()}
     return weights
-
-
-def _save(run: RunDir, done: int, model, opt, tcfg: TrainConfig, dist_info: Dist, elapsed: float,
-          sharded: bool = False, average: WeightAverage | None = None) -> None:
-    """Save a whole state from rank 0 (every rank gathers a sharded model's state and meets at a barrier)."""
-    gathered = full_state(model, opt, True) if sharded else None  # collective: every rank takes part
-    if dist_info.main:
-        run.save_state(done, model, opt, tcfg.keep_states, {"train": asdict(tcfg), "elapsed": elapsed}, gathered,
-                       average=None if average is None else average.shadow)
-    if dist_info.world > 1:
-        dist.barrier()
 
 
 def start_run(out: str, tcfg: TrainConfig, resolved: dict[str, Any], dry_run: bool = False,

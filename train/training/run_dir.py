@@ -117,7 +117,8 @@ class RunDir:
         name = f"step_{step:08d}"
         final = self.state_root / name
         tmp = self.state_root / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in [tmp, *self.state_root.glob(".step_*.tmp")]:  # this one, and those of saves cut off before
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in model_sd.items()}, str(tmp / "model.state"))
         opt_tensors, opt_meta = _flatten_optimizer(opt_sd)
