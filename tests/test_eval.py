@@ -325,11 +325,11 @@ def test_eval_windows_are_evenly_spaced_and_non_overlapping():
 
 
 def test_eval_with_a_decoder_trained_for_the_models_latents(trained, tmp_path, capsys):
-    """`train ae --init MODEL --freeze-encoder` then `eval --ae`: the model is scored and written with the new
+    """`train ae --init MODEL --set freeze_encoder=true` then `eval --ae`: the model is scored and written with the new
     decoder, its encoder and world model untouched; a decoder from another encoder is refused, nothing written."""
     new = tmp_path / "dec"
     common = ["--data", trained.data, "--steps", "2", "--batch", "2", "--threads", "1", "--lr", "0.01"]
-    assert cli("train", "ae", "--out", new, "--init", trained.model, "--freeze-encoder", *common) == 0
+    assert cli("train", "ae", "--out", new, "--init", trained.model, "--set", "freeze_encoder=true", *common) == 0
     r = run_eval(trained, tmp_path / "e.json", "--ae", new / "ae.safetensors", "--write-model",
                  tmp_path / "m.safetensors")
     assert r["decoder_from"] == str(new / "ae.safetensors")
@@ -349,5 +349,5 @@ def test_eval_with_a_decoder_trained_for_the_models_latents(trained, tmp_path, c
     rc = cli("eval", "--model", trained.model, "--data", trained.data, "--json", tmp_path / "x.json", "--ae",
              moved / "ae.safetensors", "--horizon", "2", "--threads", "1")
     err = capsys.readouterr().err
-    assert rc == 1 and "--ae" in err and "encoder differs" in err and "--freeze-encoder" in err, err
+    assert rc == 1 and "--ae" in err and "encoder differs" in err and "freeze_encoder=true" in err, err
     assert not (tmp_path / "x.json").exists()

@@ -29,6 +29,7 @@ import argparse
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -182,8 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run-time context noise, 0..1 (default: the model's)")
     p.add_argument("--ae", default=None,
                    help="score the model with this autoencoder's decoder instead of its own (and write it into "
-                        "--write-model): one trained with `reverie train ae --init MODEL --freeze-encoder`, whose "
-                        "encoder, and so the latents the world model reads, is the model's")
+                        "--write-model): one trained with `reverie train ae --init MODEL --set "
+                        "freeze_encoder=true`, whose encoder, and so the latents the world model reads, is the model's")
     p.add_argument("--idm", default=None, help="inverse-dynamics checkpoint (default: the model's own 'idm' part)")
     p.add_argument("--idm-steps", type=arg_type(check_count(1), "--idm-steps", int), default=150,
                    help="if no IDM is given or bundled, train one on --data for this many steps")
@@ -230,18 +231,57 @@ def finite_json(x: Any) -> Any:
     return x
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    from train.evaluation.control import control_frames
-    from train.evaluation.idm_judge import action_following, load_or_train_idm
-    from train.evaluation.objects import CONTROL_STARTS, AfterDream, control_from_starts, object_report
-    from train.games.probes import AVATAR, hits_for, probes_for
+@dataclass
+class _Plan:
+    """What one evaluation scores, settled before any rollout: the model, the held-out data, the starts, the game's
+    probes, and where the files go."""
 
+    ckpt: Any
+    src: EpisodeSource
+    device: torch.device
+    context: int
+    horizon: int
+    starts: list[tuple[int, int]]      # (episode, frame) per rollout, each repeated dreams_per_start times
+    env_id: str | None                 # the one game of the rollouts (None: several)
+    probes: dict[str, Any]
+    after_dream: Any                   # AfterDream: control at the end of long dreams, or None
+    plot: Path
+    buckets_plot: Path
+    video: Path
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """`reverie eval`: prepare, dream, measure, write."""
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
+    plan = _prepare(args)
+    sessions: dict[int, Session] = {}
+
+    def make_session(batch: int) -> Session:
+        if batch not in sessions:
+            sessions[batch] = Session(plan.ckpt, device=plan.device, batch=batch, steps=args.steps,
+                                      guidance=args.guidance, context_noise=args.context_noise, seed=args.seed,
+                                      cuda_graph=False)
+        return sessions[batch]
+
+    seeds = [args.seed * 1_000_003 + r for r in range(len(plan.starts))]      # a rollout's noise: its index
+    roll = run_rollouts(make_session, plan.src, plan.starts, plan.context, plan.horizon, seeds, args.batch,
+                        plan.after_dream, progress=not args.no_progress)
+    sess = next(iter(sessions.values()))
+    result = _report(args, plan, sess, roll, _measure(args, plan, sess, roll, make_session))
+    _write(args, plan, sess, roll, result, t_start)
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> _Plan:
+    """Check the outputs can be written, load the model (with `--ae`'s decoder) and the held-out episodes, and plan
+    the rollouts: their starts, and the probes and control checks the game has."""
+    from train.evaluation.control import control_frames
+    from train.evaluation.objects import AfterDream
+    from train.games.probes import AVATAR, probes_for
+
     device = check_device(args.device)
     plot = args.plot or args.json.with_suffix(".png")
-    buckets_plot = plot.with_name(plot.stem + "_buckets.png")
-    video = args.json.with_name(args.json.stem + "_dream.gif")
     prepare_output(args.json)                     # before the run, not after it
     prepare_output(plot, "--plot")
     if args.write_model:
@@ -264,125 +304,141 @@ def evaluate(args: argparse.Namespace) -> int:
     if not starts:
         raise EvalError(f"{args.data}: no episode has {context + 1} frames (context {context} + 1 to dream from); "
                         "lower --context, or record longer episodes")
-    dps = args.dreams_per_start
-    starts = [s for s in starts for _ in range(dps)]          # the repeats differ in their noise (seed = index)
-    R = len(starts)
-    gb = 2 * R * H * int(np.prod(src.frame_shape)) / 2**30
+    starts = [s for s in starts for _ in range(args.dreams_per_start)]  # the repeats differ in their noise
+    gb = 2 * len(starts) * H * int(np.prod(src.frame_shape)) / 2**30
     if gb > MAX_FRAMES_GB:
-        raise EvalError(f"{R} rollouts of {H} frames need {gb:.1f} GB for their frames (at most {MAX_FRAMES_GB:g}); "
-                        "lower --horizon, --rollouts-per-episode, --dreams-per-start or --episodes")
+        raise EvalError(f"{len(starts)} rollouts of {H} frames need {gb:.1f} GB for their frames (at most "
+                        f"{MAX_FRAMES_GB:g}); lower --horizon, --rollouts-per-episode, --dreams-per-start or "
+                        "--episodes")
     env_ids = {src.env_ids[e] for e, _ in starts}
     env_id = env_ids.pop() if len(env_ids) == 1 else None
     probes = probes_for(env_id) if env_id else {}
     avatar = probes.get(AVATAR)
     long_dream = H > BUCKETS[0][1]               # past the first bucket: control after the dream too
     after_dream = AfterDream(avatar, control_frames(env_id)) if avatar is not None and long_dream else None
+    return _Plan(ckpt=ckpt, src=src, device=device, context=context, horizon=H, starts=starts, env_id=env_id,
+                 probes=probes, after_dream=after_dream, plot=plot,
+                 buckets_plot=plot.with_name(plot.stem + "_buckets.png"),
+                 video=args.json.with_name(args.json.stem + "_dream.gif"))
 
-    sessions: dict[int, Session] = {}
 
-    def make_session(batch: int) -> Session:
-        if batch not in sessions:
-            sessions[batch] = Session(ckpt, device=device, batch=batch, steps=args.steps, guidance=args.guidance,
-                                      context_noise=args.context_noise, seed=args.seed, cuda_graph=False)
-        return sessions[batch]
+def _measure(args: argparse.Namespace, plan: _Plan, sess: Session, roll: Any, make_session: Any) -> dict[str, Any]:
+    """Every metric of the rollouts: PSNR and SSIM per rollout and step, the autoencoder's ceiling, action following,
+    the Fréchet distances, the objects and control."""
+    from train.evaluation.control import control_frames
+    from train.evaluation.idm_judge import action_following, load_or_train_idm
+    from train.evaluation.objects import CONTROL_STARTS, control_from_starts, object_report
+    from train.games.probes import AVATAR, hits_for
 
-    seeds = [args.seed * 1_000_003 + r for r in range(R)]      # a rollout's noise: its index
-    roll = run_rollouts(make_session, src, starts, context, H, seeds, args.batch, after_dream,
-                        progress=not args.no_progress)
-    sess = next(iter(sessions.values()))
-    edges, slices = bucket_edges(H), bucket_slices(H)
-
+    ckpt, src, device, starts, slices = plan.ckpt, plan.src, plan.device, plan.starts, bucket_slices(plan.horizon)
+    m: dict[str, Any] = {}
     # pixels: PSNR and SSIM against the real frames, where there are some
-    ok = roll.real_ok                                                                  # (R, H)
-    p = np.stack([psnr(d, r) for d, r in zip(roll.dream, roll.real)])                 # (R, H)
-    s = np.stack([ssim(d, r) for d, r in zip(roll.dream, roll.real)])
-    real_frames = roll.real[ok]                                                        # (n, h, w, 3)
+    m["psnr"] = np.stack([psnr(d, r) for d, r in zip(roll.dream, roll.real)])          # (R, H)
+    m["ssim"] = np.stack([ssim(d, r) for d, r in zip(roll.dream, roll.real)])
+    real_frames = roll.real[roll.real_ok]                                               # (n, h, w, 3)
     ceiling = real_frames[evenly_spaced(len(real_frames), AE_FRAMES)]
-    ae_psnr = float(psnr(reconstruct(sess.ae, ceiling, device), ceiling).mean())
-    ae_small = ae_small_objects(sess.ae, roll, probes, device)
-
+    m["ae_psnr"] = float(psnr(reconstruct(sess.ae, ceiling, device), ceiling).mean())
+    m["ae_small_objects"] = ae_small_objects(sess.ae, roll, plan.probes, device)
     # action following, drift (Fréchet distance), objects and control
     idm, idm_note = load_or_train_idm(args, ckpt, src)
-    following, idm_buckets = action_following(idm, idm_note, roll, len(ckpt.action_spec.buttons), slices)
+    m["action_following"], m["idm_buckets"] = action_following(idm, idm_note, roll, len(ckpt.action_spec.buttons),
+                                                               slices)
     half_a, half_b = split_halves([src.episode_frames(e) for e in sorted({e for e, _ in starts})])
-    fd_floor, fd_buckets = None, [{"fd": None, "fd_floor": None} for _ in slices]
+    m["fd_floor"], m["fd_buckets"] = None, [{"fd": None, "fd_floor": None} for _ in slices]
     if min(len(half_a), len(half_b)) >= 1:
         ref = FrechetReference(encode_latents(sess.ae, half_a, device), encode_latents(sess.ae, half_b, device))
-        fd_floor, fd_buckets = ref.floor(), bucket_distances(ref, sess.ae, roll.dream, slices, device)
-    objects = object_report(probes, roll, slices, hits_for(env_id) if env_id else ())
-    control = after = None
+        m["fd_floor"], m["fd_buckets"] = ref.floor(), bucket_distances(ref, sess.ae, roll.dream, slices, device)
+    m["objects"] = object_report(plan.probes, roll, slices, hits_for(plan.env_id) if plan.env_id else ())
+    m["control"] = None
+    avatar = plan.probes.get(AVATAR)
     if avatar is not None:
-        firsts = list(range(0, R, dps))                       # one dream of each distinct start
-        control = control_from_starts(make_session, src, roll, context, avatar, control_frames(env_id),
-                                      [firsts[i] for i in evenly_spaced(len(firsts), CONTROL_STARTS)])
-    if after_dream is not None:
-        after = after_dream.report(H)
+        firsts = list(range(0, len(starts), args.dreams_per_start))      # one dream of each distinct start
+        m["control"] = control_from_starts(make_session, src, roll, plan.context, avatar, control_frames(plan.env_id),
+                                           [firsts[i] for i in evenly_spaced(len(firsts), CONTROL_STARTS)])
+    m["control_after_dream"] = plan.after_dream.report(plan.horizon) if plan.after_dream is not None else None
+    return m
 
+
+def _report(args: argparse.Namespace, plan: _Plan, sess: Session, roll: Any, m: dict[str, Any]) -> dict[str, Any]:
+    """The metrics as eval's JSON: per horizon step, per time bucket and overall, with the settings they were made
+    with (NaN as null)."""
+    H, R, ok, p, s = plan.horizon, len(plan.starts), roll.real_ok, m["psnr"], m["ssim"]                # ok: (R, H)
     horizon_buckets = []
-    for i, ((first, last), sl) in enumerate(zip(edges, slices)):
+    for i, ((first, last), sl) in enumerate(zip(bucket_edges(H), bucket_slices(H))):
         horizon_buckets.append({
             "first": first, "last": last, "frames": R * (last - first + 1), "real_frames": int(ok[:, sl].sum()),
             "recorded_actions": masked_mean(roll.recorded[:, sl]),
             "psnr": masked_mean(p[:, sl], ok[:, sl]), "ssim": masked_mean(s[:, sl], ok[:, sl]),
-            **fd_buckets[i], **idm_buckets[i],
+            **m["fd_buckets"][i], **m["idm_buckets"][i],
             "objects": {k: {"visible_real": o["visible_real_buckets"][i], "visible_dream": o["visible_dream"][i],
                             "visible_clean_dream": o["visible_clean_dream"][i],
                             "area_real": o["area_real"][i], "area_dream": o["area_dream"][i],
                             "count_real": o["count_real"][i], "count_dream": o["count_dream"][i],
                             "position_error_px": o["position_error_px"][i]}
-                        for k, o in objects.items()},
+                        for k, o in m["objects"].items()},
         })
     replayed = roll.replay_notes.get("replayed", 0)
     why_not = next((k for k in roll.replay_notes if k != "replayed"), None)
-    result = {
+    return finite_json({
         "psnr": [masked_mean(p[:, k], ok[:, k]) for k in range(H)],
         "ssim": [masked_mean(s[:, k], ok[:, k]) for k in range(H)],
         "psnr_step1": masked_mean(p[:, 0], ok[:, 0]), "psnr_mean": masked_mean(p, ok), "ssim_mean": masked_mean(s, ok),
-        "ae_psnr": ae_psnr,
-        "ae_small_objects": ae_small,
-        "action_following": following,
-        "fd_floor": fd_floor,
+        "ae_psnr": m["ae_psnr"],
+        "ae_small_objects": m["ae_small_objects"],
+        "action_following": m["action_following"],
+        "fd_floor": m["fd_floor"],
         "horizon_buckets": horizon_buckets,
-        "objects": objects,
-        "control": control,
-        "control_after_dream": after,
-        "steps": sess.steps, "guidance": sess.guidance, "context": context, "horizon": H,
-        "context_noise": sess.context_noise, "episodes": len({e for e, _ in starts}), "rollouts": R,
-        "dreams_per_start": dps,
+        "objects": m["objects"],
+        "control": m["control"],
+        "control_after_dream": m["control_after_dream"],
+        "steps": sess.steps, "guidance": sess.guidance, "context": plan.context, "horizon": H,
+        "context_noise": sess.context_noise, "episodes": len({e for e, _ in plan.starts}), "rollouts": R,
+        "dreams_per_start": args.dreams_per_start,
         "frames": R * H, "real_frames": int(ok.sum()), "recorded_actions": masked_mean(roll.recorded),
         "real_reference": {"replayed_rollouts": replayed, "not_replayed_because": why_not},
-        "env_id": env_id, "model": str(ckpt.path), "decoder_from": args.ae, "data": str(args.data),
-        "device": str(device),
+        "env_id": plan.env_id, "model": str(plan.ckpt.path), "decoder_from": args.ae, "data": str(args.data),
+        "device": str(plan.device),
         "video": None, "plots": [],
-    }
-    result = finite_json(result)
+    })
+
+
+def _write(args: argparse.Namespace, plan: _Plan, sess: Session, roll: Any, result: dict, t_start: float) -> None:
+    """The plots and the side-by-side GIF (with Pillow), the JSON, the model with its metrics (`--write-model`),
+    and one line that sums it up."""
+    name = plan.ckpt.path.name
     try:
         from train.pictures.images import line_plot
         from train.pictures.video import side_by_side
 
-        line_plot(plot, {"PSNR (dB)": result["psnr"]}, title=f"{ckpt.path.name}: PSNR vs horizon",
-                  xlabel="horizon step", hlines={"AE ceiling": ae_psnr})
-        _bucket_plot(buckets_plot, result, ckpt.path.name, line_plot)
-        result["plots"] = [str(plot), str(buckets_plot)]
-        result["video"] = str(side_by_side(video, roll.real[0], ok[0], roll.dream[0]))
+        line_plot(plan.plot, {"PSNR (dB)": result["psnr"]}, title=f"{name}: PSNR vs horizon",
+                  xlabel="horizon step",
+                  hlines=None if result["ae_psnr"] is None else {"AE ceiling": result["ae_psnr"]})
+        _bucket_plot(plan.buckets_plot, result, name, line_plot)
+        result["plots"] = [str(plan.plot), str(plan.buckets_plot)]
+        result["video"] = str(side_by_side(plan.video, roll.real[0], roll.real_ok[0], roll.dream[0]))
     except ImportError:                            # Pillow is an extra
         pass
     result["seconds"] = time.perf_counter() - t_start
     out = write_json(args.json, result)
     if args.write_model:
-        _write_model(args, ckpt, sess, result)
+        _write_model(args, plan.ckpt, sess, result)
     af = result["action_following"]
     if not af["available"]:
         print(f"reverie eval: action following unavailable: {af['unavailable_because']}", file=sys.stderr)
-    print(f"psnr step 1 {result['psnr_step1']:.2f} dB, mean over {H} {_num(result['psnr_mean'], '.2f')} dB, "
-          f"ssim {_num(result['ssim_mean'], '.3f')}, ae {ae_psnr:.2f} dB, action following {af['generated']:.3f} vs "
-          f"real {_num(af['real'], '.3f')} (ratio {_num(af['ratio'], '.2f')}, chance {af['chance']:.3f}"
-          + (f"; by effect {_num(af['generated_by_effect'], '.3f')} vs {_num(af['real_by_effect'], '.3f')}, ratio "
-             f"{_num(af['ratio_by_effect'], '.2f')}" if "ratio_by_effect" in af else "")
-          + f"), fd floor "
-          f"{_num(fd_floor, '.3g')}, {len(horizon_buckets)} buckets -> {out}"
-          + "".join(f", {f}" for f in result["plots"]) + (f", {result['video']}" if result["video"] else ""))
-    return 0
+    print(_summary(result, out))
+
+
+def _summary(result: dict, out: Path) -> str:
+    """The line eval ends with: the headline numbers and the files written."""
+    af = result["action_following"]
+    return (f"psnr step 1 {result['psnr_step1']:.2f} dB, mean over {result['horizon']} "
+            f"{_num(result['psnr_mean'], '.2f')} dB, ssim {_num(result['ssim_mean'], '.3f')}, ae "
+            f"{_num(result['ae_psnr'], '.2f')} dB, action following {af['generated']:.3f} vs real "
+            f"{_num(af['real'], '.3f')} (ratio {_num(af['ratio'], '.2f')}, chance {af['chance']:.3f}"
+            + (f"; by effect {_num(af['generated_by_effect'], '.3f')} vs {_num(af['real_by_effect'], '.3f')}, ratio "
+               f"{_num(af['ratio_by_effect'], '.2f')}" if "ratio_by_effect" in af else "")
+            + f"), fd floor {_num(result['fd_floor'], '.3g')}, {len(result['horizon_buckets'])} buckets -> {out}"
+            + "".join(f", {f}" for f in result["plots"]) + (f", {result['video']}" if result["video"] else ""))
 
 
 def _num(x: float | None, fmt: str) -> str:
@@ -418,14 +474,14 @@ def swap_decoder(ckpt: Any, path: str) -> None:
     mine, theirs = ckpt.tensors["ae"], ae.tensors["ae"]
     if set(mine) != set(theirs) or any(mine[k].shape != theirs[k].shape for k in mine):
         raise EvalError(f"--ae {path}: an autoencoder of another shape than the model's ({ckpt.path}); it must "
-                        "be trained from the model's with `reverie train ae --init MODEL --freeze-encoder`")
+                        "be trained from the model's with `reverie train ae --init MODEL --set freeze_encoder=true`")
     changed = [k for k in mine if k.startswith("encoder.")
                and not torch.equal(mine[k].to(torch.float16), theirs[k].to(torch.float16))]
     if changed:
         raise EvalError(f"--ae {path}: its encoder differs from the model's ({len(changed)} tensors, e.g. "
                         f"{changed[0]}), so the world model would read latents it was not trained on; train the "
-                        "decoder alone (`reverie train ae --init MODEL --freeze-encoder`) or retrain the world "
-                        "model on this autoencoder (`reverie train wm --ae`)")
+                        "decoder alone (`reverie train ae --init MODEL --set freeze_encoder=true`) or retrain the "
+                        "world model on this autoencoder (`reverie train wm --ae`)")
     ckpt.tensors["ae"] = {k: theirs[k] if k.startswith("decoder.") else v for k, v in mine.items()}
     ckpt.metrics = {**ckpt.metrics, "decoder_from": str(path)}
 
