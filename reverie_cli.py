@@ -87,8 +87,9 @@ def _dispatch(argv: list[str] | None) -> int:
     except ReverieError as e:  # a user's bad input or an impossible request: one line, no traceback
         print(f"reverie {name}: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("reverie: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        if not e.args:   # an interrupt that said nothing yet (training says what it saved itself)
+            print("reverie: interrupted", file=sys.stderr)
         return 130
 
 
