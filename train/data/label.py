@@ -21,7 +21,7 @@ Confidence: the probability the IDM gives to the action it chose. It reads each 
 (sigmoid), so the chosen set of buttons has probability prod_b max(p_b, 1 - p_b): 1 when it is sure of every button,
 0.5^buttons at worst. Axes are regressed without a spread and count as sure. It is the model's own belief, not a
 calibrated probability: wrong labels get lower confidence on average, but an IDM trained on few episodes is sure of
-many wrong ones (benchmarks/label_fraction.py reports accuracy and confidence side by side). 'reverie train wm
+many wrong ones (experiments/label_fraction.py reports accuracy and confidence side by side). 'reverie train wm
 --min-label-confidence X' trains only on windows whose every action is at least X.
 """
 
