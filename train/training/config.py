@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from engine.checkpoint import CheckpointError
+from engine.checkpoint import CheckpointError, resolve_model, shipped_models
 from engine.errors import ReverieError
 
 
@@ -275,8 +275,9 @@ def data_path(value: str) -> Path:
 
 
 def checkpoint_path(flag: str, value: str, name: str, made_by: str) -> Path:
-    """A checkpoint flag (`--ae`, `--idm`): the file, or `name` inside a run folder; the error names the flag."""
-    p = Path(value)
+    """A checkpoint flag (`--ae`, `--idm`): the file, `name` inside a run folder, or a shipped model's name
+    ("default"); the error names the flag."""
+    p = resolve_model(value)
     if p.is_dir():
         if not (p / name).is_file():
             raise CheckpointError(f"{flag} {value}: a folder without {name}; pass the checkpoint that "
@@ -289,11 +290,13 @@ def checkpoint_path(flag: str, value: str, name: str, made_by: str) -> Path:
 
 
 def init_path(value: str) -> Path:
-    """`--init`: a checkpoint, a training run folder or one of its state folders; the error names the flag."""
-    p = Path(value)
+    """`--init`: a checkpoint, a shipped model's name, a training run folder or one of its state folders; the error
+    names the flag."""
+    p = resolve_model(value)
     if not p.exists():
         raise CheckpointError(f"--init {value}: no such checkpoint or training run; pass a .safetensors "
-                              "checkpoint, a run folder of 'reverie train wm' or one of its state folders")
+                              "checkpoint, a shipped model's name (" + ", ".join(shipped_models()) + "), a run "
+                              "folder of 'reverie train wm' or one of its state folders")
     return p
 
 
