@@ -14,8 +14,9 @@ machine's own torch and Triton.
              kernels triton and reference
 5. ops       each kernel timed against torch eager and torch.compile of the same reference, per call, as a CUDA
              graph replay (how the session runs them) and as plain launches (last: the compiles are slow)
-Writes OUT/kernels.json (every number, the bars of the kernels issue with pass/fail) and prints a summary. Parts run
-in that order, each wrapped (a failure is recorded, the rest runs), and none starts after --budget seconds. With no
+Writes OUT/kernels.json (every number, the bars of the kernels issue with pass/fail) whole after each part, so a
+timeout loses only the part it cut, and prints a summary. Parts run in that order (or those of --parts), each wrapped
+(a failure is recorded, the rest runs), and none starts after --budget seconds. With no
 CUDA device, `--device cpu --quick` under TRITON_INTERPRET=1 runs every code path at toy sizes (a smoke test; its
 timings mean nothing).
 """
@@ -139,7 +140,7 @@ def first(out):
 
 
 def part_correct(ctx) -> dict:
-    res = {}
+    res = ctx.live
     for preset in ctx.presets:
         for dname, dt in DTYPES.items():
             if ctx.dev.type == "cpu" and dt == torch.bfloat16:
@@ -157,12 +158,13 @@ def part_correct(ctx) -> dict:
                 if name == "noise":
                     entry["bit_equal"] = bool(torch.equal(a, b))
                 res[f"{preset}/{name}/{dname}"] = entry
+                ctx.save()
     res["all_ok"] = all(v["ok"] for v in res.values() if isinstance(v, dict) and "ok" in v)
     return res
 
 
 def part_ops(ctx) -> dict:
-    res = {}
+    res = ctx.live
     for preset in ctx.presets:
         for name, case in op_cases(preset, ctx.dev, ctx.dtype).items():
             if time.perf_counter() - ctx.t0 > ctx.budget:
@@ -185,6 +187,7 @@ def part_ops(ctx) -> dict:
                 a, b = row.get(f"{other}_graph_ms"), row.get("kernel_graph_ms")
                 row[f"speedup_vs_{other}"] = a / b if a and b else None
             res[f"{preset}/{name}"] = row
+            ctx.save()
     return res
 
 
@@ -200,7 +203,7 @@ def make_session(ctx, preset: str | None, kernels: str, batch: int = 1, steps: i
 
 
 def part_step(ctx) -> dict:
-    res = {}
+    res = ctx.live
     cases = [("default", None, None, None)] + [(p, p, 4, 2.0) for p in ctx.presets if p != "tiny"]
     for label, preset, steps, guidance in cases:
         def one(preset=preset, steps=steps, guidance=guidance):
@@ -228,13 +231,14 @@ def part_step(ctx) -> dict:
             out["frames_mean_abs"], out["frames_max_abs"] = float(diff.mean()), int(diff.max())
             return out
         sub(res, label, one)
+        ctx.save()
     return res
 
 
 def part_bench(ctx) -> dict:
     import reverie_cli
 
-    res = {}
+    res = ctx.live
     runs = [("default_b1", ["--batch", "1"]), ("default_b16", ["--batch", "16"])]
     if "oasis" in ctx.presets:
         runs.append(("oasis_4steps", ["--preset", "oasis", "--steps", "4", "--guidance", "2"]))
@@ -254,6 +258,7 @@ def part_bench(ctx) -> dict:
             res[f"{label}/{mode}"] = {k: r.get(k) for k in ("fps", "p50_ms", "p99_ms", "backbone_ms", "head_ms",
                                                             "decode_ms", "steps", "guidance", "dtype", "cuda_graph",
                                                             "batch", "kernels")}
+            ctx.save()
     return res
 
 
@@ -313,6 +318,8 @@ class Ctx:
         self.compile = self.dev.type == "cuda"
         self.work = Path(args.work)
         self.work.mkdir(parents=True, exist_ok=True)
+        self.live: dict[str, Any] = {}             # the running part's results, filled as it measures
+        self.save: Callable[[], None] = lambda: None   # writes kernels.json whole (main sets it)
 
     def n(self, full: int, quick: int) -> int:
         return quick if self.quick else full
@@ -330,7 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--budget", type=float, default=270.0, help="seconds; parts not started by then are skipped")
     ap.add_argument("--quick", action="store_true", help="toy sizes and few repetitions (a smoke test)")
+    ap.add_argument("--parts", default=",".join(name for name, _ in PARTS),
+                    help="comma-separated parts to run (default: all, in order)")
     args = ap.parse_args(argv)
+    wanted = [p for p in args.parts.split(",") if p]
+    unknown = sorted(set(wanted) - {name for name, _ in PARTS})
+    if unknown:
+        ap.error(f"--parts: unknown {', '.join(unknown)}; choose from {', '.join(name for name, _ in PARTS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         print("kernels_gpu: torch sees no CUDA device; run with --device cpu --quick under TRITON_INTERPRET=1 for a "
@@ -339,24 +352,36 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Ctx(args)
     results: dict[str, Any] = {"script": "runs/kernels_gpu.py", "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                                "quick": args.quick, "parts": {}}
+    path = args.out / "kernels.json"
+
+    def write() -> None:
+        """kernels.json whole, under a temporary name first: a timeout leaves the last whole one."""
+        results["bars"] = bars(results["parts"])
+        results["seconds"] = time.perf_counter() - ctx.t0
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        tmp.replace(path)
+
+    ctx.save = write
     for name, fn in PARTS:
+        if name not in wanted:
+            continue
         elapsed = time.perf_counter() - ctx.t0
         if elapsed > args.budget:
             results["parts"][name] = {"skipped": f"over the time budget ({elapsed:.0f} s > {args.budget:.0f} s)"}
+            write()
             continue
         print(f"[{elapsed:5.0f}s] kernels_gpu: {name}", flush=True)
         t0 = time.perf_counter()
-        part = sub(results["parts"], name, lambda fn=fn: fn(ctx))
-        if isinstance(part, dict):
-            part["seconds"] = time.perf_counter() - t0
-            if "error" in part:
-                print(f"kernels_gpu: {name} failed: {part['error'].splitlines()[0]}", flush=True)
-    results["bars"] = bars(results["parts"])
-    results["seconds"] = time.perf_counter() - ctx.t0
-    path = args.out / "kernels.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    tmp.replace(path)
+        ctx.live = results["parts"][name] = {}   # a part fills it measurement by measurement, saving each
+        part, outcome = ctx.live, sub({}, name, lambda fn=fn: fn(ctx))
+        if isinstance(outcome, dict) and outcome is not part:   # a part's own dict (env), or its error
+            part.update(outcome)
+        part["seconds"] = time.perf_counter() - t0
+        if "error" in part:
+            print(f"kernels_gpu: {name} failed: {part['error'].splitlines()[0]}", flush=True)
+        write()
+    write()
     for b in results["bars"].values():
         mark = {True: "met", False: "NOT met", None: "not measured"}[b["met"]]
         value = "-" if b["value"] is None else f"{b['value']:.3g}"

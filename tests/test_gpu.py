@@ -1,10 +1,11 @@
 """The real-time session on a CUDA device (`pytest -m gpu`; every test skips where torch sees no CUDA device).
 
 CUDA-graph sessions against eager ones over a ring wrap (a tiny random model and the shipped one), one graph replay
-for a plain step, nothing captured when steps or guidance change between frames, save-games and forks on the
-device, fp32 on CUDA against the CPU with TF32 switched on globally (the runner must turn it off), bf16 against
-fp32, pinned staging buffers, the compiled noise draw, a session on a device that is not the current one, and
-`reverie eval --device cuda` against the CPU. runs/gpu_check.sh runs these first, then runs/gpu_check.py.
+for a plain step, nothing captured when steps or guidance change between frames and every graph in one memory
+pool (reference and Triton kernels), save-games and forks on the device, fp32 on CUDA against the CPU with TF32
+switched on globally (the runner must turn it off), bf16 against fp32, pinned staging buffers, the noise drawn as
+one kernel (compiled, or Triton's), a session on a device that is not the current one, and `reverie eval --device
+cuda` against the CPU. runs/gpu_check.sh runs these first; runs/gpu_check.py measures what they do not check.
 """
 
 from __future__ import annotations
@@ -19,10 +20,16 @@ import torch
 from tiny_model import FRAME, SPEC, tiny_models
 
 from engine.noise import _uniform, _uniform_np, counter_normal, counter_normal_np
+from engine.runners import TorchRunner
 from engine.session import Session
+from kernels import triton_problem
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch sees none)")]
+# the torch runner's two steps on CUDA: the graph modules (reference) and the fused Triton kernels, where they run
+KERNELS = ["reference", pytest.param("triton", marks=pytest.mark.skipif(
+    torch.cuda.is_available() and triton_problem("cuda") is not None,
+    reason=f"Triton kernels cannot run here: {torch.cuda.is_available() and triton_problem('cuda')}"))]
 
 BF16_ATOL = 5e-2      # bf16 latents (about unit scale): graph vs eager, or the same world replayed
 FP32_ATOL = 2e-4      # fp32 latents, CUDA vs CPU: summation order and transcendental ulps; TF32 would be ~1e-3
@@ -69,6 +76,20 @@ def rollout(s: Session, acts) -> tuple[np.ndarray, torch.Tensor]:
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+@pytest.fixture
+def captured(monkeypatch) -> list[torch.cuda.CUDAGraph]:
+    """Every CUDA graph the torch runner captures from here on (through its public capture, whatever schedules it)."""
+    graphs = []
+    original = TorchRunner.capture
+
+    def recording(self, fn):
+        graphs.append(original(self, fn))
+        return graphs[-1]
+
+    monkeypatch.setattr(TorchRunner, "capture", recording)
+    return graphs
 
 
 @pytest.fixture
@@ -124,20 +145,22 @@ def test_plain_step_is_one_replay_and_deferred_two(replays):
     assert replays["n"] == 2                        # head + decode now, the backbone after the frame is shown
 
 
-def test_switching_steps_or_guidance_captures_nothing_new():
-    s = primed(tiny_session, steps=1, guidance=1.0)
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_switching_steps_or_guidance_captures_nothing_new(captured, kernels):
+    s = primed(tiny_session, steps=1, guidance=1.0, kernels=kernels)
+    assert s.runner.kernels == kernels
     a = iter(actions(s, 64))
     s.step(next(a))
-    keys = set(s._capture.graphs)
-    assert keys
+    first = len(captured)
+    assert first
     combos = list(itertools.product(sorted(s.knob_limits["steps"]), (1.0, 2.0)))
     for steps, guidance in combos + combos[::-1]:   # through the ring wrap (W=4) and back
         s.steps, s.guidance = steps, guidance
         s.step(next(a))
     assert s.kv.full
-    assert set(s._capture.graphs) == keys, f"captured after the first step: {set(s._capture.graphs) - keys}"
-    pools = {tuple(g.pool()) for g in s._capture.graphs.values()}
-    assert len(pools) == 1, pools                   # one memory pool for every graph of the session
+    assert len(captured) == first, f"{len(captured) - first} graphs captured after the first step"
+    pools = {tuple(g.pool()) for g in captured}
+    assert len(pools) == 1, pools                   # one memory pool for every graph of the session, either kernels
 
 
 def test_state_load_and_fork_on_cuda():
@@ -201,17 +224,19 @@ def test_bf16_stays_close_to_fp32_with_fp32_tables(model):
 
 def test_staging_buffers_are_pinned():
     s = primed(tiny_session)
-    assert s._staging is not None and all(t.is_pinned() for t in s._staging)
+    assert s.staging is not None and all(t.is_pinned() for t in s.staging)
     frame = s.step(SPEC.null())
     assert isinstance(frame, np.ndarray) and frame.shape == FRAME
 
 
 # ---- noise, devices, eval ------------------------------------------------------------------------------------------
-def test_compiled_noise_matches_eager_and_numpy():
-    s = primed(tiny_session)
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_compiled_noise_matches_eager_and_numpy(kernels):
+    """The CUDA runner draws its noise as one kernel: counter_normal under torch.compile, or the Triton kernel."""
+    s = primed(tiny_session, kernels=kernels)
     s.step(SPEC.null())
-    draw = getattr(s.runner, "_fused_noise", None) or getattr(s.runner, "_noise", None)
-    assert draw is not None and draw is not counter_normal, "the CUDA runner should draw with the compiled function"
+    want = {"reference": "torch.compile", "triton": "triton"}[kernels]
+    assert s.runner.noise_impl == want, f"the CUDA runner draws its noise {s.runner.noise_impl}, not with {want}"
     seed = torch.tensor([0, 5, 123_456_789_012], device="cuda")
     counter = torch.tensor([0, 17, 2 ** 33 + 5], device="cuda")
     for shape, stream in (((16, 4, 4), 1), ((4, 64), 0)):

@@ -89,20 +89,6 @@ def test_onnxruntime_equals_torch_for_a_backbone_without_actions(tmp_path):
     assert not torch.allclose(lb, lc, atol=1e-3)  # other actions, other frames: the head reads them
 
 
-def test_onnxruntime_equals_torch_for_a_head_of_finer_tokens(tmp_path):
-    """A head with a token per latent cell under a backbone of 2x2 cells (head_patch 1) exports and runs in
-    onnxruntime as in PyTorch, through a ring that wraps, with guidance."""
-    path = tiny_checkpoint(tmp_path / "hp1.safetensors", start=3, head_patch=1)
-    kw = dict(steps=2, guidance=2.0, threads=1)
-    a, b = Session(path, backend="torch", **kw), ort_session(path, **kw)
-    a.reset(frames(3), actions(3), seed=4)
-    b.reset(frames(3), actions(3), seed=4)
-    fa, la = run(a, actions(2 * W, seed=2))
-    fb, lb = run(b, actions(2 * W, seed=2))
-    assert torch.allclose(la, lb, atol=LATENT_ATOL), float((la - lb).abs().max())
-    assert np.abs(fa.astype(int) - fb).max() <= 1
-
-
 def test_onnxruntime_batch_and_changing_settings_between_frames(ckpt):
     a = Session(ckpt, backend="torch", batch=2, threads=1)
     b = ort_session(ckpt, batch=2, threads=1)
@@ -144,7 +130,7 @@ def test_backbone_beside_the_decode_gives_the_same_world(ckpt):
         assert np.array_equal(fs, fo), t
         if t == W:                       # a save-game taken while a pass runs, loaded while the next one runs
             saved = overlap.state()
-            assert overlap._inflight is None and int(overlap.kv.count) == int(serial.kv.count) + 1
+            assert overlap.scheduler.inflight is None and int(overlap.kv.count) == int(serial.kv.count) + 1
     branch, serial_branch = overlap.fork(), serial.fork()    # forked while a pass runs
     overlap.load_state(saved)
     serial_again = serial.fork()
@@ -158,9 +144,9 @@ def test_backbone_beside_the_decode_gives_the_same_world(ckpt):
     for k in serial.state()["tensors"]:
         assert torch.equal(serial.state()["tensors"][k], overlap.state()["tensors"][k]), k
     for act in acts[:3]:                 # a plain step with overlap returns with its pass done
-        assert np.array_equal(serial.step(act), overlap.step(act)) and overlap._inflight is None
+        assert np.array_equal(serial.step(act), overlap.step(act)) and overlap.scheduler.inflight is None
     overlap.close()
-    assert overlap._executor is None
+    assert overlap.scheduler.executor is None
 
 
 def test_export_is_cached_per_checkpoint_and_batch(ckpt, capsys):
@@ -248,6 +234,7 @@ def test_auto_backend_picks_onnxruntime_on_cpu(tmp_path):
     assert os.environ.get("REVERIE_CACHE")  # conftest keeps the exports out of the user's cache
 
 
+@pytest.mark.gpu
 def test_tensorrt_backend_matches_torch_on_cuda(ckpt):
     """TensorRT engines from the exported graphs follow the torch session (fp16 kernels: loose tolerance)."""
     pytest.importorskip("tensorrt", reason="TensorRT is not installed (it cannot be on the CPU machines)")
@@ -270,3 +257,90 @@ def test_tensorrt_backend_without_tensorrt_is_a_clear_error(ckpt):
             Session(ckpt, backend="tensorrt", device="cpu")
     else:
         pytest.skip("TensorRT is installed here")
+
+
+# ---- onnxruntime on CUDA (onnxruntime-gpu) -----------------------------------------------------------------------
+GPU_BUILD = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_provider_choice_prefers_tensorrt_then_cuda_and_says_why_it_falls_back(tmp_path):
+    from engine.runners import ort_providers
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda:1")
+    assert ort_providers(cpu, GPU_BUILD, tensorrt=True) == (["CPUExecutionProvider"], None)
+    chosen, why = ort_providers(cuda, GPU_BUILD, tensorrt=True, device_id=1, engine_cache=tmp_path)
+    assert why is None and [p if isinstance(p, str) else p[0] for p in chosen] == GPU_BUILD
+    assert chosen[0][1] == {"device_id": 1, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(tmp_path)}
+    assert chosen[1] == ("CUDAExecutionProvider", {"device_id": 1})
+    # onnxruntime-gpu lists TensorRT's provider even where TensorRT's library is missing: CUDA's then
+    chosen, why = ort_providers(cuda, GPU_BUILD, tensorrt=False, device_id=1)
+    assert why is None and chosen == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    chosen, why = ort_providers(cuda, ["AzureExecutionProvider", "CPUExecutionProvider"], tensorrt=True)
+    assert chosen == ["CPUExecutionProvider"] and "pip install onnxruntime-gpu" in why
+
+
+def test_onnxruntime_on_cuda_falls_back_to_the_cpu_with_the_reason(ckpt, monkeypatch):
+    """The runner on a CUDA device with the CPU build of onnxruntime (every machine here), and with a build that
+    lists the CUDA provider but cannot start it: the graphs load on the CPU, and the runner says so, in one line."""
+    import onnxruntime
+
+    from engine.runners import OrtRunner
+
+    _, graphs = prepare_backend(ckpt, "onnxruntime", 1, quiet=True)
+    with pytest.warns(UserWarning, match=r"cuda:0: this onnxruntime has no CUDA execution provider .*onnxruntime-gpu"):
+        runner = OrtRunner(graphs, 1, "cuda:0")
+    assert (runner.provider, runner.name, runner.on_gpu) == ("CPUExecutionProvider", "onnxruntime CPU", False)
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: list(GPU_BUILD))
+        with pytest.warns(UserWarning, match="could not start CUDAExecutionProvider.*the graphs run on the CPU"):
+            runner = OrtRunner(graphs, 1, "cuda:0")
+        assert runner.provider == "CPUExecutionProvider" and "could not start" in runner.fallback
+    cpu = OrtRunner(graphs, 1)
+    assert (cpu.provider, cpu.fallback, cpu.name) == ("CPUExecutionProvider", None, "onnxruntime CPU")
+
+
+def test_tensors_bound_in_place_give_what_numpy_feeds_give(ckpt, monkeypatch):
+    """The GPU path's binding of torch tensors as inputs and outputs (IOBinding), run here on CPU memory: every graph
+    call of a rollout gives, bound, what it gave through numpy."""
+    from engine.runners import OrtRunner
+
+    calls, original = [], OrtRunner.run
+
+    def recording(self, name, feeds):
+        outs = original(self, name, feeds)
+        calls.append((name, {k: v.clone() if torch.is_tensor(v) else v for k, v in feeds.items()},
+                      [o.clone() for o in outs]))
+        return outs
+
+    monkeypatch.setattr(OrtRunner, "run", recording)
+    s = ort_session(ckpt, steps=2, guidance=1.5)
+    s.reset(frames(3), seed=2)
+    run(s, actions(W + 2))
+    monkeypatch.undo()
+    assert {name for name, _, _ in calls} == {"backbone", "head_cfg", "decode"}
+    bound = OrtRunner(s.runner.folder, 1, io_binding=True)
+    assert bound.io_binding and not s.runner.io_binding
+    for name, feeds, want in calls:
+        got = bound.run(name, feeds)
+        assert len(got) == len(want) and all(torch.equal(g, w) for g, w in zip(got, want)), name
+
+
+@pytest.mark.gpu
+def test_onnxruntime_on_cuda_follows_the_cpu_graphs(ckpt):
+    """The exported graphs on the GPU (TensorRT's or CUDA's provider, torch CUDA tensors bound in place) give the
+    CPU's world: the same graphs, other kernels (the CUDA provider may use TF32 matmuls, hence the tolerance)."""
+    import onnxruntime
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (torch sees none)")
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("needs onnxruntime-gpu (pip install -e '.[gpu]'); this onnxruntime has no CUDA provider")
+    gpu, cpu = ort_session(ckpt, device="cuda", steps=2, guidance=1.5), ort_session(ckpt, steps=2, guidance=1.5)
+    assert gpu.runner.on_gpu and gpu.runner.name.startswith("onnxruntime "), gpu.runner.provider
+    for s in (gpu, cpu):
+        s.reset(frames(3), seed=2)
+    fg, lg = run(gpu, actions(2 * W))
+    fc, lc = run(cpu, actions(2 * W))
+    assert lg.device.type == "cuda"
+    torch.testing.assert_close(lg.cpu(), lc, atol=1e-2, rtol=1e-2)
+    assert np.abs(fg.astype(int) - fc.astype(int)).mean() <= 1.0
