@@ -47,7 +47,7 @@ def sub(res: dict, name: str, fn: Callable[[], Any]) -> Any:
     """res[name] = fn(), or {"error": ...}: a check that fails leaves the rest of its part running."""
     try:
         res[name] = fn()
-    except Exception as e:  # noqa: BLE001 (anything a CUDA library raises)
+    except (Exception, SystemExit) as e:  # noqa: BLE001 (anything a CUDA library raises; a CLI's exit)
         res[name] = {"error": f"{type(e).__name__}: {e}"[:600], "where": traceback.format_exc()[-800:]}
     return res[name]
 

@@ -250,6 +250,22 @@ def test_compiled_noise_matches_eager_and_numpy(kernels):
     assert torch.equal(u, torch.from_numpy(_uniform_np(seed.cpu().numpy(), counter.cpu().numpy(), 3, numel)))
 
 
+def test_a_triton_too_old_for_the_kernels_falls_back_to_the_reference_step(monkeypatch):
+    """kernels "auto" with a Triton older than the kernels need (3.0 on CUDA): one warning line that names the
+    reference step, which runs; asked for by name, refused with the same reason."""
+    from engine.session import SessionError
+    from kernels import _triton
+
+    monkeypatch.setattr(_triton, "HAVE_TRITON", True)
+    monkeypatch.setattr(_triton, "VERSION", "2.3.1")
+    with pytest.warns(UserWarning, match=r"Triton 2\.3\.1 is older than 3\.0.*running the reference step"):
+        s = primed(tiny_session)
+    assert s.runner.kernels == "reference"
+    s.step(SPEC.null())
+    with pytest.raises(SessionError, match=r"Triton 2\.3\.1 is older than 3\.0.*kernels='reference'"):
+        tiny_session(kernels="triton")
+
+
 def test_session_on_a_device_that_is_not_the_current_one():
     """cuda:1 where there are two GPUs (the current device stays cuda:0); with one, cuda:0 named explicitly."""
     n = torch.cuda.device_count()
