@@ -443,6 +443,29 @@ def test_a_cache_of_the_same_shape_replaces_the_ring(models):
                                 torch.float32, s.device))
 
 
+def test_nothing_outside_engine_touches_a_private_member_of_session():
+    """Callers use the public API and its hooks (set_sampler, set_cache, parts, world, scheduler): a private member
+    reached from outside engine/ would freeze Session's internals again (issue 39)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    private = {name for name in vars(Session) if name.startswith("_") and not name.startswith("__")}
+    private |= {f"_{knob}" for knob in ("steps", "guidance", "context_noise")}   # the knobs' slots (engine.knobs)
+    found = []
+    for folder in ("kernels", "export", "train", "play", "runs", "benchmarks", "experiments", "tests"):
+        for path in sorted((root / folder).rglob("*.py")):
+            try:
+                tree = ast.parse(path.read_text(), str(path))
+            except SyntaxError:   # fails its own import loudly; this test is about attributes
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Attribute) and node.attr in private and not (
+                        isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                    found.append(f"{path.relative_to(root)}:{node.lineno} .{node.attr}")
+    assert private and not found, f"Session's private members used outside engine/: {found}"
+
+
 @pytest.mark.parametrize("stream,shape", [(0, (4, 64)), (1, (16, 4, 4))])
 def test_numpy_noise_matches_torch_noise(stream, shape):
     from engine.noise import counter_normal_np
