@@ -22,7 +22,7 @@ Confidence: the probability the IDM gives to the action it chose. It reads each 
 0.5^buttons at worst. Axes are regressed without a spread and count as sure. It is the model's own belief, not a
 calibrated probability: wrong labels get lower confidence on average, but an IDM trained on few episodes is sure of
 many wrong ones (experiments/label_fraction.py reports accuracy and confidence side by side). 'reverie train wm
---min-label-confidence X' trains only on windows whose every action is at least X.
+--set min_label_confidence=X' trains only on windows whose every action is at least X.
 """
 
 from __future__ import annotations

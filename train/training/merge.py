@@ -1,12 +1,12 @@
-"""`reverie train merge`: average the world-model weights of fine-tunes of one model (a "model soup"), optionally add the difference between
-two other fine-tunes of it (a "task vector", Ilharco et al. 2023), keeping the first checkpoint's autoencoder, IDM,
-start state, config, action spec and run-time defaults; records the recipe in `extra`.
+"""`reverie train merge`: average the world-model weights of fine-tunes of one model (a "model soup"), optionally
+add the difference between two other fine-tunes of it (a "task vector", Ilharco et al. 2023), keeping the first
+checkpoint's autoencoder, IDM, start state, config, action spec and run-time defaults; records the recipe in `extra`.
 
-The default model since 2026-12-03 (night; README "Long play", "A task vector from the model's own rollouts") is half
-the model shipped before that day and half a `--focus avatar,enemies --focus-share 0.75 --ema 0.999` fine-tune of it,
-plus, in the backbone's input layers and first three blocks, the difference between a `--rollout-fraction 1.0`
-fine-tune of that model and a fine-tune with the same flags and time at the recipe's 0.5 (the `gems` recipe's last
-stages, train/training/recipes/gems.toml):
+The default model since 2026-12-03 (docs/research/soup-and-task-vector.md) is half the model shipped before that day
+and half a fine-tune of it with `focus = "avatar,enemies"`, `focus_share = 0.75` and `ema = 0.999`, plus, in the
+backbone's input layers and first three blocks, the difference between a `rollout_fraction = 1.0` fine-tune of that
+model and a fine-tune with the same settings and time at the usual 0.5 (the `gems` recipe's last stages,
+train/training/recipes/gems.toml):
 
     reverie train merge --out OUT.safetensors BASE.safetensors:0.5 FOCUS_EMA/model.safetensors:0.5 \
         --add OWN/model.safetensors CONTROL/model.safetensors 1.0 \
