@@ -1,7 +1,7 @@
 """Put a newly trained inverse-dynamics model into a world-model checkpoint (the judge eval uses), keeping every
 other part, the config, action spec, run-time defaults and metrics; records where the IDM came from in `extra`.
 
-    python runs/bundle_idm.py MODEL.safetensors IDM.safetensors OUT.safetensors
+    python experiments/bundle_idm.py MODEL.safetensors IDM.safetensors OUT.safetensors
 """
 
 from __future__ import annotations
