@@ -86,3 +86,12 @@ def test_the_walk_through_runs_as_written_at_small_sizes(tmp_path):
         assert r.returncode == 0, f"`{command}` failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
     model = next(tmp_path.glob("runs/*/model.safetensors"))
     assert (tmp_path / "eval.json").is_file() and model.is_file()
+
+
+def test_the_readme_python_example_runs(tmp_path, monkeypatch):
+    """The README's Session example, run as written (on the shipped model, on this CPU)."""
+    block = re.search(r"```python\n(.*?)```", README.read_text(), flags=re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)   # the project's own README, not input from anyone
+    assert scope["frame"].shape == (64, 64, 3) and scope["branch"] is not scope["s"]
