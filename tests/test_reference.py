@@ -39,8 +39,6 @@ RUNNERS = {   # name: (Session keywords, latent tolerance, whether the tolerance
 
 
 def skip_unless_runnable(name: str) -> None:
-    if "cuda" in name and not torch.cuda.is_available():
-        pytest.skip(f"{name}: needs a CUDA device, and torch sees none")
     if name.startswith("triton"):
         pytest.importorskip("triton", reason=f"{name}: Triton is not installed (pip install 'reverie[kernels]')")
     if name.startswith("onnxruntime"):
@@ -49,6 +47,8 @@ def skip_unless_runnable(name: str) -> None:
     if name.startswith("tensorrt"):
         pytest.importorskip("tensorrt", reason=f"{name}: `import tensorrt` fails here (TensorRT installs from "
                                                "NVIDIA's index only; see DESIGN.md, section 7)")
+    if "cuda" in name and not torch.cuda.is_available():
+        pytest.skip(f"{name}: needs a CUDA device, and torch sees none")
 
 
 @pytest.fixture(scope="module")
