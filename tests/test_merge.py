@@ -1,16 +1,15 @@
-"""`reverie train merge` (train/training/merge.py): a weighted average of fine-tunes' world-model weights (the default since 2026-12-03)."""
+"""`reverie train merge` (train/training/merge.py): a weighted average of fine-tunes' world-model weights (the
+default since 2026-12-03), and task vectors added in chosen weights."""
 
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 import torch
+from cli_main import cli
 
 from engine.checkpoint import load_checkpoint, save_checkpoint
-
-from cli_main import cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,8 +77,7 @@ def test_a_task_vector_adds_two_fine_tunes_difference_to_the_chosen_parts_only(t
     assert load_checkpoint(out).extra["added"] == [{"finetune": str(ft), "base": str(base), "scale": 2.0,
                                                     "parts": "backbone"}]
     # name prefixes: the first backbone block alone (a prefix stops at a dot)
-    assert merge(out, f"{SHIPPED}:1", "--add", str(ft), str(base), "1", "--parts",
-                                "backbone.blocks.0"]) == 0
+    assert merge(out, f"{SHIPPED}:1", "--add", str(ft), str(base), "1", "--parts", "backbone.blocks.0") == 0
     got = load_checkpoint(out).tensors["wm"]
     torch.testing.assert_close(got[kb], (start[kb].float() + 0.25).half().float())
     k1 = "backbone.blocks.1.attn.qkv.weight"
