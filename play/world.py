@@ -108,7 +108,9 @@ class ModelWorld:
         self.seed = seed
         self.resets = 0
         self.start_frames = max(1, min(start_frames, session.cfg.context_frames))
-        self.backend = f"{backend} {session.device.type}"
+        # what actually runs, as the runner names it ("onnxruntime CUDA", "onnxruntime CPU", "torch triton"), which
+        # may differ from what was asked for (an onnxruntime without a GPU provider falls back to the CPU)
+        self.backend = f"{getattr(session.runner, 'name', backend)} {session.device.type}"
         self.game = self._game()
         self.fps = float(getattr(self.game, "fps", 30.0)) if self.game is not None else 30.0
         self.warning = None if self.game is not None else self._why_no_game
