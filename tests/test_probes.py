@@ -188,24 +188,31 @@ BALL_X, BALL_Y = 99, 101       # Breakout RAM: ball column and row
 RAW_DX, RAW_DY = -49, 9        # measured: the ball's top-left pixel in the 210x160 screen is (x - 49, y + 9)
 
 
-def test_breakout_paddle_bricks_and_ball():
-    pytest.importorskip("gymnasium")
-    pytest.importorskip("ale_py")
-    game = make_game("ale:Breakout", size=64, seed=0)
+def played_with_ram(env_id: str, seed: int, steps: int, fire_every: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(frames (T, 64, 64, 3), RAM (T, 128)) of `steps` random actions in an Atari game (fire every `fire_every`
+    steps where given: Breakout serves), from the reset of `seed`, until the episode ends."""
+    game = make_game(env_id, size=64, seed=0)
     try:
         ale = game.env.unwrapped.ale
-        agent = make_agent("random", game, seed=1)
-        frames, rams = [game.reset(1)], [ale.getRAM().copy()]
+        agent = make_agent("random", game, seed=seed)
+        frames, rams = [game.reset(seed)], [ale.getRAM().copy()]
         fire = game.action_spec.encode(["fire"])
-        for t in range(150):
-            frame, done = game.step(fire if t % 40 == 0 else agent.act(frames[-1]))
+        for t in range(steps):
+            frame, done = game.step(fire if fire_every and t % fire_every == 0 else agent.act(frames[-1]))
             frames.append(frame)
             rams.append(ale.getRAM().copy())
             if done:
                 break
     finally:
         game.close()
-    fr, ram = np.stack(frames), np.stack(rams).astype(int)
+    return np.stack(frames), np.stack(rams)
+
+
+def test_breakout_paddle_bricks_and_ball():
+    pytest.importorskip("gymnasium")
+    pytest.importorskip("ale_py")
+    fr, ram = played_with_ram("ale:Breakout", seed=1, steps=150, fire_every=40)
+    ram = ram.astype(int)
     p = probes_for("ale:Breakout")
     assert p["paddle"].visible(fr).all()
     assert p["bricks"].visible(fr[0]) and p["bricks"].count(fr[0]) > 400
@@ -387,20 +394,8 @@ def test_boxing_avatar_is_the_players_boxer():
     opponent, black, is a probe of its own), so eval's control test reads how far a held key moves the player."""
     pytest.importorskip("gymnasium")
     pytest.importorskip("ale_py")
-    game = make_game("ale:Boxing", size=64, seed=0)
-    try:
-        ale = game.env.unwrapped.ale
-        agent = make_agent("random", game, seed=3)
-        frames, rams = [game.reset(3)], [ale.getRAM().copy()]
-        for _ in range(200):
-            frame, done = game.step(agent.act(frames[-1]))
-            frames.append(frame)
-            rams.append(ale.getRAM().copy())
-            if done:
-                break
-    finally:
-        game.close()
-    fr, ram = np.stack(frames), np.stack(rams).astype(float)
+    fr, ram = played_with_ram("ale:Boxing", seed=3, steps=200)
+    ram = ram.astype(float)
     p = probes_for("ale:Boxing")
     assert p["avatar"].visible(fr).all() and p["opponent"].visible(fr).all()
     c = p["avatar"].centroid(fr)                              # (T, 2) x, y
