@@ -118,3 +118,35 @@ def test_a_failed_stage_says_so_and_the_rerun_keeps_the_finished_ones(episodes, 
     fixed = quick(episodes, run)
     assert fixed.returncode == 0, fixed.stderr[-3000:]
     assert "ae: done before, skipped" in fixed.stdout and "idm: done before, skipped" in fixed.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_recipe_saves_the_stage_and_the_same_command_resumes(episodes, tmp_path):
+    """Ctrl-C reaches the runner, which passes it once to the running stage: the stage saves a whole state, the
+    runner says how to resume and exits 130; the same command then skips the finished stages and the interrupted one
+    resumes from its saved state."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "reverie_cli", "train", "--recipe", "quick", "--data", str(episodes), "--out",
+            str(run), "--set", "steps=60", "--set", "ae.steps=2", "--set", "idm.steps=2", "--set", "time_limit=0",
+            "--set", "threads=1", "--set", "save_every=1000", "--set", "log_every=5", "--set", "eval.threads=1",
+            "--set", "eval.horizon=4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not list((run / "wm").glob("metrics.jsonl")) and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.5)                                   # the world model is training (it logs its first steps)
+    time.sleep(3)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 130, out[-2000:] + err[-2000:]
+    assert "run the same command" in err.lower() and "saved" in err, err
+    states = list((run / "wm" / "state").glob("step_*"))
+    assert states, "the interrupted stage saved no state"
+    again = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "ae: done before, skipped" in again.stdout and "idm: done before, skipped" in again.stdout
+    assert "resum" in (again.stdout + again.stderr).lower()
+    assert (run / "model.safetensors").is_file()
