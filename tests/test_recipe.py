@@ -150,3 +150,23 @@ def test_ctrl_c_during_a_recipe_saves_the_stage_and_the_same_command_resumes(epi
     assert "ae: done before, skipped" in again.stdout and "idm: done before, skipped" in again.stdout
     assert "resum" in (again.stdout + again.stderr).lower()
     assert (run / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_a_stage_beside_the_others_is_waited_for_and_marked_done(episodes, tmp_path):
+    """A `beside = true` stage runs in the background on its own log; the stage that reads its output waits for it,
+    and a second run skips it like any finished stage."""
+    mine = tmp_path / "mine.toml"
+    mine.write_text('model = "@wm"\n[settings]\nsteps = 2\nthreads = 1\n'
+                    '[[stage]]\nname = "idm"\nkind = "idm"\nbeside = true\n'
+                    '[[stage]]\nname = "ae"\nkind = "ae"\n'
+                    '[[stage]]\nname = "wm"\nkind = "wm"\nae = "@ae"\nidm = "@idm"\n')
+    argv = [sys.executable, "-m", "reverie_cli", "train", "--recipe", str(mine), "--data", str(episodes), "--out",
+            str(tmp_path / "run")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "running beside" in first.stdout and (tmp_path / "run" / "idm.log").is_file()
+    assert load_checkpoint(tmp_path / "run" / "model.safetensors").has("idm")
+    again = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and again.stdout.count("done before, skipped") == 3, again.stdout

@@ -449,7 +449,8 @@ class Runner:
         self.recipe, self.run, self.folders, self.force = recipe, run, folders, force
         self.stages = {s.name: s for s in recipe.stages}
         self.marks = run / "recipe"
-        self.background: dict[str, subprocess.Popen] = {}
+        # the stages running beside: name -> (process, stage, its command, start time)
+        self.background: dict[str, tuple[subprocess.Popen, Stage, list[str], float]] = {}
         self.current: subprocess.Popen | None = None    # the stage running in the foreground
         self.t0 = time.monotonic()
 
@@ -471,11 +472,15 @@ class Runner:
         tmp.replace(self.marks / f"{s.name}.json")
 
     def wait_for(self, names: set[str]) -> None:
+        """Wait for the background stages `names`, and mark each done (a failed one is an error)."""
         for name in [n for n in self.background if n in names]:
-            p = self.background.pop(name)
-            self.say(f"waiting for {name} (running beside, log: {self.run / (name + '.log')})")
+            p, s, key, start = self.background.pop(name)
+            if p.poll() is None:
+                self.say(f"waiting for {name} (running beside, log: {self.run / (name + '.log')})")
             if p.wait() != 0:
-                raise RecipeError(f"stage {name} failed ({p.returncode}); see {self.run / (name + '.log')}")
+                raise RecipeError(f"stage {name} failed ({p.returncode}); see {self.run / (name + '.log')}; fix it "
+                                  "and run the same command again: finished stages are skipped")
+            self.mark(s, key, time.monotonic() - start)
 
     def stage(self, i: int, s: Stage) -> None:
         argv = command(s, self.run, self.folders, self.stages)
@@ -495,9 +500,8 @@ class Runner:
             # its own session: a Ctrl-C reaches the runner alone, which passes it on once (see interrupted)
             p = subprocess.Popen([*launcher(s), *argv, *(["--no-progress"] if s.kind in TRAIN_KINDS else [])],
                                  stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-            self.background[s.name] = p
+            self.background[s.name] = (p, s, key, start)
             self.say(f"{head}: running beside the next stages (log: {log.name})")
-            p.on_done = lambda: self.mark(s, key, time.monotonic() - start)  # type: ignore[attr-defined]
             return
         self.current = subprocess.Popen([*launcher(s), *argv], env=env, start_new_session=True)
         rc = self.current.wait()
@@ -506,19 +510,11 @@ class Runner:
             raise StageFailed(s.name, rc)
         self.mark(s, key, time.monotonic() - start)
 
-    def finish_background(self) -> None:
-        for name, p in list(self.background.items()):
-            self.wait_for({name})
-            p.on_done()  # type: ignore[attr-defined]
-
     def all(self) -> Path:
         for i, s in enumerate(self.recipe.stages, 1):
             self.stage(i, s)
-            for name, p in list(self.background.items()):   # a background stage that ended is marked done
-                if p.poll() is not None:
-                    self.wait_for({name})
-                    p.on_done()  # type: ignore[attr-defined]
-        self.finish_background()
+            self.wait_for({n for n, (p, *_) in self.background.items() if p.poll() is not None})  # ended: marked
+        self.wait_for(set(self.background))
         model = output_of(self.run, self.stages, self.recipe.model)
         final = self.run / "model.safetensors"
         tmp = final.with_name(".model.safetensors.tmp")
@@ -537,7 +533,8 @@ class StageFailed(RecipeError):
 def interrupted(runner: Runner, sig: int) -> int:
     """Pass the signal on to the running stages (each in a session of its own, so each gets it once), wait while
     they save a whole state, then say how to resume."""
-    running = [p for p in [runner.current, *runner.background.values()] if p is not None and p.poll() is None]
+    running = [p for p in [runner.current, *(b[0] for b in runner.background.values())]
+               if p is not None and p.poll() is None]
     for p in running:
         try:
             p.send_signal(sig)
