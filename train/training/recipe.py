@@ -58,8 +58,8 @@ TRAIN_KINDS = ("ae", "idm", "wm")
 KINDS = (*TRAIN_KINDS, "merge", "eval")
 OUTPUTS = {"ae": "ae.safetensors", "idm": "idm.safetensors", "wm": "model.safetensors"}
 STAGE_KEYS = {"name", "kind", "data", "ae", "idm", "init", "model", "beside", "ranks", "models", "add", "parts",
-              "write_model", "note"}
-TOP_KEYS = {"description", "model", "settings", "data", "stage", "needs_data"}
+              "write_model"}
+TOP_KEYS = {"description", "model", "settings", "data", "stage"}
 DATA_KEYS = {"name", "env", "agent", "episodes", "steps", "size", "seed", "union"}
 HELDOUT_EVERY = 10
 
@@ -190,12 +190,7 @@ def stage_settings(kind: str) -> dict[str, str]:
 
         module = importlib.import_module({"ae": "train.training.ae", "idm": "train.training.idm",
                                           "wm": "train.training.wm"}[kind])
-        cls = getattr(module, "SETTINGS", None)
-        if cls is not None:
-            return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
-        p = argparse.ArgumentParser()
-        module.add_flags(p)
-        return {a.dest: a.help or "" for a in p._actions if a.option_strings}
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(module.SETTINGS)}
     if kind == "eval":   # a command the recipe runs by name, as it runs every stage: asked through the dispatcher
         import reverie_cli
 
@@ -317,11 +312,9 @@ def command(s: Stage, run: Path, data: dict[str, Path], stages: dict[str, Stage]
     if s.kind in TRAIN_KINDS:
         argv = ["train", s.kind, "--data", str(data[s.data]), "--out", str(run / s.name)]
         argv += [x for k in ("ae", "idm", "init") if k in path for x in (f"--{k}", path[k])]
-        if has_settings(s.kind):
-            for k, v in s.settings.items():
-                argv += ["--set", f"{k}={as_text(v)}"]
-            return argv
-        return argv + flags(s.settings)
+        for k, v in s.settings.items():
+            argv += ["--set", f"{k}={as_text(v)}"]
+        return argv
     if s.kind == "merge":
         argv = ["train", "merge", "--out", str(run / f"{s.name}.safetensors")]
         for model, weight in s.merge.get("models", []):
@@ -350,13 +343,6 @@ def flags(settings: dict[str, Any]) -> list[str]:
         elif not isinstance(v, bool):
             argv += [flag, as_text(v)]
     return argv
-
-
-def has_settings(kind: str) -> bool:
-    """Whether a training stage declares its settings as a dataclass (and so takes --set KEY=VALUE)."""
-    import importlib
-
-    return hasattr(importlib.import_module(f"train.training.{kind}"), "SETTINGS")
 
 
 def launcher(s: Stage) -> list[str]:
