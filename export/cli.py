@@ -2,6 +2,10 @@
 
 With no --out the graphs go to the cache where the onnxruntime and tensorrt backends look for them, so running this
 once ahead of time removes the export (and the engine build) from the first `reverie play` / `reverie bench`.
+
+`--format web --out DIR` writes a static folder that plays the model in a browser (onnxruntime-web, WASM; see
+export/web.py); `--serve` then serves it on 127.0.0.1 with the headers that let the page use threads (export/serve.py)
+until Ctrl-C, from a temporary folder when no --out is given.
 """
 
 from __future__ import annotations
@@ -9,25 +13,34 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+DEFAULT_PORT = 8000
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The `reverie export` parser."""
     p = argparse.ArgumentParser(prog="reverie export", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="world-model checkpoint (default: the shipped model)")
-    p.add_argument("--format", default="onnx", choices=["onnx", "tensorrt"],
-                   help="onnx (default), or tensorrt: also build TensorRT 10/11 engines beside the graphs (needs "
-                        "TensorRT and a CUDA GPU)")
+    p.add_argument("--format", default="onnx", choices=["onnx", "tensorrt", "web"],
+                   help="onnx (default); tensorrt: also build TensorRT 10/11 engines beside the graphs (needs "
+                        "TensorRT and a CUDA GPU); web: a static folder that plays the model in a browser "
+                        "(onnxruntime-web)")
     p.add_argument("--precision", default=None, choices=PRECISIONS,
                    help="the graphs' weights and matmuls (inputs and outputs stay float32): fp32 (default for onnx; "
                         "what onnxruntime runs), fp16 (default for tensorrt) or bf16")
     p.add_argument("--batch", type=int, default=1, help="worlds stepped together (the graphs have static shapes)")
     p.add_argument("--device", default="cuda", help="the CUDA device TensorRT engines are built for (default cuda)")
-    p.add_argument("--out", default=None, help="output folder (default: the backends' cache)")
+    p.add_argument("--out", default=None, help="output folder (default: the backends' cache; --format web needs one "
+                                                "unless --serve is given)")
+    p.add_argument("--serve", action="store_true",
+                   help="with --format web: serve the page on 127.0.0.1, with the headers that let it use threads, "
+                        "until Ctrl-C")
+    p.add_argument("--port", type=int, default=None,
+                   help=f"--serve's port (default {DEFAULT_PORT}; 0 picks a free one)")
     return p
 
 
@@ -42,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.batch < 1:
         return fail(f"--batch must be >= 1, got {args.batch}")
+    if args.format == "web" or args.serve or args.port is not None:
+        return web(args, fail)
     from engine.errors import ReverieError
 
     try:
@@ -90,3 +105,56 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out} ({precision}: {', '.join(files)}) in {time.perf_counter() - t0:.1f} s"
           + (f"; max |onnxruntime - torch|: {errs}" if errs else ""))
     return 0
+
+
+def web(args: argparse.Namespace, fail) -> int:
+    """--format web [--serve [--port P]]: write the page's folder, then serve it until Ctrl-C if asked."""
+    if args.format != "web":
+        flag = "--serve" if args.serve else "--port"
+        return fail(f"{flag} serves the web page: add --format web (reverie export --format web --serve)")
+    if args.port is not None and not args.serve:
+        return fail("--port is the port of --serve: add --serve, or leave out --port")
+    if args.precision is not None:
+        return fail("--precision is for --format onnx and tensorrt; the web page's graphs are float32 "
+                    "(leave out --precision)")
+    if args.out is None and not args.serve:
+        return fail("--format web needs --out DIR, the folder to write (or --serve to look at the page now)")
+    port = DEFAULT_PORT if args.port is None else args.port
+    if not 0 <= port <= 65535:
+        return fail(f"--port {port}: out of range; pass 1..65535, or 0 for a free one")
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return fail("the onnx package is missing: pip install onnx onnxruntime (the project's [export] extra)")
+    from engine.errors import ReverieError
+    from export.serve import FolderServer
+    from export.web import export_web
+
+    with tempfile.TemporaryDirectory(prefix="reverie-web-") as tmp:
+        try:
+            # the port is taken before the export, so a busy one fails now rather than after the export
+            server = FolderServer(tmp, port=port) if args.serve else None
+        except ReverieError as e:
+            return fail(str(e))
+        try:
+            t0 = time.perf_counter()
+            try:
+                out = export_web(args.model, Path(args.out) if args.out is not None else Path(tmp) / "web")
+            except ReverieError as e:
+                return fail(str(e))
+            except OSError as e:   # the output folder cannot be written
+                return fail(f"{e.filename or args.out}: {e.strerror or e}")
+            size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+            print(f"wrote {out} ({size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s", flush=True)
+            if server is None:
+                return 0
+            server.folder = out
+            print(f"serving it at {server.url} (Ctrl-C stops)", flush=True)
+            try:
+                server.serve_forever()
+            except KeyboardInterrupt:
+                pass
+            return 0
+        finally:
+            if server is not None:
+                server.server_close()
