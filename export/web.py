@@ -8,7 +8,7 @@ renamed when whole:
   index.html, style.css, js/   the player (export/page/, copied as is): js/world.js is the session's step in JavaScript
                                (ring KV cache, counter-based noise, guidance, Euler steps, decode), js/main.js the
                                window, js/worker.js the model's own loop
-  ort/                         the pinned onnxruntime-web runtime (its SIMD-threaded WASM build), shipped with the package
+  ort/                         the pinned onnxruntime-web runtime (its SIMD-threaded WASM build), shipped with reverie
   model/model.json             what the page needs to run the step (below) and the model card
   model/{backbone,head,head_cfg,decode}.onnx   the step's graphs (engine.graphs), float32 in and out; weights that are
                                exactly float16 (a half checkpoint's) are stored as float16 and cast back when the
@@ -152,8 +152,8 @@ def _write_model(ckpt: Any, folder: Path, fps: float | None, name: str) -> None:
                              "WebAssembly memory, more than a browser gives (4 GB at most); export a smaller preset")
     game_fps = fps or ckpt.data.get("fps") or GAME_FPS.get(spec.game.split(":")[0], 30.0)
     ev = ckpt.metrics.get("eval") or {}
-    card = {"name": name, "game": spec.game, "file": ckpt.path.name, "sha256": _sha256(ckpt.path),
-            "parameters": int(sum(p.numel() for p in wm.parameters()) + sum(p.numel() for p in ae.decoder.parameters())),
+    params = sum(p.numel() for p in wm.parameters()) + sum(p.numel() for p in ae.decoder.parameters())
+    card = {"name": name, "game": spec.game, "file": ckpt.path.name, "sha256": _sha256(ckpt.path), "parameters": params,
             "trained_on": {k: ckpt.data[k] for k in ("episodes", "frames", "env_ids") if k in ckpt.data},
             "training_steps": ckpt.metrics.get("steps_done"),
             "metrics": {k: ev[k] for k in CARD_METRICS if isinstance(ev.get(k), (int, float))}}
