@@ -158,6 +158,23 @@ def test_vendored_runtime_matches_its_version_file():
     assert "Copyright (c) Microsoft Corporation" in (ORT / "LICENSE").read_text()
 
 
+def test_browser_tests_skip_only_where_nothing_is_installed_and_never_in_ci(monkeypatch, tmp_path):
+    import browser as helper
+
+    monkeypatch.setattr(helper, "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.setattr(helper.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="playwright package and .*no-chromium missing"):
+        helper.require_browser()
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="CI must run the browser tests"):
+        helper.require_browser()
+    monkeypatch.delenv("CI")
+    monkeypatch.setattr(helper.importlib.util, "find_spec", lambda name: object())   # playwright, no chromium
+    with pytest.raises(pytest.fail.Exception, match="no-chromium missing"):
+        helper.require_browser()
+
+
 ISOLATION_PAGE = """<!doctype html><meta charset="utf-8"><title>isolation</title>
 <script>window.isolation = {isolated: self.crossOriginIsolated === true,
                             sab: typeof SharedArrayBuffer === "function"};</script>"""
