@@ -1,4 +1,5 @@
-"""`reverie export`: write a checkpoint's real-time step as ONNX graphs, and optionally build TensorRT engines.
+"""`reverie export`: write a checkpoint's real-time step as ONNX graphs, optionally build TensorRT engines, or write
+a web page that plays it in a browser.
 
 With no --out the graphs go to the cache where the onnxruntime and tensorrt backends look for them, so running this
 once ahead of time removes the export (and the engine build) from the first `reverie play` / `reverie bench`.
