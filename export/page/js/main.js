@@ -31,6 +31,7 @@ const ui = {
   gameKeys: $("game-keys"), card: $("card"), touch: $("touch"), dpad: $("dpad"), buttons: $("touch-buttons"),
 };
 const context = ui.canvas.getContext("2d");
+const pauseButton = document.querySelector("[data-control=pause]");
 
 // ---- state ---------------------------------------------------------------------------------------------------
 let worker = null;
@@ -184,6 +185,8 @@ function answer(id, value) {
 function onReady(msg) {
   model = msg.model;
   keys = keyMap(model);
+  knobs.steps = msg.steps;
+  knobs.guidance = msg.guidance;
   backend = msg.backend + (isolated ? "" : " (not cross-origin isolated: 1 thread)");
   const [height, width] = model.frame;
   ui.canvas.width = width;
@@ -279,6 +282,7 @@ function hud(force) {
     `steps ${knobs.steps}   guidance ${Number(knobs.guidance).toFixed(2)}   start ${knobs.start}  seed ${knobs.seed}`,
     backend];
   if (knobs.paused) lines.push("PAUSED");
+  pauseButton.textContent = knobs.paused ? "resume" : "pause";
   ui.hudLines.replaceChildren(...lines.map((text) => {
     const line = document.createElement("span");
     line.textContent = text;
@@ -304,6 +308,7 @@ function fail(error) {
   ui.error.hidden = false;
   ui.status.hidden = true;
   ui.screen.classList.add("failed");
+  if (!model) ui.title.textContent = "not loaded";
   rejectReady(new Error(message));
   for (const { reject } of replies.values()) reject(new Error(message));
   replies.clear();
@@ -330,8 +335,11 @@ function buildHelp() {
 }
 
 function formatValue(value) {
-  if (typeof value === "number") return Number.isInteger(value) ? String(value) : String(Number(value.toPrecision(4)));
-  if (value !== null && typeof value === "object") return JSON.stringify(value);
+  if (typeof value === "number") return Number.isInteger(value) ? value.toLocaleString("en-US") : String(Number(value.toPrecision(4)));
+  if (Array.isArray(value)) return value.map(formatValue).join(", ");
+  if (value !== null && typeof value === "object") {
+    return Object.entries(value).map(([k, v]) => `${k.replaceAll("_", " ")} ${formatValue(v)}`).join(", ");
+  }
   return String(value);
 }
 

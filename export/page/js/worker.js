@@ -14,7 +14,7 @@
 //                 {type: "steps", steps, id} | {type: "guidance", guidance, id}
 //                 {type: "rollout", id, start, seed, actions: [Float32Array], steps, guidance}
 // worker -> page: {type: "progress", message} | {type: "error", message}
-//                 {type: "ready", model, backend, threads, fps}                fps 0: unpaced
+//                 {type: "ready", model, backend, threads, fps, steps, guidance}   fps 0: unpaced
 //                 {type: "frame", rgb: ArrayBuffer, stepped, step_ms, index, id?}
 //                 {type: "state", steps, guidance, paused, start, seed, id?, notice?}
 //                 {type: "rollout", id, first: ArrayBuffer, frames: [ArrayBuffer]} | {type: "rollout", id, error}
@@ -99,11 +99,13 @@ async function init(msg) {
     const fps = msg.fps ?? model.fps;
     period = fps > 0 ? 1000 / fps : 0;
     live = { start: msg.start, seed: msg.seed };
-    self.postMessage({ type: "ready", model, backend: world.backend, threads: msg.threads, fps: fps > 0 ? fps : 0 });
+    self.postMessage({ type: "ready", model, backend: world.backend, threads: msg.threads, fps: fps > 0 ? fps : 0,
+                       steps: world.steps, guidance: world.guidance });
     self.postMessage({ type: "progress", message: `starting the world (start ${live.start}, seed ${live.seed})` });
     index = 0;
-    post(await world.reset(live), false, 0);
+    const first = await world.reset(live);
     state();
+    post(first, false, 0);
   } catch (e) {
     fail(e);
     return;
