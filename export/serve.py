@@ -77,9 +77,10 @@ def content_type(path: str | os.PathLike) -> str:
 
 def resolve(folder: Path, url_path: str) -> Path | None:
     """The file under `folder` that a request's URL path names (`/` and folders give their index.html), or None
-    where the path leaves the folder (`..`, a link pointing out, a backslash or NUL) or names no file."""
+    where the path leaves the folder (`..`, a link pointing out, a backslash or NUL), names a hidden file or folder
+    (`.git`, a temporary `.name.tmp`) or names no file."""
     parts = unquote(urlsplit(url_path).path).split("/")
-    if any(p in ("..", ".") or "\\" in p or "\0" in p for p in parts):
+    if any(p.startswith(".") or "\\" in p or "\0" in p for p in parts):
         return None
     root = folder.resolve()
     target = root.joinpath(*[p for p in parts if p])

@@ -37,6 +37,7 @@ def site(tmp_path) -> Path:
     for name in TYPES:
         (folder / name).write_bytes(f"content of {name}".encode())
     (folder / "sub" / "x.txt").write_text("in sub")
+    (folder / ".hidden").write_text("SECRET")
     (tmp_path / "secret.txt").write_text("SECRET")
     (folder / "link.txt").symlink_to(tmp_path / "secret.txt")
     return folder
@@ -76,7 +77,7 @@ def test_files_come_with_isolation_headers_and_their_mime_types(site):
 def test_nothing_outside_the_folder_and_no_listings(site):
     with serve_folder(site) as url:
         for path in ("/../secret.txt", "/%2e%2e/secret.txt", "/sub/../../secret.txt", "/link.txt",
-                     "/..%2fsecret.txt", "/sub/..%5c..%5csecret.txt", "/sub/", "/sub"):
+                     "/..%2fsecret.txt", "/sub/..%5c..%5csecret.txt", "/.hidden", "/sub/", "/sub"):
             status, _, body = get(url, path)
             assert status in (301, 404), path                        # /sub: redirected to /sub/, which lists nothing
             assert b"SECRET" not in body and b"x.txt" not in body, path
