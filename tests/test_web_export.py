@@ -38,9 +38,10 @@ def folder_bytes(folder) -> int:
 def test_the_page_is_whole_and_small(page):
     for name in ("index.html", "js/main.js", "js/worker.js", "js/world.js", "js/noise.js", "js/keymap.js",
                  "ort/ort.wasm.min.mjs", "ort/ort-wasm-simd-threaded.mjs", "ort/ort-wasm-simd-threaded.wasm",
-                 "ort/LICENSE", "ort/VERSION", "model/model.json", "model/tables.bin"):
+                 "ort/LICENSE", "ort/VERSION", "model/model.json", "model/tables.bin", "_headers"):
         assert (page / name).is_file(), name
     assert not (page / "ort" / "refresh.sh").exists()   # the maintainer's script stays in the package
+    assert "Cross-Origin-Embedder-Policy: require-corp" in (page / "_headers").read_text()   # for static hosts
     model = json.loads((page / "model" / "model.json").read_text())
     for g, entry in model["graphs"].items():
         assert (page / "model" / entry["file"]).stat().st_size == entry["bytes"], g
