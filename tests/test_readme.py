@@ -64,9 +64,10 @@ RECIPE_SMALL = ["--set", "steps=2", "--set", "time_limit=0", "--set", "threads=1
 
 
 def walk_through() -> list[str]:
-    """The README's own-game walk-through, in order: record, check, train, eval."""
-    wanted = ("reverie record", "reverie data check", "reverie data info", "reverie train --recipe", "reverie eval")
-    return [c for c in readme_commands() if c.startswith(wanted)]
+    """The README's own-game walk-through, in order: record, check, train, eval, and its web page (not served)."""
+    wanted = ("reverie record", "reverie data check", "reverie data info", "reverie train --recipe", "reverie eval",
+              "reverie export --format web")
+    return [c for c in readme_commands() if c.startswith(wanted) and "--serve" not in c]
 
 
 @pytest.mark.slow
@@ -86,6 +87,7 @@ def test_the_walk_through_runs_as_written_at_small_sizes(tmp_path):
         assert r.returncode == 0, f"`{command}` failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
     model = next(tmp_path.glob("runs/*/model.safetensors"))
     assert (tmp_path / "eval.json").is_file() and model.is_file()
+    assert (tmp_path / "site" / "index.html").is_file() and (tmp_path / "site" / "model" / "model.json").is_file()
 
 
 def test_the_readme_python_example_runs(tmp_path, monkeypatch):
