@@ -7,11 +7,17 @@ copy of the frame to host memory. A separate profiled pass splits the frame into
 (CUDA events on GPU, so the split costs no host syncs in the timed pass; on onnxruntime with `overlap` the timed
 frames run the backbone beside the decode, the split runs them in turn). `--preset NAME` benchmarks random
 weights of a preset (e.g. oasis) with no checkpoint.
+
+`--serve ws://HOST:PORT` is the load program of a `reverie serve` instead (docs/SERVE.md): K clients in one process,
+each with its own connection and world, each sending a step with a new seq on every frame it receives (or F times a
+second with --fps), for S seconds; it reports each client's frames/s and round trips, and the world-frames/s of all.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import datetime
 import os
 import platform
 import time
@@ -20,11 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.knobs import arg_type, check_batch, check_device, check_guidance, check_steps, check_threads
+from engine.knobs import arg_type, check_batch, check_device, check_fps, check_guidance, check_steps, check_threads
 from engine.output import check_count, prepare_output, write_json
 from engine.session import DEFAULT_MODEL, Session, SessionError
 
 SPLIT_FRAMES = 50           # profiled frames for the backbone / head / decode split
+MAX_CLIENTS = 256           # --serve: clients of one load program
+MAX_SECONDS = 600           # --serve: seconds of one measurement
+SERVE_WARMUP_S = 1.0        # --serve: seconds of play after every client has its first frame, before the count
 
 
 def machine(device: torch.device, threads: int) -> dict:
@@ -98,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the torch backend's step: triton (the fused kernels of kernels/), reference (PyTorch), auto "
                         "(triton on CUDA where it imports; default)")
     p.add_argument("--json", type=Path, default=None, help="write the results here (folders are made)")
+    s = p.add_argument_group("load on a server (reverie serve)")
+    s.add_argument("--serve", default=None, metavar="URL",
+                   help="measure a running 'reverie serve' at ws://HOST:PORT instead of a local session")
+    s.add_argument("--token", default=None, help="the server's --token")
+    s.add_argument("--clients", type=arg_type(check_count(1, MAX_CLIENTS), "--clients", int), default=1,
+                   help=f"clients, each its own connection and world, 1..{MAX_CLIENTS} (default 1)")
+    s.add_argument("--seconds", type=arg_type(check_count(1, MAX_SECONDS), "--seconds", int), default=20,
+                   help=f"seconds measured, 1..{MAX_SECONDS} (default 20)")
+    s.add_argument("--fps", type=arg_type(check_fps, "--fps"), default=None,
+                   help="steps each client sends per second (default: one per frame received)")
     return p
 
 
@@ -105,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.json is not None:
         prepare_output(args.json)           # before the run, not after it
+    if args.serve is not None:
+        return serve_main(args)
     result = bench(args)
     line = (f"{result['fps']:.1f} frames/s  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  "
             f"cold start {result['cold_start_s']:.2f} s" +
@@ -195,3 +216,90 @@ def bench(args: argparse.Namespace) -> dict:
     if callable(close):
         close()
     return result
+
+
+# ---- --serve: the load program of a server ---------------------------------------------------------------------------
+def serve_main(args: argparse.Namespace) -> int:
+    """`reverie bench --serve URL`: run the clients, print a summary, write the JSON."""
+    from play.client import server_url
+
+    result = asyncio.run(bench_serve(server_url(args.serve), args.token, args.clients, args.seconds, args.fps))
+    per = result["per_client"]
+    print(f"{result['world_frames_per_s']:.1f} world-frames/s from {result['clients']} clients over "
+          f"{result['seconds']:g} s; per client {min(c['fps'] for c in per):.1f}-{max(c['fps'] for c in per):.1f} "
+          f"frames/s, round trip p50 {result['round_trip_p50_ms']:.1f} ms p99 {result['round_trip_p99_ms']:.1f} ms "
+          f"({result['server']}, {result['welcome']['model'].get('name', '?')}, server fps "
+          f"{result['welcome']['fps'] or 'max'})")
+    if args.json is not None:
+        write_json(args.json, result)
+    return 0
+
+
+async def bench_serve(url: str, token: str | None, clients: int, seconds: float, fps: float | None) -> dict:
+    """K clients on `url`, each its own connection and world; frames and round trips counted over `seconds`."""
+    from play.client import Client, spec_of
+
+    first = await Client.connect(url, token)            # a refused token or no server: one line, before the rest
+    others = await asyncio.gather(*(Client.connect(url, token) for _ in range(clients - 1)), return_exceptions=True)
+    conns = [first] + [c for c in others if not isinstance(c, BaseException)]
+    tasks: list[asyncio.Task] = []
+    try:
+        for c in others:
+            if isinstance(c, BaseException):
+                raise c
+        worlds = await asyncio.gather(*(c.create(seed=i) for i, c in enumerate(conns)))
+        await asyncio.gather(*(c.next_frame(w) for c, w in zip(conns, worlds)))
+        actions = held_actions(spec_of(first.welcome.model, url), 1024)
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(drive(c, w, actions, fps, stop, 97 * i)) for i, (c, w) in
+                 enumerate(zip(conns, worlds))]
+        await asyncio.sleep(SERVE_WARMUP_S)
+        start = [(c.frames_received(w), c.take_round_trips()) for c, w in zip(conns, worlds)]
+        t0 = time.perf_counter()
+        done, _ = await asyncio.wait(tasks, timeout=seconds, return_when=asyncio.FIRST_EXCEPTION)
+        elapsed = time.perf_counter() - t0
+        counts = [c.frames_received(w) - n0 for c, w, (n0, _) in zip(conns, worlds, start)]
+        trips = [c.take_round_trips() for c in conns]
+        stop.set()
+        for task in done:
+            task.result()                               # a client that failed: its ClientError, one line
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(c.close() for c in conns))
+    per_client = [{"client": i, "world": w, "frames": n, "fps": n / elapsed, "round_trips": len(rt),
+                   "round_trip_p50_ms": _percentile(rt, 50), "round_trip_p99_ms": _percentile(rt, 99)}
+                  for i, (w, n, rt) in enumerate(zip(worlds, counts, trips))]
+    every = [ms for rt in trips for ms in rt]
+    welcome = first.welcome
+    return {
+        "mode": "serve", "server": url, "clients": clients, "seconds": elapsed, "fps_cap": fps or 0.0,
+        "world_frames_per_s": sum(counts) / elapsed, "frames": sum(counts),
+        "fps_per_client_min": min(c["fps"] for c in per_client),
+        "fps_per_client_median": float(np.median([c["fps"] for c in per_client])),
+        "round_trip_p50_ms": _percentile(every, 50), "round_trip_p99_ms": _percentile(every, 99),
+        "per_client": per_client,
+        "welcome": {"model": welcome.model, "fps": welcome.fps, "max_worlds": welcome.max_worlds},
+        "machine": machine(torch.device("cpu"), torch.get_num_threads()),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+async def drive(client, world: int, actions: np.ndarray, fps: float | None, stop: asyncio.Event, offset: int) -> None:
+    """One client's play: a step on every frame received, or `fps` steps a second, until `stop`."""
+    t = offset
+    period = 1.0 / fps if fps else 0.0
+    due = time.perf_counter()
+    while not stop.is_set():
+        if period:
+            due += period
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        else:
+            await client.next_frame(world)
+        await client.step(world, actions[t % len(actions)])
+        t += 1
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else 0.0

@@ -5,6 +5,7 @@
     reverie play --real                            the real game the model was trained on, no model
     reverie play --human --env builtin:gems --out data/me     record your own episodes for training
     reverie play --headless --frames 300 --json play.json     the play benchmark (no window)
+    reverie play --connect HOST:PORT [--token T]   a world on a running 'reverie serve'
 
 Errors (a missing or wrong model, no display) are one clear line and exit code 1; a quit (Esc, closing the
 window) exits 0.
@@ -102,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--env", default=None, help=f"game id for --real / --human (default: the model's game, or "
                                                f"{DEFAULT_ENV})")
     g.add_argument("--out", type=Path, default=None, metavar="DIR", help="episode folder for --human")
+    r = p.add_argument_group("a world on a server")
+    r.add_argument("--connect", default=None, metavar="HOST:PORT",
+                   help="play a world on a running 'reverie serve' (docs/SERVE.md); the server runs the model")
+    r.add_argument("--token", default=None, help="the server's --token, for --connect")
     b = p.add_argument_group("benchmark")
     b.add_argument("--headless", action="store_true",
                    help="no window (SDL dummy driver): the whole loop driven by a scripted held-key pattern")
@@ -120,6 +125,10 @@ def check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     their argparse types (engine.knobs)."""
     if a.human and a.out is None:
         p.error("--human records episodes: pass --out DIR")
+    if a.connect is not None and (a.real or a.human or a.model is not None):
+        p.error("--connect plays the server's model: leave out --model, --real and --human")
+    if a.token is not None and a.connect is None:
+        p.error("--token goes with --connect HOST:PORT")
     if a.device not in ("auto", "cpu", "cuda") and not a.device.startswith("cuda:"):
         p.error(f"--device must be cpu, cuda, cuda:N or auto, got {a.device!r}")
 
@@ -156,6 +165,12 @@ def make_world(a: argparse.Namespace, say) -> tuple[Any, dict[str, Any]]:
     from play.world import ModelWorld, RealWorld, make_real_game
 
     model_path = a.model or DEFAULT_MODEL
+    if a.connect is not None:
+        from play.client import RemoteWorld
+
+        world = RemoteWorld(a.connect, a.token, seed=a.seed)
+        return world, {"device": "remote", "model": f"{world.model.get('name', '?')} at {world.url}",
+                       "env": world.env_id, "server": world.url, "server_fps": world.client.welcome.fps}
     if a.real or a.human:
         env = a.env
         size = 64
@@ -230,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             start_display()                             # before the model loads (and exports)
         world, info = make_world(a, say)
         frames = a.frames or (HEADLESS_FRAMES if a.headless else 0)
-        fps = a.fps if a.fps is not None else (0.0 if a.headless else world.fps)
+        fps = a.fps if a.fps is not None else (0.0 if a.headless or a.connect else world.fps)   # a server paces
         threads = info.get("threads")
         cfg = WindowConfig(scale=a.scale or 0, fps=fps, headless=a.headless, frames=frames, autopilot=a.headless,
                            seed=a.seed, lockstep=a.lockstep, hud=not a.no_hud, side_by_side=a.side_by_side,
@@ -238,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                            human_dir=a.out if a.human else None, caption=f"Reverie: {world.kind} {world.env_id}",
                            info=info)
         window = Window(world, cfg, print_fn=say)
+        if a.connect is not None:
+            world.follow(window.worker)                 # P pauses the world on the server too
         what = "the real game" if world.kind == "real" else f"the model {info['model']}"
         say(f"reverie play: {what} ({world.env_id}), {world.backend}, "
             f"{'as fast as it goes' if not fps else f'{fps:g} frames/s'}" + (", headless" if a.headless else ""))
@@ -245,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         report = window.report()
         # from the start of the command to the first frame on screen, less the one-time export of the graphs
         report["cold_start_s"] = window.started_at - t_start + window.first_frame_s - info.get("export_s", 0.0)
+        if a.connect is not None:
+            report["round_trip_ms_p50"] = world.round_trip_ms
         say(f"{window.exit_reason or 'quit'}: {report['frames']} frames, {report['model_steps']} steps of the "
             f"world, {report['fps']:.1f} frames/s, p50 {report['p50_ms']:.1f} ms, p99 {report['p99_ms']:.1f} ms, "
             f"model step {report['step_ms_p50']:.1f} ms")
