@@ -191,3 +191,19 @@ def test_a_page_with_a_bad_file_shows_its_error(page, site, tmp_path, damage):  
         assert box.is_visible() and name in box.inner_text()
         with pytest.raises(Exception, match=name):
             page.evaluate("window.reverie.ready")
+
+
+def test_the_breakout_page_plays_with_its_own_keys(page, tmp_path):  # noqa: F811
+    """The Breakout model exports and plays the same way: Space fires, the arrows move the paddle."""
+    site = export_web(DEFAULT_MODEL.parent / "breakout.safetensors", tmp_path / "breakout")
+    with serve_folder(site) as address:
+        open_page(page, address)
+        assert page.evaluate("window.reverie.model().buttons") == ["fire", "right", "left"]
+        page.keyboard.press("Space")
+        page.keyboard.down("ArrowLeft")
+        page.wait_for_function("window.reverie.stats().frames >= 20")
+        page.keyboard.up("ArrowLeft")
+        stats = page.evaluate("window.reverie.stats()")
+        assert stats["steps"] == 2 and stats["fps"] > 0   # Breakout's own sampling settings
+        assert "fire: Space" in page.inner_text("#controls-table") or "fire" in page.inner_text("#game-keys")
+        assert not page.errors, page.errors
