@@ -554,23 +554,31 @@ class RemoteWorld:
     def reset(self) -> Step:
         """A new world on the first call, else the same world started again (a new seed each time)."""
         self.episode_seed = self.seed + self.resets
+        self.resets += 1
         if self.world is None:
             self.world = self.thread.call(self.client.create(seed=self.episode_seed), REQUEST_TIMEOUT + 1)
-        else:
-            self.thread.call(self.client.reset(self.world, seed=self.episode_seed), REQUEST_TIMEOUT + 1)
-        self.resets += 1
-        return Step(self._next(wait_paused=True))
+            return Step(self._next(wait_paused=True))
+        return Step(self._live(self.client.reset(self.world, seed=self.episode_seed)))
 
     def step(self, action: np.ndarray) -> Step:
         """Send the action; the newest frame the server made since the last one (one step while paused)."""
-        single = self._paused
-        if single:
-            self.thread.call(self.client.pause(self.world, False), REQUEST_TIMEOUT + 1)
+        if self._paused:
+            return Step(self._live(self.client.step(self.world, action)))
         self.thread.call(self.client.step(self.world, action), REQUEST_TIMEOUT + 1)
+        return Step(self._next())
+
+    def _live(self, request: Coroutine) -> np.ndarray:
+        """Run a request on the world and return its next frame, even while the window pauses it: a paused world
+        resumes on the server for the request and that frame (the server refuses a reset or load of a paused
+        world, and sends it no frames)."""
+        paused = self._paused
         try:
-            return Step(self._next(wait_paused=single))
+            if paused:
+                self.thread.call(self.client.pause(self.world, False), REQUEST_TIMEOUT + 1)
+            self.thread.call(request, REQUEST_TIMEOUT + 1)
+            return self._next(wait_paused=True)
         finally:
-            if single:
+            if paused:
                 self.thread.call(self.client.pause(self.world, True), REQUEST_TIMEOUT + 1)
 
     def _next(self, wait_paused: bool = False) -> np.ndarray:
@@ -600,8 +608,7 @@ class RemoteWorld:
         """A save-game file (from F5 here or a save on any server of this model) into the world."""
         if not Path(path).exists():
             raise PlayError(f"no save-game at {path} (press F5 to save one first)")
-        self.thread.call(self.client.load(self.world, Path(path).read_bytes()), REQUEST_TIMEOUT + 1)
-        return Step(self._next(wait_paused=True))
+        return Step(self._live(self.client.load(self.world, Path(path).read_bytes())))
 
     def close(self) -> None:
         try:
