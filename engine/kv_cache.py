@@ -3,7 +3,9 @@
 Frame t goes to slot t mod W; `valid` says which slots hold a frame (all of them once W frames were appended).
 Memory and per-frame cost stay constant however long a world runs, and every index is a device tensor, so an
 append can be captured in a CUDA graph. RoPE angles are periodic in the frame counter (engine.transformer.Rope3D),
-so cached keys never need re-rotating when the counter wraps the ring.
+so cached keys never need re-rotating when the counter wraps the ring (a world moved to another ring position is
+re-rotated once, by engine.slots). Validity is per world: a world loaded into a slot may hold fewer frames than the
+ring, and the host knows from which append on every world's ring is full again (`full`) without a device sync.
 """
 
 from __future__ import annotations
@@ -27,11 +29,22 @@ class RingKVCache:
         self.valid = torch.zeros(batch, frames, dtype=torch.bool, device=device)   # (B, W)
         self.count = torch.zeros((), dtype=torch.long, device=device)              # frames appended since clear
         self.appended = 0  # the same count on the host: whether the ring is full is known without a device sync
+        self.filled_at = frames  # the host count from which every slot of every world holds a frame
         self._offsets = torch.arange(tokens_per_frame, device=device)
 
     @property
     def full(self) -> bool:
-        return self.appended >= self.frames
+        """Whether every slot of every world holds a frame (in-place attention then needs no mask)."""
+        return self.appended >= self.filled_at
+
+    def mark_holes(self) -> None:
+        """Some world's ring has empty slots now (a world loaded into a slot): W more appends fill every slot."""
+        self.filled_at = max(self.filled_at, self.appended + self.frames)
+
+    def sync_host(self) -> None:
+        """Read the host's counts back from the device tensors (after they were overwritten: a loaded save-game)."""
+        self.appended = int(self.count)
+        self.filled_at = self.frames if bool(self.valid.all()) else self.appended + self.frames
 
     def slot(self) -> torch.Tensor:
         """The slot the next frame goes to, () long on the device."""
@@ -68,7 +81,7 @@ class RingKVCache:
     def clear(self) -> None:
         for t in (self.k, self.v, self.valid, self.count):
             t.zero_()
-        self.appended = 0
+        self.appended, self.filled_at = 0, self.frames
 
     def state(self) -> dict[str, torch.Tensor]:
         """The cache as CPU tensors."""
@@ -77,4 +90,4 @@ class RingKVCache:
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
         for name in self.STATE:
             getattr(self, name).copy_(tensors[name].to(getattr(self, name).device))
-        self.appended = int(self.count)
+        self.sync_host()

@@ -5,6 +5,7 @@
     frame = s.step(action)          # (H, W, 3) uint8; batch > 1 gives (B, H, W, 3)
     save = s.state(); ...; s.load_state(save)   # a save-game: KV cache, noise counters, step count
     other = s.fork()                # an independent branch of the same world
+    s.reset_world(b); s.load_world(b, other.state_world(0)); s.close_world(b)   # one world of the batch alone
 
 Per frame: S head steps (1..4, changeable between frames) with classifier-free guidance as one batch of 2 (scale 1.0
 skips the second half), one decode, then one backbone pass that appends the new frame to a ring-buffer KV cache of W
@@ -14,6 +15,7 @@ frames. The pieces, each in its own file:
   engine.step       the worlds' preallocated tensors and the three parts of a step over them
   engine.scheduler  when the parts run: captured, the backbone pass beside the decode (overlap), deferred, profiled
   engine.reference  the same rollout written plainly, the spec every runner is tested against
+  engine.slots      world slots: one world of the batch saved, loaded, primed alone or closed, the others untouched
 The session owns the rest, once for every runner: inputs, counter-based noise seeds (engine.noise: each world its
 own seed and counter, so a batch of B equals B single runs), the knobs, save-games and forks.
 
@@ -43,6 +45,7 @@ from engine.kv_cache import RingKVCache
 from engine.runners import default_backend as default_backend
 from engine.runtime import DEFAULT_MODEL, Runtime
 from engine.scheduler import StepScheduler
+from engine.slots import WorldSlots, world_from_bytes, world_to_bytes, write_world
 from engine.step import SEED_STRIDE, Sampler, StepParts, World, world_seeds
 from engine.world_model import WorldModel
 
@@ -90,7 +93,7 @@ class Session:
         if self.device.type == "cuda":
             self.staging = (torch.empty(self.batch, self.cfg.action_dim, pin_memory=True),
                             torch.empty(self.batch, *self.frame_shape, dtype=torch.uint8, pin_memory=True))
-        self.primed = False
+        self.primed, self.slots = False, WorldSlots(self)   # slots: which hold a world, one world's save-games
         self.steps = self.cfg.sampling_steps if steps is None else steps
         self.guidance = self.cfg.guidance if guidance is None else guidance
         self.context_noise = self.cfg.context_noise if context_noise is None else context_noise
@@ -116,6 +119,7 @@ class Session:
     z_buf = property(lambda s: s.world.z_buf, doc="(B, C, h, w) the newest generated latent")
     frame_buf = property(lambda s: s.world.frame_buf, doc="(B, H, W, 3) uint8 the newest frame")
     latent = property(lambda s: s.world.z_buf, doc="(B, C, h, w) the newest generated latent (rollouts compare it)")
+    live = property(lambda s: s.slots.live.copy(), doc="(B,) bool numpy: the slots holding a world")
 
     # ---- playing ---------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -146,6 +150,7 @@ class Session:
         for t in range(T):
             self.parts.backbone(z[:, t].contiguous(), acts[:, t].contiguous())
         self.primed = True
+        self.slots.live[:] = True
         w.frame_buf.copy_(fr[:, -1])
         return self._out()
 
@@ -219,7 +224,7 @@ class Session:
         """The whole world as CPU tensors plus metadata: KV cache, ring validity, step count, noise counters."""
         self.finish()
         return {"format": STATE_FORMAT, "game": self.spec.game, "config": self.wm.cfg.__dict__.copy(),
-                "batch": self.batch, "primed": self.primed,
+                "batch": self.batch, "primed": self.primed, "live": self.slots.live.tolist(),
                 "tensors": {k: t.detach().cpu().clone() for k, t in self.world.tensors().items()}}
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -234,8 +239,9 @@ class Session:
         self.scheduler.drop()
         for k, t in self.world.tensors().items():
             t.copy_(state["tensors"][k].to(self.device))
-        self.kv.appended = int(self.kv.count)
+        self.kv.sync_host()
         self.primed = bool(state["primed"])
+        self.slots.live[:] = state.get("live", self.primed)   # a save-game file keeps no slots: all live if primed
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write state() to a .safetensors save-game (atomically)."""
@@ -248,6 +254,35 @@ class Session:
         from engine.savegame import read_state
 
         self.load_state(read_state(path))
+
+    # ---- world slots (engine.slots): one world of the batch alone, the others untouched bit for bit ------------------
+    def state_world(self, b: int) -> dict[str, Any]:
+        """Slot b's world as CPU tensors plus metadata (format, game, config, model, the ring position saved at)."""
+        return self.slots.state(b)
+
+    def load_world(self, b: int, state: dict[str, Any]) -> None:
+        """Put a state_world() of any session of this model into slot b (checked: SessionError, nothing changed)."""
+        self.slots.load(b, state)
+
+    def reset_world(self, b: int, frames: Any = None, actions: Any = None, seed: int | None = None) -> np.ndarray:
+        """Prime slot b alone as reset() primes a one-world session (seed: None keeps slot b's); returns its frame."""
+        return self.slots.reset(b, frames, actions, seed)
+
+    def close_world(self, b: int) -> None:
+        """Empty slot b: it still computes in the batch, and nothing it computes reaches a world."""
+        self.slots.close(b)
+
+    def world_bytes(self, b: int) -> bytes:
+        """state_world(b) as safetensors bytes (what a client keeps)."""
+        return world_to_bytes(self.state_world(b))
+
+    def load_world_bytes(self, b: int, data: bytes) -> None:
+        """load_world from world_bytes() output; a malformed blob raises SessionError and changes nothing."""
+        self.load_world(b, world_from_bytes(data))
+
+    def save_world(self, b: int, path: str | os.PathLike) -> Path:
+        """Write state_world(b) to a .safetensors file (atomically); engine.slots.read_world reads it back."""
+        return write_world(path, self.state_world(b))
 
     def fork(self, seed: int | Sequence[int] | None = None) -> Session:
         """An independent branch of this world: a new session over the same runtime (weights, runner) with this one's
