@@ -34,7 +34,8 @@ class RingKVCache:
 
     @property
     def full(self) -> bool:
-        """Whether every slot of every world holds a frame (in-place attention then needs no mask)."""
+        """Whether every slot of every world holds a frame (in-place attention then needs no mask). A closed slot's
+        cleared ring (engine.slots) is not counted: what it attends shapes only its own frames, which reach no one."""
         return self.appended >= self.filled_at
 
     def mark_holes(self) -> None:
