@@ -139,6 +139,20 @@ def test_the_other_slots_are_untouched_bit_for_bit(models, change):
                                                                                         want[:, others])
 
 
+def test_the_other_slots_are_untouched_bit_for_bit_in_onnxruntime(ckpt):
+    s = backend_session(ckpt, "onnxruntime", B, seed=3)
+    s.reset(real_frames(3, seed=4, batch=B))
+    rollout(s, random_actions(3, seed=5, batch=B))
+    twin = s.fork()
+    s.reset_world(1, real_frames(2, seed=9), seed=2)
+    s.close_world(3)
+    acts = random_actions(W + 2, seed=11, batch=B)
+    got_frames, got = rollout(s, acts)
+    want_frames, want = rollout(twin, acts)
+    assert np.array_equal(got_frames[:, [0, 2]], want_frames[:, [0, 2]]) and torch.equal(got[:, [0, 2]],
+                                                                                        want[:, [0, 2]])
+
+
 def test_a_loaded_world_with_empty_ring_slots_masks_them_until_filled(models):
     s = stepped(models, n=W + 2)
     assert s.kv.full
