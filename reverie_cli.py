@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train.training.cli", "train the autoencoder (ae), world model (wm) or inverse-dynamics model (idm)"),
     "eval": ("train.evaluation.evaluate", "score a checkpoint on held-out episodes (PSNR, SSIM, action following)"),
     "bench": ("play.bench", "measure frames/s and frame times of the real-time session"),
+    "serve": ("play.serve_cli", "serve worlds to many clients over WebSocket, one batch per tick (docs/SERVE.md)"),
     "export": ("export.cli", "write a model's real-time step as ONNX graphs, TensorRT engines or a web page"),
 }
 
