@@ -239,6 +239,7 @@ async def bench_serve(url: str, token: str | None, clients: int, seconds: float,
     """K clients on `url`, each its own connection and world; frames and round trips counted over `seconds`."""
     from play.client import Client, spec_of
 
+    load_before = os.getloadavg()                       # how quiet the machine was (server and clients share it)
     first = await Client.connect(url, token)            # a refused token or no server: one line, before the rest
     others = await asyncio.gather(*(Client.connect(url, token) for _ in range(clients - 1)), return_exceptions=True)
     conns = [first] + [c for c in others if not isinstance(c, BaseException)]
@@ -281,7 +282,7 @@ async def bench_serve(url: str, token: str | None, clients: int, seconds: float,
         "round_trip_p50_ms": _percentile(every, 50), "round_trip_p99_ms": _percentile(every, 99),
         "per_client": per_client,
         "welcome": {"model": welcome.model, "fps": welcome.fps, "max_worlds": welcome.max_worlds},
-        "machine": machine(torch.device("cpu"), torch.get_num_threads()),
+        "machine": {**machine(torch.device("cpu"), torch.get_num_threads()), "load_average_before": load_before},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
