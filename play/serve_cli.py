@@ -91,8 +91,14 @@ def model_info(ckpt: Any, session: Any) -> dict[str, Any]:
             "starts": 1}
 
 
-def load_session(a: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """The session of batch --max-worlds over the model, its backend made ready first, and the welcome's model."""
+def session_sizes(max_worlds: int) -> list[int]:
+    """The batches the server moves its worlds between: the powers of two below max_worlds, and max_worlds."""
+    return [1 << i for i in range(max_worlds.bit_length()) if 1 << i < max_worlds] + [max_worlds]
+
+
+def load_sessions(a: argparse.Namespace) -> tuple[dict[int, Any], dict[str, Any]]:
+    """{batch: session} over the model for session_sizes(--max-worlds), the backend made ready first (a first run
+    exports each batch's graphs once), and the welcome's model."""
     from engine.checkpoint import load_checkpoint
     from engine.session import DEFAULT_MODEL, Session
     from export.prepare import prepare_backend
@@ -100,10 +106,12 @@ def load_session(a: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
     ckpt = load_checkpoint(a.model or DEFAULT_MODEL)
     check_world_model(ckpt)
-    backend, graphs = prepare_backend(ckpt, a.backend, a.max_worlds, a.device)
-    threads = a.threads or (1 if backend == "onnxruntime" else 2)
-    session = Session(ckpt, backend=backend, graphs=graphs, device=a.device, batch=a.max_worlds, threads=threads)
-    return session, model_info(ckpt, session)
+    sessions = {}
+    for size in session_sizes(a.max_worlds):
+        backend, graphs = prepare_backend(ckpt, a.backend, size, a.device)
+        threads = a.threads or (1 if backend == "onnxruntime" else 2)
+        sessions[size] = Session(ckpt, backend=backend, graphs=graphs, device=a.device, batch=size, threads=threads)
+    return sessions, model_info(ckpt, sessions[a.max_worlds])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,10 +125,11 @@ def main(argv: list[str] | None = None) -> int:
               f"use this machine; pass --token SECRET (clients send it in hello), or serve on {LOOPBACK}",
               file=sys.stderr)
         return 2
-    session, model = load_session(a)
+    sessions, model = load_sessions(a)
+    session = sessions[a.max_worlds]
     cfg = ServeConfig(host=a.host, port=a.port, max_worlds=a.max_worlds, token=a.token, fps=a.fps,
                       threads=a.threads or None)
-    server = Server(session, model, cfg)
+    server = Server(sessions, model, cfg)
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -129,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
 
         def ready(url: str) -> None:
-            print(f"reverie serve: {model['name']} ({model['game']}) on {url}, {a.max_worlds} worlds, "
+            print(f"reverie serve: {model['name']} ({model['game']}) on {url}, {a.max_worlds} worlds in batches of "
+                  f"{'/'.join(map(str, sessions))}, "
                   f"{session.backend}, {'as fast as it goes' if not a.fps else f'{a.fps:g} ticks/s'}", flush=True)
 
         await server.run(stop, ready)
@@ -137,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(run())
     finally:
-        session.close()
+        for s in sessions.values():
+            s.close()
     print("reverie serve: stopped", flush=True)
     return 0

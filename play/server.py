@@ -7,13 +7,16 @@ reading and writing while a step runs, and world bookkeeping (create, pause, clo
 lock. Each world's new frame goes to its connection's outbox, which holds at most FRAMES_PER_WORLD unsent frames of a
 world (the older is replaced): a slow or vanished client never stalls the tick or anyone else.
 
-    server = Server(session, model_info(...), ServeConfig(port=0))
+    server = Server({1: s1, 2: s2, 4: s4}, model_info(...), ServeConfig(port=0, max_worlds=4))   # or one session
     with serve_in_thread(server) as url: ...        # tests and benchmarks: a server on loopback in a thread
     asyncio.run(server.run(stop))                    # the CLI (play/serve_cli.py)
 
 Worlds live in the session's slots (engine.session: reset_world, world_bytes, load_world_bytes, close_world). A
 paused world is parked as its save-game bytes and leaves its slot; every world a client holds, paused or not, counts
-against --max-worlds, so a resume always finds a free slot.
+against --max-worlds, so a resume always finds a free slot. Given sessions of several fixed batches (1, 2, 4, 8, 16),
+the live worlds run in the smallest that holds them: a world that finds the session full moves them all to the next
+larger one, and once a smaller one would have held them for SHRINK_TICKS ticks they move back (each world through its
+save-bytes), so one client's world is not stepped in a batch of 16.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ MAX_CONNECTIONS = 256       # connections at once; more are closed at once (1013
 CLOSE_TRY_LATER = 1013
 PNG_COMPRESSION = 1         # zlib level: fast, frames are small
 SEED_RANGE = 2 ** 31        # a world created without a seed gets one drawn from [0, SEED_RANGE)
+SHRINK_TICKS = 30           # ticks in a row a smaller session would have held the live worlds before they move to it
 
 
 class ServeError(ReverieError, OSError):
@@ -131,11 +135,17 @@ def encode_image(frame: np.ndarray, fmt: str, quality: int) -> bytes:
 class Server:
     """The worlds of every connection over one session of batch `cfg.max_worlds`; see the module docstring."""
 
-    def __init__(self, session: Any, model: dict[str, Any], cfg: ServeConfig):
-        self.session, self.model, self.cfg = session, model, cfg
-        self.batch = int(session.batch)
-        if self.batch < cfg.max_worlds:
-            raise ServeError(f"the session holds {self.batch} worlds, fewer than --max-worlds {cfg.max_worlds}")
+    def __init__(self, sessions: Any, model: dict[str, Any], cfg: ServeConfig):
+        """sessions: one session, or {batch: session} of one model; the worlds live in the smallest that holds them."""
+        self.sessions = dict(sessions) if isinstance(sessions, dict) else {int(sessions.batch): sessions}
+        self.model, self.cfg = model, cfg
+        if any(int(s.batch) != size for size, s in self.sessions.items()) or max(self.sessions) < cfg.max_worlds:
+            raise ServeError(f"need sessions keyed by their batch, the largest holding --max-worlds {cfg.max_worlds}; "
+                             f"got batches {sorted(self.sessions)}")
+        self.session = self.sessions[min(self.sessions)]
+        self.batch = int(self.session.batch)
+        self.moves = 0                                   # worlds moved between sessions, all told
+        self._roomy_ticks = 0                            # ticks in a row that a smaller session would have held
         self.action_dim = int(model["action_dim"])
         self.starts = int(model.get("starts", 1))
         self.slots: list[World | None] = [None] * self.batch
@@ -174,14 +184,13 @@ class Server:
             await asyncio.wait([ticks, stopped], return_when=asyncio.FIRST_COMPLETED)
             ticks.cancel()
             stopped.cancel()
-            try:
-                await ticks
-            except asyncio.CancelledError:
-                pass
+            await asyncio.gather(ticks, return_exceptions=True)
             server.close()
             await server.wait_closed()
         self.stepper.shutdown(wait=True)
         self.encoder.shutdown(wait=True)
+        if not ticks.cancelled() and ticks.exception() is not None:   # a step that failed ends the server, said
+            raise ticks.exception()
 
     @property
     def url(self) -> str:
@@ -211,6 +220,7 @@ class Server:
                 if not active:
                     self._live.clear()
                     continue
+                await self._follow_demand(len(active))
                 actions = np.zeros((self.batch, self.action_dim), np.float32)
                 snapshot = []
                 for w in active:
@@ -218,7 +228,7 @@ class Server:
                     w.ack, w.n = w.seq, w.n + 1
                     snapshot.append((w, w.slot, w.gen, w.n, w.ack))
                 t0 = time.perf_counter()
-                frames = await self._call(self._step, actions)
+                frames = await self._call(self._step, self.session, actions)
                 tick_ms = (time.perf_counter() - t0) * 1e3
                 self.ticks += 1
             if delivering is not None:
@@ -226,9 +236,44 @@ class Server:
             delivering = asyncio.create_task(self._deliver(snapshot, frames, tick_ms))
             await asyncio.sleep(0)    # let readers and writers run between ticks at --fps max
 
-    def _step(self, actions: np.ndarray) -> np.ndarray:
-        frames = np.asarray(self.session.step(actions))
-        return frames.reshape(self.batch, *frames.shape[-3:])   # (K, H, W, 3): a batch of 1 comes back unbatched
+    @staticmethod
+    def _step(session: Any, actions: np.ndarray) -> np.ndarray:
+        frames = np.asarray(session.step(actions))
+        return frames.reshape(len(actions), *frames.shape[-3:])   # (K, H, W, 3): a batch of 1 comes back unbatched
+
+    # ---- following demand: the smallest session that holds the live worlds -------------------------------------------
+    async def _follow_demand(self, live: int) -> None:
+        """Move the worlds to a smaller session once one has held them for SHRINK_TICKS ticks in a row (under the
+        lock). Growing happens when a world needs a slot (_free_slot)."""
+        smaller = min(size for size in self.sessions if size >= live)
+        self._roomy_ticks = self._roomy_ticks + 1 if smaller < self.batch else 0
+        if self._roomy_ticks >= SHRINK_TICKS:
+            await self._move_to(smaller)
+
+    async def _free_slot(self) -> int:
+        """A free slot of the current session, moving the worlds to the next larger one where it is full (under the
+        lock; every world held counts against max_worlds, so the largest session always has one)."""
+        if None not in self.slots:
+            await self._move_to(min(size for size in self.sessions if size > self.batch))
+        return self.slots.index(None)
+
+    async def _move_to(self, size: int) -> None:
+        """Move every live world into the session of batch `size` through its save-game (engine.slots: a world's
+        frames are those it would have made, to float rounding)."""
+        old, new = self.session, self.sessions[size]
+        live = [w for w in self.slots if w is not None]
+
+        def move() -> None:
+            for i, w in enumerate(live):
+                new.load_world_bytes(i, old.world_bytes(w.slot))
+                old.close_world(w.slot)
+
+        await self._call(move)
+        self.session, self.batch, self.slots = new, size, [None] * size
+        for i, w in enumerate(live):
+            self.slots[i], w.slot = w, i
+        self.moves += len(live)
+        self._roomy_ticks = 0
 
     async def _deliver(self, snapshot: list, frames: np.ndarray, tick_ms: float) -> None:
         owners = {id(w): c for c in self.clients for w in c.worlds.values()}
@@ -416,7 +461,7 @@ class Server:
             if self.worlds >= self.cfg.max_worlds:
                 raise P.ProtocolError(f"create: all {self.cfg.max_worlds} worlds of this server are taken; try again "
                                       "later", "id", rid)
-            slot = self.slots.index(None)
+            slot = await self._free_slot()
             w = World(client.next_handle, np.zeros(self.action_dim, np.float32), slot=slot)
             frame = await self._call(lambda: self.session.reset_world(slot, seed=seed))
             client.next_handle += 1
@@ -434,7 +479,7 @@ class Server:
             self.slots[w.slot], w.slot = None, None
             client.renew(w)
         elif not paused and w.slot is None:
-            slot = self.slots.index(None)    # paused worlds count against max_worlds: there is a free slot
+            slot = await self._free_slot()
             await self._call(self.session.load_world_bytes, slot, w.parked)
             self.slots[slot], w.slot, w.parked = w, slot, None
             client.renew(w)
@@ -442,7 +487,7 @@ class Server:
 
     async def _load(self, client: Client, w: World, data: bytes, rid: int) -> None:
         """A save-game into a world; a paused one is checked in a free slot and parked again."""
-        slot = w.slot if w.slot is not None else self.slots.index(None)
+        slot = w.slot if w.slot is not None else await self._free_slot()
         try:
             await self._call(self.session.load_world_bytes, slot, data)
             if w.slot is None:

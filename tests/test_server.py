@@ -24,10 +24,11 @@ from engine.session import Session
 from play import protocol as P
 from play.serve_cli import main as serve_main
 from play.serve_cli import model_info
-from play.server import ServeConfig, Server, serve_in_thread
+from play.server import SHRINK_TICKS, ServeConfig, Server, serve_in_thread
 
 A = SPEC.size
 MAX_WORLDS = 8
+SIZES = (1, 2, 4, 8)   # the batches of a server that follows demand
 RECV_S = 20.0          # the longest a test waits for one message (the suite shares 2 cores)
 
 
@@ -38,13 +39,17 @@ def ckpt(tmp_path_factory):
 
 @pytest.fixture
 def server(ckpt, request):
-    """A server of MAX_WORLDS worlds on a free loopback port; an indirect parameter overrides settings."""
-    cfg = ServeConfig(**{"port": 0, "max_worlds": MAX_WORLDS, "fps": 60.0, **getattr(request, "param", {})})
-    session = Session(ckpt, backend="torch", batch=cfg.max_worlds)
-    srv = Server(session, model_info(ckpt, session), cfg)
+    """A server of MAX_WORLDS worlds on a free loopback port, in one session or in sessions of the batches
+    `sizes`; an indirect parameter overrides settings."""
+    settings = {"port": 0, "max_worlds": MAX_WORLDS, "fps": 60.0, **getattr(request, "param", {})}
+    sizes = settings.pop("sizes", (MAX_WORLDS,))
+    cfg = ServeConfig(**settings)
+    sessions = {size: Session(ckpt, backend="torch", batch=size) for size in sizes}
+    srv = Server(sessions, model_info(ckpt, sessions[MAX_WORLDS]), cfg)
     with serve_in_thread(srv) as url:
         yield srv, url
-    session.close()
+    for s in sessions.values():
+        s.close()
 
 
 class Client:
@@ -117,6 +122,7 @@ def close_to(a: np.ndarray, b: np.ndarray) -> bool:
     return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max()) <= 2
 
 
+@pytest.mark.parametrize("server", [{}, {"sizes": SIZES}], indirect=True, ids=["one session", "following demand"])
 def test_frames_equal_a_local_session_under_the_same_seed_and_actions(server, ckpt):
     _, url = server
     c = Client(url)
@@ -149,8 +155,9 @@ def test_frames_equal_a_local_session_under_the_same_seed_and_actions(server, ck
     c.close()
 
 
+@pytest.mark.parametrize("server", [{}, {"sizes": SIZES}], indirect=True, ids=["one session", "following demand"])
 def test_eight_clients_each_get_their_own_world(server, ckpt):
-    _, url = server
+    srv, url = server
     clients = [Client(url) for _ in range(8)]
     worlds = [c.create(seed=100 + i) for i, c in enumerate(clients)]
     frames = [image(c.frame(w, 3)) if c.frame(w, 3)["n"] == 3 else None for c, w in zip(clients, worlds)]
@@ -159,8 +166,24 @@ def test_eight_clients_each_get_their_own_world(server, ckpt):
             assert close_to(f, local_frames(ckpt, 100 + i, [np.zeros(A, np.float32)] * 3)[3])
     later = [image(c.frame(w, 4)) for c, w in zip(clients, worlds)]
     assert len({f.tobytes() for f in later}) == 8     # different seeds, different worlds
+    assert srv.batch == MAX_WORLDS and srv.moves == (0 if len(srv.sessions) == 1 else 1 + 2 + 4)
     for c in clients:
         c.close()
+
+
+@pytest.mark.parametrize("server", [{"sizes": SIZES, "fps": 0.0}], indirect=True)
+def test_worlds_follow_demand_into_a_smaller_batch(server, ckpt):
+    srv, url = server
+    c = Client(url)
+    kept, *gone = [c.create(seed=20 + i) for i in range(3)]
+    assert srv.batch == 4
+    for w in gone:
+        assert c.request({"t": "close", "world": w})["t"] == "ok"
+    c.frame(kept, c.frames[kept][-1]["n"] + SHRINK_TICKS + 5)
+    assert srv.batch == 1
+    ns = [f["n"] for f in c.frames[kept]]
+    assert ns == sorted(ns) and ns[0] == 0     # its frames kept coming, in order, through the moves
+    c.close()
 
 
 def test_caps_and_a_client_killed_mid_frame_frees_its_worlds(server):
