@@ -4,7 +4,8 @@
 // loading line and any error. `window.reverie` is the same player for scripts, tests and benchmarks.
 //
 // Address options: ?fps=max (as fast as the model goes) or ?fps=N (default: the game's own speed, model.fps),
-// ?start=N, ?seed=N, ?steps=N, ?guidance=X, ?threads=N.
+// ?start=N, ?seed=N, ?steps=N, ?guidance=X, ?threads=N. ?server=ws://HOST:PORT[&token=T]: play a world on a
+// `reverie serve` server instead (js/remote.js stands in for the worker; the server's settings are its own).
 
 import { keyMap, keyName, comboParts } from "./keymap.js";
 
@@ -39,6 +40,7 @@ let isolated = false;           // cross-origin isolated: WASM threads are allow
 let model = null;               // the parsed model.json, from the worker
 let keys = null;                // keyMap(model)
 let backend = "";
+let remote = null;              // the server's address in server mode (?server=), else null
 let knobs = { steps: null, guidance: null, paused: false, start: 0, seed: 0 };
 let onScreen = null;            // the frame on the canvas: {rgb: Uint8Array, index}
 let pending = null;             // the newest frame received and not drawn yet
@@ -49,7 +51,7 @@ let hudDrawnAt = -Infinity;
 let toast = null;               // {text, until}
 let nextId = 1;
 const replies = new Map();      // request id -> {resolve, reject}
-const stats = { frames: 0, shownAt: [], stepMs: [] };
+const stats = { frames: 0, shownAt: [], stepMs: [], rtt: null };   // rtt: {p50, p99} in server mode
 // what is held: key code -> button; D-pad pointer -> arrow codes; button pointer -> button; press() names
 const held = { keys: new Map(), dpad: new Map(), buttons: new Map(), script: new Set() };
 let dpadArrows = {};            // arrow key code -> the button it presses (what the D-pad's directions press)
@@ -75,8 +77,9 @@ function gap() { stats.shownAt.length = 0; }
 
 function summary() {
   const t = stats.shownAt, n = t.length;
+  const rtt = stats.rtt ? { rtt_p50_ms: stats.rtt.p50, rtt_p99_ms: stats.rtt.p99 } : {};
   return { frames: stats.frames, fps: n >= 2 ? 1000 * (n - 1) / (t[n - 1] - t[0]) : 0,
-           p50_ms: percentile(stats.stepMs, 50), p99_ms: percentile(stats.stepMs, 99) };
+           p50_ms: percentile(stats.stepMs, 50), p99_ms: percentile(stats.stepMs, 99), ...rtt };
 }
 
 // ---- the worker ----------------------------------------------------------------------------------------------------
@@ -105,23 +108,47 @@ function readOptions(search) {
       throw new Error(`?guidance=${params.get("guidance")} in the address: expected a number from ${GUIDANCE_RANGE[0]} to ${GUIDANCE_RANGE[1]}`);
     }
   }
+  const server = params.get("server");
+  if (server !== null) {
+    for (const name of ["fps", "steps", "guidance", "threads"]) {
+      if (params.get(name) !== null) throw new Error(`?${name}= in the address: a server world runs with the server's settings; drop ?${name}= or ?server=`);
+    }
+  }
   const isolated = self.crossOriginIsolated === true;
   const threads = integer("threads", 1, 64) ?? (isolated ? Math.min(MAX_THREADS, navigator.hardwareConcurrency || 1) : 1);
   return { fps, guidance, threads: isolated ? threads : 1, isolated, start: integer("start", 0, 2 ** 31) ?? 0,
-           seed: integer("seed", 0, 2 ** 32 - 1) ?? 0, steps: integer("steps", 1, 64) };
+           seed: integer("seed", 0, 2 ** 32 - 1) ?? 0, steps: integer("steps", 1, 64), server,
+           token: params.get("token") };
 }
 
-function start() {
+/** Server mode: js/remote.js in the worker's place, connected to the server named in the address. */
+async function startRemote(options) {
+  let module;
+  try {
+    module = await import("./remote.js");
+  } catch (e) {
+    throw new Error(`js/remote.js could not be loaded (${e.message}); export the page again`);
+  }
+  remote = module.serverAddress(options.server);
+  document.querySelector("#error .hint").textContent = `Reload the page to try again once the server is running, or open the page without ?server= ` +
+    "to play the model in this browser.";
+  return new module.RemoteWorld(remote, options.token);
+}
+
+async function start() {
   let options;
   try {
     options = readOptions(location.search);
-    if (typeof WebAssembly !== "object" || typeof WebAssembly.instantiate !== "function") {
+    if (options.server !== null) worker = await startRemote(options);
+    else if (typeof WebAssembly !== "object" || typeof WebAssembly.instantiate !== "function") {
       throw new Error("this browser has no WebAssembly (or it is turned off), so the model cannot run here");
     }
-    try {
-      worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
-    } catch (e) {
-      throw new Error(`this browser cannot start a module worker (${e.message}); use a current Chrome, Edge, Firefox or Safari`);
+    else {
+      try {
+        worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+      } catch (e) {
+        throw new Error(`this browser cannot start a module worker (${e.message}); use a current Chrome, Edge, Firefox or Safari`);
+      }
     }
   } catch (e) {
     fail(e);
@@ -137,7 +164,7 @@ function start() {
   };
   worker.onmessageerror = () => fail(new Error("a message from the model worker could not be read"));
   isolated = options.isolated;
-  status("starting the model worker");
+  status(remote ? `connecting to ${remote}` : "starting the model worker");
   worker.postMessage({ type: "init", threads: options.threads, fps: options.fps, start: options.start,
                        seed: options.seed, steps: options.steps, guidance: options.guidance });
   knobs.start = options.start;
@@ -161,6 +188,7 @@ function receive(msg) {
     case "frame": onFrame(msg); break;
     case "state": onState(msg); break;
     case "rollout": onRollout(msg); break;
+    case "failed": onFailed(msg); break;
     default: throw new Error(`unknown message from the model worker: ${JSON.stringify(msg.type)}`);
   }
 }
@@ -182,12 +210,19 @@ function answer(id, value) {
   if (reply) { replies.delete(id); reply.resolve(value); }
 }
 
+/** A request that the server refused (server mode): its promise rejects, the page says why. */
+function onFailed(msg) {
+  say(msg.message);
+  const reply = replies.get(msg.id);
+  if (reply) { replies.delete(msg.id); reply.reject(new Error(msg.message)); }
+}
+
 function onReady(msg) {
   model = msg.model;
   keys = keyMap(model);
   knobs.steps = msg.steps;
   knobs.guidance = msg.guidance;
-  backend = msg.backend + (isolated ? "" : " (not cross-origin isolated: 1 thread)");
+  backend = msg.backend + (isolated || remote ? "" : " (not cross-origin isolated: 1 thread)");
   const [height, width] = model.frame;
   ui.canvas.width = width;
   ui.canvas.height = height;
@@ -213,6 +248,7 @@ function onState(msg) {
 function onFrame(msg) {
   const frame = { rgb: new Uint8Array(msg.rgb), stepped: msg.stepped, stepMs: msg.step_ms, index: msg.index,
                   waiters: msg.id ? [msg.id] : [] };
+  if (remote) stats.rtt = { p50: msg.rtt_p50_ms, p99: msg.rtt_p99_ms };
   if (pending) {                           // never drawn: the newer frame replaces it
     frame.waiters.unshift(...pending.waiters);
     send({ type: "shown" });
@@ -278,9 +314,13 @@ function hud(force) {
   hudDrawnAt = now;
   const s = summary();
   const lines = [`${s.fps.toFixed(1)} frames/s   frame ${onScreen ? onScreen.index : 0}`,
-    `frame time p50 ${s.p50_ms.toFixed(1)} ms  p99 ${s.p99_ms.toFixed(1)} ms`,
+    `${remote ? "server tick" : "frame time"} p50 ${s.p50_ms.toFixed(1)} ms  p99 ${s.p99_ms.toFixed(1)} ms`,
     `steps ${knobs.steps}   guidance ${Number(knobs.guidance).toFixed(2)}   start ${knobs.start}  seed ${knobs.seed}`,
     backend];
+  if (remote) {
+    lines.splice(2, 0, `round trip p50 ${(s.rtt_p50_ms ?? 0).toFixed(1)} ms  p99 ${(s.rtt_p99_ms ?? 0).toFixed(1)} ms`);
+    lines.splice(4, 0, "the server's steps and guidance; 1-4 [ ] . are local only");
+  }
   if (knobs.paused) lines.push("PAUSED");
   pauseButton.textContent = knobs.paused ? "resume" : "pause";
   ui.hudLines.replaceChildren(...lines.map((text) => {
@@ -318,12 +358,13 @@ function fail(error) {
 
 // ---- the controls overlay and the model card -------------------------------------------------------------------------
 function buildHelp() {
-  const choices = model.step_choices.join(", ");
+  const choices = remote ? "local play only" : model.step_choices.join(", ");
   ui.controls.replaceChildren(...CONTROLS.map(([key, what]) => {
     const row = document.createElement("tr");
     const k = document.createElement("th"), w = document.createElement("td");
     k.textContent = key;
-    w.textContent = key === "1-4" ? `${what} (${choices})` : what;
+    w.textContent = key === "1-4" ? `${what} (${choices})` : remote && ["[ ]", "."].includes(key) ? `${what} (local play only)`
+      : remote && key === "Enter" ? "reset the world (new noise seed)" : what;
     row.append(k, w);
     return row;
   }));
@@ -349,7 +390,8 @@ function buildCard() {
   for (const [k, v] of Object.entries(card.metrics || {})) rows.push([k, v]);
   for (const [k, v] of Object.entries(card)) if (!["name", "game", "metrics"].includes(k)) rows.push([k, v]);
   rows.push(["frame", `${model.frame[1]}x${model.frame[0]} at ${model.fps} frames/s`],
-            ["sampling steps", model.step_choices.join(", ")]);
+            ["sampling steps", remote ? `${model.defaults?.steps ?? "?"} (the server's)` : model.step_choices.join(", ")]);
+  if (remote) rows.push(["server", remote]);
   ui.card.replaceChildren(...rows.filter(([, v]) => v !== undefined && v !== null).map(([k, v]) => {
     const row = document.createElement("tr");
     const key = document.createElement("th"), value = document.createElement("td");
@@ -427,7 +469,9 @@ function control(code) {
   else if (!model || errorText !== null) return false;    // the world's controls wait for the world
   else if (code === "Enter" || code === "NumpadEnter") reset().catch(() => {});   // errors show in the page
   else if (code === "KeyP") pause(!knobs.paused).catch(() => {});
-  else if (code === "Period") { if (knobs.paused) { gap(); send({ type: "single" }); } }
+  else if (remote && (code === "Period" || code in STEPS_CODES || code === "BracketLeft" || code === "BracketRight")) {
+    say(`${code === "Period" ? "one step" : code in STEPS_CODES ? "sampling steps" : "guidance"}: local play only (the server's here)`);
+  } else if (code === "Period") { if (knobs.paused) { gap(); send({ type: "single" }); } }
   else if (code in STEPS_CODES) setSteps(STEPS_CODES[code]).catch(() => {});
   else if (code === "BracketLeft" || code === "BracketRight") {
     const current = Number.isFinite(knobs.guidance) ? knobs.guidance : 1.0;
@@ -577,7 +621,11 @@ window.reverie = {
     if (down) held.script.add(button); else held.script.delete(button);
     updateAction();
   },
-  async rollout(options) { await whenLoaded(); return request(rolloutRequest(options)); },
+  async rollout(options) {
+    await whenLoaded();
+    if (remote) throw new Error(`rollout: local play only; this page plays a world on the server ${remote} (open it without ?server= for rollout())`);
+    return request(rolloutRequest(options));
+  },
 };
 
 // ---- wiring ------------------------------------------------------------------------------------------------------------
