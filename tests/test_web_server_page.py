@@ -201,7 +201,7 @@ def test_the_page_plays_a_world_on_the_server(page, url, server):  # noqa: F811
     assert stats["fps"] > 0 and stats["backend"] == f"server {server}/"
     assert 0 < stats["rtt_p50_ms"] <= stats["rtt_p99_ms"] < 5000, stats
     hud = page.inner_text("#hud")
-    assert "round trip p50" in hud and f"server {server}" in hud and "local only" in hud, hud
+    assert "round trip p50" in hud and f"server {server}" in hud and "local play only" in hud, hud
     page.keyboard.press("Digit2")                     # a local-only knob: the page says so
     assert "local play only" in page.inner_text("#toast")
     with pytest.raises(Exception, match="rollout: local play only"):
@@ -238,6 +238,8 @@ def test_a_held_arrow_moves_the_avatar_and_enter_resets(page, url, server, site)
     count = page.evaluate("window.reverie.stats().frames")
     time.sleep(0.5)
     assert page.evaluate("window.reverie.stats().frames") == count
+    with pytest.raises(Exception, match="resume"):    # the server resets only a world in its batch
+        page.evaluate("window.reverie.reset()")
     page.keyboard.press("KeyP")
     frames_later(page, 5)
     assert not page.errors, page.errors
@@ -261,10 +263,12 @@ def test_no_server_there_shows_the_error(page, url):  # noqa: F811
     assert f"cannot connect to the world server {address}" in message, message
 
 
-def test_a_bad_server_address_shows_the_error(page, url):  # noqa: F811
-    page.goto(url + "?server=http://127.0.0.1:8765")
+@pytest.mark.parametrize("query, words", [("?server=http://127.0.0.1:8765", "expected ws:// or wss://"),
+                                          ("?server=ws://127.0.0.1:8765&steps=2", "the server's settings")])
+def test_a_bad_server_address_shows_the_error(page, url, query, words):  # noqa: F811
+    page.goto(url + query)
     page.wait_for_function("window.reverie !== undefined && window.reverie.error() !== null")
-    assert "expected ws:// or wss://" in page.evaluate("window.reverie.error()")
+    assert words in page.evaluate("window.reverie.error()")
 
 
 def test_a_refused_token_and_a_dropped_connection_show_the_error(page, url, tmp_path):  # noqa: F811

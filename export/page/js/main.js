@@ -319,7 +319,7 @@ function hud(force) {
     backend];
   if (remote) {
     lines.splice(2, 0, `round trip p50 ${(s.rtt_p50_ms ?? 0).toFixed(1)} ms  p99 ${(s.rtt_p99_ms ?? 0).toFixed(1)} ms`);
-    lines.splice(4, 0, "the server's steps and guidance; 1-4 [ ] . are local only");
+    lines.splice(4, 0, "1-4 [ ] .: local play only");
   }
   if (knobs.paused) lines.push("PAUSED");
   pauseButton.textContent = knobs.paused ? "resume" : "pause";

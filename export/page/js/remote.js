@@ -89,7 +89,7 @@ export class RemoteWorld {
       }
       case "reset": {
         if (this.paused) {                                     // the server resets only a world in its batch
-          this.post({ type: "failed", id: msg.id, message: "reset: a paused server world cannot be reset; resume (P) first" });
+          this.post({ type: "failed", id: msg.id, message: "resume (P) before a reset: a paused server world cannot reset" });
           break;
         }
         const seed = msg.seed ?? this.seed + 1;               // Enter: a new noise seed (the start is the server's)
