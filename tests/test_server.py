@@ -198,7 +198,10 @@ def test_caps_and_a_client_killed_mid_frame_frees_its_worlds(server):
     reply = Client(url).request({"t": "create"})
     assert reply["t"] == "error" and "taken" in reply["message"]
     a.frame(0, 2)
-    a.ws.socket.close()          # no close handshake: the process died while frames were on their way
+    # the process dies halfway through sending a message (a masked binary frame announcing 256 bytes, 10 sent) while
+    # frames are on their way to it: no close handshake
+    a.ws.socket.sendall(b"\x82\xfe\x01\x00" + b"mask" + b"x" * 10)
+    a.ws.socket.close()
     deadline = time.monotonic() + RECV_S
     while srv.worlds > MAX_WORLDS - P.MAX_WORLDS_PER_CLIENT and time.monotonic() < deadline:
         b.recv()
