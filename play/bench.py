@@ -227,7 +227,8 @@ def serve_main(args: argparse.Namespace) -> int:
     per = result["per_client"]
     print(f"{result['world_frames_per_s']:.1f} world-frames/s from {result['clients']} clients over "
           f"{result['seconds']:g} s; per client {min(c['fps'] for c in per):.1f}-{max(c['fps'] for c in per):.1f} "
-          f"frames/s, round trip p50 {result['round_trip_p50_ms']:.1f} ms p99 {result['round_trip_p99_ms']:.1f} ms "
+          f"frames/s, round trip p50 {result['round_trip_p50_ms']:.1f} ms p99 {result['round_trip_p99_ms']:.1f} ms, "
+          f"server step p50 {result['server_tick_ms_p50']:.1f} ms "
           f"({result['server']}, {result['welcome']['model'].get('name', '?')}, server fps "
           f"{result['welcome']['fps'] or 'max'})")
     if args.json is not None:
@@ -255,12 +256,13 @@ async def bench_serve(url: str, token: str | None, clients: int, seconds: float,
         tasks = [asyncio.create_task(drive(c, w, actions, fps, stop, 97 * i)) for i, (c, w) in
                  enumerate(zip(conns, worlds))]
         await asyncio.sleep(SERVE_WARMUP_S)
-        start = [(c.frames_received(w), c.take_round_trips()) for c, w in zip(conns, worlds)]
+        start = [(c.frames_received(w), c.take_round_trips(), c.take_tick_ms()) for c, w in zip(conns, worlds)]
         t0 = time.perf_counter()
         done, _ = await asyncio.wait(tasks, timeout=seconds, return_when=asyncio.FIRST_EXCEPTION)
         elapsed = time.perf_counter() - t0
-        counts = [c.frames_received(w) - n0 for c, w, (n0, _) in zip(conns, worlds, start)]
+        counts = [c.frames_received(w) - n0 for c, w, (n0, *_) in zip(conns, worlds, start)]
         trips = [c.take_round_trips() for c in conns]
+        ticks = [ms for c in conns for ms in c.take_tick_ms() if ms > 0]    # 0: a start frame, made outside a tick
         stop.set()
         for task in done:
             task.result()                               # a client that failed: its ClientError, one line
@@ -280,6 +282,7 @@ async def bench_serve(url: str, token: str | None, clients: int, seconds: float,
         "fps_per_client_min": min(c["fps"] for c in per_client),
         "fps_per_client_median": float(np.median([c["fps"] for c in per_client])),
         "round_trip_p50_ms": _percentile(every, 50), "round_trip_p99_ms": _percentile(every, 99),
+        "server_tick_ms_p50": _percentile(ticks, 50), "server_tick_ms_p99": _percentile(ticks, 99),
         "per_client": per_client,
         "welcome": {"model": welcome.model, "fps": welcome.fps, "max_worlds": welcome.max_worlds},
         "machine": {**machine(torch.device("cpu"), torch.get_num_threads()), "load_average_before": load_before},

@@ -197,6 +197,7 @@ class Client:
         self._answers: dict[int, asyncio.Future] = {}
         self._worlds: dict[int, _World] = {}
         self._round_trips: deque[float] = deque(maxlen=ROUND_TRIPS_KEPT)
+        self._tick_ms: deque[float] = deque(maxlen=ROUND_TRIPS_KEPT)      # the server's step time of each frame
         self.errors: list[str] = []           # the server's errors that answered no request
         self.closed: ClientError | None = None
         self._reader = asyncio.get_running_loop().create_task(self._read())
@@ -322,6 +323,12 @@ class Client:
         self._round_trips.clear()
         return out
 
+    def take_tick_ms(self) -> list[float]:
+        """The server's step times (ms) of the frames received since the last call."""
+        out = list(self._tick_ms)
+        self._tick_ms.clear()
+        return out
+
     async def close(self) -> None:
         """Close the connection (the server frees its worlds)."""
         self._reader.cancel()
@@ -413,6 +420,7 @@ class Client:
                                  data=field_of(message, "data", bytes, self.url),
                                  tick_ms=float(field_of(message, "tick_ms", (int, float), self.url)),
                                  received_at=now, count=state.count, shape=self.welcome.frame_shape)
+            self._tick_ms.append(state.latest.tick_ms)
             while state.pending and state.pending[0][0] <= ack:
                 self._round_trips.append((now - state.pending.popleft()[1]) * 1e3)
             state.arrived.set()

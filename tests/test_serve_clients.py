@@ -204,6 +204,7 @@ def test_bench_serve_writes_per_client_and_total_numbers(servers, tmp_path):
     d = json.loads(out.read_text())
     assert d["clients"] == 2 and d["server"] == f"ws://127.0.0.1:{servers[0]}/" and d["seconds"] >= 1.9
     assert d["world_frames_per_s"] > 0 and d["frames"] > 0
+    assert 0 < d["server_tick_ms_p50"] <= d["server_tick_ms_p99"]
     assert d["welcome"]["model"]["name"] and d["welcome"]["fps"] == 0
     assert d["machine"]["cpu"] and d["machine"]["cpu_count"] >= 1 and d["date"].startswith("20")
     assert len(d["per_client"]) == 2
