@@ -29,7 +29,8 @@ DEFAULT_FORMAT = "raw"
 DEFAULT_QUALITY = 90           # JPEG quality when hello names none
 
 # limits on what a client sends (docs/SERVE.md, "Limits")
-MAX_MESSAGE = 64 * 1024        # bytes of one message: the WebSocket max_size, and checked again here
+MAX_MESSAGE = 64 * 1024        # bytes of one message: the WebSocket max_size, and checked again here; a server raises
+                               # it to hold one save-game of its model (a `load`), and says so in `welcome`
 MAX_STR = 256                  # characters of a string (tokens, formats, field names)
 MAX_BIN = 64 * 1024            # bytes of a bin (a save-game to load)
 MAX_ARRAY = 64                 # items of a list (an action)
@@ -88,7 +89,7 @@ REQUESTS: dict[str, dict[str, Field]] = {
 # server -> client
 REPLIES: dict[str, dict[str, Field]] = {
     "welcome": {"v": Field("int"), "model": Field("map"), "max_worlds": Field("int"),
-                "fps": Field("number", lo=0, hi=1e6)},
+                "fps": Field("number", lo=0, hi=1e6), "max_message": _opt("int", MAX_MESSAGE, MAX_REPLY)},
     "created": {"id": ID, "world": WORLD},
     "frame": {"world": WORLD, "n": Field("int"), "ack": Field("int", lo=-1), "format": Field("str"),
               "data": Field("bin"), "tick_ms": Field("number", lo=0, hi=1e9)},
@@ -111,16 +112,17 @@ def encode(msg: Mapping[str, Any]) -> bytes:
 
 
 # ---- decoding ---------------------------------------------------------------------------------------------------
-def decode_request(data: Any, action_dim: int | None = None) -> dict[str, Any]:
-    """A client's message, checked against its type's fields (an action against `action_dim` values when given).
+def decode_request(data: Any, action_dim: int | None = None, max_message: int = MAX_MESSAGE) -> dict[str, Any]:
+    """A client's message, checked against its type's fields (an action against `action_dim` values when given);
+    `max_message` bytes at most, a bin (a save-game to load) as large.
 
     Raises ProtocolError, and nothing else, for any input: its `field` names what was wrong and its `id` is the
     request's own id where the message got far enough to carry a valid one."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ProtocolError("message: binary messages only (one msgpack map each), got a text message", "message")
-    if len(data) > MAX_MESSAGE:
-        raise ProtocolError(f"message: {len(data)} bytes, over the {MAX_MESSAGE}-byte limit", "message")
-    msg = _unpack(bytes(data), MAX_STR, MAX_BIN, MAX_ARRAY, MAX_MAP)
+    if len(data) > max_message:
+        raise ProtocolError(f"message: {len(data)} bytes, over the {max_message}-byte limit", "message")
+    msg = _unpack(bytes(data), MAX_STR, max(MAX_BIN, max_message), MAX_ARRAY, MAX_MAP)
     msg = _top_map(msg)
     t = msg.get("t")
     rid = msg.get("id")

@@ -132,6 +132,18 @@ def encode_image(frame: np.ndarray, fmt: str, quality: int) -> bytes:
     return buf.getvalue()
 
 
+def max_message(session: Any) -> int:
+    """The largest message a client of `session`'s model may send: 64 KiB, or one world's save-game (a `load`) with room
+    for its header, which is mostly the world's keys and values (2.4 MB for the default model)."""
+    c = getattr(session, "cfg", None)
+    if c is None:
+        return P.MAX_MESSAGE
+    h, w, _ = session.frame_shape
+    kv = 2 * 4 * c.backbone_layers * c.heads * c.context_frames * c.tokens_per_frame * c.head_dim
+    rest = 4 * (c.tokens_per_frame * c.d_model + c.latent_channels * c.latent_height * c.latent_width) + h * w * 3
+    return max(P.MAX_MESSAGE, kv + rest + 64 * 1024)
+
+
 class Server:
     """The worlds of every connection over one session of batch `cfg.max_worlds`; see the module docstring."""
 
@@ -147,6 +159,9 @@ class Server:
         self.moves = 0                                   # worlds moved between sessions, all told
         self._roomy_ticks = 0                            # ticks in a row that a smaller session would have held
         self.action_dim = int(model["action_dim"])
+        self.max_message = max_message(self.session)
+        # frames the library buffers per connection: about 2 MB at most, whatever one message may weigh
+        self.max_queue = max(2, P.INCOMING_QUEUE * P.MAX_MESSAGE // self.max_message)
         self.starts = int(model.get("starts", 1))
         self.slots: list[World | None] = [None] * self.batch
         self.clients: set[Client] = set()
@@ -170,8 +185,8 @@ class Server:
         """Serve until `stop` is set; `ready(url)` once listening. Leaves the session open (the caller's)."""
         self._lock, self._live = asyncio.Lock(), asyncio.Event()
         try:
-            server = await serve(self._connection, self.cfg.host, self.cfg.port, max_size=P.MAX_MESSAGE,
-                                 max_queue=P.INCOMING_QUEUE, compression=None, open_timeout=HELLO_TIMEOUT_S)
+            server = await serve(self._connection, self.cfg.host, self.cfg.port, max_size=self.max_message,
+                                 max_queue=self.max_queue, compression=None, open_timeout=HELLO_TIMEOUT_S)
         except OSError as e:
             raise ServeError(f"cannot listen on {self.cfg.host}:{self.cfg.port}: {e.strerror or e}; pass another "
                              "--port, or --port 0 for a free one") from None
@@ -326,7 +341,7 @@ class Server:
             return
         async for raw in ws:
             try:
-                await self._handle(client, P.decode_request(raw, self.action_dim))
+                await self._handle(client, P.decode_request(raw, self.action_dim, self.max_message))
             except (P.ProtocolError, ReverieError) as e:
                 if await self._error(client, getattr(e, "id", None), str(e)):
                     return
@@ -337,7 +352,7 @@ class Server:
 
     async def _hello(self, client: Client, raw: Any) -> bool:
         try:
-            msg = P.decode_request(raw, self.action_dim)
+            msg = P.decode_request(raw, self.action_dim, self.max_message)
         except P.ProtocolError as e:
             await self._refuse(client, e.id, str(e))
             return False
@@ -351,7 +366,8 @@ class Server:
                 return False
         client.format, client.quality, client.welcomed = msg["format"], msg["quality"], True
         await self._reply(client, {"t": "welcome", "v": P.VERSION, "model": self.model,
-                                   "max_worlds": self.cfg.per_client, "fps": float(self.cfg.fps)})
+                                   "max_worlds": self.cfg.per_client, "fps": float(self.cfg.fps),
+                                   "max_message": self.max_message})
         return True
 
     async def _error(self, client: Client, rid: int | None, message: str) -> bool:

@@ -287,7 +287,7 @@ def test_every_malformed_message_gets_an_error_while_others_are_served(server):
         errors = _attack(url, part[:-1], texts=1) if i == 0 else _attack(url, part)
         assert all(e["message"] and "\n" not in e["message"] for e in errors)
     assert _attack(url, [P.encode({"t": "reset", "world": 5, "id": 77})])[0]["id"] == 77
-    # the tenth error closes the connection (1008); a message over 64 KiB closes it (1009)
+    # the tenth error closes the connection (1008); a message over the server's limit (one save-game) closes it (1009)
     c = Client(url)
     for _ in range(P.MAX_ERRORS):
         c.ws.send(b"\xc1")
@@ -296,7 +296,7 @@ def test_every_malformed_message_gets_an_error_while_others_are_served(server):
             c.recv()
     assert closed.value.rcvd.code == P.CLOSE_POLICY
     c = Client(url)
-    c.ws.send(msgpack.packb({"t": "load", "world": 0, "id": 1, "data": b"x" * P.MAX_MESSAGE}))
+    c.ws.send(msgpack.packb({"t": "load", "world": 0, "id": 1, "data": b"x" * srv.max_message}))
     with pytest.raises(ConnectionClosed) as closed:
         while True:
             c.recv()
@@ -384,3 +384,24 @@ def test_refuses_a_host_beyond_loopback_without_a_token(capsys):
     assert serve_main(["--host", "0.0.0.0", "--port", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--token" in err and "Traceback" not in err
+
+
+def test_the_message_limit_holds_one_save_game_of_the_served_model():
+    """A `load` carries a whole world (2.4 MB for the default model): the server's message limit is one save-game of its
+    model, said in `welcome`, while every other field keeps the protocol's small limits."""
+    from engine.runtime import DEFAULT_MODEL
+    from engine.session import Session
+    from play import protocol as P
+    from play.server import max_message
+
+    s = Session(DEFAULT_MODEL, backend="torch", batch=1, threads=1)
+    s.reset_world(0, seed=1)
+    save = s.world_bytes(0)
+    limit = max_message(s)
+    assert len(save) < limit < len(save) + 128 * 1024
+    load = msgpack.packb({"t": "load", "world": 0, "id": 1, "data": save})
+    assert P.decode_request(load, 4, limit)["data"] == save
+    with pytest.raises(P.ProtocolError, match="over the 65536-byte limit"):
+        P.decode_request(load, 4)
+    with pytest.raises(P.ProtocolError):   # a big message of another type is still refused by its fields
+        P.decode_request(msgpack.packb({"t": "step", "world": 0, "seq": 1, "action": save}), 4, limit)
