@@ -42,6 +42,7 @@ from websockets.exceptions import ConnectionClosed
 
 from engine.errors import ReverieError
 from play import protocol as P
+from play.page_http import page_response
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -186,7 +187,8 @@ class Server:
         self._lock, self._live = asyncio.Lock(), asyncio.Event()
         try:
             server = await serve(self._connection, self.cfg.host, self.cfg.port, max_size=self.max_message,
-                                 max_queue=self.max_queue, compression=None, open_timeout=HELLO_TIMEOUT_S)
+                                 max_queue=self.max_queue, compression=None, open_timeout=HELLO_TIMEOUT_S,
+                                 process_request=page_response)   # http://HOST:PORT/: the web page, playing here
         except OSError as e:
             raise ServeError(f"cannot listen on {self.cfg.host}:{self.cfg.port}: {e.strerror or e}; pass another "
                              "--port, or --port 0 for a free one") from None

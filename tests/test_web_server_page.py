@@ -283,3 +283,26 @@ def test_a_refused_token_and_a_dropped_connection_show_the_error(page, url, tmp_
         proc.wait(10)
         message = failed(page)
         assert f"the connection to the world server {address}/ was lost" in message, message
+
+
+def test_the_server_hands_out_the_page_that_plays_on_it(page, server):  # noqa: F811
+    """http://HOST:PORT/ of `reverie serve` is the web page, sent to play a world of that server; the server answers
+    plain requests with the page's files only."""
+    import urllib.error
+    import urllib.request
+
+    http = server.replace("ws://", "http://")
+    with urllib.request.urlopen(http + "/js/main.js", timeout=10) as r:
+        assert r.headers["Content-Type"] == "text/javascript"
+        assert r.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+    for bad in ("/../pyproject.toml", "/%2e%2e/README.md", "/model/model.json", "/nothing.html"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(http + bad, timeout=10)
+        assert err.value.code == 404, bad
+    page.goto(http + "/")
+    page.wait_for_function("window.reverie !== undefined")
+    page.evaluate("window.reverie.ready")
+    assert f"server={server}/" in page.url
+    page.wait_for_function("window.reverie.stats().frames >= 10")
+    assert page.evaluate("window.reverie.stats().backend") == f"server {server}/"
+    assert not page.errors, page.errors
