@@ -130,6 +130,7 @@ class Welcome:
     fps: float
     frame_shape: tuple[int, int, int]
     action_dim: int
+    max_message: int = MAX_MESSAGE       # bytes a message to the server may have (a load carries a save-game)
 
     @classmethod
     def parse(cls, message: dict[str, Any], url: str) -> Welcome:
@@ -147,7 +148,7 @@ class Welcome:
             raise ClientError(f"{url} names {spec.size} controls but an action_dim of {action_dim}")
         return cls(model=model, max_worlds=field_of(message, "max_worlds", int, url),
                    fps=float(field_of(message, "fps", (int, float), url)), frame_shape=tuple(shape),
-                   action_dim=action_dim)
+                   action_dim=action_dim, max_message=int(message.get("max_message", MAX_MESSAGE)))
 
 
 @dataclass
@@ -285,9 +286,9 @@ class Client:
 
     async def load(self, world: int, data: bytes) -> None:
         """Put a save-game into the world (its next frame continues the saved world)."""
-        if len(data) + 256 > MAX_MESSAGE:
+        if len(data) + 256 > self.welcome.max_message:
             raise ClientError(f"a save-game of {len(data)} bytes is more than a message to {self.url} may carry "
-                              f"({MAX_MESSAGE} bytes)")
+                              f"({self.welcome.max_message} bytes): is it a save-game of this server's model?")
         await self._request("load", "ok", world=world, data=bytes(data))
         self._world(world).latest = None
 
