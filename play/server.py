@@ -56,6 +56,11 @@ CLOSE_TRY_LATER = 1013
 PNG_COMPRESSION = 1         # zlib level: fast, frames are small
 SEED_RANGE = 2 ** 31        # a world created without a seed gets one drawn from [0, SEED_RANGE)
 SHRINK_TICKS = 30           # ticks in a row a smaller session would have held the live worlds before they move to it
+# at --fps max, a tick first waits for the next step of each world whose client answered the last frame (so that step
+# is applied now, not a tick later: the round trip is one tick, not two), for at most this share of the last tick's
+# time and INPUT_WAIT_MAX_S; a client that stops answering is waited for no more
+INPUT_WAIT = 0.5
+INPUT_WAIT_MAX_S = 0.02
 
 
 class ServeError(ReverieError, OSError):
@@ -84,6 +89,9 @@ class World:
     slot: int | None = None
     parked: bytes | None = None
     seq: int = -1                # the newest step's seq received
+    answers: bool = False        # its client sent a step between the last two ticks: the next tick waits for it
+    step_at: float = 0.0         # loop time of its newest step
+    frame_at: float = 0.0        # loop time its newest frame went to the outbox: a later step answers that frame
     ack: int = -1                # the seq of the newest step applied
     n: int = 0                   # frames since its reset
     gen: int = 0                 # bumped by reset, load, pause and close: frames of an older gen are dropped
@@ -174,6 +182,8 @@ class Server:
         self._seeds = random.Random()
         self._lock: asyncio.Lock | None = None
         self._live: asyncio.Event | None = None
+        self._input: asyncio.Event | None = None   # set by every step message (the tick's wait for answers)
+        self._tick_s = 0.0                         # the last tick's step time
 
     def _init_thread(self) -> None:
         if self.cfg.threads:
@@ -184,7 +194,7 @@ class Server:
     # ---- running ---------------------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event, ready: Callable[[str], None] | None = None) -> None:
         """Serve until `stop` is set; `ready(url)` once listening. Leaves the session open (the caller's)."""
-        self._lock, self._live = asyncio.Lock(), asyncio.Event()
+        self._lock, self._live, self._input = asyncio.Lock(), asyncio.Event(), asyncio.Event()
         try:
             server = await serve(self._connection, self.cfg.host, self.cfg.port, max_size=self.max_message,
                                  max_queue=self.max_queue, compression=None, open_timeout=HELLO_TIMEOUT_S,
@@ -232,6 +242,11 @@ class Server:
                     await asyncio.sleep(next_due - now)
                 now = loop.time()
                 next_due = (next_due if next_due and now - next_due < period else now) + period
+            else:   # the last tick's frames out first: the steps that answer them are what the next tick waits for
+                if delivering is not None:
+                    await delivering
+                    delivering = None
+                await self._await_answers(loop.time() + min(INPUT_WAIT * self._tick_s, INPUT_WAIT_MAX_S))
             async with self._lock:
                 active = [w for w in self.slots if w is not None]
                 if not active:
@@ -242,16 +257,32 @@ class Server:
                 snapshot = []
                 for w in active:
                     actions[w.slot] = w.action
+                    w.answers = w.seq > w.ack
                     w.ack, w.n = w.seq, w.n + 1
                     snapshot.append((w, w.slot, w.gen, w.n, w.ack))
                 t0 = time.perf_counter()
                 frames = await self._call(self._step, self.session, actions)
-                tick_ms = (time.perf_counter() - t0) * 1e3
+                self._tick_s = time.perf_counter() - t0
+                tick_ms = self._tick_s * 1e3
                 self.ticks += 1
             if delivering is not None:
                 await delivering      # one tick's frames in encoding at a time
             delivering = asyncio.create_task(self._deliver(snapshot, frames, tick_ms))
             await asyncio.sleep(0)    # let readers and writers run between ticks at --fps max
+
+    async def _await_answers(self, deadline: float) -> None:
+        """Until `deadline` (loop time), wait for a step answering the newest frame of every live world whose client
+        answers each frame."""
+        loop = asyncio.get_running_loop()
+        while any(w is not None and w.answers and w.step_at <= w.frame_at for w in self.slots):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._input.clear()
+            try:
+                await asyncio.wait_for(self._input.wait(), remaining)
+            except asyncio.TimeoutError:   # noqa: UP041 (TimeoutError is asyncio's only from Python 3.11)
+                return
 
     @staticmethod
     def _step(session: Any, actions: np.ndarray) -> np.ndarray:
@@ -305,6 +336,7 @@ class Server:
             if w.gen == gen and client.worlds.get(w.handle) is w:
                 client.push_frame(w.handle, P.encode({"t": "frame", "world": w.handle, "n": n, "ack": ack,
                                                       "format": client.format, "data": image, "tick_ms": tick_ms}))
+                w.frame_at = asyncio.get_running_loop().time()
 
     async def _send_frame(self, client: Client, w: World, frame: np.ndarray) -> None:
         """A world's start frame (n 0), outside the ticks: after create and reset."""
@@ -441,7 +473,8 @@ class Server:
             if msg["seq"] <= w.seq:
                 raise P.ProtocolError(f"step.seq: {msg['seq']} is not above the last one ({w.seq})", "seq")
             w.action = np.asarray(msg["action"], np.float32)
-            w.seq = msg["seq"]
+            w.seq, w.step_at = msg["seq"], asyncio.get_running_loop().time()
+            self._input.set()
             return
         async with self._lock:
             if t == "save":
