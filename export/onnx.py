@@ -121,15 +121,20 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, batch
             "max_abs_error": errors,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=list))
-        if out.exists():   # moved aside first, so `out` is never a half-deleted folder
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / out.name)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, out)
+        move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the whole folder `tmp` to `out`, an older `out` moved aside first, so `out` is never half-deleted."""
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.replace(out, old / out.name)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(tmp, out)
 
 
 def _check(module: nn.Module, inputs: dict[str, torch.Tensor], path: Path) -> float | None:

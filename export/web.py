@@ -57,6 +57,7 @@ def export_web(checkpoint: str | os.PathLike | None, out_dir: str | os.PathLike,
     """Write the web page of `checkpoint` (None: the shipped default model) into out_dir, replaced atomically."""
     from engine.checkpoint import CheckpointError, load_checkpoint
     from engine.runtime import DEFAULT_MODEL
+    from export.onnx import move_into_place
 
     path = Path(checkpoint) if checkpoint is not None else Path(DEFAULT_MODEL)
     ckpt = load_checkpoint(path)   # CheckpointError names the file and what is wrong
@@ -78,11 +79,7 @@ def export_web(checkpoint: str | os.PathLike | None, out_dir: str | os.PathLike,
     try:
         shutil.copytree(PAGE, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("refresh.sh", "*.md", ".*"))
         _write_model(ckpt, tmp / "model", fps, name or _model_name(ckpt.path))
-        if out.exists():   # moved aside first, so `out` is never a half-deleted folder
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / out.name)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, out)
+        move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -20,13 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from browser import browser, page  # noqa: F401  (fixtures)
+from test_web_page import site, url  # noqa: F401  (fixtures: the default model's page, served on loopback)
 
 msgpack = pytest.importorskip("msgpack", reason="msgpack is not installed")
 pytest.importorskip("websockets", reason="websockets is not installed (pip install -e '.[play]')")
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[export]')")
 
-from export.serve import serve_folder  # noqa: E402
-from export.web import export_web  # noqa: E402
 from train.evaluation.control import displacement  # noqa: E402
 from train.games.probes import probes_for  # noqa: E402
 
@@ -86,17 +85,6 @@ def reverie_serve(tmp_path: Path, token: str | None = None):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    return export_web(None, tmp_path_factory.mktemp("web") / "site")
-
-
-@pytest.fixture(scope="module")
-def url(site):
-    with serve_folder(site) as address:
-        yield address
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_model import FRAME, SPEC, W, tiny_checkpoint, tiny_models
+from test_session import random_actions, real_frames, rollout
+from tiny_model import SPEC, W, tiny_checkpoint, tiny_models
 
 from engine.actions import ActionSpec
 from engine.inputs import SessionError
@@ -23,24 +24,6 @@ LATENT_ATOL = {"torch": 1e-5, "onnxruntime": 1e-4}   # fp32: one world in a batc
 PIXEL_SHARE = 0.999   # uint8 frames: at least this share of pixels within one level
 FRAMES = 16
 
-
-def real_frames(T: int, seed: int = 0, batch: int | None = None) -> np.ndarray:
-    shape = (T, *FRAME) if batch is None else (batch, T, *FRAME)
-    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
-
-
-def random_actions(n: int, seed: int = 1, batch: int | None = None) -> np.ndarray:
-    shape = (n, SPEC.size) if batch is None else (n, batch, SPEC.size)
-    return np.random.default_rng(seed).integers(0, 2, shape).astype(np.float32)
-
-
-def rollout(s: Session, actions) -> tuple[np.ndarray, torch.Tensor]:
-    """Frames (n, ...) and latents (n, B, C, h, w) of stepping through `actions`."""
-    frames, latents = [], []
-    for a in actions:
-        frames.append(np.array(s.step(a), copy=True))
-        latents.append(s.latent.detach().clone())
-    return np.stack(frames), torch.stack(latents)
 
 
 def close_frames(a: np.ndarray, b: np.ndarray) -> float:
