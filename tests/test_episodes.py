@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 import tempfile
 import tracemalloc
@@ -19,7 +20,9 @@ from train.data.episodes import (
     FORMAT_VERSION,
     MAGIC,
     PREFIX,
+    TERMINATED,
     TRAILER,
+    TRUNCATED,
     Episode,
     EpisodeError,
     EpisodeWriter,
@@ -348,3 +351,161 @@ def test_error_is_a_value_error_with_path_and_offset(tmp_path):
     assert isinstance(e, EpisodeError) and e.path == str(path) and isinstance(e.offset, int)
     assert "re-record" in str(e)
     assert struct.calcsize("<QI4s") == TRAILER.size
+
+
+# ---- version 3: the reward and end of each step; versions 1 and 2 read with the reward unknown ---------------------
+def write_rewarded(path: Path, frames, actions, rewards, ends, **kw) -> Path:
+    with EpisodeWriter(path, env_id="test:fake", action_spec=SPEC, frame_shape=frames.shape[1:], reward=True,
+                       **kw) as w:
+        w.append(frames[0])
+        for f, a, r, e in zip(frames[1:], actions, rewards, ends):
+            w.append(f, a, reward=r, terminated=bool(e & TERMINATED), truncated=bool(e & TRUNCATED))
+    return path
+
+
+@pytest.mark.parametrize("compression", ["none", "zlib"])
+@pytest.mark.parametrize("last, name", [(TERMINATED, "terminated"), (TRUNCATED, "truncated"),
+                                        (TERMINATED | TRUNCATED, "terminated"), (0, "stopped")])
+def test_round_trip_with_reward_and_end(tmp_path, compression, last, name):
+    frames, actions = make_data(70)
+    rewards = np.random.default_rng(1).normal(size=70).astype(np.float32)
+    ends = np.zeros(70, np.uint8)
+    ends[-1] = last
+    path = write_rewarded(tmp_path / "r.episode", frames, actions, rewards, ends, chunk_frames=16,
+                          compression=compression)
+    with Episode(path) as ep:
+        assert ep.version == FORMAT_VERSION == 3 and ep.has_reward and ep.header["reward"] is True
+        assert np.array_equal(ep.rewards(), rewards) and ep.rewards().dtype == np.float32
+        assert np.array_equal(ep.ends(), ends) and ep.ends().dtype == np.uint8
+        assert ep.end == name and ep.reward_sum == math.fsum(rewards.tolist())
+        for a in (0, 1, 15, 16, 17, 31, 64, 70):             # across chunk boundaries
+            for b in (a, a + 1, a + 17, 71):
+                assert np.array_equal(ep.rewards(a, b), rewards[a:b]) and np.array_equal(ep.ends(a, b), ends[a:b])
+        assert np.array_equal(ep.frames(), frames) and np.array_equal(ep.actions(), actions)
+        ep.verify()
+
+
+def test_reward_with_confidence_and_reset_frame_only(tmp_path):
+    frames, actions = make_data(5)
+    with EpisodeWriter(tmp_path / "c.episode", env_id="test:fake", action_spec=SPEC, frame_shape=(6, 5, 3),
+                       chunk_frames=2, confidence=True, reward=True) as w:
+        w.extend(frames, actions, np.full(5, 0.5, np.float32), np.arange(5, dtype=np.float32), [0, 0, 0, 0, 1])
+    with Episode(tmp_path / "c.episode") as ep:
+        ep.verify()
+        assert np.array_equal(ep.confidence(), np.full(5, 0.5)) and np.array_equal(ep.rewards(), np.arange(5))
+        assert ep.end == "terminated" and ep.reward_sum == 10.0
+    with EpisodeWriter(tmp_path / "one.episode", env_id="test:fake", action_spec=SPEC, frame_shape=(6, 5, 3),
+                       reward=True) as w:
+        w.append(frames[0])
+    with Episode(tmp_path / "one.episode") as ep:
+        assert ep.rewards().shape == (0,) and ep.reward_sum == 0.0 and ep.end == "stopped"
+
+
+def test_a_file_without_rewards_says_the_reward_is_unknown(tmp_path):
+    frames, actions = make_data(9)
+    with Episode(write(tmp_path / "plain.episode", frames, actions)) as ep:
+        assert ep.version == 3 and not ep.has_reward and "reward" not in ep.header
+        assert ep.rewards() is None and ep.ends() is None and ep.reward_sum is None and ep.end is None
+        assert np.array_equal(ep.actions(), actions)
+
+
+def test_writer_refuses_bad_reward_and_steps_after_the_end(tmp_path):
+    frames, actions = make_data(3)
+    with EpisodeWriter(tmp_path / "x.episode", env_id="test:fake", action_spec=SPEC, frame_shape=(6, 5, 3),
+                       reward=True) as w:
+        w.append(frames[0])
+        with pytest.raises(ValueError, match="records every step's reward"):
+            w.append(frames[1], actions[0])
+        for bad in (float("nan"), float("inf")):
+            with pytest.raises(ValueError, match="reward must be a finite number"):
+                w.append(frames[1], actions[0], reward=bad)
+        w.append(frames[1], actions[0], reward=1.0, terminated=True)
+        with pytest.raises(ValueError, match=r"ended at step 0 \(terminated\); nothing may follow"):
+            w.append(frames[2], actions[1], reward=0.0)
+    with EpisodeWriter(tmp_path / "y.episode", env_id="test:fake", action_spec=SPEC, frame_shape=(6, 5, 3)) as w:
+        w.append(frames[0])
+        for kw in ({"reward": 1.0}, {"terminated": True}):
+            with pytest.raises(ValueError, match="without reward=True"):
+                w.append(frames[1], actions[0], **kw)
+        w.append(frames[1], actions[0])
+
+
+def rewarded_chunk(index: int, first: int, count: int, rewards=None, ends=None) -> dict:
+    """A chunk of a hand-built file with rewards: zero frames and actions, these rewards and end flags."""
+    c = chunk(index, first, count)
+    n = count - 1 if first == 0 else count
+    rb = np.asarray(rewards if rewards is not None else np.zeros(n), "<f4").tobytes()
+    eb = np.asarray(ends if ends is not None else np.zeros(n), np.uint8).tobytes()
+    c.update({"reward": rb, "end": eb, "crc": zlib.crc32(eb, zlib.crc32(rb, c["crc"]))})
+    return c
+
+
+def test_hand_built_file_with_rewards_is_valid(tmp_path):
+    path = build(tmp_path / "ok.episode", header(reward=True),
+                 [rewarded_chunk(0, 0, 4, [1, 2, 3]), rewarded_chunk(1, 4, 2, [0.5, 0.5], [0, 2])],
+                 reward_sum=7.0, end=2)
+    with Episode(path) as ep:
+        ep.verify()
+        assert ep.rewards().tolist() == [1, 2, 3, 0.5, 0.5] and ep.end == "truncated"
+
+
+@pytest.mark.parametrize("case, match", [
+    ("nan", "chunk 1 has rewards that are not finite numbers"),
+    ("short", "chunk 1 has 4 reward bytes and 2 end bytes, expected 2 x 4 and 2 x 1"),
+    ("end_early", "chunk 0 says the episode ended before its last step"),
+    ("end_flag", "chunk 1 has end flags above 3"),
+    ("end_disagrees", "chunk 1 ends the episode with flags 1 but the footer says 2"),
+    ("sum", "footer's reward sum 9.0 is not the sum of the steps' rewards"),
+    ("footer_sum_type", "footer's reward sum must be a finite number"),
+    ("footer_lacks_reward", "footer lacks the reward sum and end"),
+    ("footer_has_reward", "footer has a reward sum, but the header says the file has no rewards"),
+    ("header_flag", "header 'reward' must be true or false"),
+])
+def test_a_corrupt_reward_field_is_a_one_line_error_naming_the_file(tmp_path, case, match):
+    h, c0, c1 = header(reward=True), rewarded_chunk(0, 0, 4, [1, 2, 3]), rewarded_chunk(1, 4, 2, [1, 1], [0, 2])
+    over = {"reward_sum": 9.0 if case == "sum" else 8.0, "end": 2}
+    if case == "nan":
+        c1 = rewarded_chunk(1, 4, 2, [1, float("nan")], [0, 2])
+    elif case == "short":
+        c1 = rewarded_chunk(1, 4, 2, [1], [0, 2])
+    elif case == "end_early":
+        c0 = rewarded_chunk(0, 0, 4, [1, 2, 3], [1, 0, 0])
+    elif case == "end_flag":
+        c1 = rewarded_chunk(1, 4, 2, [1, 1], [0, 4])
+    elif case == "end_disagrees":
+        c1 = rewarded_chunk(1, 4, 2, [1, 1], [0, 1])
+    elif case == "footer_sum_type":
+        over["reward_sum"] = "five"
+    elif case == "footer_lacks_reward":
+        over = {}
+    elif case == "footer_has_reward":
+        h, c0, c1 = header(), chunk(0, 0, 4), chunk(1, 4, 2)
+    elif case == "header_flag":
+        h = header(reward=1)
+    path = build(tmp_path / "bad.episode", h, [c0, c1], **over)
+    with pytest.raises(EpisodeError, match=match) as info:
+        open_and_verify(path)
+    message = str(info.value)
+    assert message.startswith(str(path)) and "\n" not in message
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_old_format_files_still_read_with_the_reward_unknown(tmp_path, version):
+    h = header(format=version)
+    hb = msgpack.packb(h, use_bin_type=True)
+    path = build(tmp_path / f"v{version}.episode", h, [chunk(0, 0, 4), chunk(1, 4, 2)])
+    data = bytearray(path.read_bytes())
+    data[:PREFIX.size] = PREFIX.pack(MAGIC, version, len(hb))
+    path.write_bytes(bytes(data))
+    with Episode(path) as ep:
+        ep.verify()
+        assert ep.version == version and len(ep) == 6 and ep.actions().shape == (5, SPEC.size)
+        assert not ep.has_reward and ep.rewards() is None and ep.ends() is None
+        assert ep.reward_sum is None and ep.end is None
+    bad = build(tmp_path / "flag.episode", header(format=version, reward=True), [chunk(0, 0, 4)])
+    data = bytearray(bad.read_bytes())
+    data[:PREFIX.size] = PREFIX.pack(MAGIC, version, len(msgpack.packb(header(format=version, reward=True),
+                                                                           use_bin_type=True)))
+    bad.write_bytes(bytes(data))
+    with pytest.raises(EpisodeError, match=r"header has unknown keys \['reward'\]"):
+        Episode(bad)

@@ -19,7 +19,7 @@ from test_episodes import make_data as episode_data
 from engine.actions import ActionSpec
 from engine.checkpoint import save_checkpoint
 from engine.config import ModelConfig
-from train.data.episodes import MAGIC, PREFIX, TRAILER, Episode, EpisodeError, EpisodeWriter
+from train.data.episodes import FORMAT_VERSION, MAGIC, PREFIX, TRAILER, Episode, EpisodeError, EpisodeWriter
 from train.data.windows import EpisodeSource, pick_windows
 
 GEMS = "builtin:gems"
@@ -89,7 +89,7 @@ def test_round_trip_with_confidence(tmp_path, compression):
     frames, actions, conf = make_data(70)
     path = write(tmp_path / "a.episode", frames, actions, conf, chunk_frames=16, compression=compression)
     with Episode(path) as ep:
-        assert ep.version == 2 and ep.has_confidence and ep.header["confidence"] is True
+        assert ep.version == FORMAT_VERSION and ep.has_confidence and ep.header["confidence"] is True
         assert np.array_equal(ep.frames(), frames) and np.array_equal(ep.actions(), actions)
         assert np.array_equal(ep.confidence(), conf) and ep.confidence().dtype == np.float32
         for a in (0, 1, 15, 16, 17, 31, 64, 70):             # across chunk boundaries
@@ -99,7 +99,7 @@ def test_round_trip_with_confidence(tmp_path, compression):
         ep.verify()
     plain = write(tmp_path / "b.episode", frames, actions, compression=compression)
     with Episode(plain) as ep:
-        assert ep.version == 2 and not ep.has_confidence and "confidence" not in ep.header
+        assert ep.version == FORMAT_VERSION and not ep.has_confidence and "confidence" not in ep.header
         assert np.array_equal(ep.confidence(3, 9), np.ones(6, np.float32))
         assert np.array_equal(ep.actions(), actions)
 
@@ -161,7 +161,7 @@ def test_hand_built_confidence_that_lies(tmp_path):
     frames, actions, conf = make_data(9, shape=(3, 2, 3))
     good = write(tmp_path / "g.episode", frames, actions, conf, chunk_frames=4, compression="none")
 
-    def rebuilt(name: str, fix_chunk=None, fix_header=None, version: int = 2) -> Path:
+    def rebuilt(name: str, fix_chunk=None, fix_header=None, version: int = FORMAT_VERSION) -> Path:
         with Episode(good) as ep:
             h, offsets, ends = dict(ep.header), ep._offsets, ep._ends
         raw = good.read_bytes()

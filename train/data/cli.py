@@ -37,12 +37,15 @@ def info(target: Path, as_json: bool) -> int:
     """Print counts, env ids, shapes, action specs, bytes, lengths and label sources of the episodes under target.
 
     The label source is the metadata's "labels" ("recorded" where it has none: the inputs were logged); the mean
-    confidence is that of the IDM-labeled episodes (their metadata's, weighted by actions: no chunk is read)."""
+    confidence is that of the IDM-labeled episodes (their metadata's, weighted by actions: no chunk is read). The
+    reward sum and how the episodes ended come from the footers of files that record them (format 3 with rewards);
+    the others are counted as reward unknown, by why (a format 1/2 file, or not recorded)."""
     files, tmps = _files(target)
     lengths, envs, shapes, specs, bad = [], Counter(), Counter(), {}, []
     total_bytes = 0
     compressions, labels, versions = Counter(), Counter(), Counter()
     confidence_sum, confidence_actions = 0.0, 0
+    rewards, ends, unknown = [], Counter(), Counter()
     for path in files:
         try:
             with Episode(path) as ep:
@@ -59,6 +62,11 @@ def info(target: Path, as_json: bool) -> int:
                 if ep.has_confidence and isinstance(mean, (int, float)) and not isinstance(mean, bool):
                     confidence_sum += float(mean) * ep.num_actions
                     confidence_actions += ep.num_actions
+                if ep.has_reward:
+                    rewards.append(ep.reward_sum)
+                    ends[ep.end] += 1
+                else:
+                    unknown["format 1/2 file" if ep.version < 3 else "not recorded"] += 1
         except (EpisodeError, OSError) as e:
             bad.append({"file": path.name, "error": str(e)})
     report = {"path": str(target), "episodes": len(lengths), "frames": sum(lengths),
@@ -66,7 +74,10 @@ def info(target: Path, as_json: bool) -> int:
               "action_specs": list(specs.values()), "compression": dict(compressions), "bytes": total_bytes,
               "episode_frames": _summary(lengths), "labels": dict(labels),
               "mean_label_confidence": confidence_sum / confidence_actions if confidence_actions else None,
-              "format_versions": dict(versions), "bad_files": bad, "incomplete_files": [p.name for p in tmps]}
+              "format_versions": dict(versions),
+              "reward": {"episodes": len(rewards), "sum": sum(rewards), "episode_reward": _summary(rewards),
+                         "ends": dict(ends), "unknown": dict(unknown)},
+              "bad_files": bad, "incomplete_files": [p.name for p in tmps]}
     if as_json:
         print(json.dumps(report, indent=2))
     else:
@@ -81,6 +92,13 @@ def info(target: Path, as_json: bool) -> int:
         sure = (f" (mean confidence {report['mean_label_confidence']:.3f} over {confidence_actions} IDM-read actions)"
                 if confidence_actions else "")
         print(f"  labels:       {', '.join(f'{k} x{v}' for k, v in labels.items()) or '-'}{sure}")
+        if rewards:
+            r = report["reward"]["episode_reward"]
+            print(f"  reward:       sum {sum(rewards):g} over {_count(len(rewards), 'episode')} (per episode: min "
+                  f"{r['min']:g}, mean {r['mean']:g}, max {r['max']:g}); ended: "
+                  + ", ".join(f"{k} x{v}" for k, v in ends.items()))
+        for why, n in unknown.items():
+            print(f"  reward:       unknown ({why})" + (f" x{n}" if rewards or len(unknown) > 1 else ""))
         s = report["episode_frames"]
         if s:
             print(f"  frames/episode: min {s['min']}, median {s['median']}, mean {s['mean']}, max {s['max']}")

@@ -1,4 +1,5 @@
-"""The episode file: one recorded episode of play (frames and actions), msgpack, checksummed, random access.
+"""The episode file: one recorded episode of play (frames, actions, reward and end), msgpack, checksummed, random
+access.
 
 An episode holds T+1 frames and T actions: frame 0 is the reset frame and ``actions[t]`` leads from frame t to
 frame t+1. On disk (all integers little-endian):
@@ -9,13 +10,20 @@ frame t+1. On disk (all integers little-endian):
     chunks   msgpack maps, one per ``chunk_frames`` consecutive frames: index, first frame, count, the frame bytes
              (uint8, optionally zlib), the bytes of the actions that led to those frames (float32; frame 0 has
              none), in files whose header says ``"confidence": true`` the confidence of each of those actions
-             (float32 in [0, 1]), and the crc32 of frame bytes + action bytes (+ confidence bytes)
-    footer   msgpack map: frame and action totals, each chunk's byte offset and frame count, crc32 of the header
+             (float32 in [0, 1]), in files whose header says ``"reward": true`` the reward of each of those steps
+             (float32, finite) and their end flags (uint8: 1 terminated, 2 truncated, both may be set; only the last
+             step of the episode may have any), and the crc32 of frame + action (+ confidence) (+ reward + end) bytes
+    footer   msgpack map: frame and action totals, each chunk's byte offset and frame count, crc32 of the header;
+             with ``"reward": true`` also the reward sum (math.fsum of the steps' float32 rewards) and the last
+             step's end flags, so that a summary reads no chunk
     trailer  footer offset (u64), crc32 of the footer (u32), b"RVEP"
 
 Version 2 added the optional per-action confidence (labels filled in by an inverse-dynamics model carry how sure
 it was; see train/data/label.py); a version-2 file without it differs from a version-1 file only in the version number,
 and readers read both. Recorded actions have no confidence field and read as confidence 1.
+Version 3 added the optional per-step reward and episode end, written where the game gives them (`reverie record`,
+`play --human`); files without them (versions 1 and 2, imported video, dreams) read with the reward unknown:
+``ep.has_reward`` is False and ``ep.rewards()``, ``ep.ends()``, ``ep.reward_sum`` and ``ep.end`` are None.
 
 Every byte is covered by a check: the header by the footer's crc, chunks by their own, the footer by the trailer's.
 Readers seek to the chunks a request needs and never load the whole file; every length is bounded by the header's
@@ -26,6 +34,7 @@ a ``.tmp`` file, which readers and ``reverie data check`` treat as incomplete.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import time
@@ -40,8 +49,8 @@ import numpy as np
 from engine.actions import ActionSpec, ActionSpecError
 from engine.errors import ReverieError
 
-FORMAT_VERSION = 2                       # what the writer writes
-READ_VERSIONS = (1, 2)                   # what readers read
+FORMAT_VERSION = 3                       # what the writer writes
+READ_VERSIONS = (1, 2, 3)                # what readers read
 SUFFIX = ".episode"
 TMP_SUFFIX = ".tmp"
 MAGIC = b"RVEP"
@@ -66,6 +75,18 @@ HEADER_KEYS = {"format", "env_id", "env_version", "seed", "frame_shape", "fps", 
 CHUNK_KEYS = {"index", "first", "count", "frames", "actions", "crc"}
 CONFIDENCE = "confidence"                # header flag (version 2) and chunk field of the per-action confidence
 FOOTER_KEYS = {"frames", "actions", "chunk_offsets", "chunk_counts", "header_crc"}
+REWARD = "reward"                        # header flag (version 3) and chunk field of the per-step reward (float32)
+END = "end"                              # chunk field of the per-step end flags (uint8) and footer's last flags
+REWARD_SUM = "reward_sum"                # footer field: math.fsum of the rewards
+REWARD_FOOTER_KEYS = {REWARD_SUM, END}
+TERMINATED = 1                           # end flag: the game ended the episode (a terminal state)
+TRUNCATED = 2                            # end flag: the episode was cut off (a time limit, the recorder's --steps)
+MAX_END = TERMINATED | TRUNCATED
+
+
+def end_name(flags: int) -> str:
+    """'terminated' (whatever else is set), 'truncated', or 'stopped' (the recording stopped before the end)."""
+    return "terminated" if flags & TERMINATED else "truncated" if flags & TRUNCATED else "stopped"
 
 
 class EpisodeError(ReverieError, ValueError):
@@ -106,10 +127,12 @@ def _check_header(h: Any, path: str | os.PathLike, offset: int | None,
     missing = sorted({"format", "env_id", "frame_shape", "action_spec", "chunk_frames", "checksum",
                       "compression"} - set(h))
     _need(not missing, path, f"header lacks keys {missing}", offset)
-    unknown = sorted(set(map(str, h)) - (HEADER_KEYS | ({CONFIDENCE} if version >= 2 else set())))
+    unknown = sorted(set(map(str, h)) - (HEADER_KEYS | ({CONFIDENCE} if version >= 2 else set())
+                                         | ({REWARD} if version >= 3 else set())))
     _need(not unknown, path, f"header has unknown keys {unknown}", offset)
     _need(h["format"] == version, path, f"header says format {h['format']!r} but the prefix says {version}", offset)
     _need(isinstance(h.get(CONFIDENCE, False), bool), path, f"header {CONFIDENCE!r} must be true or false", offset)
+    _need(isinstance(h.get(REWARD, False), bool), path, f"header {REWARD!r} must be true or false", offset)
     for key in ("env_id", "env_version", "agent", "created"):
         _need(h.get(key) is None or isinstance(h.get(key), str), path, f"header {key!r} must be a string", offset)
     _need(isinstance(h["env_id"], str) and h["env_id"] != "", path, "header 'env_id' is empty", offset)
@@ -147,6 +170,8 @@ class EpisodeWriter:
     """Write one episode: ``append(frame)`` the reset frame, then ``append(frame, action)`` per step.
 
     With ``confidence=True`` every action carries its confidence in [0, 1]: ``append(frame, action, confidence)``.
+    With ``reward=True`` every step carries the reward it earned and whether it ended the episode:
+    ``append(frame, action, reward=r, terminated=..., truncated=...)``; nothing may follow a step that ended it.
     A context manager; the file appears under ``path`` only on a clean close with at least one frame.
     """
 
@@ -154,7 +179,7 @@ class EpisodeWriter:
                  frame_shape: tuple[int, int, int], env_version: str = "", fps: float = 30.0,
                  seed: int | None = None, agent: str = "", metadata: dict | None = None,
                  chunk_frames: int = DEFAULT_CHUNK_FRAMES, compression: str = DEFAULT_COMPRESSION,
-                 confidence: bool = False):
+                 confidence: bool = False, reward: bool = False):
         self.path = Path(path)
         self.tmp_path = Path(str(path) + TMP_SUFFIX)
         self.spec = action_spec
@@ -170,6 +195,9 @@ class EpisodeWriter:
         self.with_confidence = bool(confidence)
         if self.with_confidence:  # absent otherwise: a recording's header is the same as in version 1
             self.header[CONFIDENCE] = True
+        self.with_reward = bool(reward)
+        if self.with_reward:      # absent otherwise: the reward is unknown, as in versions 1 and 2
+            self.header[REWARD] = True
         header_bytes = _pack(self.header)
         if len(header_bytes) > MAX_HEADER_BYTES:
             raise ValueError(f"episode header is {len(header_bytes)} bytes (metadata too large); the cap is "
@@ -182,6 +210,10 @@ class EpisodeWriter:
         self._frames: list[np.ndarray] = []
         self._actions: list[np.ndarray] = []
         self._confidence: list[float] = []
+        self._rewards: list[float] = []       # this chunk's
+        self._ends: list[int] = []            # this chunk's
+        self._all_rewards: list[float] = []   # the episode's, for the footer's exact sum
+        self.end = 0                          # the last step's end flags
         self._offsets: list[int] = []
         self._counts: list[int] = []
         self.num_frames = 0
@@ -193,9 +225,14 @@ class EpisodeWriter:
         self._file.write(data)
         self.bytes_written += len(data)
 
-    def append(self, frame: np.ndarray, action: np.ndarray | None = None, confidence: float | None = None) -> None:
+    def append(self, frame: np.ndarray, action: np.ndarray | None = None, confidence: float | None = None, *,
+               reward: float | None = None, terminated: bool = False, truncated: bool = False) -> None:
         """Add the next frame and the action that led to it (None for the reset frame only), with the action's
-        confidence in [0, 1] if this writer was made with ``confidence=True`` (and only then)."""
+        confidence in [0, 1] if this writer was made with ``confidence=True`` (and only then), and the step's reward
+        and end (terminated / truncated) if it was made with ``reward=True`` (and only then)."""
+        if self.end:
+            raise ValueError(f"{self.path}: the episode ended at step {self.num_frames - 2} "
+                             f"({end_name(self.end)}); nothing may follow")
         frame = np.asarray(frame)
         if frame.shape != self.frame_shape or frame.dtype != np.uint8:
             raise ValueError(f"{self.path}: frame {self.num_frames} is {frame.dtype} {frame.shape}, "
@@ -216,17 +253,33 @@ class EpisodeWriter:
                 if not 0.0 <= c <= 1.0:  # NaN fails too
                     raise ValueError(f"{where}: confidence must be in [0, 1], got {confidence!r}")
                 self._confidence.append(c)
+            if (reward is None) == self.with_reward or (not self.with_reward and (terminated or truncated)):
+                raise ValueError(f"{where}: " + ("this writer records every step's reward; pass reward="
+                                                 if self.with_reward else "this writer was made without "
+                                                 "reward=True, so its steps carry no reward or end"))
+            end = 0
+            if reward is not None:
+                r = float(reward)
+                if not math.isfinite(r):
+                    raise ValueError(f"{where}: reward must be a finite number, got {reward!r}")
+                end = (TERMINATED if terminated else 0) | (TRUNCATED if truncated else 0)
+                self._rewards.append(r)
+                self._all_rewards.append(float(np.float32(r)))
+                self._ends.append(end)
             self._actions.append(checked)
-        elif confidence is not None:
-            raise ValueError(f"{self.path}: the reset frame has no action, so no confidence")
+        elif confidence is not None or reward is not None or terminated or truncated:
+            raise ValueError(f"{self.path}: the reset frame has no action, so no confidence, reward or end")
         self._frames.append(frame)
         self.num_frames += 1
+        if action is not None and self.with_reward:
+            self.end = end
         if len(self._frames) == self.header["chunk_frames"]:
             self._flush_chunk()
 
-    def extend(self, frames: np.ndarray, actions: np.ndarray, confidence: np.ndarray | None = None) -> None:
-        """Append many frames; ``actions[k]`` (and ``confidence[k]``) led to ``frames[k]`` (pass len(frames) - 1
-        actions when starting)."""
+    def extend(self, frames: np.ndarray, actions: np.ndarray, confidence: np.ndarray | None = None,
+               rewards: np.ndarray | None = None, ends: np.ndarray | None = None) -> None:
+        """Append many frames; ``actions[k]`` (and ``confidence[k]``, ``rewards[k]``, end flags ``ends[k]``) led to
+        ``frames[k]`` (pass len(frames) - 1 actions when starting)."""
         skip = 1 if self.num_frames == 0 else 0
         if len(actions) != len(frames) - skip:
             raise ValueError(f"{self.path}: {len(frames)} frames need {len(frames) - skip} actions, got "
@@ -234,10 +287,16 @@ class EpisodeWriter:
         if confidence is not None and len(confidence) != len(actions):
             raise ValueError(f"{self.path}: {len(actions)} actions need {len(actions)} confidences, got "
                              f"{len(confidence)}")
+        for name, values in (("rewards", rewards), ("end flags", ends)):
+            if values is not None and len(values) != len(actions):
+                raise ValueError(f"{self.path}: {len(actions)} actions need {len(actions)} {name}, got {len(values)}")
         if skip and len(frames):
             self.append(frames[0])
         for k, (f, a) in enumerate(zip(frames[skip:], actions)):
-            self.append(f, a, None if confidence is None else confidence[k])
+            end = 0 if ends is None else int(ends[k])
+            self.append(f, a, None if confidence is None else confidence[k],
+                        reward=None if rewards is None else rewards[k], terminated=bool(end & TERMINATED),
+                        truncated=bool(end & TRUNCATED))
 
     def _flush_chunk(self) -> None:
         if not self._frames:
@@ -254,12 +313,20 @@ class EpisodeWriter:
             confidence_bytes = np.asarray(self._confidence, "<f4").tobytes()                   # (n,)
             record[CONFIDENCE] = confidence_bytes
             record["crc"] = _crc(frame_bytes, action_bytes, confidence_bytes)
+        if self.with_reward:
+            reward_bytes = np.asarray(self._rewards, "<f4").tobytes()                          # (n,)
+            end_bytes = np.asarray(self._ends, np.uint8).tobytes()                             # (n,)
+            record[REWARD], record[END] = reward_bytes, end_bytes
+            checked = [frame_bytes, action_bytes] + ([record[CONFIDENCE]] if self.with_confidence else [])
+            record["crc"] = _crc(*checked, reward_bytes, end_bytes)
         self._offsets.append(self.bytes_written)
         self._counts.append(count)
         self._write(_pack(record))
         self._frames.clear()
         self._actions.clear()
         self._confidence.clear()
+        self._rewards.clear()
+        self._ends.clear()
 
     def close(self) -> None:
         """Finish the file: last chunk, footer, trailer, fsync, then rename into place."""
@@ -270,9 +337,11 @@ class EpisodeWriter:
             raise EpisodeError(self.path, "no frames were appended, so nothing was written",
                                todo="append at least the reset frame")
         self._flush_chunk()
-        footer = _pack({"frames": self.num_frames, "actions": self.num_frames - 1,
-                        "chunk_offsets": self._offsets, "chunk_counts": self._counts,
-                        "header_crc": self._header_crc})
+        footer = {"frames": self.num_frames, "actions": self.num_frames - 1, "chunk_offsets": self._offsets,
+                  "chunk_counts": self._counts, "header_crc": self._header_crc}
+        if self.with_reward:
+            footer.update({REWARD_SUM: math.fsum(self._all_rewards), END: self.end})
+        footer = _pack(footer)
         footer_offset = self.bytes_written
         self._write(footer + TRAILER.pack(footer_offset, _crc(footer), MAGIC))
         self._file.flush()
@@ -316,14 +385,16 @@ class Episode:
 
     ``len(ep)`` frames, ``ep.num_actions`` actions; ``frames(a, b)`` is (n, H, W, 3) uint8, ``actions(a, b)``
     (n, A) float32, where ``actions[t]`` leads from frame t to frame t+1, and ``confidence(a, b)`` (n,) float32 the
-    confidence of those actions (ones where the file has none: ``ep.has_confidence``). Reads format versions 1 and 2.
+    confidence of those actions (ones where the file has none: ``ep.has_confidence``); ``rewards(a, b)`` (n,) float32
+    and ``ends(a, b)`` (n,) uint8 end flags of those steps, ``reward_sum`` and ``end`` (None, all four, where the file
+    has no reward: ``ep.has_reward``). Reads format versions 1, 2 and 3.
     Each chunk's checksum is checked the first time it is read; ``verify()`` checks them all.
     """
 
     def __init__(self, path: str | os.PathLike, chunk_cache: int = 2):
         self.path = Path(path)
         self._fd: int | None = None
-        self._chunk_cache: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = OrderedDict()
+        self._chunk_cache: OrderedDict[int, tuple[np.ndarray | None, ...]] = OrderedDict()
         self._chunk_cache_size = chunk_cache
         self._checked: set[int] = set()
         try:
@@ -396,8 +467,9 @@ class Episode:
         max_chunks = size // 8 + 1  # every chunk record takes more than 8 bytes
         f = self._unpack(footer_bytes, footer_offset, "footer", max_str_len=64, max_bin_len=0,
                          max_array_len=max_chunks, max_map_len=16)
-        _need(isinstance(f, dict) and set(f) == FOOTER_KEYS, p, f"footer must be a map with keys "
-              f"{sorted(FOOTER_KEYS)}", footer_offset)
+        _need(isinstance(f, dict) and set(f) in (FOOTER_KEYS, FOOTER_KEYS | REWARD_FOOTER_KEYS), p,
+              f"footer must be a map with keys {sorted(FOOTER_KEYS)} (and {sorted(REWARD_FOOTER_KEYS)} in a file "
+              "with rewards)", footer_offset)
         header_bytes = self._read(PREFIX.size, header_len)
         _need(f["header_crc"] == _crc(header_bytes), p, "header checksum mismatch (a byte of the header was "
               "changed)", PREFIX.size)
@@ -407,7 +479,9 @@ class Episode:
         self.frame_shape, self.spec = _check_header(h, p, PREFIX.size, version)
         self.chunk_frames, self.compression = h["chunk_frames"], h["compression"]
         self.has_confidence: bool = h.get(CONFIDENCE, False)
-        self._chunk_keys = CHUNK_KEYS | ({CONFIDENCE} if self.has_confidence else set())
+        self.has_reward: bool = h.get(REWARD, False)
+        self._chunk_keys = (CHUNK_KEYS | ({CONFIDENCE} if self.has_confidence else set())
+                            | ({REWARD, END} if self.has_reward else set()))
         self._check_footer(f, footer_offset, header_end)
 
     def _check_footer(self, f: dict, offset: int, header_end: int) -> None:
@@ -427,6 +501,18 @@ class Episode:
         _need(actions == frames - 1, p, f"footer says {actions!r} actions for {frames} frames (expected "
               f"{frames - 1})", offset)
         self.num_frames, self.num_actions = frames, actions
+        self.reward_sum: float | None = None
+        self._end: int | None = None
+        _need(self.has_reward == (REWARD_SUM in f), p, "footer " + ("lacks the reward sum and end of a file whose "
+              "header says it has rewards" if self.has_reward else "has a reward sum, but the header says the file "
+              "has no rewards"), offset)
+        if self.has_reward:
+            total, end = f[REWARD_SUM], f[END]
+            _need(isinstance(total, float) and math.isfinite(total), p,
+                  f"footer's reward sum must be a finite number, got {total!r}", offset)
+            _need(_is_int(end) and 0 <= end <= MAX_END and (end == 0 or actions > 0), p,
+                  f"footer's end flags must be 0..{MAX_END} (0 for an episode without steps), got {end!r}", offset)
+            self.reward_sum, self._end = total, end
         self._offsets = offsets
         self._ends = offsets[1:] + [offset]
         self._counts = counts
@@ -444,12 +530,13 @@ class Episode:
         if self.compression == "zlib":
             raw += raw // 1000 + ZLIB_SLACK
         confidence = count * 4 if self.has_confidence else 0  # float32 per action
-        return raw + count * self._action_bytes + confidence + CHUNK_OVERHEAD
+        reward = count * 5 if self.has_reward else 0          # float32 reward and uint8 end flags per step
+        return raw + count * self._action_bytes + confidence + reward + CHUNK_OVERHEAD
 
     # ---- chunks -------------------------------------------------------------------------------------------------
-    def _chunk(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Frames (count, H, W, 3), incoming actions (n = count or count-1, A) and their confidence (n,) or None of
-        chunk i, checked."""
+    def _chunk(self, i: int) -> tuple[np.ndarray | None, ...]:
+        """Frames (count, H, W, 3), incoming actions (n = count or count-1, A), their confidence (n,), rewards (n,)
+        and end flags (n,) of chunk i, checked (None for what the file does not hold)."""
         hit = self._chunk_cache.get(i)
         if hit is not None:
             self._chunk_cache.move_to_end(i)
@@ -468,9 +555,11 @@ class Episode:
         fb, ab, cb = rec["frames"], rec["actions"], rec.get(CONFIDENCE, b"")
         _need(isinstance(fb, bytes) and isinstance(ab, bytes) and isinstance(cb, bytes), p,
               f"chunk {i}'s frames, actions and confidence must be bytes", offset)
+        rb, eb = rec.get(REWARD, b""), rec.get(END, b"")
+        _need(isinstance(rb, bytes) and isinstance(eb, bytes), p, f"chunk {i}'s reward and end must be bytes", offset)
         if i not in self._checked:
-            crc = _crc(fb, ab, cb) if self.has_confidence else _crc(fb, ab)
-            _need(rec["crc"] == crc, p, f"chunk {i} checksum mismatch (a byte was changed)", offset)
+            parts = [fb, ab] + ([cb] if self.has_confidence else []) + ([rb, eb] if self.has_reward else [])
+            _need(rec["crc"] == _crc(*parts), p, f"chunk {i} checksum mismatch (a byte was changed)", offset)
         n_actions = count - 1 if first == 0 else count
         _need(len(ab) == n_actions * self._action_bytes, p, f"chunk {i} has {len(ab)} action bytes, expected "
               f"{n_actions} x {self._action_bytes}", offset)
@@ -481,6 +570,9 @@ class Episode:
             confidence = np.frombuffer(cb, "<f4")                                        # (n,)
             _need(bool(np.all((confidence >= 0) & (confidence <= 1))), p,
                   f"chunk {i} has confidence values outside [0, 1]", offset)
+        rewards = ends = None
+        if self.has_reward:
+            rewards, ends = self._check_rewards(i, rb, eb, n_actions, offset)
         if self.compression == "zlib":
             try:
                 d = zlib.decompressobj()
@@ -494,10 +586,27 @@ class Episode:
         self._checked.add(i)
         frames = np.frombuffer(fb, np.uint8).reshape(count, *self.frame_shape)          # (count, H, W, 3)
         actions = np.frombuffer(ab, "<f4").reshape(n_actions, self.spec.size)          # (n, A)
-        self._chunk_cache[i] = (frames, actions, confidence)
+        self._chunk_cache[i] = (frames, actions, confidence, rewards, ends)
         while len(self._chunk_cache) > self._chunk_cache_size:
             self._chunk_cache.popitem(last=False)
-        return frames, actions, confidence
+        return self._chunk_cache[i]
+
+    def _check_rewards(self, i: int, rb: bytes, eb: bytes, n: int, offset: int) -> tuple[np.ndarray, np.ndarray]:
+        """Chunk i's rewards (n,) float32 and end flags (n,) uint8, checked: finite rewards, flags only on the
+        episode's last step, and those the footer's."""
+        p = self.path
+        _need(len(rb) == n * 4 and len(eb) == n, p, f"chunk {i} has {len(rb)} reward bytes and {len(eb)} end bytes, "
+              f"expected {n} x 4 and {n} x 1", offset)
+        rewards, ends = np.frombuffer(rb, "<f4"), np.frombuffer(eb, np.uint8)           # (n,), (n,)
+        _need(bool(np.all(np.isfinite(rewards))), p, f"chunk {i} has rewards that are not finite numbers", offset)
+        _need(bool(np.all(ends <= MAX_END)), p, f"chunk {i} has end flags above {MAX_END}", offset)
+        last = i == len(self._counts) - 1
+        _need(not np.any(ends[:-1] if last else ends), p, f"chunk {i} says the episode ended before its last step",
+              offset)
+        if last and n:
+            _need(int(ends[-1]) == self._end, p, f"chunk {i} ends the episode with flags {int(ends[-1])} but the "
+                  f"footer says {self._end}", offset)
+        return rewards, ends
 
     @staticmethod
     def _range(start: int | None, stop: int | None, n: int) -> tuple[int, int]:
@@ -505,7 +614,8 @@ class Episode:
         return start, max(start, stop)
 
     def _gather(self, start: int, stop: int, out: np.ndarray, part: int) -> np.ndarray:
-        """Copy part 0 (frames [start, stop)), 1 (the actions that led to them) or 2 (their confidence) into out."""
+        """Copy part 0 (frames [start, stop)), 1 (the actions that led to them), 2 (their confidence), 3 (the
+        rewards of those steps) or 4 (their end flags) into out."""
         i = int(np.searchsorted(self._firsts, start, side="right")) - 1
         pos = start
         while pos < stop:
@@ -540,6 +650,28 @@ class Episode:
             return np.ones(stop - start, np.float32)
         return self._gather(start + 1, stop + 1, np.empty(stop - start, np.float32), 2)
 
+    def rewards(self, start: int | None = None, stop: int | None = None) -> np.ndarray | None:
+        """Rewards of steps [start, stop) as (n,) float32 (step t is the action from frame t to t+1); None where the
+        file has no rewards (``has_reward``: versions 1 and 2, imported video, dreams)."""
+        if not self.has_reward:
+            return None
+        start, stop = self._range(start, stop, self.num_actions)
+        return self._gather(start + 1, stop + 1, np.empty(stop - start, np.float32), 3)
+
+    def ends(self, start: int | None = None, stop: int | None = None) -> np.ndarray | None:
+        """End flags of steps [start, stop) as (n,) uint8 (TERMINATED | TRUNCATED, non-zero only on the episode's
+        last step); None where the file has no rewards."""
+        if not self.has_reward:
+            return None
+        start, stop = self._range(start, stop, self.num_actions)
+        return self._gather(start + 1, stop + 1, np.empty(stop - start, np.uint8), 4)
+
+    @property
+    def end(self) -> str | None:
+        """How the episode ended: 'terminated', 'truncated', 'stopped' (the recording stopped first), or None where
+        the file has no rewards (unknown); from the footer, no chunk is read."""
+        return None if self._end is None else end_name(self._end)
+
     @property
     def metadata(self) -> dict:
         """The header's user metadata (a label source in "labels" and friends, see train/data/label.py)."""
@@ -549,9 +681,15 @@ class Episode:
         """Check every chunk's checksum and structure; raise EpisodeError at the first bad one."""
         self._checked.clear()
         self._chunk_cache.clear()
+        total = []
         for i in range(len(self._offsets)):
-            self._chunk(i)
+            rewards = self._chunk(i)[3]
+            if rewards is not None:
+                total.extend(rewards.tolist())
         self._chunk_cache.clear()
+        if self.has_reward:
+            _need(math.fsum(total) == self.reward_sum, self.path, f"footer's reward sum {self.reward_sum!r} is not "
+                  f"the sum of the steps' rewards ({math.fsum(total)!r})", None)
 
     @property
     def env_id(self) -> str:
