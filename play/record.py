@@ -3,7 +3,9 @@
 R starts and stops a recording in the window; `reverie play --human` records every episode of the real game, so
 a trainer can record their own play. The episode holds the frame shown when recording started (its reset frame)
 and then one frame per step with the action that led to it, exactly the format `reverie record` writes. Frames
-the model imagined are filed under the env id `model:<game>`, so they are never taken for real game data.
+the model imagined are filed under the env id `model:<game>`, so they are never taken for real game data. A recorder
+made with ``reward=True`` (the real game's) also writes each step's reward and end, as `reverie record` does; a stop
+before the game ends the episode leaves its end as 'stopped'.
 The GIF (Pillow, optional) is written when the recording stops; the episode file appears only when whole.
 """
 
@@ -34,11 +36,12 @@ class Recorder:
 
     def __init__(self, out_dir: str | Path, *, env_id: str, spec: ActionSpec, frame_shape: tuple[int, int, int],
                  fps: float, agent: str = "human", gif: bool = True, metadata: dict[str, Any] | None = None,
-                 env_version: str = ""):
+                 env_version: str = "", reward: bool = False):
         self.out_dir = Path(out_dir)
         self.env_id, self.spec, self.frame_shape = env_id, spec, tuple(frame_shape)
         self.env_version = env_version       # the game's version, as `reverie record` writes it
         self.fps, self.agent, self.gif, self.metadata = fps, agent, gif, dict(metadata or {})
+        self.reward = reward                 # steps carry the game's reward and end (train.games.base.Game)
         self.count = 0                       # recordings started by this recorder
         self._writer: Any = None
         self._gif_frames: list[np.ndarray] = []
@@ -67,16 +70,19 @@ class Recorder:
                 break
         self._writer = EpisodeWriter(path, env_id=self.env_id, env_version=self.env_version, action_spec=self.spec,
                                      frame_shape=self.frame_shape, fps=self.fps, seed=seed, agent=self.agent,
-                                     metadata=self.metadata)
+                                     metadata=self.metadata, reward=self.reward)
         self.path = path
         self._gif_frames = []
         self._add_frame(frame)
         self._writer.append(np.ascontiguousarray(frame))
         return path
 
-    def add(self, frame: np.ndarray, action: np.ndarray) -> None:
-        """The next frame and the action that led to it."""
-        self._writer.append(np.ascontiguousarray(frame), action)
+    def add(self, frame: np.ndarray, action: np.ndarray, reward: float | None = None, terminated: bool = False,
+            truncated: bool = False) -> None:
+        """The next frame and the action that led to it, with the step's reward and end where this recorder records
+        them (``reward=True``, and only then)."""
+        self._writer.append(np.ascontiguousarray(frame), action, reward=reward, terminated=terminated,
+                            truncated=truncated)
         self._add_frame(frame)
 
     def _add_frame(self, frame: np.ndarray) -> None:

@@ -385,3 +385,98 @@ def test_vizdoom_leaves_nothing_in_the_working_directory(tmp_path, monkeypatch):
         game.close()
     assert list((tmp_path / "cwd").iterdir()) == []
     assert (tmp_path / "cache" / "vizdoom" / "_vizdoom.ini").is_file()
+
+
+# ---- reward and episode end (train.games.base.Game: reward, terminated, truncated of the last step) -------------
+def play_out(game, agent, seed: int, cap: int = 3000) -> tuple[list[float], list[tuple[bool, bool]]]:
+    """Rewards and (terminated, truncated) of every step of one episode, played by `agent` until it ends."""
+    frame = game.reset(seed)
+    agent.reset(seed)
+    assert (game.reward, game.terminated, game.truncated) == (0.0, False, False)
+    rewards, ends = [], []
+    for _ in range(cap):
+        frame, done = game.step(agent.act(frame))
+        rewards.append(game.reward)
+        ends.append((game.terminated, game.truncated))
+        assert isinstance(game.reward, float) and done == (game.terminated or game.truncated)
+        if done:
+            break
+    return rewards, ends
+
+
+class Null:
+    def __init__(self, spec):
+        self.spec = spec
+
+    def reset(self, seed=None):
+        pass
+
+    def act(self, frame):
+        return self.spec.null()
+
+
+def test_gems_reward_is_the_score_each_step_adds():
+    game = make_game("builtin:gems", n_enemies=0)
+    game.reset(1)
+    scores, rewards = [], []
+    for _ in range(200):
+        gx, gy = game.gems[0]
+        px, py = game.player
+        game.step(press(*[n for n, on in (("right", gx > px + 1), ("left", gx < px - 1), ("down", gy > py + 1),
+                                          ("up", gy < py - 1)) if on]))
+        scores.append(game.score)
+        rewards.append(game.reward)
+    assert game.score >= 2 and np.array_equal(np.cumsum(rewards), scores)
+    assert set(rewards) == {0.0, 1.0} and not game.terminated and not game.truncated
+
+
+def test_gems_ends_terminated_when_the_lives_are_gone_and_truncated_at_max_steps():
+    game = make_game("builtin:gems", lives=1)
+    game.reset(0)
+    game.enemies = [[game.player[0], game.player[1], 1, 1]]
+    _, done = game.step(SPEC.null())
+    assert done and game.terminated and not game.truncated and game.reward == 0.0
+    game.reset(0)
+    assert (game.reward, game.terminated, game.truncated) == (0.0, False, False)
+    rewards, ends = play_out(make_game("builtin:gems", max_steps=7, n_enemies=0), Null(SPEC), 0)
+    assert ends == [(False, False)] * 6 + [(False, True)] and rewards == [0.0] * 7
+
+
+def test_ale_reward_and_end_are_the_envs():
+    pytest.importorskip("ale_py")
+    game = make_game("ale:Breakout", size=32, seed=0)
+    try:
+        rewards, ends = play_out(game, make_agent("scripted", game, seed=0), 0)
+    finally:
+        game.close()
+    assert sum(rewards) > 0 and set(rewards) <= {0.0, 1.0, 4.0, 7.0}    # Breakout's brick values
+    assert ends[-1] == (True, False) and not any(any(e) for e in ends[:-1])   # the lives ran out
+
+
+def test_gym_reward_and_end_are_the_envs():
+    pytest.importorskip("gymnasium")
+    pytest.importorskip("pygame")
+    with headless_sdl():
+        fell = make_game("gym:CartPole-v1", size=16, seed=0)
+        cut = make_game("gym:CartPole-v1", size=16, seed=0, max_episode_steps=5)
+        try:
+            rewards, ends = play_out(fell, Null(fell.action_spec), 0)       # pushed one way, the pole falls
+            cut_rewards, cut_ends = play_out(cut, Null(cut.action_spec), 0)
+        finally:
+            fell.close()
+            cut.close()
+    assert rewards == [1.0] * len(rewards) and ends[-1] == (True, False) and len(ends) < 100
+    assert cut_rewards == [1.0] * 5 and cut_ends[-1] == (False, True)       # the env's time limit truncates
+
+
+def test_vizdoom_reward_and_end_are_the_games():
+    pytest.importorskip("vizdoom")
+    game = make_game("vizdoom:basic", size=32, seed=0)
+    try:
+        shot, shot_ends = play_out(game, make_agent("scripted", game, seed=0), 0)
+        idle, idle_ends = play_out(game, Null(game.action_spec), 0)
+    finally:
+        game.close()
+    assert shot_ends[-1] == (True, False) and shot[-1] > 50      # the monster killed: basic's +100 (less the tics)
+    assert idle_ends[-1] == (False, True) and sum(idle) < 0      # basic's 300-tic timeout, -1 a tic
+    assert not any(any(e) for e in shot_ends[:-1] + idle_ends[:-1])

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import reverie_cli
-from train.data.episodes import Episode
+from train.data.episodes import Episode, EpisodeWriter
 from train.data.record import episode_path
 
 ENV = "builtin:gems"
@@ -222,3 +222,138 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly(recorded, argv):
     err = proc.stderr.read()
     assert proc.wait(timeout=120) in (reverie_cli.EXIT_READER_LEFT, 0)
     assert err == ""
+
+
+# ---- reward and episode end, recorded and read back --------------------------------------------------------------
+@pytest.mark.parametrize("env, agent, steps, needs", [
+    ("builtin:gems", "scripted", 300, ()),
+    ("ale:Breakout", "scripted", 3000, ("ale_py",)),
+    ("gym:CartPole-v1", "random", 3000, ("gymnasium", "pygame")),
+    ("vizdoom:basic", "scripted", 3000, ("vizdoom",)),
+    ("builtin:gems", "random", 25, ()),
+])
+def test_each_game_records_its_reward_and_end(tmp_path, env, agent, steps, needs):
+    """The episode holds what the game said at each step: replaying the recorded actions from the episode's seed
+    gives the same rewards, and the episode's last step is where and how the game ended it (or, cut off by --steps,
+    truncated there)."""
+    for module in needs:
+        pytest.importorskip(module)
+    from train.data.record import Job, record_episode
+    from train.games.gym_adapters import headless_sdl
+    from train.games.registry import make_game
+
+    path = tmp_path / "e.episode"
+    with headless_sdl():
+        record_episode(Job(env, agent, 32, steps, 3, 0, str(path)))
+        with Episode(path) as ep:
+            ep.verify()
+            assert ep.version == 3 and ep.has_reward
+            rewards, ends, actions = ep.rewards(), ep.ends(), ep.actions()
+            assert ep.reward_sum == pytest.approx(float(rewards.sum()), abs=1e-3)
+            end = ep.end
+        game = make_game(env, size=32, seed=3)
+        try:
+            game.reset(3)
+            replayed = []
+            for a in actions:
+                game.step(a)
+                replayed.append(game.reward)
+            terminated, truncated = game.terminated, game.truncated
+        finally:
+            game.close()
+    assert np.array_equal(rewards, np.float32(replayed)) and not ends[:-1].any()
+    if len(actions) < steps:                     # the game ended it
+        assert end in ("terminated", "truncated") and (end == "terminated") == terminated
+        assert ends[-1] == (1 if terminated else 0) | (2 if truncated else 0)
+    else:                                        # --steps cut it off, unless the game ended it right there
+        assert end == ("terminated" if terminated else "truncated")
+    if env != "builtin:gems" or agent == "scripted":
+        assert rewards.any()                     # these games and agents earn something in an episode
+
+
+def test_data_info_gives_the_reward_or_says_it_is_unknown(recorded, tmp_path, capsys):
+    capsys.readouterr()
+    assert run("data", "info", str(recorded), "--json") == 0
+    report = json.loads(capsys.readouterr().out)["reward"]
+    sums = []
+    for p in sorted(recorded.iterdir()):
+        with Episode(p) as ep:
+            sums.append(ep.reward_sum)
+    assert report["episodes"] == 2 and report["sum"] == sum(sums) and report["ends"] == {"truncated": 2}
+    assert report["unknown"] == {}
+    assert run("data", "info", str(recorded)) == 0
+    out = capsys.readouterr().out
+    assert f"reward:       sum {sum(sums):g} over 2 episodes" in out and "ended: truncated x2" in out
+    # the same episodes as a version-2 file writes them: the header's format and the prefix say 2, no reward
+    old = tmp_path / "old"
+    old.mkdir()
+    for p in sorted(recorded.iterdir()):
+        with Episode(p) as ep, EpisodeWriter(old / p.name, env_id=ep.env_id, action_spec=ep.spec,
+                                             frame_shape=ep.frame_shape) as w:
+            w.extend(ep.frames(), ep.actions())
+    for p in old.iterdir():
+        rewrite_as_version_2(p)
+    assert run("data", "info", str(old)) == 0
+    out = capsys.readouterr().out
+    assert "reward:       unknown (format 1/2 file)\n" in out and "sum" not in out
+    assert run("data", "info", str(old), "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["format_versions"] == {"v2": 2} and report["reward"]["unknown"] == {"format 1/2 file": 2}
+
+
+def rewrite_as_version_2(path: Path) -> None:
+    """A version-3 file without rewards rewritten as version 2 (its only differences: the version, in the prefix and
+    the header; the header's checksum in the footer follows)."""
+    import zlib
+
+    import msgpack
+
+    from train.data.episodes import MAGIC, PREFIX, TRAILER
+
+    data = path.read_bytes()
+    _, version, header_len = PREFIX.unpack(data[:PREFIX.size])
+    header = msgpack.unpackb(data[PREFIX.size:PREFIX.size + header_len])
+    assert version == 3 and "reward" not in header
+    header["format"] = 2
+    hb = msgpack.packb(header, use_bin_type=True)
+    shift = len(hb) - header_len
+    footer_offset, _, _ = TRAILER.unpack(data[-TRAILER.size:])
+    footer = msgpack.unpackb(data[footer_offset:-TRAILER.size])
+    footer["header_crc"] = zlib.crc32(hb)
+    footer["chunk_offsets"] = [o + shift for o in footer["chunk_offsets"]]
+    fb = msgpack.packb(footer, use_bin_type=True)
+    body = PREFIX.pack(MAGIC, 2, len(hb)) + hb + data[PREFIX.size + header_len:footer_offset]
+    path.write_bytes(body + fb + TRAILER.pack(len(body), zlib.crc32(fb), MAGIC))
+
+
+def test_play_recorder_writes_the_real_games_reward_and_end(tmp_path):
+    """`play --human`'s Recorder, made with reward=True, writes what the game said at each step; stopped before the
+    game ends the episode, the end is 'stopped'; a recorder of dreams (reward=False) writes the reward unknown."""
+    from play.record import Recorder
+    from train.games.registry import make_game
+
+    game = make_game("builtin:gems", max_steps=30, seed=0)
+    frame = game.reset(0)
+    rec = Recorder(tmp_path, env_id=game.env_id, spec=game.action_spec, frame_shape=frame.shape, fps=game.fps,
+                   gif=False, reward=True)
+    rec.start(frame, seed=0)
+    said, done = [], False
+    while not done:
+        frame, done = game.step(game.action_spec.encode(["right"]))
+        said.append((game.reward, game.terminated, game.truncated))
+        rec.add(frame, game.action_spec.encode(["right"]), game.reward, game.terminated, game.truncated)
+    (path,) = rec.stop()
+    with Episode(path) as ep:
+        assert ep.rewards().tolist() == [r for r, _, _ in said] and ep.end == "truncated" and len(ep) == 31
+    rec.start(game.reset(1), seed=1)
+    rec.add(game.step(game.action_spec.null())[0], game.action_spec.null(), game.reward)
+    (path,) = rec.stop()
+    with Episode(path) as ep:
+        assert ep.end == "stopped" and ep.rewards().tolist() == [0.0]
+    dream = Recorder(tmp_path / "dream", env_id="model:builtin:gems", spec=game.action_spec, frame_shape=frame.shape,
+                     fps=game.fps, gif=False)
+    dream.start(frame)
+    dream.add(frame, game.action_spec.null())
+    (path,) = dream.stop()
+    with Episode(path) as ep:
+        assert not ep.has_reward and ep.end is None

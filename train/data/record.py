@@ -3,8 +3,10 @@
 Episode e of a run with ``--seed K`` resets the game and the agent with seed K+e, so a recording is reproducible
 and runs with disjoint seed ranges never repeat an episode; it is written to ``OUT/<env>_s<K>_e<eeee>.episode``, where
 <env> is the env id with ':' (and any other character unsafe in a file name) as '-': builtin-gems_s0_e0000.episode.
-``--workers`` records episodes in parallel processes (spawned, so it works on every platform). Nothing is shown on
-a screen, so SDL, which some games start, gets its dummy drivers (train.games.gym_adapters.headless_sdl).
+Each step's reward and end (terminated / truncated) are the game's (train.games.base.Game); an episode that reaches
+``--steps`` before the game ends it is truncated there. ``--workers`` records episodes in parallel processes (spawned,
+so it works on every platform). Nothing is shown on a screen, so SDL, which some games start, gets its dummy
+drivers (train.games.gym_adapters.headless_sdl).
 """
 
 from __future__ import annotations
@@ -73,16 +75,22 @@ def record_episode(job: Job, progress=None) -> dict:
         agent = make_agent(job.agent, game, seed=job.seed)
         frame = game.reset(job.seed)
         agent.reset(job.seed)
+        rewarded = hasattr(game, "reward")   # a game of the user's own may say nothing of reward and end
         with EpisodeWriter(job.path, env_id=game.env_id, env_version=game.env_version,
                            action_spec=game.action_spec, frame_shape=frame.shape, fps=game.fps, seed=job.seed,
                            agent=job.agent, chunk_frames=job.chunk_frames, compression=job.compression,
-                           metadata={"episode_index": job.index, "max_steps": job.steps}) as writer:
+                           metadata={"episode_index": job.index, "max_steps": job.steps}, reward=rewarded) as writer:
             writer.append(frame)
             pending = 0
-            for _ in range(job.steps):
+            for t in range(job.steps):
                 action = agent.act(frame)
                 frame, done = game.step(action)
-                writer.append(frame, action)
+                if rewarded:
+                    terminated = bool(getattr(game, "terminated", done))
+                    truncated = bool(getattr(game, "truncated", False)) or (t == job.steps - 1 and not terminated)
+                    writer.append(frame, action, reward=game.reward, terminated=terminated, truncated=truncated)
+                else:
+                    writer.append(frame, action)
                 pending += 1
                 if progress is not None and pending == PROGRESS_EVERY:
                     progress(pending)

@@ -2,7 +2,9 @@
 
 A game is stepped with action vectors laid out by its ActionSpec (engine.actions) and returns RGB uint8 frames of
 shape (size, size, 3). `reset(seed)` starts a new episode; `step(action)` returns the next frame and whether the
-episode ended. Agents choose action vectors from what they see.
+episode ended. After each step the game says what that step earned and how the episode ended, as Gymnasium does:
+`reward` (a float), `terminated` (the game reached an end state) and `truncated` (cut off, e.g. a time limit); after
+`reset` they are 0.0, False, False. Agents choose action vectors from what they see.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ class Game(Protocol):
     action_spec: ActionSpec
     size: int             # frames are (size, size, 3) uint8
     fps: float            # native frames per second
+    reward: float         # what the last step earned (0.0 after reset)
+    terminated: bool      # the last step reached an end state of the game
+    truncated: bool       # the last step cut the episode off (a time limit); done == terminated or truncated
 
     def reset(self, seed: int | None = None) -> np.ndarray: ...
 

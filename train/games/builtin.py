@@ -5,7 +5,8 @@ It is the data source of the default world model, so it is drawn to be easy to l
 The player (a 6x6 cyan square) collects 4x4 yellow gems (score +1; a new gem appears at a random place) and
 avoids 5x5 enemies that move diagonally at 1 px per frame and bounce off the walls, so their motion follows
 from the last two frames. A hit costs a life and respawns the player at the centre, flashing while it cannot be
-hit again. The episode ends when the lives are gone or after `max_steps` frames.
+hit again. The episode ends when the lives are gone (terminated) or after `max_steps` frames (truncated). A step's
+reward is the score it added: +1 for a gem, 0 otherwise.
 
 Everything is deterministic given the seed passed to `reset` and the actions; the only randomness (gem and
 enemy placement) comes from a numpy Generator seeded at reset. The world is always simulated and drawn at
@@ -115,6 +116,7 @@ class GemsGame:
         self.lives = c.lives
         self.invulnerable = 0
         self.done = False
+        self.reward, self.terminated, self.truncated = 0.0, False, False   # of the last step
         self.player = list(self.spawn_point())
         self.gems: list[list[int]] = []
         self.enemies: list[list[int]] = []   # [x, y, vx, vy]
@@ -174,6 +176,7 @@ class GemsGame:
         if self.done:
             raise RuntimeError(f"{ENV_ID}: step() after the episode ended; call reset() first")
         c = self.config
+        score = self.score
         up, down, left, right = (int(v) for v in a)
         px = min(max(self.player[0] + (right - left) * c.player_speed, 0), WORLD - c.player_size)
         py = min(max(self.player[1] + (down - up) * c.player_speed, HUD_HEIGHT), WORLD - c.player_size)
@@ -192,7 +195,10 @@ class GemsGame:
             self.player = list(self.spawn_point())
             self.invulnerable = c.invulnerable_frames
         self.t += 1
-        self.done = self.lives <= 0 or self.t >= c.max_steps
+        self.reward = float(self.score - score)
+        self.terminated = self.lives <= 0
+        self.truncated = not self.terminated and self.t >= c.max_steps
+        self.done = self.terminated or self.truncated
         return self._frame(), self.done
 
     def _move_enemies(self) -> None:
@@ -259,6 +265,8 @@ class GemsGame:
         self.config = GemsConfig(**state["config"])
         self.t, self.score, self.lives = int(state["t"]), int(state["score"]), int(state["lives"])
         self.invulnerable, self.done = int(state["invulnerable"]), bool(state["done"])
+        self.reward, self.terminated = 0.0, self.done and self.lives <= 0
+        self.truncated = self.done and not self.terminated
         self.player = [int(v) for v in state["player"]]
         self.gems = [[int(v) for v in g] for g in state["gems"]]
         self.enemies = [[int(v) for v in e] for e in state["enemies"]]

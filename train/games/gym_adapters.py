@@ -1,7 +1,9 @@
 """Adapters that put Atari (ale-py), Doom (vizdoom) and any image-based Gymnasium env behind the Game protocol.
 
 Each adapter builds an ActionSpec from the env's controls, turns a Reverie action vector (multi-hot buttons, then
-axes) into the env's action, and returns frames resized to (size, size, 3) uint8 with an area filter in numpy.
+axes) into the env's action, and returns frames resized to (size, size, 3) uint8 with an area filter in numpy. Each
+step's reward and end are the env's: env.step's reward, terminated and truncated; vizdoom's reward (summed over the
+skipped tics), its episode end as terminated and its episode timeout as truncated.
 
 - `ale:<Game>` -> Gymnasium "ALE/<Game>-v5" with sticky actions off and a fixed frameskip, so an episode is
   a function of its seed and actions. Buttons are the minimal action set's meanings, lower-cased ("fire",
@@ -262,6 +264,7 @@ class GymGame:
         self._episode_seeds = np.random.default_rng(seed)
         self._last: np.ndarray | None = None
         self.done = False
+        self.reward, self.terminated, self.truncated = 0.0, False, False   # of the last step (env.step's)
 
     def _frame(self, obs: Any) -> np.ndarray:
         image = obs if self._image_obs else self.env.render()
@@ -275,14 +278,16 @@ class GymGame:
             seed = int(self._episode_seeds.integers(2**31))
         obs, _ = self.env.reset(seed=int(seed))
         self.done = False
+        self.reward, self.terminated, self.truncated = 0.0, False, False
         return self._frame(obs)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, bool]:
         a = checked(self.action_spec, action)
         if self.done:
             raise RuntimeError(f"{self.env_id}: step() after the episode ended; call reset() first")
-        obs, _, terminated, truncated, _ = self.env.step(self.actions.to_env(a))
-        self.done = bool(terminated or truncated)
+        obs, reward, terminated, truncated, _ = self.env.step(self.actions.to_env(a))
+        self.reward, self.terminated, self.truncated = float(reward), bool(terminated), bool(truncated)
+        self.done = self.terminated or self.truncated
         return self._frame(obs), self.done
 
     def close(self) -> None:
@@ -300,7 +305,8 @@ class AleGame(GymGame):
         if self._last is None:
             raise RuntimeError(f"{self.env_id}: state_dict() before reset()")
         return {"env_id": self.env_id, "env_version": self.env_version, "done": self.done, "frame": self._last.copy(),
-                "ale": self.env.unwrapped.ale.cloneState(include_rng=True)}
+                "ale": self.env.unwrapped.ale.cloneState(include_rng=True), "reward": self.reward,
+                "terminated": self.terminated, "truncated": self.truncated}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state saved by state_dict(); a state of another game or version raises ValueError."""
@@ -309,6 +315,8 @@ class AleGame(GymGame):
                              f"this game is {self.env_id!r} version {self.env_version!r}")
         self.env.unwrapped.ale.restoreState(state["ale"])
         self._last, self.done = np.array(state["frame"], copy=True), bool(state["done"])
+        self.reward = float(state.get("reward", 0.0))
+        self.terminated, self.truncated = bool(state.get("terminated", self.done)), bool(state.get("truncated", False))
 
     def frame(self) -> np.ndarray:
         """The current frame without stepping (e.g. after load_state_dict)."""
@@ -407,6 +415,7 @@ class VizdoomGame:
         self._episode_seeds = np.random.default_rng(seed)
         self._last = np.zeros((size, size, 3), np.uint8)
         self.done = False
+        self.reward, self.terminated, self.truncated = 0.0, False, False   # of the last step
 
     def _frame(self) -> np.ndarray:
         state = self.game.get_state()
@@ -420,6 +429,7 @@ class VizdoomGame:
         self.game.set_seed(int(seed) % 2**32)
         self.game.new_episode()
         self.done = False
+        self.reward, self.terminated, self.truncated = 0.0, False, False
         return self._frame()
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -427,8 +437,11 @@ class VizdoomGame:
         if self.done:
             raise RuntimeError(f"{self.env_id}: step() after the episode ended; call reset() first")
         env_action = [float(a[s]) * (self.delta_scale if d else 1.0) for s, d in zip(self._slot, self._is_delta)]
-        self.game.make_action(env_action, self.frame_skip)
+        self.reward = float(self.game.make_action(env_action, self.frame_skip))   # summed over the skipped tics
         self.done = bool(self.game.is_episode_finished())
+        # the scenario's episode_timeout cuts the episode off; death or the scenario's goal ends it
+        self.truncated = self.done and bool(self.game.is_episode_timeout_reached())
+        self.terminated = self.done and not self.truncated
         return self._frame(), self.done
 
     def close(self) -> None:
