@@ -94,7 +94,8 @@ class Window:
                                  frame_shape=world.frame_shape, fps=world.fps, gif=cfg.gif and not human,
                                  agent="autopilot" if cfg.autopilot else "human",
                                  env_version=getattr(world, "env_version", "") if world.kind == "real" else "",
-                                 metadata={"source": "reverie play", "world": world.kind, "game": world.spec.game})
+                                 metadata={"source": "reverie play", "world": world.kind, "game": world.spec.game},
+                                 reward=world.kind == "real" and hasattr(getattr(world, "game", None), "reward"))
         h, w, _ = world.frame_shape
         self.scale = cfg.scale or max(1, TARGET_SIDE // max(h, w))
         self.side_by_side = False
@@ -375,7 +376,8 @@ class Window:
             times = (t.head_ms, t.decode_ms, t.backbone_ms)
         self.frame_index += 1
         if self.recorder.active:
-            self.recorder.add(step.frame, action)
+            self.recorder.add(step.frame, action, *((step.reward, step.terminated, step.truncated)
+                                                    if self.recorder.reward else ()))
         if step.done:
             self._say(f"the episode ended after {self.frame_index} frames")
             self._say(self._stop_recording())

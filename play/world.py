@@ -35,6 +35,9 @@ class Step:
     frame: np.ndarray                 # (H, W, 3) uint8
     twin: np.ndarray | None = None    # (H, W, 3) uint8, the real game stepped with the same actions
     done: bool = False                # the real game's episode ended (RealWorld only)
+    reward: float | None = None       # the real game's reward for this step, and how its episode ended (RealWorld only)
+    terminated: bool = False
+    truncated: bool = False
 
 
 def make_real_game(env_id: str, size: int, seed: int) -> Any:
@@ -76,7 +79,9 @@ class RealWorld:
 
     def step(self, action: np.ndarray) -> Step:
         frame, done = self.game.step(action)
-        return Step(frame, None, bool(done))
+        g = self.game
+        return Step(frame, None, bool(done), float(getattr(g, "reward", 0.0)), bool(getattr(g, "terminated", False)),
+                    bool(getattr(g, "truncated", False)))
 
     @property
     def has_twin(self) -> bool:

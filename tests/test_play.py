@@ -531,6 +531,9 @@ def test_real_world_resets_after_the_episode_ends(tmp_path):
         win.close()
     lengths = sorted(len(Episode(p)) for p in tmp_path.glob("*.episode"))
     assert lengths == [2, 4, 4]               # two whole episodes of 3 steps, then the 7th step began the third
+    ends = sorted(str(Episode(p).end) for p in tmp_path.glob("*.episode"))
+    assert ends == ["stopped", "truncated", "truncated"]   # the game's step limit ended the first two; play, the third
+    assert all(Episode(p).has_reward for p in tmp_path.glob("*.episode"))   # human play records the game's reward
     seeds = sorted(Episode(p).header["seed"] for p in tmp_path.glob("*.episode"))
     assert seeds == [0, 1, 2]                 # each episode's own start seed
 
