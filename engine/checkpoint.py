@@ -2,7 +2,8 @@
 training data and the metrics in its metadata. No pickle anywhere: safetensors for tensors, JSON for the rest.
 
 Tensor names are prefixed by the part they belong to: `ae.` (autoencoder), `wm.` (world model), `idm.`
-(inverse-dynamics model). A file may hold any subset; `kind` in the metadata says what it was written as.
+(inverse-dynamics model), `reward.` (reward and episode-end model). A file may hold any subset; `kind` in the
+metadata says what it was written as.
 Every write goes to a temporary name in the same folder and is renamed when whole.
 """
 
@@ -27,7 +28,7 @@ from engine.errors import ReverieError
 
 FORMAT = "reverie-checkpoint"
 FORMAT_VERSION = 1
-PARTS = ("ae", "wm", "idm", "start")  # start: a built-in start state (frames, actions) for Session.reset()
+PARTS = ("ae", "wm", "idm", "reward", "start")  # start: a built-in start state (frames, actions) for Session.reset()
 
 
 class CheckpointError(ReverieError, ValueError):
