@@ -106,3 +106,56 @@ def test_bad_use_is_refused(checkpoint):
         DreamEnv(checkpoint, batch=2)
     with pytest.raises(ValueError, match="max_episode_steps"):
         DreamEnv(checkpoint, max_episode_steps=0)
+
+
+def mean_reward(prev, actions, frames):
+    """A deterministic reward_fn: the change of the frame's mean brightness; ended when a frame is darker than 100."""
+    change = frames.reshape(len(frames), -1).mean(1) - prev.reshape(len(prev), -1).mean(1)
+    return change.astype(np.float32), frames.reshape(len(frames), -1).mean(1) < 100
+
+
+def test_env_checker_passes_with_a_reward_fn(checkpoint):
+    kwargs = {"checkpoint": str(checkpoint), "max_episode_steps": 50, "steps": 1, "reward_fn": mean_reward}
+    env = DreamEnv(render_mode="rgb_array", **kwargs)
+    env.spec = EnvSpec("ReverieDreamReward-v0", entry_point=DreamEnv, kwargs=kwargs, nondeterministic=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(env)
+    env.close()
+
+
+def test_reward_fn_gives_reward_and_episode_end(checkpoint):
+    seen = []
+
+    def reward_fn(prev, actions, frames):
+        seen.append((prev.copy(), actions.copy(), frames.copy()))
+        assert not frames.flags.writeable  # the env's own frames cannot be changed through it
+        return np.array([len(seen) * 0.5], np.float32), np.array([len(seen) == 3])
+
+    env = DreamEnv(checkpoint, max_episode_steps=5, reward_fn=reward_fn, steps=1)
+    obs0, _ = env.reset(seed=0)
+    results = [env.step(np.array([1, 0, 0, 1], np.int8)) for _ in range(3)]
+    assert [(r[1], r[2], r[3]) for r in results] == [(0.5, False, False), (1.0, False, False), (1.5, True, False)]
+    assert all(isinstance(r[1], float) and isinstance(r[2], bool) for r in results)
+    prev, actions, frames = seen[0]
+    assert prev.shape == frames.shape == (1, *FRAME) and np.array_equal(prev[0], obs0)
+    assert np.array_equal(frames[0], results[0][0]) and np.array_equal(seen[1][0][0], results[0][0])
+    assert actions.dtype == np.float32 and np.array_equal(actions, [[1, 0, 0, 1]])
+    env.close()
+
+
+def test_bad_reward_fn_is_refused(checkpoint):
+    with pytest.raises(ValueError, match="reward_fn must be callable"):
+        DreamEnv(checkpoint, reward_fn="model.safetensors", steps=1)
+    env = DreamEnv(checkpoint, reward_fn=lambda p, a, f: (np.zeros(2), np.zeros(2, bool)), steps=1)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=r"rewards must be \(1,\)"):
+        env.step(np.zeros(SPEC.size, np.int8))
+
+
+def test_sampling_noise_is_a_setting(checkpoint):
+    env = DreamEnv(checkpoint, context_noise=0.3, steps=2, guidance=2.0)
+    assert (env.session.context_noise, env.session.steps, env.session.guidance) == (pytest.approx(0.3), 2, 2.0)
+    actions = np.random.default_rng(2).integers(0, 2, (6, SPEC.size), dtype=np.int8)
+    quiet = play(DreamEnv(checkpoint, context_noise=0.0, steps=1), 3, actions)
+    assert not np.array_equal(play(DreamEnv(checkpoint, context_noise=0.5, steps=1), 3, actions), quiet)
