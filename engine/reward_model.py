@@ -17,14 +17,16 @@ the recorder's --steps) depends on the step count, not on the frames, and is lef
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from engine.autoencoder import frames_to_tensor
-from engine.checkpoint import Checkpoint, CheckpointError, load_into
+from engine.checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_into
 
 MAX_CLASSES = 8            # more distinct reward values than this: the reward is regressed, not classified
 MAX_WEIGHT = 50.0          # cap of a rare class's loss weight (a class seen once would otherwise dominate)
@@ -133,3 +135,27 @@ def load_reward_model(ckpt: Checkpoint, flag: str = "") -> RewardModel:
         raise CheckpointError(f"{where}: bad 'classes' {classes!r} in its metadata; train it again")
     model = RewardModel(ckpt.action_spec.size, None if classes is None else [float(c) for c in classes], int(width))
     return load_into(model, ckpt, "reward").eval()
+
+
+class RewardFunction:
+    """A reward model as the dream's `reward_fn` (train/agents/dream_env.py): (prev_frames (B, H, W, 3) uint8,
+    actions (B, A) float32, frames (B, H, W, 3) uint8) numpy arrays -> (rewards (B,) float32, ended (B,) bool)."""
+
+    def __init__(self, model: RewardModel, end_threshold: float = 0.5, device: str | torch.device = "cpu"):
+        self.model, self.end_threshold, self.device = model.to(device).eval(), end_threshold, torch.device(device)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> RewardFunction:
+        """From a reward.safetensors, with the end threshold it was evaluated with."""
+        ckpt = load_checkpoint(path)
+        threshold = (ckpt.extra.get("eval") or {}).get("end_threshold", 0.5)
+        return cls(load_reward_model(ckpt), float(threshold), device)
+
+    def __call__(self, prev_frames: np.ndarray, actions: np.ndarray, frames: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        def on(x: np.ndarray, dtype: torch.dtype) -> torch.Tensor:   # a copy: the env hands read-only views
+            return torch.from_numpy(np.array(x)).to(self.device, dtype)
+
+        reward, p_end = predict(self.model, on(prev_frames, torch.uint8), on(actions, torch.float32),
+                                on(frames, torch.uint8))
+        return reward.cpu().numpy().astype(np.float32), (p_end >= self.end_threshold).cpu().numpy()

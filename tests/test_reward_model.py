@@ -159,3 +159,14 @@ def test_rare_classes_weigh_more_and_precision_recall_count():
     pr = precision_recall(torch.tensor([True, True, False, False]), torch.tensor([True, False, True, False]))
     assert pr["precision"] == 0.5 and pr["recall"] == 0.5 and pr["positives"] == 2
     assert precision_recall(torch.zeros(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool))["precision"] is None
+
+
+def test_the_model_is_the_dreams_reward_fn(trained, gems):
+    from engine.reward_model import RewardFunction
+    from train.agents.dream_env import check_reward
+
+    fn = RewardFunction.load(trained / "reward.safetensors")
+    with Episode(sorted(gems[1].glob("*.episode"))[0]) as ep:
+        frames, actions = ep.frames(0, 9), ep.actions(0, 8)
+    rewards, ended = check_reward(fn(frames[:-1], actions, frames[1:]), 8)
+    assert rewards.shape == ended.shape == (8,) and ended.dtype == bool
