@@ -31,7 +31,7 @@ from engine.reward_model import (
     reward_classes,
 )
 from train.data.episodes import SUFFIX, TERMINATED, Episode
-from train.data.windows import pick_windows
+from train.data.windows import pick_focused_windows
 from train.training.config import (
     TrainConfig,
     TrainingError,
@@ -64,6 +64,9 @@ class RewardSettings(TrainConfig):
     width: int = setting(32, "channels of the first conv layer", check=at_least(4))
     end_threshold: float = setting(0.5, "an end is predicted where its probability is at least this",
                                    check=(lambda v: 0 < v < 1, "in (0, 1)"))
+    end_share: float = setting(1 / 16, "share of each batch drawn from the steps where the game ended (ends are a "
+                               "few in thousands of steps; the loss weight follows the share drawn)",
+                               check=(lambda v: 0 <= v < 1, "in [0, 1)"))
 
 
 SETTINGS = RewardSettings
@@ -141,6 +144,8 @@ class Steps:
                     self.ends.append(np.zeros(len(ep) - 1, np.uint8))
         self.starts = [np.arange(len(self.rewards[e])) if e in self.used else np.zeros(0, np.int64)
                        for e in range(len(self.rewards))]
+        self.end_starts = [np.flatnonzero(self.ends[e] & TERMINATED) if e in self.used else np.zeros(0, np.int64)
+                           for e in range(len(self.rewards))]
 
     def all_rewards(self) -> torch.Tensor:
         return torch.from_numpy(np.concatenate([self.rewards[e] for e in self.used]))
@@ -238,11 +243,12 @@ def run(args: argparse.Namespace) -> int:
     if init is not None:
         model.load_state_dict(load_reward_model(init, "--init").state_dict())
     model = model.to(device)
-    loss = make_loss(model, rewards, train_steps.all_terminated())
+    loss = make_loss(model, rewards, train_steps.all_terminated(), tcfg.end_share)
 
     def batch_fn(step: int, d: Dist):
         """This rank's slice of the steps drawn for `step`, on the device."""
-        sel = pick_windows(step_generator(tcfg.seed, step), train_steps.starts, tcfg.batch)
+        sel = pick_focused_windows(step_generator(tcfg.seed, step), train_steps.starts, train_steps.end_starts,
+                                   tcfg.batch, tcfg.end_share)
         per = tcfg.batch // d.world
         before, after, act, rew, end = train_steps.pairs(sel[d.rank * per:(d.rank + 1) * per])
         return (frames_to_tensor(before.to(device)), act.to(device), frames_to_tensor(after.to(device)),
@@ -279,10 +285,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def make_loss(model: RewardModel, rewards: torch.Tensor, terminated: torch.Tensor) -> RewardLoss:
-    """The loss with the rare classes and ends weighted up by their inverse frequency in the training steps."""
+def make_loss(model: RewardModel, rewards: torch.Tensor, terminated: torch.Tensor, end_share: float) -> RewardLoss:
+    """The loss with the rare classes weighted up by their inverse frequency in the training steps, and the ends by
+    theirs in the batches (end_share of each batch is drawn from the ends, the rest from all steps)."""
     ends = int(terminated.sum())
-    end_weight = min(MAX_WEIGHT, (len(terminated) - ends) / ends) if ends else 1.0
+    drawn = end_share + (1 - end_share) * ends / len(terminated)
+    end_weight = min(MAX_WEIGHT, (1 - drawn) / drawn) if ends else 1.0
     if model.classes is None:
         nonzero = int((rewards != 0).sum())
         return RewardLoss(None, end_weight, min(MAX_WEIGHT, (len(rewards) - nonzero) / nonzero) if nonzero else 1.0)
