@@ -1,7 +1,8 @@
 """The web page on `reverie serve`'s own port: a browser opening http://HOST:PORT/ gets the page that `reverie export
 --format web` writes (the same files, export/page/), sent to `?server=ws://HOST:PORT/`, so it plays a world of this
 server with nothing exported or installed. WebSocket upgrades pass through to the protocol; any other request gets a
-page file (with the static server's headers and types), a redirect from `/`, or a 404. Only GET is answered (the WebSocket library reads no other method).
+page file (with the static server's headers and types), a redirect from `/`, or a 404. Only GET is answered (the
+WebSocket library reads no other method).
 """
 
 from __future__ import annotations
