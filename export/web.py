@@ -100,6 +100,7 @@ def _write_model(ckpt: Any, folder: Path, fps: float | None, name: str) -> None:
 
     from engine.autoencoder import Autoencoder, frames_to_tensor
     from engine.checkpoint import load_into
+    from engine.graphs import file_sha256
     from engine.step import SEED_STRIDE
     from engine.world_model import WorldModel, euler_schedule
     from export.onnx import export_onnx
@@ -150,7 +151,8 @@ def _write_model(ckpt: Any, folder: Path, fps: float | None, name: str) -> None:
     game_fps = fps or ckpt.data.get("fps") or GAME_FPS.get(spec.game.split(":")[0], 30.0)
     ev = ckpt.metrics.get("eval") or {}
     params = sum(p.numel() for p in wm.parameters()) + sum(p.numel() for p in ae.decoder.parameters())
-    card = {"name": name, "game": spec.game, "file": ckpt.path.name, "sha256": _sha256(ckpt.path), "parameters": params,
+    card = {"name": name, "game": spec.game, "file": ckpt.path.name, "sha256": file_sha256(ckpt.path),
+            "parameters": params,
             "trained_on": {k: ckpt.data[k] for k in ("episodes", "frames", "env_ids") if k in ckpt.data},
             "training_steps": ckpt.metrics.get("steps_done"),
             "metrics": {k: ev[k] for k in CARD_METRICS if isinstance(ev.get(k), (int, float))}}
@@ -218,10 +220,3 @@ def _web_graph(src: Path, dst: Path) -> dict[str, Any]:
             "inputs": [i.name for i in model.graph.input if i.name not in {t.name for t in kept}],
             "outputs": [o.name for o in model.graph.output]}
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
