@@ -28,7 +28,8 @@ from engine.errors import ReverieError
 
 FORMAT = "reverie-checkpoint"
 FORMAT_VERSION = 1
-PARTS = ("ae", "wm", "idm", "reward", "start")  # start: a built-in start state (frames, actions) for Session.reset()
+# start: a built-in start state (frames, actions) for Session.reset(); agent: a policy (reverie train agent)
+PARTS = ("ae", "wm", "idm", "reward", "agent", "start")
 
 
 class CheckpointError(ReverieError, ValueError):

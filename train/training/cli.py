@@ -15,9 +15,10 @@ import sys
 from engine.errors import ReverieError
 
 STAGES = {"ae": "train.training.ae", "wm": "train.training.wm", "idm": "train.training.idm",
-          "merge": "train.training.merge", "reward": "train.training.reward"}
+          "merge": "train.training.merge", "reward": "train.training.reward",
+          "agent": "train.agents.train_agent"}
 USAGE = """reverie train --recipe NAME --data DIR --out RUN [--set [STAGE.]KEY=VALUE ...] [--dry-run]
-       reverie train {ae,idm,wm,merge,reward} ... one stage (for experts; see 'reverie train STAGE --help')"""
+       reverie train {ae,idm,wm,merge,reward,agent} ... one stage (for experts; see 'reverie train STAGE --help')"""
 
 
 def parser() -> argparse.ArgumentParser:
