@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export.cli", "write a model's real-time step as ONNX graphs, TensorRT engines or a web page"),
 }
 
+# (command, sub-command) -> module with main(argv) -> int: a sub-command that lives in another package than its command
+# (`reverie eval agent` plays agents, a room above train.evaluation that evaluate.py may not import)
+SUBCOMMANDS: dict[tuple[str, str], str] = {("eval", "agent"): "train.agents.eval_agent"}
+
 
 def command_parser(name: str):
     """The argparse parser of command `name` (its module's build_parser()): what a recipe checks an eval stage's
@@ -82,7 +86,11 @@ def _dispatch(argv: list[str] | None) -> int:
         return 2
     from engine.errors import ReverieError
 
-    module = importlib.import_module(COMMANDS[name][0])
+    target = COMMANDS[name][0]
+    if len(argv) > 1 and (name, argv[1]) in SUBCOMMANDS:   # `reverie eval agent ...`: the sub-command's own module
+        target = SUBCOMMANDS[(name, argv[1])]
+        name, argv = f"{name} {argv[1]}", argv[1:]
+    module = importlib.import_module(target)
     try:
         return int(module.main(argv[1:]) or 0)
     except ReverieError as e:  # a user's bad input or an impossible request: one line, no traceback

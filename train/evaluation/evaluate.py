@@ -163,7 +163,10 @@ def reconstruct(ae: Autoencoder, frames: np.ndarray, device: torch.device | str)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="reverie eval", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="reverie eval", description=__doc__.split("\n\n")[0],
+                                epilog="To score an agent instead (its mean return over episodes of the real game "
+                                       "or of a dream): reverie eval agent --agent AGENT --env GAME --episodes N "
+                                       "(see 'reverie eval agent --help').")
     p.add_argument("--model", default=None, help="world-model checkpoint (default: the shipped model)")
     p.add_argument("--data", required=True, help="folder of held-out episodes (not used in training)")
     p.add_argument("--horizon", type=arg_type(check_count(1), "--horizon", int), default=16,
