@@ -6,6 +6,7 @@
     reverie play --human --env builtin:gems --out data/me     record your own episodes for training
     reverie play --headless --frames 300 --json play.json     the play benchmark (no window)
     reverie play --connect HOST:PORT [--token T]   a world on a running 'reverie serve'
+    reverie play --agent gems                      an agent plays inside the model, you watch (Tab: and the real game)
 
 Errors (a missing or wrong model, no display) are one clear line and exit code 1; a quit (Esc, closing the
 window) exits 0.
@@ -85,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"torch threads on CPU (default: cores - 1, at most 4; here {default_threads()})")
     m.add_argument("--seed", type=arg_type(check_seed, "--seed", int), default=0,
                    help="seed of the real game's start and the autopilot")
+    m.add_argument("--agent", default=None, metavar="AGENT",
+                   help="let an agent play inside the model while you watch: a shipped agent's name (gems), a run "
+                        "folder of 'reverie train agent' or its agent .safetensors; Tab shows it playing the real game "
+                        "beside the model; your game keys are ignored, the window's controls still work")
     w = p.add_argument_group("window")
     w.add_argument("--scale", type=arg_type(check_scale, "--scale", int), default=None,
                    help="window pixels per frame pixel, 1..32 (default: fit 512 pixels)")
@@ -189,17 +194,30 @@ def make_world(a: argparse.Namespace, say) -> tuple[Any, dict[str, Any]]:
     threads = a.threads or (default_threads() if device == "cpu" else None)
     ckpt = load_checkpoint(model_path)
     check_world_model(ckpt)                                        # before any export
+    agent = None
+    if a.agent is not None:                                        # a missing or unfitting agent: before any export
+        try:
+            from play.agent import load_fitting_agent
+        except ImportError as e:
+            raise PlayError(f"--agent needs the agents extra ({e}): pip install 'reverie[agents]'") from None
+        agent = load_fitting_agent(a.agent, ckpt, f"--model {model_path}")
     t_export = time.perf_counter()   # a first onnxruntime run of a checkpoint exports its graphs once
     backend, graphs = prepare_backend(ckpt, a.backend, 1, device)
     export_s = time.perf_counter() - t_export
     session = Session(ckpt, backend=backend, graphs=graphs, device=device, steps=a.steps, guidance=a.guidance,
                       dtype=a.dtype, threads=threads, profile=a.headless or a.json is not None)
-    world = ModelWorld(session, env_id=checkpoint_env_id(ckpt), seed=a.seed, backend=backend)
+    if agent is None:
+        world = ModelWorld(session, env_id=checkpoint_env_id(ckpt), seed=a.seed, backend=backend)
+    else:
+        from play.agent import AgentWorld, agent_label
+
+        world = AgentWorld(session, agent, agent_label(a.agent), env_id=checkpoint_env_id(ckpt), seed=a.seed,
+                           backend=backend)
     if world.warning:
         say(f"warning: no real game to start from ({world.warning}); starting from a mid-grey frame, and Tab has no "
             "real game to show")
     info = {"device": device, "model": str(model_path), "env": world.env_id, "dtype": a.dtype, "threads": threads,
-            "batch": 1, "export_s": export_s}
+            "batch": 1, "export_s": export_s, "agent": a.agent}
     return world, info
 
 
@@ -237,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     from engine.output import prepare_folder, prepare_output, write_json
 
     try:
+        if a.agent is not None and (a.real or a.human or a.connect is not None):
+            raise PlayError("--agent plays inside the model and cannot go with --real, --human or --connect: leave "
+                            "those out (the real game is beside the model on Tab)")
         if a.json is not None:
             prepare_output(a.json)                      # before the run, not after it
         if a.human:
@@ -247,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         frames = a.frames or (HEADLESS_FRAMES if a.headless else 0)
         fps = a.fps if a.fps is not None else (0.0 if a.headless or a.connect else world.fps)   # a server paces
         threads = info.get("threads")
-        cfg = WindowConfig(scale=a.scale or 0, fps=fps, headless=a.headless, frames=frames, autopilot=a.headless,
+        cfg = WindowConfig(scale=a.scale or 0, fps=fps, headless=a.headless, frames=frames,
+                           autopilot=a.headless and a.agent is None,
                            seed=a.seed, lockstep=a.lockstep, hud=not a.no_hud, side_by_side=a.side_by_side,
                            threads=threads, save_path=a.save, record_dir=a.record_dir,
                            human_dir=a.out if a.human else None, caption=f"Reverie: {world.kind} {world.env_id}",
@@ -256,8 +278,13 @@ def main(argv: list[str] | None = None) -> int:
         if a.connect is not None:
             world.follow(window.worker)                 # P pauses the world on the server too
         what = "the real game" if world.kind == "real" else f"the model {info['model']}"
+        if a.agent is not None:
+            what = f"the agent {a.agent} in {what}"
         say(f"reverie play: {what} ({world.env_id}), {world.backend}, "
             f"{'as fast as it goes' if not fps else f'{fps:g} frames/s'}" + (", headless" if a.headless else ""))
+        if a.agent is not None:
+            say("the agent plays and your game keys are ignored (the window's controls work); Tab shows it playing "
+                "the real game beside the model")
         code = window.run()
         report = window.report()
         # from the start of the command to the first frame on screen, less the one-time export of the graphs

@@ -25,7 +25,7 @@ STATS_WINDOW = 240          # recent frames the HUD's numbers are computed over
 TEXT_CACHE = 64             # rendered text lines kept for reuse
 TOAST_SECONDS = 2.5
 REFRESH_SECONDS = 0.1       # the statistics text changes at most this often (readable, and cheaper)
-MAX_LINES = 5               # statistics lines at most: three of timings, the world's knobs, PAUSED / REC
+MAX_LINES = 5               # statistics lines at most: three of timings, the world's knobs, PAUSED / REC / agent
 STRIP_PADDING = 4           # pixels around the strip's text
 COLUMN_GAP = 16             # pixels between columns of statistics
 STRIP_BACKGROUND = (16, 16, 22)
@@ -99,6 +99,7 @@ class HudInfo:
     paused: bool = False
     recording: bool = False
     mode: str = "model"
+    agent: str | None = None        # the agent playing (`--agent`), shown on the flags line
 
 
 class Hud:
@@ -134,7 +135,8 @@ class Hud:
             lines.append(f"steps {info.steps}   guidance {info.guidance:.2f}   {info.backend}")
         else:
             lines.append(f"{info.mode}   {info.backend}")
-        flags = [f for f, on in (("PAUSED", info.paused), ("REC", info.recording)) if on]
+        flags = [f for f, on in ((f"agent: {info.agent}", info.agent), ("PAUSED", info.paused),
+                                 ("REC", info.recording)) if on]
         if flags:
             lines.append("  ".join(flags))
         return lines

@@ -86,13 +86,15 @@ class Window:
         self.input = InputState(self.keymap)
         self.stats = FrameStats(keep_all=cfg.headless or cfg.frames > 0)
         self.autopilot = Autopilot(self.keymap, cfg.seed) if cfg.autopilot else None
-        self.worker = Worker(self._advance, self.input.take, fps=cfg.fps, lockstep=cfg.lockstep, threads=cfg.threads,
+        self.agent: str | None = getattr(world, "agent_name", None)   # an agent plays (play/agent.py): keys are not
+        take = world.take if self.agent else self.input.take            # the world's actions, only the controls
+        self.worker = Worker(self._advance, take, fps=cfg.fps, lockstep=cfg.lockstep, threads=cfg.threads,
                              after=getattr(world, "finish", None), max_steps=cfg.frames)
         human = cfg.human_dir is not None
         env_id = world.env_id if world.kind == "real" else model_env_id(world.spec.game)
         self.recorder = Recorder(cfg.human_dir if human else cfg.record_dir, env_id=env_id, spec=world.spec,
                                  frame_shape=world.frame_shape, fps=world.fps, gif=cfg.gif and not human,
-                                 agent="autopilot" if cfg.autopilot else "human",
+                                 agent=self.agent or ("autopilot" if cfg.autopilot else "human"),
                                  env_version=getattr(world, "env_version", "") if world.kind == "real" else "",
                                  metadata={"source": "reverie play", "world": world.kind, "game": world.spec.game},
                                  reward=world.kind == "real" and hasattr(getattr(world, "game", None), "reward"))
@@ -258,7 +260,9 @@ class Window:
                 self._dest[1].fill((0, 0, 0))
         self.hud.draw(self.screen, self._strip, self.stats, self._info(), self.help_lines, width=w * k)
         if self.side_by_side:
-            self.hud.label(self.screen, "real game", (x + STRIP_PADDING, self._strip.top + STRIP_PADDING))
+            score = getattr(self.world, "real_score", None)      # the agent's score in the real game
+            label = "real game" if score is None else f"real game   score {score:g}"
+            self.hud.label(self.screen, label, (x + STRIP_PADDING, self._strip.top + STRIP_PADDING))
         self.window.flip()
         shown = time.perf_counter()
         self._dirty = False
@@ -283,7 +287,7 @@ class Window:
     def _info(self) -> HudInfo:
         return HudInfo(backend=self.world.backend, steps=self.world.steps, guidance=self.world.guidance,
                        frame=self.frame_index, paused=self.worker.paused, recording=self.recorder.active,
-                       mode=self.world.kind)
+                       mode=self.world.kind, agent=self.agent)
 
     # ---- events and controls ---------------------------------------------------------------------------------------
     def _handle(self, event: pygame.event.Event) -> None:
