@@ -46,9 +46,15 @@ def require_sb3() -> None:
                          "stable-baselines3)") from None
 
 
+MIN_SIDE = 36                          # the Nature CNN's 8/4, 4/2, 3/1 convolutions need frames at least this big
+
+
 def observation_space(frame_shape: tuple[int, ...]) -> spaces.Box:
     """The policy's observation: one frame, channels first (as SB3's CNN policies take images)."""
     h, w, c = frame_shape
+    if min(h, w) < MIN_SIDE:
+        raise AgentError(f"frames of {h}x{w}: an agent's CNN needs frames of at least {MIN_SIDE}x{MIN_SIDE}; train the "
+                         "world model (or play the game) at a larger --size")
     return spaces.Box(0, 255, (c, h, w), np.uint8)
 
 
