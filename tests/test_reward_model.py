@@ -170,3 +170,30 @@ def test_the_model_is_the_dreams_reward_fn(trained, gems):
         frames, actions = ep.frames(0, 9), ep.actions(0, 8)
     rewards, ended = check_reward(fn(frames[:-1], actions, frames[1:]), 8)
     assert rewards.shape == ended.shape == (8,) and ended.dtype == bool
+
+
+def test_with_model_the_frames_are_redrawn_as_the_dream_draws_them(tmp_path, gems):
+    """--model: the reward model trains and is scored on frames passed through the world model's autoencoder."""
+    from train.training.reward import redrawer
+
+    redraw, ckpt = redrawer("default")
+    with Episode(next(iter(sorted(gems[1].glob("*.episode"))))) as ep:
+        frames = torch.from_numpy(ep.frames(0, 8))
+    drawn = redraw(frames)
+    assert drawn.shape == frames.shape and drawn.dtype == torch.uint8
+    diff = (drawn.float() - frames.float()).abs()
+    assert 0 < diff.mean() < 8, "a redrawn frame is the game's frame as the decoder draws it: close, not equal"
+    out = tmp_path / "run"
+    assert reverie_cli.main(["train", "reward", "--data", str(gems[0]), "--heldout", str(gems[1]), "--out", str(out),
+                             "--model", "default", "--steps", "30", "--batch", "16", "--threads", "2",
+                             "--no-progress"]) == 0
+    saved = load_checkpoint(out / "reward.safetensors")
+    assert saved.extra["drawn_by"] == str(ckpt.path)
+
+
+def test_a_world_model_of_another_game_is_refused(tmp_path, gems, capsys):
+    out = tmp_path / "run"
+    line = one_line_error(capsys, ["train", "reward", "--data", str(gems[0]), "--out", str(out), "--model",
+                                   "breakout", *RUN])
+    assert "--model" in line and "ale:Breakout" in line
+    assert not out.exists()
