@@ -25,7 +25,7 @@ def evaluate(out: Path, name: str, agent: str, episodes: int, where: list[str]) 
     path = out / f"{name}.json"
     if not path.exists():
         cmd = ["reverie", "eval", "agent", "--agent", agent, "--episodes", str(episodes), "--json", str(path),
-               "--no-progress", *where]
+               "--no-progress", "--threads", "2", *where]
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
     return json.loads(path.read_text())
@@ -57,11 +57,13 @@ def main() -> int:
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--ckpt-dream", type=int, default=20)
     p.add_argument("--ckpt-real", type=int, default=40)
+    p.add_argument("--dream-steps", type=int, default=None, help="frames per dream episode (default: the game's)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     real = ["--env", args.env]
     dream = ["--model", args.model] + (["--reward", args.reward] if args.reward else [])
+    dream += ["--episode-steps", str(args.dream_steps)] if args.dream_steps else []
     result: dict = {"env": args.env, "model": args.model, "real": {}, "checkpoints": []}
     for name, agent in (("random", "random"), ("scripted", "scripted"), ("dream_agent", args.dream_run),
                         ("real_ppo", args.real_run)):

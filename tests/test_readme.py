@@ -4,6 +4,7 @@ as written, at small sizes (fewer episodes and steps, a few training steps a sta
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shlex
@@ -42,6 +43,9 @@ def parse(command: str) -> None:
 
         parser = train_cli.parser() if argv[1] in train_cli.STAGES else train_cli.recipe_parser()
         parser.parse_args(argv[1:])
+        return
+    if len(argv) > 1 and (name, argv[1]) in reverie_cli.SUBCOMMANDS:   # `reverie eval agent ...`
+        importlib.import_module(reverie_cli.SUBCOMMANDS[(name, argv[1])]).build_parser().parse_args(argv[2:])
         return
     reverie_cli.command_parser(name).parse_args(argv[1:])
 
