@@ -38,7 +38,7 @@ WORLDS = 4
 EPISODE = 64         # dream frames per episode (--episode-steps)
 ROLLOUT = PPO_SETTINGS["n_steps"] * WORLDS   # frames per PPO update: 512
 RUN = ["--worlds", str(WORLDS), "--episode-steps", str(EPISODE), "--denoise-steps", "1", "--save-every",
-       str(ROLLOUT), "--threads", "1", "--no-progress"]
+       str(ROLLOUT), "--action-repeat", "1", "--threads", "1", "--no-progress"]   # every frame a choice
 
 
 # ---- models ----------------------------------------------------------------------------------------------------------
@@ -378,3 +378,57 @@ def test_bad_numbers_are_usage_errors(flag, value, bare, tmp_path, capsys):
     assert "Traceback" not in err and lines[0].startswith("usage:"), err
     assert flag in lines[-1] and "must be between 1 and" in lines[-1], err
     assert not out.exists()
+
+
+# ---- action repeat and recorded starts ------------------------------------------------------------------------------
+def test_an_action_repeat_counts_frames_and_the_agent_holds_its_choice(model, tmp_path, capsys):
+    """--action-repeat 4: a PPO update covers 4x the frames, and the saved agent holds each choice for 4 frames."""
+    out = tmp_path / "run"
+    run = list(RUN)
+    run[run.index("--action-repeat") + 1] = "4"
+    run[run.index("--save-every") + 1] = str(4 * ROLLOUT)
+    train(["--model", str(model), "--out", str(out), "--frames", str(4 * ROLLOUT), *run], capsys)
+    agent = load_agent(out)
+    assert agent.info["action_repeat"] == 4 and agent.info["frames"] == 4 * ROLLOUT
+    assert [p.name for p in (out / "checkpoints").iterdir()] == [f"agent_{4 * ROLLOUT:09d}.safetensors"]
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (12, SIZE, SIZE, 3), dtype=np.uint8)
+    agent.reset(3)
+    acts = np.stack([agent.act(f) for f in frames])
+    for k in range(0, 12, 4):   # the same choice over each 4 frames, whatever the frames
+        assert (acts[k:k + 4] == acts[k]).all()
+    agent.reset(3)
+    again = np.stack([agent.act(f) for f in frames])
+    assert (again == acts).all(), "the same seed, the same actions"
+
+
+def test_dream_episodes_start_from_recorded_play(model, tmp_path, capsys):
+    """--starts DIR: every dream episode is primed from a window of recorded play, not the built-in start."""
+    from train.agents.dream_vec_env import DreamVecEnv
+    from train.agents.starts import RecordedStarts
+
+    data = tmp_path / "play"
+    assert reverie_cli.main(["record", "--env", "builtin:gems", "--episodes", "2", "--steps", "40", "--size",
+                             str(SIZE), "--out", str(data), "--no-progress"]) == 0
+    starts = RecordedStarts(data, SPEC, (SIZE, SIZE, 3), 2)
+    frames, actions = starts(np.random.default_rng(0))
+    assert frames.shape == (2, SIZE, SIZE, 3) and actions.shape == (2, SPEC.size)
+    env = DreamVecEnv(model, num_envs=3, max_episode_steps=5, start_sampler=starts, steps=1)
+    try:
+        obs, _ = env.reset(seed=7)
+        assert obs.shape == (3, SIZE, SIZE, 3)
+        assert any(not np.array_equal(obs[i], obs[j]) for i in range(3) for j in range(i)), \
+            "each world starts from a window of its own"
+    finally:
+        env.close()
+    out = tmp_path / "run"
+    train(["--model", str(model), "--out", str(out), "--frames", str(ROLLOUT), "--starts", str(data), *RUN], capsys)
+    assert load_agent(out).info["starts"] == str(data)
+
+
+def test_starts_of_another_game_or_none_are_refused(model, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "run"
+    line = one_line_error(capsys, ["--model", str(model), "--out", str(out), "--starts", str(empty), *RUN])
+    assert "--starts" in line and not out.exists()

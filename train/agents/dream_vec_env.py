@@ -17,7 +17,9 @@ rounding). The dream's sampling noise (context_noise, steps, guidance) is a sett
 Autoreset is SAME_STEP (gymnasium.vector.AutoresetMode): on the step where env i ends, its returned observation is
 already the first of its next episode; the last frame of the ended episode is in infos["final_obs"][i] and that step's
 info in infos["final_info"] (masks "_final_obs", "_final_info"), as stable-baselines3's VecEnv also hands them over.
-Autoreset episodes start from the constructor's start frames (or the checkpoint's start state); a reset with
+Autoreset episodes start from the constructor's start frames (or the checkpoint's start state), or, with
+start_sampler(rng) -> (frames (T, H, W, 3), actions (T, A)), from a start drawn for each episode (e.g. a window of
+recorded play, as DIAMOND starts its imagined rollouts from real frames; rng is the env's np_random); a reset with
 options={"frames": (T, H, W, 3), "actions": (T, A)} primes every world, or only those of options["reset_mask"] (B,)
 bool, from other frames for that episode.
 """
@@ -58,9 +60,9 @@ class DreamVecEnv(VectorEnv):
                  start_frames: Any = None, start_actions: Any = None,
                  max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS, reward_fn: RewardFn | None = None,
                  render_mode: str | None = None, steps: int | None = None, guidance: float | None = None,
-                 context_noise: float | None = None, **session_kwargs: Any):
+                 context_noise: float | None = None, start_sampler: Any = None, **session_kwargs: Any):
         """checkpoint, the sampling settings and session_kwargs go to engine.Session(batch=num_envs); the rest as
-        DreamEnv takes them."""
+        DreamEnv takes them; start_sampler: see the module docstring."""
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
         if "batch" in session_kwargs:
@@ -81,6 +83,10 @@ class DreamVecEnv(VectorEnv):
         self.num_envs = int(num_envs)
         self.action_spec: ActionSpec = self.session.spec
         self.start_frames, self.start_actions = start_frames, start_actions
+        if start_sampler is not None and not callable(start_sampler):
+            raise ValueError(f"start_sampler must be callable (rng) -> (frames, actions), got "
+                             f"{type(start_sampler).__name__}")
+        self.start_sampler = start_sampler
         self.max_episode_steps = int(max_episode_steps)
         self.reward_fn = reward_fn
         self.render_mode = render_mode
@@ -122,7 +128,16 @@ class DreamVecEnv(VectorEnv):
         if "frames" in options:
             frames, actions = options["frames"], options.get("actions")
         mask = options.get("reset_mask")
-        if mask is None:
+        if mask is None and self.start_sampler is not None and "frames" not in options:
+            if self._last is None:   # the session is primed as a whole once, then each world from a start of its own
+                first_frames, first_actions = self.start_sampler(np.random.default_rng(0))
+                obs = self.session.reset(first_frames, first_actions, seed=0)
+                self._last = np.array(obs, dtype=np.uint8).reshape(self.num_envs, *self.session.frame_shape)
+            for i, s in enumerate(seeds):
+                self._reset_one(i, s)
+            self._t[:] = 0
+            envs = range(self.num_envs)
+        elif mask is None:
             world_seed = [self._world_seed(i, s) for i, s in enumerate(seeds)]
             # a world seeded w in a one-world session draws from world_seeds(w, 1)[0]: the same here, per slot
             obs = self.session.reset(frames, actions, seed=[int(world_seeds(w, 1)[0]) for w in world_seed])
@@ -145,9 +160,12 @@ class DreamVecEnv(VectorEnv):
 
     def _reset_one(self, i: int, seed: int | None, frames: Any = None, actions: Any = None) -> None:
         """Prime env i's world alone in its slot; the other worlds are not touched."""
-        if frames is None:
+        world_seed = self._world_seed(i, seed)
+        if frames is None and self.start_sampler is not None:
+            frames, actions = self.start_sampler(self.env_rngs[i])
+        elif frames is None:
             frames, actions = self.start_frames, self.start_actions
-        obs = self.session.reset_world(i, frames, actions, seed=self._world_seed(i, seed))
+        obs = self.session.reset_world(i, frames, actions, seed=world_seed)
         self._last[i] = obs
         self._t[i] = 0
 

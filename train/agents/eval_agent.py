@@ -176,7 +176,9 @@ def play_dream(args: argparse.Namespace, policy: AgentPolicy | None, progress: A
                     bar.update(1)
                 done_count[i] += 1
                 score[i], length[i] = 0.0, 0
-                if policy is None:
+                if policy is not None:
+                    policy.forget(i)
+                else:
                     randoms[i].reset(args.seed + worlds * done_count[i] + i)
         bar.close()
     finally:

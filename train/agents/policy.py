@@ -122,12 +122,18 @@ def resolve_agent(name_or_path: str | os.PathLike) -> Path:
 
 
 class AgentPolicy:
-    """A trained policy as a train.games.base.Agent: reset(seed), act(frame) -> action vector."""
+    """A trained policy as a train.games.base.Agent: reset(seed), act(frame) -> action vector.
+
+    An agent trained with an action repeat k (info["action_repeat"]) chooses every k frames and holds its choice in
+    between, as it did in training; act_batch keeps one hold per row (forget(i) when row i's episode starts again)."""
 
     def __init__(self, policy: torch.nn.Module, spec: ActionSpec, frame_shape: tuple[int, ...],
                  info: dict[str, Any], path: Path | None = None):
         self.policy, self.spec, self.frame_shape, self.info, self.path = policy.eval(), spec, frame_shape, info, path
+        self.repeat = max(1, int(info.get("action_repeat", 1)))
         self.generator = torch.Generator().manual_seed(0)
+        self._held: np.ndarray | None = None      # (B, A) the actions held
+        self._left = np.zeros(0, np.int64)         # (B,) frames each row still holds its action
 
     @property
     def game(self) -> str:
@@ -135,19 +141,37 @@ class AgentPolicy:
 
     def reset(self, seed: int | None = None) -> None:
         self.generator.manual_seed(0 if seed is None else int(seed) % 2**63)
+        self._held, self._left = None, np.zeros(0, np.int64)
+
+    def forget(self, row: int) -> None:
+        """Row `row` starts a new episode: it chooses afresh at its next frame."""
+        if row < len(self._left):
+            self._left[row] = 0
 
     @torch.no_grad()
-    def act_batch(self, frames: np.ndarray) -> np.ndarray:
-        """(B, H, W, 3) uint8 -> (B, A) float32 action vectors, sampled from the policy."""
+    def sample(self, frames: np.ndarray) -> np.ndarray:
+        """(B, H, W, 3) uint8 -> (B, A) float32 action vectors, sampled from the policy (no hold)."""
         frames = np.asarray(frames)
         if frames.shape[1:] != tuple(self.frame_shape):
             raise AgentError(f"agent {self.path}: acts on frames of shape {tuple(self.frame_shape)}, got "
                              f"{frames.shape[1:]}; play the game at the size the agent was trained on")
         obs = torch.from_numpy(channels_first(frames))
-        dist = self.policy.get_distribution(obs)   # SB3 scales uint8 images to [0, 1]
-        probs = dist.distribution.probs                                  # (B, A) Bernoulli
+        probs = self.policy.get_distribution(obs).distribution.probs     # (B, A) Bernoulli; SB3 scales uint8 images
         u = torch.rand(probs.shape, generator=self.generator)
         return (u < probs).float().numpy()
+
+    def act_batch(self, frames: np.ndarray) -> np.ndarray:
+        """(B, H, W, 3) uint8 -> (B, A) float32: a fresh choice for the rows whose hold ran out, the held one else."""
+        frames = np.asarray(frames)
+        if self._held is None or len(self._held) != len(frames):
+            self._held = np.zeros((len(frames), self.spec.size), np.float32)
+            self._left = np.zeros(len(frames), np.int64)
+        choose = self._left <= 0
+        if choose.any():
+            self._held[choose] = self.sample(frames)[choose]
+        self._left[choose] = self.repeat
+        self._left -= 1
+        return self._held.copy()
 
     def act(self, frame: np.ndarray) -> np.ndarray:
         return self.act_batch(np.asarray(frame)[None])[0]

@@ -6,6 +6,11 @@ with info["TimeLimit.truncated"] telling a time limit from a real end (PPO boots
 hand out frames channels first (train.agents.policy.observation_space) and add info["episode"] = {"r", "l"} at each
 end, which SB3 logs as rollout/ep_rew_mean.
 
+With an action repeat k, one step of the agent holds its action for k frames (the rewards summed; the frame seen is the
+last), as agents on Atari do (Mnih et al. 2015): the agent decides 4x less often, so credit reaches back 4x further per
+decision and PPO's updates cost 4x less per frame. An env whose episode ends within the k frames goes on into its next
+episode under the same action; those frames count toward the next episode's length but not its return.
+
 - DreamSB3Env wraps train.agents.dream_vec_env.DreamVecEnv (B imagined worlds, one Session batch).
 - GameSB3Env plays B real games (train.games.registry.make_game), episode e of env i seeded seed + i + B * e.
 """
@@ -24,8 +29,8 @@ from train.agents.policy import action_space, channels_first, observation_space
 class _Episodes(VecEnv):
     """Per-env episode return and length, the infos SB3 expects, and the VecEnv methods that do not apply."""
 
-    def __init__(self, num_envs: int, frame_shape: tuple[int, ...], spec: ActionSpec):
-        self.render_mode = None
+    def __init__(self, num_envs: int, frame_shape: tuple[int, ...], spec: ActionSpec, repeat: int = 1):
+        self.render_mode, self.repeat = None, int(repeat)
         super().__init__(num_envs, observation_space(frame_shape), action_space(spec))
         self.returns = np.zeros(num_envs, np.float64)
         self.lengths = np.zeros(num_envs, np.int64)
@@ -38,7 +43,7 @@ class _Episodes(VecEnv):
     def _infos(self, rewards: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
                final_frames: dict[int, np.ndarray]) -> tuple[np.ndarray, list[dict[str, Any]]]:
         self.returns += rewards
-        self.lengths += 1
+        self.lengths += self.repeat
         dones = terminated | truncated
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         for i in np.flatnonzero(dones):
@@ -49,6 +54,23 @@ class _Episodes(VecEnv):
             self.finished.append(ep)
             self.returns[i], self.lengths[i] = 0.0, 0
         return dones, infos
+
+    def _frames_step(self, actions: np.ndarray):
+        """One frame of every env: (frames (B, H, W, 3), rewards, terminated, truncated, {env: final frame})."""
+        raise NotImplementedError
+
+    def step_wait(self):
+        B = self.num_envs
+        total, term, trunc, finals = np.zeros(B), np.zeros(B, bool), np.zeros(B, bool), {}
+        for _ in range(self.repeat):
+            frames, rewards, te, tr, fin = self._frames_step(self._actions)
+            live = ~(term | trunc)                       # envs whose episode of this agent step still runs
+            total += np.where(live, rewards, 0.0)
+            finals.update({i: f for i, f in fin.items() if live[i]})
+            term |= np.asarray(te, bool) & live
+            trunc |= np.asarray(tr, bool) & live
+        dones, infos = self._infos(total, term, trunc, finals)
+        return channels_first(frames), total.astype(np.float32), dones, infos
 
     def take_finished(self) -> list[tuple[float, int]]:
         done, self.finished = self.finished, []
@@ -71,8 +93,8 @@ class _Episodes(VecEnv):
 class DreamSB3Env(_Episodes):
     """B dream worlds (a DreamVecEnv) as an SB3 VecEnv."""
 
-    def __init__(self, dream: Any, seed: int = 0):
-        super().__init__(dream.num_envs, dream.session.frame_shape, dream.action_spec)
+    def __init__(self, dream: Any, seed: int = 0, repeat: int = 1):
+        super().__init__(dream.num_envs, dream.session.frame_shape, dream.action_spec, repeat)
         self.dream, self.base_seed = dream, int(seed)
 
     def reset(self) -> np.ndarray:
@@ -80,11 +102,10 @@ class DreamSB3Env(_Episodes):
         self.returns[:], self.lengths[:] = 0.0, 0
         return channels_first(obs)
 
-    def step_wait(self):
-        obs, rewards, terminated, truncated, infos = self.dream.step(self._actions)
+    def _frames_step(self, actions: np.ndarray):
+        obs, rewards, terminated, truncated, infos = self.dream.step(actions)
         finals = {i: infos["final_obs"][i] for i in np.flatnonzero(infos.get("_final_obs", ()))}
-        dones, out = self._infos(np.asarray(rewards, np.float64), terminated, truncated, finals)
-        return channels_first(obs), np.asarray(rewards, np.float32), dones, out
+        return obs, np.asarray(rewards, np.float64), terminated, truncated, finals
 
     def close(self) -> None:
         self.dream.close()
@@ -93,9 +114,9 @@ class DreamSB3Env(_Episodes):
 class GameSB3Env(_Episodes):
     """B real games as an SB3 VecEnv; env i's e-th episode is seeded seed + i + B * e."""
 
-    def __init__(self, games: list[Any], seed: int = 0):
+    def __init__(self, games: list[Any], seed: int = 0, repeat: int = 1):
         g = games[0]
-        super().__init__(len(games), (g.size, g.size, 3), g.action_spec)
+        super().__init__(len(games), (g.size, g.size, 3), g.action_spec, repeat)
         self.games, self.base_seed = games, int(seed)
         self.episode = np.zeros(len(games), np.int64)
         self._frames = np.zeros((len(games), g.size, g.size, 3), np.uint8)
@@ -110,12 +131,12 @@ class GameSB3Env(_Episodes):
         self.returns[:], self.lengths[:] = 0.0, 0
         return channels_first(self._frames)
 
-    def step_wait(self):
+    def _frames_step(self, actions: np.ndarray):
         B = self.num_envs
         rewards, terminated, truncated = np.zeros(B), np.zeros(B, bool), np.zeros(B, bool)
         finals = {}
         for i, g in enumerate(self.games):
-            frame, done = g.step(self._actions[i])
+            frame, done = g.step(actions[i])
             rewards[i], terminated[i] = float(g.reward), bool(g.terminated)
             truncated[i] = bool(done and not g.terminated)
             self._frames[i] = frame
@@ -123,8 +144,7 @@ class GameSB3Env(_Episodes):
                 finals[i] = np.array(frame)
                 self.episode[i] += 1
                 self._frames[i] = g.reset(seed=self._seed(i))
-        dones, out = self._infos(rewards, terminated, truncated, finals)
-        return channels_first(self._frames), rewards.astype(np.float32), dones, out
+        return self._frames.copy(), rewards, terminated, truncated, finals
 
     def close(self) -> None:
         for g in self.games:

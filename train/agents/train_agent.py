@@ -74,6 +74,10 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episode-steps", type=positive_int("--episode-steps", 100_000), default=None,
                    help="frames per dream episode before it is cut off (default: the game's own limit, 1000 for "
                    "builtin:gems)")
+    p.add_argument("--action-repeat", type=positive_int("--action-repeat", 16), default=4,
+                   help="frames each choice of the agent is held (default 4, as agents on Atari)")
+    p.add_argument("--starts", help="folder of recorded play: each dream episode starts from a random window of it "
+                   "(default: the model's built-in start state)")
     p.add_argument("--context-noise", type=float, default=None, help="the dream's context noise (default: the "
                    "model's own)")
     p.add_argument("--denoise-steps", type=int, default=None, help="the dream's sampling steps per frame "
@@ -132,15 +136,23 @@ def make_dream(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
                          f"v{reward_ckpt.action_spec.version}), but the world model plays {ckpt.action_spec.game!r} "
                          f"(v{ckpt.action_spec.version}); train a reward model on this game's play")
     steps = args.episode_steps or game_limit(ckpt.action_spec.game)
+    sampler = None
+    if args.starts:
+        from train.agents.starts import RecordedStarts
+
+        start = ckpt.start_state()
+        length = start[0].shape[0] if start is not None else ckpt.config.world_model.context_frames
+        frame_shape = (ckpt.config.autoencoder.height, ckpt.config.autoencoder.width, 3)
+        sampler = RecordedStarts(args.starts, ckpt.action_spec, frame_shape, length)
     dream = DreamVecEnv(ckpt, num_envs=args.worlds, max_episode_steps=steps,
                         reward_fn=RewardFunction.load(rpath, args.device), steps=args.denoise_steps,
                         guidance=args.guidance, context_noise=args.context_noise, device=args.device,
-                        threads=args.threads)
+                        threads=args.threads, start_sampler=sampler)
     s = dream.session
     info = {"trained_in": "dream", "world_model": str(ckpt.path), "world_model_sha256": file_sha256(ckpt.path),
-            "reward_model": str(rpath), "episode_steps": steps,
+            "reward_model": str(rpath), "episode_steps": steps, "starts": args.starts,
             "dream": {"context_noise": s.context_noise, "steps": s.steps, "guidance": s.guidance}}
-    return DreamSB3Env(dream, seed=args.seed), info
+    return DreamSB3Env(dream, seed=args.seed, repeat=args.action_repeat), info
 
 
 def game_limit(env_id: str) -> int:
@@ -160,7 +172,7 @@ def make_real(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         games = [make_game(args.env, size=args.size) for _ in range(args.worlds)]
     except ValueError as e:
         raise AgentError(f"--env {args.env}: {e}") from None
-    return GameSB3Env(games, seed=args.seed), {"trained_in": "real", "env": args.env}
+    return GameSB3Env(games, seed=args.seed, repeat=args.action_repeat), {"trained_in": "real", "env": args.env}
 
 
 # ---- training -------------------------------------------------------------------------------------------------------
@@ -177,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
     spec = env.dream.action_spec if args.model else env.games[0].action_spec
     frame_shape = tuple(env.observation_space.shape[1:]) + (env.observation_space.shape[0],)
     save_every = args.save_every or max(1, args.frames // 8)
+    repeat = args.action_repeat       # SB3 counts the agent's steps; a step is `repeat` frames of every world
     run_dir.write_config({"stage": "agent", "flags": flags})
     model = PPO(policy_class(), env, seed=args.seed, device=args.device, verbose=0,
                 tensorboard_log=str(run_dir.root / "tb"),
@@ -186,14 +199,14 @@ def run(args: argparse.Namespace) -> int:
     if latest is not None:
         meta = run_dir.load_state(latest, model.policy, model.policy.optimizer)
         done, model._n_updates = int(meta["step"]), int(meta.get("n_updates", 0))
-        model.num_timesteps = done
+        model.num_timesteps = done // repeat
         print(f"{args.out}: resuming at {done:,} frames")
     if done >= args.frames:
         print(f"{args.out}: already trained on {done:,} frames (--frames {args.frames:,}); pass a larger --frames "
               "to train on")
         env.close()
         return 0
-    info = {**info, "game": spec.game, "seed": args.seed, "ppo": PPO_SETTINGS}
+    info = {**info, "game": spec.game, "seed": args.seed, "action_repeat": repeat, "ppo": PPO_SETTINGS}
     metrics = run_dir.root / "metrics.jsonl"
     (run_dir.root / "checkpoints").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -220,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
             return True
 
         def _on_rollout_end(self) -> None:
-            frames = int(self.model.num_timesteps)
+            frames = int(self.model.num_timesteps) * repeat
             self.bar.update(frames - self.bar.n)
             ended = env.take_finished()
             if ended:
@@ -235,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
 
     def on_update_end(callback: Progress) -> None:
         """After each PPO update (weights whole): snapshots, states, and Ctrl-C."""
-        frames = int(model.num_timesteps)
+        frames = int(model.num_timesteps) * repeat
         snapshot = frames >= callback.next_snapshot or frames >= args.frames
         if snapshot:
             callback.next_snapshot = (frames // save_every + 1) * save_every
@@ -257,9 +270,9 @@ def run(args: argparse.Namespace) -> int:
             on_update_end(progress)
 
         model.train = train_then_check
-        model.learn(total_timesteps=args.frames - done, callback=progress, reset_num_timesteps=False,
+        model.learn(total_timesteps=-(-(args.frames - done) // repeat), callback=progress, reset_num_timesteps=False,
                     tb_log_name="ppo")
-    frames = int(model.num_timesteps)
+    frames = int(model.num_timesteps) * repeat
     elapsed = time.perf_counter() - started
     summary = {"frames": frames, "seconds": round(elapsed, 1), "frames_per_second": round((frames - done) /
                max(elapsed, 1e-9), 1), **info}
