@@ -57,6 +57,8 @@ def main() -> int:
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--ckpt-dream", type=int, default=20)
     p.add_argument("--ckpt-real", type=int, default=40)
+    p.add_argument("--snapshots", nargs="*", default=None, help="agent files to rank (default: the dream run's "
+                   "checkpoints/); any agents, so that the dream is asked to choose between them")
     p.add_argument("--dream-steps", type=int, default=None, help="frames per dream episode (default: the game's)")
     args = p.parse_args()
     out = Path(args.out)
@@ -72,12 +74,17 @@ def main() -> int:
                                 "frames": (r.get("agent_info") or {}).get("frames")}
     d = evaluate(out, "dream_dream_agent", args.dream_run, args.ckpt_dream, dream)
     result["dream_agent_in_dream"] = {"mean": d["mean"], "stderr": d["stderr"], "episodes": d["episodes"]}
-    for ck in sorted((Path(args.dream_run) / "checkpoints").glob("agent_*.safetensors")):
-        frames = int(ck.stem.split("_")[1])
-        rd = evaluate(out, f"ckpt_{frames:09d}_dream", str(ck), args.ckpt_dream, dream)
-        rr = evaluate(out, f"ckpt_{frames:09d}_real", str(ck), args.ckpt_real, real)
-        result["checkpoints"].append({"frames": frames, "dream": rd["mean"], "dream_stderr": rd["stderr"],
-                                      "real": rr["mean"], "real_stderr": rr["stderr"]})
+    snapshots = args.snapshots or sorted(str(p) for p in (Path(args.dream_run) / "checkpoints").glob("agent_*"))
+    for ck in snapshots:
+        run = Path(ck).parent.parent if Path(ck).parent.name == "checkpoints" else Path(ck).parent
+        name = f"{run.name}_{Path(ck).stem}".replace(".", "_")
+        rd = evaluate(out, f"ckpt_{name}_dream", str(ck), args.ckpt_dream, dream)
+        rr = evaluate(out, f"ckpt_{name}_real", str(ck), args.ckpt_real, real)
+        info = rr.get("agent_info") or {}
+        result["checkpoints"].append({"agent": name, "frames": info.get("frames"), "starts": info.get("starts"),
+                                      "action_repeat": info.get("action_repeat", 1),
+                                      "episode_steps": info.get("episode_steps"), "dream": rd["mean"],
+                                      "dream_stderr": rd["stderr"], "real": rr["mean"], "real_stderr": rr["stderr"]})
     cks = result["checkpoints"]
     if len(cks) >= 3:
         result["spearman_dream_real"] = spearman([c["dream"] for c in cks], [c["real"] for c in cks])
@@ -111,12 +118,13 @@ def plot(result: dict, path: Path) -> None:
         b.errorbar(x, y, xerr=[c["dream_stderr"] for c in cks], yerr=[c["real_stderr"] for c in cks], fmt="o",
                    color="#c84")
         for c in cks:
-            b.annotate(f"{c['frames'] // 1000}k", (c["dream"], c["real"]), fontsize=8, xytext=(3, 3),
+            label = f"{(c['frames'] or 0) // 1000}k" + ("" if c.get("starts") else "*")
+            b.annotate(label, (c["dream"], c["real"]), fontsize=8, xytext=(3, 3),
                        textcoords="offset points")
         lim = max(max(x), max(y)) * 1.1 + 0.5
         b.plot([0, lim], [0, lim], ls=":", color="#999")
         rho = result.get("spearman_dream_real")
-        b.set_title("snapshots of the dream run" + (f": Spearman ρ = {rho:.2f}" if rho is not None else ""))
+        b.set_title("dream-trained agents" + (f": Spearman ρ = {rho:.2f}" if rho is not None else ""))
         b.set_xlabel("score in the dream (predicted rewards)")
         b.set_ylabel("score in the real game")
     fig.tight_layout()
