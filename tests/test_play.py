@@ -17,14 +17,10 @@ from pathlib import Path
 import numpy as np
 import pygame
 import pytest
-import torch
+from tiny_model import play_checkpoint
 
 from engine.actions import ActionSpec
-from engine.autoencoder import Autoencoder
-from engine.checkpoint import save_checkpoint
-from engine.config import ModelConfig
 from engine.session import Session
-from engine.world_model import WorldModel
 from play import cli
 from play.hud import FrameStats
 from play.input import Autopilot, InputState
@@ -42,19 +38,8 @@ NULL = GEMS.null()
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    cfg = ModelConfig.from_name("tiny", action_dim=4)
-    wm_cfg = cfg.world_model
-    wm_cfg.d_model, wm_cfg.heads, wm_cfg.backbone_layers, wm_cfg.head_layers, wm_cfg.context_frames = 32, 2, 1, 1, 4
-    torch.manual_seed(0)
-    ae, wm = Autoencoder(cfg.autoencoder), WorldModel(cfg.world_model)
-    with torch.no_grad():  # adaLN-zero leaves a fresh head blind to the action: make every weight random
-        for p in wm.parameters():
-            if not p.any():
-                p.normal_(0.0, 0.05)
-    path = tmp_path_factory.mktemp("play") / "tiny.safetensors"
-    save_checkpoint(path, kind="world_model", config=cfg, action_spec=GEMS,
-                    parts={"ae": ae.state_dict(), "wm": wm.state_dict()}, data={"env_ids": ["builtin:gems"]})
-    return path
+    """A tiny random world model of builtin:gems (64x64 frames, context of 4)."""
+    return play_checkpoint(tmp_path_factory.mktemp("play") / "tiny.safetensors", GEMS)
 
 
 @pytest.fixture

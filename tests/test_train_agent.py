@@ -19,16 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_model import SPEC, tiny_checkpoint, tiny_config
-from torch import nn
+from tiny_model import SPEC, start_frames, tiny_checkpoint
 
 import reverie_cli
 from engine.actions import ActionSpec
-from engine.autoencoder import Autoencoder
 from engine.checkpoint import save_checkpoint
-from engine.config import AutoencoderConfig, ModelConfig
+from engine.config import ModelConfig
 from engine.reward_model import RewardModel
-from engine.world_model import WorldModel
 from train.agents.policy import FEATURES_DIM, channels_first, load_agent, policy_class
 from train.agents.sb3_envs import DreamSB3Env, GameSB3Env
 from train.agents.train_agent import PPO_SETTINGS
@@ -43,31 +40,8 @@ RUN = ["--worlds", str(WORLDS), "--episode-steps", str(EPISODE), "--denoise-step
 
 # ---- models ----------------------------------------------------------------------------------------------------------
 def world_model(path: Path, size: int = SIZE) -> Path:
-    """tests/tiny_model.py's tiny random world model at `size` x `size` frames (latents size/8, 4x4 at 32)."""
-    cfg = tiny_config()
-    cfg.autoencoder = AutoencoderConfig(height=size, width=size, latent_channels=16, encoder_channels=(8, 8, 8),
-                                        decoder_channels=(8, 8, 8))
-    cfg.world_model.latent_height = cfg.world_model.latent_width = size // 8
-    cfg.validate()
-    torch.manual_seed(0)
-    ae, wm = Autoencoder(cfg.autoencoder), WorldModel(cfg.world_model)
-    with torch.no_grad():   # as tiny_models: random adaLN and output layers, so frames depend on noise and actions
-        for m in [blk.ada for blk in wm.head.blocks] + [wm.head.ada_out, wm.head.out]:
-            nn.init.normal_(m.weight, std=0.1)
-            nn.init.normal_(m.bias, std=0.1)
-        nn.init.normal_(wm.head.null_action, std=0.5)
-        wm.latent_mean.normal_(std=0.1)
-        wm.latent_std.uniform_(0.5, 1.5)
-    parts = {"ae": ae.state_dict(), "wm": wm.state_dict(),
-             "start": {"frames": torch.from_numpy(start_frames(size)), "actions": torch.zeros(2, SPEC.size)}}
-    return save_checkpoint(path, kind="world_model", config=ModelConfig(name="test", autoencoder=ae.cfg,
-                                                                       world_model=wm.cfg),
-                           action_spec=SPEC, parts=parts)
-
-
-def start_frames(size: int = SIZE) -> np.ndarray:
-    """The world model's start state: 2 random frames (2, size, size, 3) uint8."""
-    return np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+    """tests/tiny_model.py's tiny random world model at `size` x `size` frames (latents size/8), with a start state."""
+    return tiny_checkpoint(path, size=size)
 
 
 def reward_model(path: Path, spec: ActionSpec = SPEC) -> Path:
@@ -251,7 +225,7 @@ def test_dream_sb3_env_is_a_vec_env_as_sb3_expects(bare):
     assert isinstance(env, VecEnv) and PPO._wrap_env(env) is env   # channels first already: no transposing wrapper
     obs = env.reset()
     assert obs.shape == (B, 3, SIZE, SIZE) and obs.dtype == np.uint8 and obs.shape[1:] == env.observation_space.shape
-    start = channels_first(start_frames()[-1])   # the checkpoint's start state
+    start = channels_first(start_frames(size=SIZE)[-1])   # the checkpoint's start state
     assert all(np.array_equal(o, start) for o in obs)
     actions = np.ones((B, SPEC.size), np.int64)
     check_vec_step(env, actions, {})
