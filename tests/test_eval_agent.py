@@ -164,3 +164,20 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(case, expected, agents
             "dream frame size": ["--agent", str(agents["dream"]), "--model", str(dream["32"]), "--episodes", "1"]}[case]
     err = one_line_error(capsys, argv, tmp_path / "out.json")
     assert err.startswith("reverie eval agent: error: ") and expected in err, err
+
+
+def test_dream_episodes_from_recorded_starts(agents, dream, tmp_path):
+    """--starts: each dream episode begins from a window of recorded play, as 'train agent --starts' trains it."""
+    data = tmp_path / "play"
+    assert reverie_cli.main(["record", "--env", "builtin:gems", "--episodes", "2", "--steps", "30", "--out", str(data),
+                             "--no-progress"]) == 0
+    result = run(["--agent", str(agents["dream"]), "--model", str(dream["64"]), "--episodes", "2", "--worlds", "2",
+                  "--episode-steps", "3", "--starts", str(data)], tmp_path / "starts.json")
+    check_result(result, 2)
+    assert result["starts"] == str(data) and result["lengths"] == [3, 3]
+
+
+def test_starts_are_for_the_dream(tmp_path, capsys):
+    line = one_line_error(capsys, ["--agent", "random", *GEMS, "--episodes", "1", "--starts", str(tmp_path)],
+                          tmp_path / "x.json")
+    assert "--starts" in line

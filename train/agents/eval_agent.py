@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(default: --episodes, at most {DEFAULT_WORLDS})")
     p.add_argument("--episode-steps", type=int, default=None, help="frames before a dream episode is cut off "
                    "(default: the game's own limit, 1000 for builtin:gems)")
+    p.add_argument("--starts", help="in the dream: start each episode from a random window of this folder of recorded "
+                   "play, as 'train agent --starts' does (default: the model's built-in start state)")
     p.add_argument("--device", default="cpu", help="device of the dream and the policy (cpu, cuda)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -71,9 +73,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise AgentError(f"--seed {args.seed}: must be a whole number >= 0 (episode e plays seed SEED + e)")
     if args.size < 8:
         raise AgentError(f"--size {args.size}: frames must be at least 8 pixels a side")
-    if args.env and (args.reward or args.worlds or args.episode_steps):
-        raise AgentError("--reward, --worlds and --episode-steps are for the dream (--model); the real game is "
-                         "played one episode at a time to its own end")
+    if args.env and (args.reward or args.worlds or args.episode_steps or args.starts):
+        raise AgentError("--reward, --worlds, --episode-steps and --starts are for the dream (--model); the real game "
+                         "is played one episode at a time to its own end")
 
 
 def trained_agent(name: str, device: str) -> AgentPolicy | None:
@@ -140,9 +142,14 @@ def play_dream(args: argparse.Namespace, policy: AgentPolicy | None, progress: A
     worlds = min(args.worlds or DEFAULT_WORLDS, args.episodes)
     quota = [args.episodes // worlds + (i < args.episodes % worlds) for i in range(worlds)]   # episodes per world
     reward_fn = RewardFunction.load(rpath, args.device)
+    sampler = None
+    if args.starts:
+        from train.agents.starts import RecordedStarts
+
+        sampler = RecordedStarts.for_model(args.starts, ckpt)
     try:
         env = DreamVecEnv(ckpt, num_envs=worlds, max_episode_steps=steps, reward_fn=reward_fn, device=args.device,
-                          threads=args.threads)
+                          threads=args.threads, start_sampler=sampler)
     except ValueError as e:   # e.g. a model without a start state
         raise AgentError(f"--model {args.model}: {e}") from None
     try:
@@ -184,6 +191,7 @@ def play_dream(args: argparse.Namespace, policy: AgentPolicy | None, progress: A
     finally:
         env.close()
     return scores, lengths, {"model": str(ckpt.path), "game": spec.game, "reward_model": str(rpath),
+                             "starts": args.starts,
                              "episode_steps": steps, "worlds": worlds, "seeds": [args.seed, args.seed + worlds - 1]}
 
 

@@ -44,6 +44,14 @@ class RecordedStarts:
         if not self.episodes:
             raise AgentError(f"--starts {folder}: no episode longer than {self.length} frames")
 
+    @classmethod
+    def for_model(cls, folder: str | os.PathLike, ckpt) -> RecordedStarts:
+        """Windows as long as the world model's built-in start (else its context), of its game at its frame size."""
+        start = ckpt.start_state()
+        length = start[0].shape[0] if start is not None else ckpt.config.world_model.context_frames
+        side = (ckpt.config.autoencoder.height, ckpt.config.autoencoder.width, 3)
+        return cls(folder, ckpt.action_spec, side, length)
+
     def __call__(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         ep = self.episodes[int(rng.integers(len(self.episodes)))]
         s = int(rng.integers(1, len(ep) - self.length + 1))

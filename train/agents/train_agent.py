@@ -140,10 +140,7 @@ def make_dream(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     if args.starts:
         from train.agents.starts import RecordedStarts
 
-        start = ckpt.start_state()
-        length = start[0].shape[0] if start is not None else ckpt.config.world_model.context_frames
-        frame_shape = (ckpt.config.autoencoder.height, ckpt.config.autoencoder.width, 3)
-        sampler = RecordedStarts(args.starts, ckpt.action_spec, frame_shape, length)
+        sampler = RecordedStarts.for_model(args.starts, ckpt)
     dream = DreamVecEnv(ckpt, num_envs=args.worlds, max_episode_steps=steps,
                         reward_fn=RewardFunction.load(rpath, args.device), steps=args.denoise_steps,
                         guidance=args.guidance, context_noise=args.context_noise, device=args.device,
