@@ -51,12 +51,13 @@ def main() -> None:
     p.add_argument("--reward", default="engine/assets/default.reward.safetensors")
     p.add_argument("--model", default="default")
     p.add_argument("--batches", type=int, default=6)
+    p.add_argument("--context-noise", type=float, default=None, help="the dream's context noise (default: the model's)")
     args = p.parse_args()
     torch.set_num_threads(2)
     rf = RewardFunction.load(args.reward)
     redraw, _ = redrawer(args.model)
     eps = [Episode(f) for f in sorted(glob.glob(f"{args.heldout}/*.episode"))]
-    sess = Session(args.model, batch=B)
+    sess = Session(args.model, batch=B, context_noise=args.context_noise)
     side = sess.frame_shape
     rng = np.random.default_rng(0)
     tp = fp = pos = 0
