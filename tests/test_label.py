@@ -494,3 +494,18 @@ def test_train_wm_min_label_confidence(tmp_path, monkeypatch, capsys):
     assert "no window of 4 frames has every action that sure" in capsys.readouterr().err
     assert cli(*argv, "--out", str(tmp_path / "wm2"), "--set", "min_label_confidence=2") == 1
     assert "--set min_label_confidence=2.0: must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_labeled_copies_keep_each_steps_reward_and_end(gems, tmp_path):
+    """A recording with rewards (format 3) relabeled by the IDM keeps its rewards and end flags, so a reward model can
+    still train on it; an import without rewards stays without."""
+    out = tmp_path / "relabeled"
+    assert cli("data", "label", str(gems["true"]), "--idm", str(gems["idm"]), "--out", str(out), "--threads", "1",
+               "--no-progress", "--all") == 0
+    for p in sorted(gems["true"].glob("*.episode")):
+        with Episode(p) as src, Episode(out / p.name) as ep:
+            assert src.has_reward and ep.has_reward
+            assert np.array_equal(ep.rewards(), src.rewards()) and np.array_equal(ep.ends(), src.ends())
+            assert ep.end == src.end
+    with Episode(next(gems["labeled"].glob("*.episode"))) as ep:
+        assert not ep.has_reward

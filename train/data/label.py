@@ -111,18 +111,21 @@ def label_episode(ep: Episode, idm: torch.nn.Module, device: torch.device, batch
 
 
 def write_labeled(ep: Episode, path: Path, actions: np.ndarray, confidence: np.ndarray, idm_path: Path) -> None:
-    """A copy of `ep` at `path` with these actions and their confidence (frames, header and chunking kept)."""
+    """A copy of `ep` at `path` with these actions and their confidence (frames, header, chunking, and each step's
+    reward and end where the episode has them, kept)."""
     h = ep.header
+    rewards, ends = (ep.rewards(), ep.ends()) if ep.has_reward else (None, None)
     mean = float(confidence.mean()) if len(confidence) else None
     meta = {**ep.metadata, "labels": LABELED_BY_IDM, "idm": str(idm_path), "mean_confidence": mean}
     with EpisodeWriter(path, env_id=ep.env_id, env_version=h.get("env_version") or "", action_spec=ep.spec,
                        frame_shape=ep.frame_shape, fps=ep.fps or 30.0, seed=h.get("seed"), agent=h.get("agent") or "",
                        metadata=meta, chunk_frames=ep.chunk_frames, compression=ep.compression,
-                       confidence=True) as w:
+                       confidence=True, reward=ep.has_reward) as w:
         for i in range(0, len(ep), ep.chunk_frames):
             j = min(len(ep), i + ep.chunk_frames)
             lo = max(i, 1)  # frame 0 takes no action
-            w.extend(ep.frames(i, j), actions[lo - 1:j - 1], confidence[lo - 1:j - 1])
+            w.extend(ep.frames(i, j), actions[lo - 1:j - 1], confidence[lo - 1:j - 1],
+                     None if rewards is None else rewards[lo - 1:j - 1], None if ends is None else ends[lo - 1:j - 1])
 
 
 # ---------------------------------------------------------------------------------------------------------------
