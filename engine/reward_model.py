@@ -147,9 +147,13 @@ class RewardFunction:
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> RewardFunction:
         """From a reward.safetensors, with the end threshold it was evaluated with."""
-        ckpt = load_checkpoint(path)
+        return cls.from_checkpoint(load_checkpoint(path), device)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint, device: str | torch.device = "cpu", flag: str = "") -> RewardFunction:
+        """From a loaded reward checkpoint (`flag` names where it came from in an error)."""
         threshold = (ckpt.extra.get("eval") or {}).get("end_threshold", 0.5)
-        return cls(load_reward_model(ckpt), float(threshold), device)
+        return cls(load_reward_model(ckpt, flag), float(threshold), device)
 
     def __call__(self, prev_frames: np.ndarray, actions: np.ndarray, frames: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:

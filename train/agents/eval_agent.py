@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.checkpoint import atomic_write_text, load_checkpoint
+from engine.checkpoint import atomic_write_text
 from engine.errors import ReverieError
 from train.agents.policy import AgentError, AgentPolicy, check_fits, load_agent
-from train.agents.train_agent import game_limit, reward_path, world_model
+from train.agents.train_agent import dream_setup
 from train.games.registry import AGENTS, make_agent, make_game
 
 HELD_OUT_SEED = 1_000_000      # episode seeds from here on: `reverie train` and `reverie record` use small ones
@@ -124,29 +124,15 @@ def play_real(args: argparse.Namespace, policy: AgentPolicy | None, progress: An
 
 def play_dream(args: argparse.Namespace, policy: AgentPolicy | None, progress: Any) -> tuple[list, list, dict]:
     """B dream worlds, world i playing its share of the episodes; summed predicted rewards and lengths."""
-    from engine.reward_model import RewardFunction, load_reward_model
     from train.agents.dream_vec_env import DreamVecEnv
 
     if args.agent == "scripted":
         raise AgentError("--agent scripted reads the real game's state, which a dream has not; score it with --env, "
                          "or play random or a trained agent in the dream")
-    ckpt = world_model(args.model)
+    ckpt, rpath, reward_fn, steps, sampler = dream_setup(args)
     spec = ckpt.action_spec
-    rpath = reward_path(ckpt.path, args.reward)
-    reward_ckpt = load_checkpoint(rpath)
-    load_reward_model(reward_ckpt, "--reward")   # a clear error for a file that is not a reward model
-    if reward_ckpt.action_spec.to_dict() != spec.to_dict():
-        raise AgentError(f"--reward {rpath}: a reward model of {reward_ckpt.action_spec.game!r}, but the world model "
-                         f"plays {spec.game!r}; pass a reward model trained on this game's play")
-    steps = args.episode_steps or game_limit(spec.game)
     worlds = min(args.worlds or DEFAULT_WORLDS, args.episodes)
     quota = [args.episodes // worlds + (i < args.episodes % worlds) for i in range(worlds)]   # episodes per world
-    reward_fn = RewardFunction.load(rpath, args.device)
-    sampler = None
-    if args.starts:
-        from train.agents.starts import RecordedStarts
-
-        sampler = RecordedStarts.for_model(args.starts, ckpt)
     try:
         env = DreamVecEnv(ckpt, num_envs=worlds, max_episode_steps=steps, reward_fn=reward_fn, device=args.device,
                           threads=args.threads, start_sampler=sampler)

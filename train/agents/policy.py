@@ -16,6 +16,7 @@ that always takes the likeliest can freeze where two choices tie, and PPO traine
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,7 @@ def channels_first(frames: np.ndarray) -> np.ndarray:
 ALIASES = ("pi_features_extractor.", "vf_features_extractor.")   # names SB3 gives the one shared encoder again
 
 
+@functools.cache
 def policy_class():
     """SB3's ActorCriticCnnPolicy whose state dict holds the shared encoder once: SB3 registers it under three names,
     and safetensors (rightly) refuses to write one tensor three times."""
@@ -105,8 +107,8 @@ def build_policy(frame_shape: tuple[int, ...], spec: ActionSpec, lr: float = 2.5
 def save_agent(path: str | os.PathLike, policy: torch.nn.Module, spec: ActionSpec, frame_shape: tuple[int, ...],
                info: dict[str, Any]) -> Path:
     """Write the policy's weights and what it acts for (atomically); `info` says how it was trained."""
-    weights = {k: v for k, v in policy.state_dict().items()}
-    return save_checkpoint(path, kind="agent", config=ModelConfig(), action_spec=spec, parts={"agent": weights},
+    return save_checkpoint(path, kind="agent", config=ModelConfig(), action_spec=spec,
+                           parts={"agent": policy.state_dict()},
                            data={"frame_shape": list(frame_shape)}, extra={"policy": "ActorCriticCnnPolicy",
                                                                             "features_dim": FEATURES_DIM, **info})
 

@@ -121,16 +121,15 @@ def world_model(given: str) -> Checkpoint:
     return ckpt
 
 
-def make_dream(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """The SB3 env over B dream worlds, and what the agent file records about it."""
-    from engine.reward_model import RewardFunction, load_reward_model
-    from train.agents.dream_vec_env import DreamVecEnv
-    from train.agents.sb3_envs import DreamSB3Env
+def dream_setup(args: argparse.Namespace) -> tuple[Checkpoint, Path, Any, int, Any]:
+    """What --model's dream needs (train agent and eval agent alike): the world model, its reward model's path and
+    reward function (checked to fit the model's game), the episode limit (--episode-steps) and the starts (--starts)."""
+    from engine.reward_model import RewardFunction
 
     ckpt = world_model(args.model)
     rpath = reward_path(ckpt.path, args.reward)
     reward_ckpt = load_checkpoint(rpath)
-    load_reward_model(reward_ckpt, "--reward")
+    reward_fn = RewardFunction.from_checkpoint(reward_ckpt, args.device, "--reward")
     if reward_ckpt.action_spec.to_dict() != ckpt.action_spec.to_dict():
         raise AgentError(f"--reward {rpath}: a reward model of {reward_ckpt.action_spec.game!r} (action spec "
                          f"v{reward_ckpt.action_spec.version}), but the world model plays {ckpt.action_spec.game!r} "
@@ -141,10 +140,18 @@ def make_dream(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         from train.agents.starts import RecordedStarts
 
         sampler = RecordedStarts.for_model(args.starts, ckpt)
-    dream = DreamVecEnv(ckpt, num_envs=args.worlds, max_episode_steps=steps,
-                        reward_fn=RewardFunction.load(rpath, args.device), steps=args.denoise_steps,
-                        guidance=args.guidance, context_noise=args.context_noise, device=args.device,
-                        threads=args.threads, start_sampler=sampler)
+    return ckpt, rpath, reward_fn, steps, sampler
+
+
+def make_dream(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The SB3 env over B dream worlds, and what the agent file records about it."""
+    from train.agents.dream_vec_env import DreamVecEnv
+    from train.agents.sb3_envs import DreamSB3Env
+
+    ckpt, rpath, reward_fn, steps, sampler = dream_setup(args)
+    dream = DreamVecEnv(ckpt, num_envs=args.worlds, max_episode_steps=steps, reward_fn=reward_fn,
+                        steps=args.denoise_steps, guidance=args.guidance, context_noise=args.context_noise,
+                        device=args.device, threads=args.threads, start_sampler=sampler)
     s = dream.session
     info = {"trained_in": "dream", "world_model": str(ckpt.path), "world_model_sha256": file_sha256(ckpt.path),
             "reward_model": str(rpath), "episode_steps": steps, "starts": args.starts,
@@ -249,10 +256,10 @@ def run(args: argparse.Namespace) -> int:
         snapshot = frames >= callback.next_snapshot or frames >= args.frames
         if snapshot:
             callback.next_snapshot = (frames // save_every + 1) * save_every
-        if snapshot or time.monotonic() - callback.saved_at > SAVE_STATE_SECONDS or callback.signals.agreed():
+        signum = callback.signals.agreed()
+        if snapshot or signum or time.monotonic() - callback.saved_at > SAVE_STATE_SECONDS:
             save(frames, snapshot)
             callback.saved_at = time.monotonic()
-        signum = callback.signals.agreed()
         if signum:
             callback.bar.close()
             env.close()

@@ -305,16 +305,14 @@ def run(args: argparse.Namespace) -> int:
 
 def redrawer(model: str):
     """(uint8 frames -> the same frames encoded and decoded by the world model's autoencoder, its checkpoint)."""
-    from engine.autoencoder import tensor_to_frames
-    from engine.checkpoint import load_world_model
+    from engine.autoencoder import Autoencoder, tensor_to_frames
+    from engine.checkpoint import load_into
 
     ckpt = load_checkpoint(model)
-    if not ckpt.has("ae"):
-        raise CheckpointError(f"--model {ckpt.path}: a {ckpt.kind!r} checkpoint without an autoencoder; pass the "
-                              "world model the reward model is for")
-    ae = load_world_model(ckpt)[0].eval() if ckpt.has("wm") else None
-    if ae is None:
-        raise CheckpointError(f"--model {ckpt.path}: not a world model; pass the world model the reward model is for")
+    if not (ckpt.has("ae") and ckpt.has("wm")):
+        raise CheckpointError(f"--model {ckpt.path}: a {ckpt.kind!r} checkpoint, not a world model; pass the world "
+                              "model the reward model is for")
+    ae = load_into(Autoencoder(ckpt.config.autoencoder), ckpt, "ae").eval()   # the dream's drawing: its decoder
 
     @torch.no_grad()
     def redraw(frames: torch.Tensor) -> torch.Tensor:
