@@ -116,12 +116,22 @@ def shipped_models() -> list[str]:
     return sorted(p.stem for p in SHIPPED.glob("*.safetensors"))
 
 
-def resolve_model(path: str | os.PathLike) -> Path:
-    """A checkpoint path, or a shipped model's file for a bare name ("default", "breakout") that is not a file here."""
+def model_name(path: str | os.PathLike) -> str:
+    """How a file that another file refers to is recorded: a shipped model by its name ("default", "default.reward"),
+    which holds on any install, anything else by the path as given (no install's absolute path is written down)."""
     p = Path(path)
-    if p.exists() or p.suffix or len(p.parts) != 1:
+    if p.suffix == ".safetensors" and p.resolve().parent == SHIPPED:
+        return p.stem
+    return str(path)
+
+
+def resolve_model(path: str | os.PathLike) -> Path:
+    """A checkpoint path, or a shipped model's file for a bare name ("default", "breakout", "default.reward") that is
+    not a file here."""
+    p = Path(path)
+    if p.exists() or len(p.parts) != 1:
         return p
-    shipped = SHIPPED / f"{p.name}.safetensors"
+    shipped = SHIPPED / (p.name if p.suffix == ".safetensors" else f"{p.name}.safetensors")
     return shipped if shipped.exists() else p
 
 

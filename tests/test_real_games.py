@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from engine.autoencoder import Autoencoder, changed_pixels, small_object_metrics
+from engine.checkpoint import SHIPPED
 from engine.config import AutoencoderConfig, ConfigError
 from train.evaluation.idm_judge import judge_needs, judge_problem
 
@@ -157,6 +158,25 @@ def test_shipped_models_load_by_name(tmp_path, monkeypatch):
     assert resolve_model("default") == Path("default")
     with pytest.raises(CheckpointError, match="shipped model's name: .*default"):
         load_checkpoint("no_such_model")
+    assert resolve_model("default.reward") == SHIPPED / "default.reward.safetensors"   # the reward model beside it
+
+
+def test_files_that_name_other_files_name_shipped_ones_portably(tmp_path):
+    """An agent trained on a shipped model records the model's name, not this install's path, so the agent file
+    means the same on every machine; the shipped gems agent names the shipped files it was trained on, by hash too."""
+    from engine.checkpoint import model_name
+    from engine.graphs import file_sha256
+    from train.agents.policy import load_agent
+
+    assert model_name(SHIPPED / "default.safetensors") == "default"
+    assert model_name(SHIPPED / "default.reward.safetensors") == "default.reward"
+    assert model_name(tmp_path / "default.safetensors") == str(tmp_path / "default.safetensors")   # a user's own
+    assert model_name("runs/x/model.safetensors") == "runs/x/model.safetensors"                      # as given
+    info = load_agent("gems").info
+    assert (info["world_model"], info["reward_model"]) == ("default", "default.reward")
+    assert info["world_model_sha256"] == file_sha256(SHIPPED / "default.safetensors")
+    assert info["reward_model_sha256"] == file_sha256(SHIPPED / "default.reward.safetensors")
+    assert not [v for v in info.values() if isinstance(v, str) and v.startswith("/")]
 
 
 def test_the_shipped_breakout_model_plays():

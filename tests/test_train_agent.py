@@ -25,6 +25,7 @@ import reverie_cli
 from engine.actions import ActionSpec
 from engine.checkpoint import save_checkpoint
 from engine.config import ModelConfig
+from engine.graphs import file_sha256
 from engine.reward_model import RewardModel
 from train.agents.policy import FEATURES_DIM, channels_first, load_agent, policy_class
 from train.agents.sb3_envs import DreamSB3Env, GameSB3Env
@@ -120,6 +121,7 @@ def test_a_dream_run_writes_the_agent_snapshots_logs_and_states(dream_run, model
     info = load_agent(out).info
     assert info["world_model"] == str(model)
     assert info["reward_model"] == str(model.with_name("model.reward.safetensors"))   # found beside the model
+    assert info["reward_model_sha256"] == file_sha256(model.with_name("model.reward.safetensors"))
     assert info["episode_steps"] == EPISODE and info["dream"]["steps"] == 1 and info["seed"] == 0
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 2048 // EPISODE   # each world's episodes are cut off after 64 frames

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.checkpoint import Checkpoint, CheckpointError, atomic_write_text, load_checkpoint
+from engine.checkpoint import Checkpoint, CheckpointError, atomic_write_text, load_checkpoint, model_name, resolve_model
 from engine.graphs import file_sha256
 from train.agents.policy import AGENT_FILE, FEATURES_DIM, AgentError, policy_class, require_sb3, save_agent
 from train.training.config import TrainingError
@@ -98,7 +98,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 def reward_path(model: Path, given: str | None) -> Path:
     """--reward, or the reward model beside the world model; AgentError naming what to do when there is none."""
     if given:
-        p = Path(given)
+        p = resolve_model(given)   # a file, a run folder, or a shipped reward model's name (default.reward)
         if p.is_dir():
             p = p / "reward.safetensors"
         if not p.is_file():
@@ -153,8 +153,10 @@ def make_dream(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
                         steps=args.denoise_steps, guidance=args.guidance, context_noise=args.context_noise,
                         device=args.device, threads=args.threads, start_sampler=sampler)
     s = dream.session
-    info = {"trained_in": "dream", "world_model": str(ckpt.path), "world_model_sha256": file_sha256(ckpt.path),
-            "reward_model": str(rpath), "episode_steps": steps, "starts": args.starts,
+    info = {"trained_in": "dream",   # shipped models by name, so the agent file means the same on every install
+            "world_model": model_name(ckpt.path), "world_model_sha256": file_sha256(ckpt.path),
+            "reward_model": model_name(rpath), "reward_model_sha256": file_sha256(rpath),
+            "episode_steps": steps, "starts": args.starts,
             "dream": {"context_noise": s.context_noise, "steps": s.steps, "guidance": s.guidance}}
     return DreamSB3Env(dream, seed=args.seed, repeat=args.action_repeat), info
 
