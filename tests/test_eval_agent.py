@@ -111,6 +111,14 @@ def test_the_same_seed_plays_the_same_episodes(tmp_path):
     assert a["scores"] == b["scores"] and a["lengths"] == b["lengths"]
 
 
+def test_real_episodes_are_cut_off_at_episode_steps(tmp_path):
+    """An Atari agent that never serves would play 27,000 frames an episode: --episode-steps caps the real game too."""
+    full = run(["--agent", "scripted", *GEMS, "--episodes", "2"], tmp_path / "full.json")
+    cut = run(["--agent", "scripted", *GEMS, "--episodes", "2", "--episode-steps", "50"], tmp_path / "cut.json")
+    assert min(full["lengths"]) > 50 and full["episode_steps"] is None
+    assert cut["lengths"] == [50, 50] and cut["episode_steps"] == 50 and cut["mean"] <= full["mean"]
+
+
 def test_one_episode_has_no_spread(tmp_path):
     result = run(["--agent", "scripted", *GEMS, "--episodes", "1"], tmp_path / "one.json")
     assert result["stderr"] == 0 and result["mean"] == result["scores"][0]

@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reward", help="reward model of the dream (default: the one beside --model)")
     p.add_argument("--worlds", type=int, default=None, help=f"dream worlds run as one batch, 1..{MAX_WORLDS} "
                    f"(default: --episodes, at most {DEFAULT_WORLDS})")
-    p.add_argument("--episode-steps", type=int, default=None, help="frames before a dream episode is cut off "
-                   "(default: the game's own limit, 1000 for builtin:gems)")
+    p.add_argument("--episode-steps", type=int, default=None, help="frames before an episode is cut off (default: "
+                   "in the dream, the game's own limit, 1000 for builtin:gems; in the real game, its own end, which "
+                   "for an Atari agent that never serves is 27,000 frames)")
     p.add_argument("--starts", help="in the dream: start each episode from a random window of this folder of recorded "
                    "play, as 'train agent --starts' does (default: the model's built-in start state)")
     p.add_argument("--device", default="cpu", help="device of the dream and the policy (cpu, cuda)")
@@ -73,9 +74,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise AgentError(f"--seed {args.seed}: must be a whole number >= 0 (episode e plays seed SEED + e)")
     if args.size < 8:
         raise AgentError(f"--size {args.size}: frames must be at least 8 pixels a side")
-    if args.env and (args.reward or args.worlds or args.episode_steps or args.starts):
-        raise AgentError("--reward, --worlds, --episode-steps and --starts are for the dream (--model); the real game "
-                         "is played one episode at a time to its own end")
+    if args.env and (args.reward or args.worlds or args.starts):
+        raise AgentError("--reward, --worlds and --starts are for the dream (--model); the real game is played one "
+                         "episode at a time")
 
 
 def trained_agent(name: str, device: str) -> AgentPolicy | None:
@@ -111,14 +112,14 @@ def play_real(args: argparse.Namespace, policy: AgentPolicy | None, progress: An
                 frame, done = game.step(agent.act(frame))
                 score += float(game.reward)
                 length += 1
-                done = bool(done or game.terminated or game.truncated)
+                done = bool(done or game.terminated or game.truncated or length == args.episode_steps)
             scores.append(score)
             lengths.append(length)
             bar.update(1)
         bar.close()
     finally:
         game.close()
-    return scores, lengths, {"env": args.env, "game": args.env, "size": args.size,
+    return scores, lengths, {"env": args.env, "game": args.env, "size": args.size, "episode_steps": args.episode_steps,
                              "seeds": [args.seed, args.seed + args.episodes - 1]}
 
 
