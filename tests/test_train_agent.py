@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -166,6 +167,32 @@ def test_ppo_changes_the_policy(dream_run, model):
     snapshots = sorted((dream_run[0] / "checkpoints").iterdir())
     early, late = (load_agent(p).policy.state_dict() for p in (snapshots[0], snapshots[-1]))
     assert not torch.equal(early["action_net.weight"], late["action_net.weight"])
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stopped_run_says_where_its_whole_state_is_and_resumes(model, tmp_path, capsys, monkeypatch, signum, code):
+    """SIGTERM or Ctrl-C during training: the update under way finishes, a whole state is saved, one line says where,
+    and the same command goes on from there to the end."""
+    from train.training.interrupt import StopSignals
+
+    out = tmp_path / "run"
+    argv = ["train", "agent", "--model", str(model), "--out", str(out), "--frames", str(3 * ROLLOUT), *RUN]
+    monkeypatch.setattr(StopSignals, "agreed", lambda self: signum)   # the signal arrives during the first update
+    capsys.readouterr()
+    if signum == signal.SIGINT:
+        assert reverie_cli.main(argv) == code
+    else:
+        with pytest.raises(SystemExit) as stopped:
+            reverie_cli.main(argv)
+        assert stopped.value.code == code
+    printed = capsys.readouterr().out
+    state = out / "state" / f"step_{ROLLOUT:08d}"
+    assert f"stopped at {ROLLOUT:,} frames, its whole state is saved in {state}; run the same command" in printed
+    assert load_agent(out).info["frames"] == ROLLOUT and not (out / "train.json").exists()
+    monkeypatch.undo()
+    printed = train(argv[2:], capsys)
+    assert f"{out}: resuming at {ROLLOUT:,} frames" in printed, printed
+    check_run_folder(out, 3 * ROLLOUT, "dream")
 
 
 def test_an_explicit_reward_model(model, tmp_path, capsys):

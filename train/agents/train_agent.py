@@ -33,7 +33,7 @@ from engine.graphs import file_sha256
 from train.agents.policy import AGENT_FILE, FEATURES_DIM, AgentError, policy_class, require_sb3, save_agent
 from train.training.config import TrainingError
 from train.training.distributed import Dist
-from train.training.interrupt import StopSignals
+from train.training.interrupt import StopSignals, signal_name
 from train.training.run_dir import RunDir, check_out
 
 HELP = "train an agent with PPO inside the dream of a world model (or in the real game, as a baseline)"
@@ -265,7 +265,10 @@ def run(args: argparse.Namespace) -> int:
         if signum:
             callback.bar.close()
             env.close()
-            StopSignals.stop(signum, f"stopped at {frames:,} frames; the same command resumes {args.out}")
+            line = (f"{signal_name(signum)}: stopped at {frames:,} frames, its whole state is saved in "
+                    f"{run_dir.latest()}; run the same command to resume from it")
+            print(line, flush=True)
+            StopSignals.stop(signum, line)
 
     with StopSignals(Dist()) as signals:
         progress = Progress(signals)
