@@ -112,8 +112,9 @@ SHIPPED = Path(__file__).resolve().parent / "assets"   # the models that ship wi
 
 
 def shipped_models() -> list[str]:
-    """Names of the shipped models (`reverie play --model breakout`): engine/assets/<name>.safetensors."""
-    return sorted(p.stem for p in SHIPPED.glob("*.safetensors"))
+    """Names of the shipped world models (`reverie play --model breakout`): engine/assets/<name>.safetensors; the
+    reward models and agents beside them (<name>.reward, <name>.agent) are found by what uses them."""
+    return sorted(p.stem for p in SHIPPED.glob("*.safetensors") if "." not in p.stem)
 
 
 def model_name(path: str | os.PathLike) -> str:

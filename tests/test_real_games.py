@@ -151,7 +151,7 @@ def test_kept_means_where_the_object_is():
 def test_shipped_models_load_by_name(tmp_path, monkeypatch):
     from engine.checkpoint import CheckpointError, load_checkpoint, resolve_model, shipped_models
 
-    assert "default" in shipped_models()
+    assert {"default", "breakout"} <= set(shipped_models()) and "default.reward" not in shipped_models()
     assert load_checkpoint("default").path == resolve_model("default")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "default").write_text("a local file of that name wins")
@@ -159,6 +159,22 @@ def test_shipped_models_load_by_name(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="shipped model's name: .*default"):
         load_checkpoint("no_such_model")
     assert resolve_model("default.reward") == SHIPPED / "default.reward.safetensors"   # the reward model beside it
+
+
+@pytest.mark.parametrize("name", ["default", "breakout"])
+def test_each_shipped_world_model_has_its_reward_model_beside_it(name):
+    """So that `reverie train agent --model NAME` and `eval agent --model NAME` work after install."""
+    from engine.checkpoint import load_checkpoint
+    from engine.reward_model import RewardFunction
+    from train.agents.train_agent import reward_path
+
+    world = load_checkpoint(name)
+    reward = load_checkpoint(reward_path(world.path, None))
+    assert reward.kind == "reward" and reward.action_spec == world.action_spec
+    assert reward.extra.get("drawn_by") in (None, name)   # frames as this model's autoencoder draws them
+    held = reward.extra["eval"]["reward_nonzero"]
+    assert held["precision"] >= 0.9 and held["recall"] >= 0.9 and held["positives"] >= 100, held
+    RewardFunction.from_checkpoint(reward)
 
 
 def test_files_that_name_other_files_name_shipped_ones_portably(tmp_path):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from engine.autoencoder import frames_to_tensor
-from engine.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
+from engine.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, model_name, save_checkpoint
 from engine.config import ModelConfig
 from engine.reward_model import (
     MAX_WEIGHT,
@@ -294,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
                            parts={"reward": weights}, data=summary,
                            metrics={k: float(v) for k, v in last.items()},
                            extra={"classes": classes, "width": tcfg.width, "end": "terminated", "eval": report,
-                                  "drawn_by": str(drawn_by.path) if drawn_by is not None else None})
+                                  "drawn_by": model_name(drawn_by.path) if drawn_by is not None else None})
     atomic_write_text(run_dir.root / "eval.json", json.dumps(report, indent=2) + "\n")
     r, e = report["reward_nonzero"], report["episode_ended"]
     print(f"wrote {path}; held out: reward != 0 precision {shown(r['precision'])} recall {shown(r['recall'])} "
