@@ -2,6 +2,9 @@
 
     python3 experiments/agents_in_dream.py --dream-run runs/gems-dream --real-run runs/gems-real \
         --model default --reward engine/assets/default.reward.safetensors --out docs/research/results/agents_gems
+    python3 experiments/agents_in_dream.py --env ale:Breakout --model breakout --unit points --real-steps 1000 \
+        --dream-steps 250 --dream-starts data/breakout-held --dream-run RUN/checkpoints/agent_000393216.safetensors \
+        --real-run REAL/checkpoints/agent_000393216.safetensors --snapshots ... --out docs/research/results/agents_breakout
 
 Scores, with `reverie eval agent` (held-out seeds from 1000000): the dream-trained agent, the random and scripted
 agents and PPO trained in the real game on the same number of frames, in the real game (--episodes each); the
@@ -60,13 +63,21 @@ def main() -> int:
     p.add_argument("--snapshots", nargs="*", default=None, help="agent files to rank (default: the dream run's "
                    "checkpoints/); any agents, so that the dream is asked to choose between them")
     p.add_argument("--dream-steps", type=int, default=None, help="frames per dream episode (default: the game's)")
+    p.add_argument("--real-steps", type=int, default=None, help="cut real episodes off after this many frames "
+                   "(default: the game's own end; ale:Breakout's is 27,000 frames for an agent that never serves)")
+    p.add_argument("--dream-starts", help="start dream episodes from windows of this recorded play (default: the "
+                   "model's built-in start)")
+    p.add_argument("--unit", default="gems", help="what the score counts, for the plot (gems, points)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    real = ["--env", args.env]
+    real = ["--env", args.env] + (["--episode-steps", str(args.real_steps)] if args.real_steps else [])
     dream = ["--model", args.model] + (["--reward", args.reward] if args.reward else [])
     dream += ["--episode-steps", str(args.dream_steps)] if args.dream_steps else []
-    result: dict = {"env": args.env, "model": args.model, "real": {}, "checkpoints": []}
+    dream += ["--starts", args.dream_starts] if args.dream_starts else []
+    result: dict = {"env": args.env, "model": args.model, "unit": args.unit, "real_steps": args.real_steps,
+                    "dream_steps": args.dream_steps,
+                    "dream_starts": args.dream_starts, "real": {}, "checkpoints": []}
     for name, agent in (("random", "random"), ("scripted", "scripted"), ("dream_agent", args.dream_run),
                         ("real_ppo", args.real_run)):
         r = evaluate(out, f"real_{name}", agent, args.episodes, real)
@@ -82,6 +93,7 @@ def main() -> int:
         rr = evaluate(out, f"ckpt_{name}_real", str(ck), args.ckpt_real, real)
         info = rr.get("agent_info") or {}
         result["checkpoints"].append({"agent": name, "frames": info.get("frames"), "starts": info.get("starts"),
+                                      "trained_in": info.get("trained_in"),
                                       "action_repeat": info.get("action_repeat", 1),
                                       "episode_steps": info.get("episode_steps"), "dream": rd["mean"],
                                       "dream_stderr": rd["stderr"], "real": rr["mean"], "real_stderr": rr["stderr"]})
@@ -109,7 +121,7 @@ def plot(result: dict, path: Path) -> None:
     means = [result["real"][n]["mean"] for n in names]
     errs = [result["real"][n]["stderr"] for n in names]
     a.bar(labels, means, yerr=errs, color=["#888", "#4a8", "#48c", "#c84"], capsize=4)
-    a.set_ylabel("gems an episode, real game (mean ± s.e.)")
+    a.set_ylabel(f"{result.get('unit', 'gems')} an episode, real game (mean ± s.e.)")
     a.set_title(f"{result['env']}: real-game score ({result['real']['dream_agent']['episodes']} held-out episodes)")
     cks = result["checkpoints"]
     if cks:
@@ -118,13 +130,14 @@ def plot(result: dict, path: Path) -> None:
         b.errorbar(x, y, xerr=[c["dream_stderr"] for c in cks], yerr=[c["real_stderr"] for c in cks], fmt="o",
                    color="#c84")
         for c in cks:
-            label = f"{(c['frames'] or 0) // 1000}k" + ("" if c.get("starts") else "*")
+            label = f"{(c['frames'] or 0) // 1000}k" + (" real" if c.get("trained_in") == "real" else
+                                                        "" if c.get("starts") else "*")
             b.annotate(label, (c["dream"], c["real"]), fontsize=8, xytext=(3, 3),
                        textcoords="offset points")
         lim = max(max(x), max(y)) * 1.1 + 0.5
         b.plot([0, lim], [0, lim], ls=":", color="#999")
         rho = result.get("spearman_dream_real")
-        b.set_title("dream-trained agents" + (f": Spearman ρ = {rho:.2f}" if rho is not None else ""))
+        b.set_title("agents, dream against real" + (f": Spearman ρ = {rho:.2f}" if rho is not None else ""))
         b.set_xlabel("score in the dream (predicted rewards)")
         b.set_ylabel("score in the real game")
     fig.tight_layout()
