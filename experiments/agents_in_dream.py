@@ -4,7 +4,8 @@
         --model default --reward engine/assets/default.reward.safetensors --out docs/research/results/agents_gems
     python3 experiments/agents_in_dream.py --env ale:Breakout --model breakout --unit points --real-steps 1000 \
         --dream-steps 250 --dream-starts data/breakout-held --dream-run RUN/checkpoints/agent_000393216.safetensors \
-        --real-run REAL/checkpoints/agent_000393216.safetensors --snapshots ... --out docs/research/results/agents_breakout
+        --real-run REAL/checkpoints/agent_000393216.safetensors --snapshots ... \
+        --out docs/research/results/agents_breakout
 
 Scores, with `reverie eval agent` (held-out seeds from 1000000): the dream-trained agent, the random and scripted
 agents and PPO trained in the real game on the same number of frames, in the real game (--episodes each); the
