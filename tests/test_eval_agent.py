@@ -119,6 +119,13 @@ def test_real_episodes_are_cut_off_at_episode_steps(tmp_path):
     assert cut["lengths"] == [50, 50] and cut["episode_steps"] == 50 and cut["mean"] <= full["mean"]
 
 
+def test_an_atari_game_scores_points_to_the_cap(tmp_path, capsys):
+    result = run(["--agent", "random", "--env", "ale:Breakout", "--episodes", "1", "--episode-steps", "20"],
+                 tmp_path / "breakout.json")
+    assert result["lengths"] == [20] and result["game"] == "ale:Breakout"   # 5 lives last longer than 20 steps
+    assert "points an episode over 1 episodes" in capsys.readouterr().out
+
+
 def test_one_episode_has_no_spread(tmp_path):
     result = run(["--agent", "scripted", *GEMS, "--episodes", "1"], tmp_path / "one.json")
     assert result["stderr"] == 0 and result["mean"] == result["scores"][0]

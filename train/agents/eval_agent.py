@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
-    unit = REWARD_UNITS.get(world["game"], "reward")
+    unit = REWARD_UNITS.get(world["game"], "points" if world["game"].startswith("ale:") else "reward")   # Atari: score
     first, last = world["seeds"]
     if args.model:
         where, seeds = f"in the dream of {args.model} ({world['game']})", f"worlds seeded {first}..{last}"
