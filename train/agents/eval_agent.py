@@ -35,7 +35,8 @@ HELD_OUT_SEED = 1_000_000      # episode seeds from here on: `reverie train` and
 MAX_EPISODES = 100_000
 MAX_WORLDS = 256
 DEFAULT_WORLDS = 16            # dream worlds at once unless --worlds says otherwise (never more than --episodes)
-REWARD_UNITS = {"builtin:gems": "gems"}   # what a game's reward counts, for the summary line
+REWARD_UNITS = {"builtin:gems": "gems", "ale:": "points"}   # what a game's (or a family's) reward counts, for the
+                                                            # summary line; an Atari reward is the game's score
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
-    unit = REWARD_UNITS.get(world["game"], "points" if world["game"].startswith("ale:") else "reward")   # Atari: score
+    unit = next((u for prefix, u in REWARD_UNITS.items() if world["game"].startswith(prefix)), "reward")
     first, last = world["seeds"]
     if args.model:
         where, seeds = f"in the dream of {args.model} ({world['game']})", f"worlds seeded {first}..{last}"
